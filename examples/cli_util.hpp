@@ -1,0 +1,61 @@
+// Helpers of the blockdiff program: parsing id lists and reading prompt files.
+#pragma once
+
+#include <charconv>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+
+namespace blockdiff::cli {
+
+//! "1,2,3" -> {1, 2, 3}; names the flag and the bad entry on error.
+inline std::vector<int> parse_ids(const std::string& text, const std::string& flag) {
+  std::vector<int> ids;
+  std::size_t begin = 0;
+  require(!text.empty(), flag, ": empty list of token ids");
+  while (begin <= text.size()) {
+    std::size_t end = text.find(',', begin);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(begin, end - begin);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    int value = 0;
+    auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    require(ec == std::errc() && ptr == item.data() + item.size() && !item.empty(), flag, ": \"", item,
+            "\" is not an integer token id");
+    ids.push_back(value);
+    begin = end + 1;
+  }
+  return ids;
+}
+
+//! One JSON array of token ids per non-empty line.
+inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
+  std::ifstream in(path);
+  require(in.good(), path, ": cannot open");
+  std::vector<std::vector<int>> prompts;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      fail(path, ": line ", number, " is not valid JSON");
+    }
+    require(j.is_array(), path, ": line ", number, " is not a JSON array of token ids");
+    std::vector<int> ids;
+    for (auto& v : j) {
+      require(v.is_number_integer(), path, ": line ", number, " holds ", v.dump(), ", which is not an integer id");
+      ids.push_back(v.get<int>());
+    }
+    prompts.push_back(std::move(ids));
+  }
+  require(!prompts.empty(), path, ": no prompts");
+  return prompts;
+}
+
+}  // namespace blockdiff::cli

@@ -1,0 +1,221 @@
+// `blockdiff generate`: Fast-dLLM v2 decoding from the command line.
+//
+// Flags pick the types (block shape, policy, cache, commit mode) through the compiled set of
+// compiled_set.hpp, and the values (threshold, k, steps, temperature, ...) as data.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blockdiff/blockdiff.hpp"
+#include "cli_util.hpp"
+#include "compiled_set.hpp"
+
+namespace blockdiff::cli {
+
+//! What the decoding flags ask for; shared by generate and eval.
+struct DecoderSpec {
+  int block = 32, sub_block = 8;
+  std::string unmask = "threshold", schedule = "linear", cache = "block";
+  bool no_commit = false;
+  float threshold = 0.9f, gamma = 0.5f, factor = 1.0f;
+  int k = 2, steps = 8;
+
+  void add_flags(CLI::App* app) {
+    app->add_option("--block", block, "block size")->capture_default_str();
+    app->add_option("--sub-block", sub_block, "sub-block size")->capture_default_str();
+    app->add_option("--unmask", unmask,
+                    "threshold | topk | scheduled | margin | entropy | entropy-bounded | factor | random")
+        ->capture_default_str();
+    app->add_option("--threshold", threshold,
+                    "tau of threshold, margin and entropy; gamma of entropy-bounded; f of factor")
+        ->capture_default_str();
+    app->add_option("--k", k, "positions per forward for topk and random")->capture_default_str();
+    app->add_option("--steps", steps, "denoising steps per block for scheduled")->capture_default_str();
+    app->add_option("--schedule", schedule, "noise schedule of scheduled: linear | loglinear | cosine")
+        ->capture_default_str();
+    app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
+    app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
+  }
+};
+
+//! Calls `f.template operator()<Shape, Policy, Cache>(policy)` for the configuration `spec` names.
+template <class F>
+void with_decoder(const DecoderSpec& spec, F&& f) {
+  auto with_cache = [&]<class Shape, class Policy>(const Policy& policy) {
+    auto go = [&]<Commit C>() {
+      if (spec.cache == "none") return f.template operator()<Shape, Policy, cache::None<C>>(policy);
+      if (spec.cache == "block") return f.template operator()<Shape, Policy, cache::Block<C>>(policy);
+      if (spec.cache == "hierarchical") return f.template operator()<Shape, Policy, cache::Hierarchical<C>>(policy);
+      fail("--cache must be none, block or hierarchical, got \"", spec.cache, "\"");
+    };
+    if constexpr (std::is_same_v<Policy, unmask::Threshold>) {
+      if (spec.no_commit) {
+        const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Listed>() {
+          if constexpr (std::is_same_v<Listed, Shape>) go.template operator()<Commit::reuse>();
+        });
+        require(ok, "--no-commit is compiled for threshold at block/sub-block ", PolicyShapes::list, " only, not ",
+                spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
+        return;
+      }
+    } else {
+      require(!spec.no_commit, "--no-commit is compiled for --unmask threshold only; add it in examples/compiled_set.hpp");
+    }
+    go.template operator()<Commit::forward>();
+  };
+  if (spec.unmask == "threshold") {
+    unmask::Threshold policy{spec.threshold};
+    policy.validate();
+    dispatch_value<BLOCKDIFF_CLI_BLOCKS>(spec.block, [&]<int Bk>() {
+      dispatch_value<BLOCKDIFF_CLI_SUB_BLOCKS>(spec.sub_block, [&]<int Sb>() {
+        if constexpr (Sb <= Bk && Bk % Sb == 0)
+          with_cache.template operator()<BlockShape<Bk, Sb>>(policy);
+        else
+          fail("--sub-block ", Sb, " does not divide --block ", Bk);
+      }, "--sub-block");
+    }, "--block");
+    return;
+  }
+  auto at_policy_shape = [&](const auto& policy) {
+    policy.validate();
+    const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Shape>() {
+      with_cache.template operator()<Shape>(policy);
+    });
+    require(ok, "--unmask ", spec.unmask, " is compiled for block/sub-block ", PolicyShapes::list, " only, not ",
+            spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
+  };
+  if (spec.unmask == "topk") return at_policy_shape(unmask::TopK{spec.k});
+  if (spec.unmask == "margin") return at_policy_shape(unmask::Margin{spec.threshold});
+  if (spec.unmask == "entropy") return at_policy_shape(unmask::Entropy{spec.threshold});
+  if (spec.unmask == "entropy-bounded") return at_policy_shape(unmask::EntropyBounded{spec.threshold});
+  if (spec.unmask == "factor") return at_policy_shape(unmask::Factor{spec.threshold});
+  if (spec.unmask == "random") return at_policy_shape(unmask::Random{spec.k});
+  if (spec.unmask == "scheduled") {
+    if (spec.schedule == "linear") return at_policy_shape(unmask::Scheduled<schedule::Linear>{spec.steps});
+    if (spec.schedule == "loglinear") return at_policy_shape(unmask::Scheduled<schedule::LogLinear>{spec.steps});
+    if (spec.schedule == "cosine") return at_policy_shape(unmask::Scheduled<schedule::Cosine>{spec.steps});
+    fail("--schedule must be linear, loglinear or cosine, got \"", spec.schedule, "\"");
+  }
+  fail("--unmask must be threshold, topk, scheduled, margin, entropy, entropy-bounded, factor or random, got \"",
+       spec.unmask, "\"");
+}
+
+//! Text picture of each block's unmasking order: the forward number that committed each position.
+inline std::string unmasking_order(const decode::GenerateResult& r, int prompt_len, int block) {
+  std::map<int, int> when;
+  int forward = 0;
+  for (auto& step : r.trace.steps) {
+    ++forward;
+    if (step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block)
+      for (auto& [pos, tok] : step.committed) when[pos] = forward;
+  }
+  std::string out;
+  if (when.empty()) return out;
+  const int first = when.begin()->first / block * block, last = when.rbegin()->first;
+  for (int c = first; c <= last; c += block) {
+    out += "block @" + std::to_string(c) + ":";
+    for (int p = c; p < c + block; ++p) {
+      auto it = when.find(p);
+      out += p < prompt_len ? "   P" : it == when.end() ? "   ." : (it->second < 1000 ? std::string(4 - std::to_string(it->second).size(), ' ') : std::string(" ")) + std::to_string(it->second);
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+inline nlohmann::json result_json(const decode::GenerateResult& r, bool with_trace) {
+  using decode::ForwardKind;
+  nlohmann::json j{{"tokens", r.tokens},
+                   {"nfe",
+                    {{"prefill", r.trace.count(ForwardKind::prefill)},
+                     {"block", r.trace.count(ForwardKind::block)},
+                     {"sub_block", r.trace.count(ForwardKind::sub_block)},
+                     {"commit", r.trace.count(ForwardKind::commit)}}},
+                   {"tokens_per_forward", r.tokens_per_forward()},
+                   {"seconds", r.seconds}};
+  if (with_trace) {
+    nlohmann::json steps = nlohmann::json::array();
+    for (auto& s : r.trace.steps) {
+      nlohmann::json committed = nlohmann::json::array();
+      for (auto& [pos, tok] : s.committed) committed.push_back({pos, tok});
+      steps.push_back({std::string(decode::name_of(s.kind)), committed});
+    }
+    j["trace"] = steps;
+  }
+  return j;
+}
+
+class GenerateCommand {
+ public:
+  explicit GenerateCommand(CLI::App& app) {
+    cmd_ = app.add_subcommand("generate", "Fast-dLLM v2 block-diffusion decoding");
+    cmd_->add_option("--model", model_dir_, "checkpoint folder")->required();
+    auto* ids = cmd_->add_option("--prompt-ids", ids_, "comma-separated prompt token ids");
+    auto* file = cmd_->add_option("--prompt-file", prompt_file_, "one JSON array of ids per line (a batch)");
+    ids->excludes(file);
+    spec_.add_flags(cmd_);
+    cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most (exact)")->capture_default_str();
+    cmd_->add_option("--temperature", temperature_, "0 = greedy")->capture_default_str();
+    cmd_->add_option("--top-p", top_p_, "nucleus mass when sampling")->capture_default_str();
+    cmd_->add_option("--seed", seed_, "sampling seed")->capture_default_str();
+    cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: mask_token_id of config.json)");
+    cmd_->add_option("--eos-id", eos_id_, "stop id (default: eos_token_id of config.json)");
+    cmd_->add_flag("--trace", trace_, "include each forward's committed (position, token) pairs");
+    cmd_->add_flag("--show-order", show_order_, "print each block's unmasking order to stderr");
+    cmd_->add_flag("--json", json_, "compact JSON output");
+  }
+
+  bool parsed() const { return cmd_->parsed(); }
+
+  int run() {
+    require(!ids_.empty() || !prompt_file_.empty(), "generate: give --prompt-ids or --prompt-file");
+    auto model = model::Qwen2<backend::Host>::load(model_dir_);
+    std::vector<std::vector<int>> prompts;
+    if (!prompt_file_.empty())
+      prompts = read_prompt_file(prompt_file_);
+    else
+      prompts.push_back(parse_ids(ids_, "--prompt-ids"));
+    decode::DecodeOptions options;
+    options.max_new_tokens = max_new_;
+    const auto& config = model.config();
+    require(mask_id_ || config.mask_token_id, "no mask id: give --mask-id or set mask_token_id in config.json");
+    options.mask_id = mask_id_ ? *mask_id_ : *config.mask_token_id;
+    options.eos_id = eos_id_ ? eos_id_ : config.eos_token_id;
+    options.sampling = {temperature_, top_p_};
+    options.seed = seed_;
+    options.trace = trace_ || show_order_;
+    std::vector<decode::GenerateResult> results;
+    with_decoder(spec_, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
+      decode::BlockDiffusionDecoder<model::Qwen2<backend::Host>, Shape, Policy, Cache> decoder(model, policy);
+      results = decoder.generate(prompts, options);
+    });
+    if (show_order_)
+      for (std::size_t r = 0; r < results.size(); ++r)
+        std::cerr << unmasking_order(results[r], static_cast<int>(prompts[r].size()), spec_.block);
+    nlohmann::json out;
+    if (results.size() == 1) {
+      out = result_json(results[0], trace_);
+    } else {
+      out = nlohmann::json::array();
+      for (auto& r : results) out.push_back(result_json(r, trace_));
+    }
+    std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
+    return 0;
+  }
+
+ private:
+  CLI::App* cmd_ = nullptr;
+  std::string model_dir_, ids_, prompt_file_;
+  DecoderSpec spec_;
+  int max_new_ = 128;
+  float temperature_ = 0.0f, top_p_ = 1.0f;
+  std::uint64_t seed_ = 0;
+  std::optional<int> mask_id_, eos_id_;
+  bool trace_ = false, show_order_ = false, json_ = false;
+};
+
+}  // namespace blockdiff::cli

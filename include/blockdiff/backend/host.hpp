@@ -1,0 +1,197 @@
+// backend::Host kernels: the CPU reference that every other backend is tested against.
+//
+// GEMMs go through Eigen, split over output features across OpenMP threads so that each thread
+// streams its own slice of the weights (the batch-1 decode step is a GEMV bound by memory
+// bandwidth, and Eigen does not thread GEMVs). Attention is one (row, head) pair per task, with
+// the mask predicate evaluated per (query slot, key slot). Everything is f32.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <span>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "blockdiff/backend/kernel.hpp"
+
+namespace blockdiff {
+
+namespace detail {
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using StridedConstMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
+using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
+
+inline int host_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+}  // namespace detail
+
+template <>
+struct Kernel<backend::Host, op::Linear> {
+  static void run(const float* x, std::int64_t n, int k, const float* w, int m, const float* bias, float* y,
+                  bool accumulate = false) {
+    if (n == 0 || m == 0) return;
+    using namespace detail;
+    Eigen::Map<const RowMatrix> X(x, n, k);
+    Eigen::Map<const RowMatrix> W(w, m, k);
+    Eigen::Map<RowMatrix> Y(y, n, m);
+    const int threads = host_threads();
+    // Slices of output features, a multiple of 16 wide, one or more per thread.
+    const int slices = (static_cast<double>(n) * m * k < 2e5) ? 1 : threads;
+    const int width = ((m + slices - 1) / slices + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) num_threads(slices) if (slices > 1)
+    for (int s = 0; s < slices; ++s) {
+      const int c0 = s * width;
+      const int cn = std::min(m, c0 + width) - c0;
+      if (cn <= 0) continue;
+      auto out = Y.middleCols(c0, cn);
+      if (accumulate)
+        out.noalias() += X * W.middleRows(c0, cn).transpose();
+      else
+        out.noalias() = X * W.middleRows(c0, cn).transpose();
+      if (bias != nullptr) out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias + c0, cn);
+    }
+  }
+};
+
+template <>
+struct Kernel<backend::Host, op::RmsNorm> {
+  static void run(const float* x, std::int64_t n, int h, const float* weight, float eps, float* y) {
+#pragma omp parallel for schedule(static) if (n * h > 1 << 16)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float* xi = x + i * h;
+      float* yi = y + i * h;
+      float sum = 0.0f;
+      for (int j = 0; j < h; ++j) sum += xi[j] * xi[j];
+      const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + eps);
+      for (int j = 0; j < h; ++j) yi[j] = (xi[j] * inv) * weight[j];
+    }
+  }
+};
+
+template <>
+struct Kernel<backend::Host, op::Rope> {
+  //! x: [n, heads, d]; cos_sin: [positions, d/2] pairs (cos, sin) from model::RopeTable.
+  static void run(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_table,
+                  const float* sin_table) {
+    const int half = d / 2;
+#pragma omp parallel for schedule(static) if (n * heads * d > 1 << 16)
+    for (std::int64_t t = 0; t < n; ++t) {
+      const float* c = cos_table + static_cast<std::int64_t>(positions[t]) * half;
+      const float* s = sin_table + static_cast<std::int64_t>(positions[t]) * half;
+      for (int h = 0; h < heads; ++h) {
+        float* v = x + (t * heads + h) * d;
+        for (int i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * c[i] - b * s[i];         // x·cos + rotate_half(x)·sin, first half
+          v[i + half] = b * c[i] + a * s[i];  // second half
+        }
+      }
+    }
+  }
+};
+
+template <>
+struct Kernel<backend::Host, op::SwiGlu> {
+  static void run(float* gate, const float* up, std::int64_t count) {
+#pragma omp parallel for schedule(static) if (count > 1 << 16)
+    for (std::int64_t i = 0; i < count; ++i) {
+      const float g = gate[i];
+      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+};
+
+template <class Mask>
+struct Kernel<backend::Host, op::Attention<Mask>> {
+  //! q, out: [tokens, heads, head_dim]. Each row's queries attend its cache under `mask`.
+  static void run(const float* q, float* out, std::span<const AttentionRow> rows, const AttentionShape& shape,
+                  const Mask& mask) {
+    using namespace detail;
+    const int d = shape.head_dim;
+    const int group = shape.heads / shape.kv_heads;
+    const std::int64_t stride = static_cast<std::int64_t>(shape.heads) * d;
+    const int tasks = static_cast<int>(rows.size()) * shape.heads;
+#pragma omp parallel for schedule(dynamic) if (tasks > 1)
+    for (int task = 0; task < tasks; ++task) {
+      const AttentionRow& row = rows[static_cast<std::size_t>(task / shape.heads)];
+      const int h = task % shape.heads;
+      const int kvh = h / group;
+      if (row.n_q == 0) continue;
+      thread_local RowMatrix scores;
+      scores.resize(row.n_q, row.kv_end);
+      StridedConstMap Q(q + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
+      Eigen::Map<const RowMatrix> K(row.k + static_cast<std::int64_t>(kvh) * row.capacity * d, row.kv_end, d);
+      Eigen::Map<const RowMatrix> V(row.v + static_cast<std::int64_t>(kvh) * row.capacity * d, row.kv_end, d);
+      scores.noalias() = (Q * K.transpose()) * shape.scale;
+      for (int i = 0; i < row.n_q; ++i) {
+        float* s = scores.data() + static_cast<std::int64_t>(i) * row.kv_end;
+        const int qs = row.first_slot + i;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j < row.kv_end; ++j) {
+          if (!mask.allowed(qs, j)) s[j] = -std::numeric_limits<float>::infinity();
+          mx = std::max(mx, s[j]);
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < row.kv_end; ++j) {
+          const float e = s[j] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(s[j] - mx);
+          s[j] = e;
+          sum += e;
+        }
+        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query with no allowed key outputs zeros
+        for (int j = 0; j < row.kv_end; ++j) s[j] *= inv;
+      }
+      StridedMap O(out + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
+      O.noalias() = scores * V;
+    }
+  }
+};
+
+template <bool SecondProb, bool Entropy>
+struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
+  //! logits: [rows, vocab] -> stats[rows]. Softmax at temperature 1, in f32 with an f64 sum.
+  static void run(const float* logits, std::int64_t rows, int vocab, PositionStats* stats) {
+#pragma omp parallel for schedule(static) if (rows * vocab > 1 << 18)
+    for (std::int64_t r = 0; r < rows; ++r) stats[r] = one_row(logits + r * vocab, vocab);
+  }
+
+  static PositionStats one_row(const float* l, int vocab) {
+    int best = 0;
+    float m = l[0];
+    float second = -std::numeric_limits<float>::infinity();
+    for (int i = 1; i < vocab; ++i) {
+      if (l[i] > m) {
+        if constexpr (SecondProb) second = m;
+        m = l[i];
+        best = i;
+      } else if constexpr (SecondProb) {
+        if (l[i] > second) second = l[i];
+      }
+    }
+    double sum = 0.0, weighted = 0.0;
+    for (int i = 0; i < vocab; ++i) {
+      const double z = static_cast<double>(l[i]) - m;
+      const double e = std::exp(z);
+      sum += e;
+      if constexpr (Entropy) weighted += e * z;
+    }
+    PositionStats s;
+    s.token = best;
+    s.p1 = static_cast<float>(1.0 / sum);
+    if constexpr (SecondProb) s.p2 = static_cast<float>(std::exp(static_cast<double>(second) - m) / sum);
+    if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sum) - weighted / sum);
+    return s;
+  }
+};
+
+}  // namespace blockdiff

@@ -1,0 +1,135 @@
+// Tensor views and owning buffers.
+//
+// A TensorView is a non-owning, row-major view with up to four dimensions; it never allocates
+// and never outlives its storage. A Buffer owns 64-byte-aligned storage (so Eigen and SIMD loads
+// are aligned) and hands out views. Shapes are checked on construction: a view whose extents do
+// not match its storage is a programming error reported through blockdiff::Error.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <memory>
+#include <new>
+#include <span>
+#include <string>
+
+#include "blockdiff/core/error.hpp"
+
+namespace blockdiff {
+
+//! Up to four extents, row-major.
+struct Shape {
+  std::array<std::int64_t, 4> dims{1, 1, 1, 1};
+  int rank = 0;
+
+  Shape() = default;
+  Shape(std::initializer_list<std::int64_t> extents) {
+    require(extents.size() <= 4, "Shape: at most 4 dimensions, got ", extents.size());
+    for (std::int64_t e : extents) {
+      require(e >= 0, "Shape: negative extent ", e);
+      dims[static_cast<std::size_t>(rank++)] = e;
+    }
+  }
+  std::int64_t operator[](int i) const { return dims[static_cast<std::size_t>(i)]; }
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= dims[static_cast<std::size_t>(i)];
+    return n;
+  }
+  friend bool operator==(const Shape& a, const Shape& b) {
+    if (a.rank != b.rank) return false;
+    for (int i = 0; i < a.rank; ++i)
+      if (a[i] != b[i]) return false;
+    return true;
+  }
+  std::string str() const {
+    std::string s = "[";
+    for (int i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(dims[static_cast<std::size_t>(i)]);
+    return s + "]";
+  }
+};
+
+//! Non-owning row-major view of `shape.numel()` elements of T.
+template <class T>
+class TensorView {
+ public:
+  TensorView() = default;
+  TensorView(T* data, Shape shape) : data_(data), shape_(shape) {}
+
+  T* data() const { return data_; }
+  const Shape& shape() const { return shape_; }
+  std::int64_t numel() const { return shape_.numel(); }
+  std::int64_t dim(int i) const { return shape_[i]; }
+  std::span<T> span() const { return {data_, static_cast<std::size_t>(numel())}; }
+
+  //! Row `i` of a rank-2 view.
+  T* row(std::int64_t i) const { return data_ + i * shape_[1]; }
+  T& operator()(std::int64_t i) const { return data_[i]; }
+  T& operator()(std::int64_t i, std::int64_t j) const { return data_[i * shape_[1] + j]; }
+  T& operator()(std::int64_t i, std::int64_t j, std::int64_t k) const {
+    return data_[(i * shape_[1] + j) * shape_[2] + k];
+  }
+  operator TensorView<const T>() const { return {data_, shape_}; }
+
+ private:
+  T* data_ = nullptr;
+  Shape shape_{};
+};
+
+namespace detail {
+struct AlignedFree {
+  void operator()(void* p) const { ::operator delete(p, std::align_val_t{64}); }
+};
+}  // namespace detail
+
+//! Owning, 64-byte-aligned, zero-initialised storage for host tensors.
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(Shape shape) { reset(shape); }
+
+  //! Reallocates only when the new shape needs more elements than the current capacity.
+  void reset(Shape shape) {
+    const auto n = static_cast<std::size_t>(shape.numel());
+    if (n > capacity_) {
+      data_.reset(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})));
+      capacity_ = n;
+    }
+    shape_ = shape;
+    std::fill_n(data_.get(), n, T{});
+  }
+  //! Like reset, but leaves the contents unspecified (for outputs that are fully overwritten).
+  void resize(Shape shape) {
+    const auto n = static_cast<std::size_t>(shape.numel());
+    if (n > capacity_) {
+      data_.reset(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})));
+      capacity_ = n;
+    }
+    shape_ = shape;
+  }
+
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  const Shape& shape() const { return shape_; }
+  std::int64_t numel() const { return shape_.numel(); }
+  std::size_t capacity() const { return capacity_; }
+  std::size_t bytes() const { return capacity_ * sizeof(T); }
+  TensorView<T> view() { return {data_.get(), shape_}; }
+  TensorView<const T> view() const { return {data_.get(), shape_}; }
+  std::span<T> span() { return {data_.get(), static_cast<std::size_t>(numel())}; }
+  std::span<const T> span() const { return {data_.get(), static_cast<std::size_t>(numel())}; }
+  T& operator[](std::int64_t i) { return data_.get()[i]; }
+  const T& operator[](std::int64_t i) const { return data_.get()[i]; }
+
+ private:
+  std::unique_ptr<T, detail::AlignedFree> data_;
+  std::size_t capacity_ = 0;
+  Shape shape_{};
+};
+
+}  // namespace blockdiff

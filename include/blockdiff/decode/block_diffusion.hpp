@@ -1,0 +1,398 @@
+// Fast-dLLM v2 block-diffusion decoding (§3.3 of the notes, with the fixes of DESIGN.md).
+//
+// A sequence is decoded block by block; blocks are aligned to absolute multiples of B. Every
+// complete block of the prompt is prefilled (block-causal); when the prompt ends on a block
+// boundary the prefill's last logit gives the first new token. The current block is the prompt
+// tail (or that token) followed by [MASK]s. Its sub-blocks are decoded strictly left to right:
+// each denoising forward runs the block (or, with the sub-block cache, just the sub-block),
+// position j is predicted from the output at j - 1 (token shift), and the unmasking policy
+// commits a subset of the sub-block's masked positions. A finished block is re-encoded by the
+// commit forward, which appends its K/V to the cache and whose last logit is the next block's
+// first token (always greedy). The block stops early once an EOS has been committed with no
+// [MASK] before it, and once every position below prompt + max_new_tokens is committed.
+//
+// Everything a paper ablates is a type: BlockShape<B, S>, the UnmaskingPolicy, the
+// CacheStrategy (and its commit mode). Each row of a batch runs its own state machine; one
+// batched forward per step serves every row, whatever kind of forward each needs, because all
+// of them are block-causal in absolute positions. So a row gets exactly what it gets alone.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "blockdiff/backend/host.hpp"
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/decode/prompt.hpp"
+#include "blockdiff/decode/sampling.hpp"
+#include "blockdiff/decode/trace.hpp"
+#include "blockdiff/model/concept.hpp"
+#include "blockdiff/policy/block_shape.hpp"
+#include "blockdiff/policy/cache.hpp"
+#include "blockdiff/policy/unmask.hpp"
+
+namespace blockdiff::decode {
+
+struct DecodeOptions {
+  int max_new_tokens = 128;
+  int mask_id = -1;            //!< the [MASK] token; required
+  std::optional<int> eos_id;   //!< stop token; none means run to max_new_tokens
+  SamplingOptions sampling{};  //!< temperature 0 = greedy
+  std::uint64_t seed = 0;      //!< every row samples from its own generator seeded with this
+  bool trace = true;           //!< record what each forward committed
+};
+
+struct GenerateResult {
+  std::vector<int> tokens;  //!< new tokens, cut after the first EOS (kept) and at max_new_tokens
+  Trace trace;
+  double seconds = 0;  //!< wall time of the whole generate call
+
+  //! New tokens per denoising forward (the paper's parallelism measure).
+  double tokens_per_forward() const {
+    const int n = trace.denoising_forwards();
+    return n ? static_cast<double>(tokens.size()) / n : 0.0;
+  }
+};
+
+template <Model M, class Shape, class Unmask, class Cache = cache::Block<>>
+class BlockDiffusionDecoder {
+  static_assert(Policy<Shape> && PolicyOfKind<Shape, kind::block_shape>,
+                "BlockDiffusionDecoder: the Shape parameter must be a BlockShape<Block, SubBlock>");
+  static_assert(Policy<Unmask>, "BlockDiffusionDecoder: the Unmask parameter is not a policy "
+                                "(it must declare `using policy_kind = blockdiff::kind::unmasking;`)");
+  static_assert(PolicyOfKind<Unmask, kind::unmasking>,
+                "BlockDiffusionDecoder: the Unmask slot takes an unmasking policy (unmask::Threshold, TopK, ...), "
+                "but this policy is of another kind");
+  static_assert(UnmaskingPolicy<Unmask>, "BlockDiffusionDecoder: Unmask declares kind::unmasking but lacks "
+                                         "needs_second_prob, needs_entropy, name, validate() or select(...)");
+  static_assert(PolicyOfKind<Cache, kind::cache>,
+                "BlockDiffusionDecoder: the Cache slot takes a cache strategy (cache::None, Block, Hierarchical)");
+  static_assert(CacheStrategy<Cache>);
+
+ public:
+  using backend_type = typename M::backend_type;
+  static constexpr int B = Shape::block;
+  static constexpr int S = Shape::sub_block;
+  static constexpr int sub_blocks = B / S;
+  using Mask = mask::BlockCausal<B>;
+
+  explicit BlockDiffusionDecoder(M& model, Unmask policy = {}) : model_(model), policy_(policy) { policy_.validate(); }
+
+  const Unmask& policy() const { return policy_; }
+  Unmask& policy() { return policy_; }
+
+  //! Decodes one prompt.
+  GenerateResult generate(const std::vector<int>& prompt, const DecodeOptions& options) {
+    return std::move(generate(std::span<const std::vector<int>>(&prompt, 1), options).front());
+  }
+
+  //! Decodes a batch; row r of the result is exactly what prompt r gives alone.
+  std::vector<GenerateResult> generate(std::span<const std::vector<int>> prompts, const DecodeOptions& options) {
+    policy_.validate();
+    const auto& config = model_.config();
+    require(options.mask_id >= 0, "mask id is not set (give --mask-id or mask_token_id in config.json)");
+    check_token(options.mask_id, config.vocab_size, "mask id");
+    if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
+    require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
+    require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
+    require(options.sampling.temperature >= 0.0f, "temperature must be >= 0, got ", options.sampling.temperature);
+    require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
+            options.sampling.top_p);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      const int limit = static_cast<int>(prompts[r].size()) + options.max_new_tokens;
+      check_prompt(prompts[r], options.max_new_tokens, config, r, prompts.size(), round_up(limit) - limit);
+      for (std::size_t i = 0; i < prompts[r].size(); ++i)
+        require(prompts[r][i] != options.mask_id, prompts.size() > 1 ? ::blockdiff::detail::concat("prompt ", r) : "prompt",
+                " contains the mask id ", options.mask_id, " at index ", i);
+    }
+
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<GenerateResult> results(prompts.size());
+    std::vector<Row> active;
+    active.reserve(prompts.size());
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      Row row;
+      row.index = r;
+      row.prompt_len = static_cast<int>(prompts[r].size());
+      row.limit = row.prompt_len + options.max_new_tokens;
+      row.x = prompts[r];
+      row.rng = Rng(options.seed);
+      if (options.max_new_tokens == 0) {
+        row.done = true;
+      } else {
+        row.cache = model_.make_cache(round_up(row.limit));
+      }
+      active.push_back(std::move(row));
+    }
+
+    std::vector<model::ForwardRow<backend_type>> forward_rows;
+    std::vector<Row*> stepping;
+    while (true) {
+      // Each row advances to its next forward (or finishes).
+      forward_rows.clear();
+      stepping.clear();
+      for (auto& row : active) {
+        if (row.done) continue;
+        plan(row, options);
+        if (row.done) continue;
+        forward_rows.push_back(row.request);
+        stepping.push_back(&row);
+      }
+      // Finished rows leave the batch and free their cache.
+      for (auto& row : active)
+        if (row.done && !row.finished) finish(row, results[row.index], options);
+      if (stepping.empty()) break;
+
+      const auto t0 = std::chrono::steady_clock::now();
+      auto logits = model_.template forward<Mask>(forward_rows);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (std::size_t i = 0; i < stepping.size(); ++i) {
+        Row& row = *stepping[i];
+        const std::size_t kind = static_cast<std::size_t>(row.kind);
+        row.trace.forwards[kind] += 1;
+        row.trace.seconds[kind] += dt;
+        consume(row, logits, model_.logit_offset(i), options);
+      }
+      std::erase_if(active, [](const Row& r) { return r.finished; });
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (auto& r : results) r.seconds = seconds;
+    return results;
+  }
+
+ private:
+  enum class Phase { start, block };
+
+  struct Row {
+    std::size_t index = 0;
+    int prompt_len = 0;
+    int limit = 0;           // prompt_len + max_new_tokens: positions at or past it are never output
+    std::vector<int> x;      // committed tokens [0, c), then the current block [c, c + B)
+    model::KvCache<backend_type> cache;
+    Rng rng{0};
+    Phase phase = Phase::start;
+    int c = 0;               // first slot of the current block
+    int gen_begin = 0;       // first generated offset of the current block
+    bool scratch_valid = false;  // the block's K/V were saved by a full-block forward
+    int sub = -1;            // the active sub-block
+    int step = 0;            // denoising steps taken in it
+    int masked_at_sub_start = 0;
+    int next_token = -1;     // commit::reuse: the next block's first token, from the last forward
+    ForwardKind kind = ForwardKind::block;
+    int logits_first_pos = 0;  // block offset predicted by the first requested logit row
+    model::ForwardRow<backend_type> request;
+    Trace trace;
+    bool done = false, finished = false;
+  };
+
+  static constexpr int round_up(int n) { return (n + B - 1) / B * B; }
+
+  int* block(Row& r) { return r.x.data() + r.c; }
+
+  bool has_mask(const Row& r, int from, int to, int mask_id) const {
+    for (int j = from; j < to; ++j)
+      if (r.x[static_cast<std::size_t>(r.c + j)] == mask_id) return true;
+    return false;
+  }
+
+  //! True once an EOS is committed in the block's generated part with no [MASK] before it.
+  bool eos_done(const Row& r, const DecodeOptions& o) const {
+    if (!o.eos_id) return false;
+    for (int j = r.gen_begin; j < B; ++j) {
+      const int t = r.x[static_cast<std::size_t>(r.c + j)];
+      if (t == o.mask_id) return false;
+      if (t == *o.eos_id) return true;
+    }
+    return false;
+  }
+
+  //! Opens the block that starts at slot `c`: tokens already in x, then [MASK]s.
+  void open_block(Row& r, int c, const DecodeOptions& o) {
+    r.c = c;
+    r.gen_begin = static_cast<int>(r.x.size()) - c;
+    r.x.resize(static_cast<std::size_t>(c + B), o.mask_id);
+    r.scratch_valid = false;
+    r.sub = -1;
+    r.phase = Phase::block;
+  }
+
+  //! Appends a committed token after the finished block (prefill or commit); may end the row.
+  void append_next_token(Row& r, int token, const DecodeOptions& o) {
+    r.x.push_back(token);
+    if ((o.eos_id && token == *o.eos_id) || static_cast<int>(r.x.size()) >= r.limit) r.done = true;
+  }
+
+  //! Decides the row's next forward, or that it is done.
+  void plan(Row& r, const DecodeOptions& o) {
+    auto& q = r.request;
+    q = {};
+    q.cache = &r.cache;
+    if (r.phase == Phase::start) {
+      const int n = r.prompt_len / B * B;
+      if (n > 0) {
+        r.kind = ForwardKind::prefill;
+        q.tokens = std::span<const int>(r.x).first(static_cast<std::size_t>(n));
+        q.first_slot = 0;
+        q.advance = true;
+        const bool boundary = r.prompt_len % B == 0;
+        q.logits_begin = boundary ? n - 1 : n;
+        q.logits_end = n;
+        return;
+      }
+      open_block(r, 0, o);
+    }
+    while (true) {
+      const int hi_limit = std::min(B, r.limit - r.c);  // offsets at or past it are never output
+      if (eos_done(r, o) || !has_mask(r, r.gen_begin, hi_limit, o.mask_id) && r.limit <= r.c + B) {
+        r.done = true;
+        return;
+      }
+      if (!has_mask(r, 0, B, o.mask_id)) {
+        if constexpr (Cache::commit == Commit::forward) {
+          r.kind = ForwardKind::commit;
+          set_tokens(r, 0, B);
+          q.advance = true;
+          q.logits_begin = (Cache::block_cache ? 0 : r.c) + B - 1;
+          q.logits_end = q.logits_begin + 1;
+          return;
+        } else {
+          // Keep the last denoising forward's K/V and its last-row prediction.
+          r.cache.set_committed(r.c + B);
+          r.x.resize(static_cast<std::size_t>(r.c + B));
+          append_next_token(r, r.next_token, o);
+          if (r.done) return;
+          open_block(r, r.c + B, o);
+          continue;
+        }
+      }
+      // The first sub-block with a [MASK] is the active one.
+      int s = 0;
+      while (!has_mask(r, s * S, s * S + S, o.mask_id)) ++s;
+      if (s != r.sub) {
+        r.sub = s;
+        r.step = 0;
+        r.masked_at_sub_start = 0;
+        for (int j = s * S; j < s * S + S; ++j) r.masked_at_sub_start += block(r)[j] == o.mask_id;
+      }
+      const int lo = s * S, hi = lo + S;
+      const bool want_last = Cache::commit == Commit::reuse && hi == B;
+      if (Cache::sub_block_cache && r.scratch_valid && block(r)[lo] != o.mask_id) {
+        // Sub-block forward: S queries against [committed ; saved block K/V], rows overwritten.
+        r.kind = ForwardKind::sub_block;
+        q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c + lo), S);
+        q.first_slot = r.c + lo;
+        q.kv_end = r.c + B;
+        q.logits_begin = 0;
+        q.logits_end = want_last ? S : S - 1;
+        r.logits_first_pos = lo + 1;
+      } else {
+        r.kind = ForwardKind::block;
+        set_tokens(r, 0, B);
+        const int base = Cache::block_cache ? 0 : r.c;
+        const int first_row = std::max(lo - 1, 0);
+        q.logits_begin = base + first_row;
+        q.logits_end = base + (want_last ? B : hi - 1);
+        r.logits_first_pos = first_row + 1;
+        if (Cache::sub_block_cache) r.scratch_valid = true;
+      }
+      return;
+    }
+  }
+
+  //! The block forward's tokens: the block alone (block cache) or the whole sequence (none).
+  void set_tokens(Row& r, int, int) {
+    auto& q = r.request;
+    if constexpr (Cache::block_cache) {
+      q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c), B);
+      q.first_slot = r.c;
+    } else {
+      q.tokens = std::span<const int>(r.x).first(static_cast<std::size_t>(r.c + B));
+      q.first_slot = 0;
+    }
+    q.kv_end = r.c + B;
+  }
+
+  //! Reads the row's logits and commits what the forward decided.
+  void consume(Row& r, const TensorView<const float>& logits, std::int64_t offset, const DecodeOptions& o) {
+    const int V = model_.config().vocab_size;
+    auto argmax = [&](std::int64_t row) {
+      const float* l = logits.row(row);
+      return static_cast<int>(std::max_element(l, l + V) - l);
+    };
+    TraceStep step{r.kind, {}};
+    if (r.kind == ForwardKind::prefill) {
+      const int n = r.prompt_len / B * B;
+      if (r.prompt_len % B == 0) {
+        const int token = argmax(offset);
+        step.committed.emplace_back(n, token);
+        append_next_token(r, token, o);
+      }
+      if (!r.done) open_block(r, n, o);
+    } else if (r.kind == ForwardKind::commit) {
+      const int token = argmax(offset);
+      step.committed.emplace_back(r.c + B, token);
+      append_next_token(r, token, o);
+      if (!r.done) open_block(r, r.c + B, o);
+    } else {
+      const int lo = r.sub * S, hi = lo + S;
+      // Candidates: masked positions of the sub-block, each from the logit row before it.
+      Candidate cand[max_block_size];
+      bool chosen[max_block_size] = {};
+      int n = 0;
+      for (int j = std::max(lo, 1); j < hi; ++j) {
+        if (block(r)[j] != o.mask_id) continue;
+        const std::int64_t row = offset + (j - r.logits_first_pos);
+        cand[n].offset = j;
+        cand[n].stats = o.sampling.temperature > 0 ? sample_token(logits.row(row), V, o.sampling, r.rng, probs_, order_)
+                                                    : stats_of(logits.row(row), V);
+        ++n;
+      }
+      require(n > 0 || !has_mask(r, lo, hi, o.mask_id), "internal: position 0 of a block is masked");
+      if (Cache::commit == Commit::reuse && hi == B) r.next_token = argmax(offset + (B - r.logits_first_pos));
+      StepContext ctx{r.step, sub_blocks, r.masked_at_sub_start, &r.rng};
+      policy_.select(cand, n, ctx, chosen);
+      int committed = 0;
+      for (int i = 0; i < n; ++i) {
+        if (!chosen[i]) continue;
+        block(r)[cand[i].offset] = cand[i].stats.token;
+        step.committed.emplace_back(r.c + cand[i].offset, cand[i].stats.token);
+        ++committed;
+      }
+      require(committed > 0, "unmasking policy \"", Unmask::name,
+              "\" committed no position; a policy must commit at least one masked position per forward");
+      ++r.step;
+    }
+    if (o.trace) r.trace.steps.push_back(std::move(step));
+  }
+
+  static PositionStats stats_of(const float* logits, int vocab) {
+    return Kernel<backend::Host, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::one_row(logits,
+                                                                                                          vocab);
+  }
+
+  //! Collects the row's output: tokens after the prompt, cut after the first EOS and at the limit.
+  void finish(Row& r, GenerateResult& out, const DecodeOptions& o) {
+    const int end = std::min<int>(r.limit, static_cast<int>(r.x.size()));
+    for (int p = r.prompt_len; p < end; ++p) {
+      const int t = r.x[static_cast<std::size_t>(p)];
+      if (t == o.mask_id) break;
+      out.tokens.push_back(t);
+      if (o.eos_id && t == *o.eos_id) break;
+    }
+    out.trace = std::move(r.trace);
+    r.cache = {};
+    r.finished = true;
+  }
+
+  M& model_;
+  Unmask policy_;
+  std::vector<double> probs_;
+  std::vector<int> order_;
+};
+
+}  // namespace blockdiff::decode

@@ -1,0 +1,107 @@
+// A Hugging Face checkpoint folder: config.json plus one model.safetensors, or shards listed in
+// model.safetensors.index.json.
+//
+// The folder is validated when opened (every shard the index names exists and parses, no tensor
+// is stored twice, the index and the shards agree). Tensors are then visited shard by shard,
+// so a loader converts one shard at a time and never holds two copies of the weights.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/io/config.hpp"
+#include "blockdiff/io/safetensors.hpp"
+
+namespace blockdiff::io {
+
+class Checkpoint {
+ public:
+  explicit Checkpoint(std::filesystem::path dir) : dir_(std::move(dir)) {
+    require(std::filesystem::is_directory(dir_), dir_.string(), ": not a checkpoint folder (no such directory)");
+    const auto cfg = dir_ / "config.json";
+    require(std::filesystem::exists(cfg), dir_.string(), ": missing config.json");
+    config_ = ModelConfig::load(cfg);
+    const auto index = dir_ / "model.safetensors.index.json";
+    const auto single = dir_ / "model.safetensors";
+    if (std::filesystem::exists(index)) {
+      parse_index(index);
+    } else {
+      require(std::filesystem::exists(single), dir_.string(), ": neither model.safetensors nor model.safetensors.index.json");
+      shards_.push_back(single);
+      SafetensorsFile f(single);
+      for (auto& e : f.entries()) where_[e.name] = single.filename().string();
+    }
+  }
+
+  const std::filesystem::path& dir() const { return dir_; }
+  const ModelConfig& config() const { return config_; }
+  const std::vector<std::filesystem::path>& shards() const { return shards_; }
+  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  //! Tensor name -> shard file name.
+  const std::map<std::string, std::string>& tensor_shards() const { return where_; }
+
+  //! Calls `visit(entry, file)` for every tensor, one shard open at a time.
+  void for_each_tensor(const std::function<void(const TensorEntry&, const SafetensorsFile&)>& visit) const {
+    for (auto& shard : shards_) {
+      SafetensorsFile f(shard);
+      for (auto& e : f.entries()) visit(e, f);
+    }
+  }
+
+ private:
+  void parse_index(const std::filesystem::path& index) {
+    std::ifstream in(index);
+    require(in.good(), index.string(), ": cannot open");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(ss.str());
+    } catch (const nlohmann::json::exception& e) {
+      fail(index.string(), ": not valid JSON (", e.what(), ")");
+    }
+    require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index.string(),
+            ": missing object \"weight_map\"");
+    std::set<std::string> files;
+    for (auto& [name, file] : j["weight_map"].items()) {
+      require(file.is_string(), index.string(), ": weight_map[\"", name, "\"] is not a file name");
+      const auto f = file.get<std::string>();
+      require(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": weight_map[\"",
+              name, "\"] names \"", f, "\", which is not a file inside the folder");
+      where_[name] = f;
+      files.insert(f);
+    }
+    // Every shard must exist, hold what the index says, and nothing stored in another shard.
+    std::map<std::string, std::string> seen;
+    for (auto& f : files) {
+      const auto path = dir_ / f;
+      require(std::filesystem::exists(path), index.string(), ": names shard \"", f, "\", which is missing");
+      shards_.push_back(path);
+      SafetensorsFile shard(path);
+      for (auto& e : shard.entries()) {
+        auto [it, inserted] = seen.emplace(e.name, f);
+        require(inserted, index.string(), ": tensor \"", e.name, "\" is stored in two shards, \"", it->second, "\" and \"", f, "\"");
+        auto w = where_.find(e.name);
+        require(w != where_.end(), path.string(), ": holds tensor \"", e.name, "\", which the index does not list");
+        require(w->second == f, index.string(), ": lists tensor \"", e.name, "\" in \"", w->second, "\" but it is in \"", f, "\"");
+      }
+    }
+    for (auto& [name, f] : where_)
+      require(seen.count(name) != 0, index.string(), ": tensor \"", name, "\" is listed in \"", f, "\" but that shard does not hold it");
+  }
+
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  std::vector<std::filesystem::path> shards_;
+  std::map<std::string, std::string> where_;
+};
+
+}  // namespace blockdiff::io

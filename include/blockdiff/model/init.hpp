@@ -1,0 +1,94 @@
+// Randomly initialised checkpoints of a named shape, for tests, demos and benchmarks.
+//
+// `write_random_checkpoint` writes config.json and model.safetensors (F32, BF16 or F16) straight
+// from the generator, tensor by tensor, without building a model first. Weights are normal with
+// std 0.02 (as transformers initialises Qwen2), norms are one and biases small; with
+// `peaked = true` the embedding is scaled up so that next-token distributions are confident,
+// which makes threshold decoding accept several tokens in some steps and one in others.
+#pragma once
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/io/config.hpp"
+#include "blockdiff/io/safetensors.hpp"
+#include "blockdiff/model/qwen2.hpp"
+
+namespace blockdiff::model {
+
+//! The named shapes of `blockdiff init --preset`.
+inline io::ModelConfig preset_config(const std::string& name) {
+  io::ModelConfig c;
+  c.max_position_embeddings = 32768;
+  c.rope_theta = 1e6;
+  c.bd_size = 32;
+  if (name == "tiny") {
+    c.hidden_size = 64, c.intermediate_size = 176, c.num_hidden_layers = 2;
+    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.vocab_size = 320;
+    c.tie_word_embeddings = true, c.rope_theta = 1e4, c.max_position_embeddings = 4096;
+    c.mask_token_id = 319, c.eos_token_id = 318, c.bos_token_id = 317;
+  } else if (name == "qwen2.5-0.5b") {
+    c.hidden_size = 896, c.intermediate_size = 4864, c.num_hidden_layers = 24;
+    c.num_attention_heads = 14, c.num_key_value_heads = 2, c.vocab_size = 151936;
+    c.tie_word_embeddings = true;
+    c.mask_token_id = 151665, c.eos_token_id = 151645, c.bos_token_id = 151643;
+  } else if (name == "qwen2.5-1.5b") {
+    c.hidden_size = 1536, c.intermediate_size = 8960, c.num_hidden_layers = 28;
+    c.num_attention_heads = 12, c.num_key_value_heads = 2, c.vocab_size = 151936;
+    c.tie_word_embeddings = true;
+    c.mask_token_id = 151665, c.eos_token_id = 151645, c.bos_token_id = 151643;
+  } else if (name == "qwen2.5-7b") {
+    c.hidden_size = 3584, c.intermediate_size = 18944, c.num_hidden_layers = 28;
+    c.num_attention_heads = 28, c.num_key_value_heads = 4, c.vocab_size = 152064;
+    c.tie_word_embeddings = false;
+    c.mask_token_id = 151665, c.eos_token_id = 151645, c.bos_token_id = 151643;
+  } else {
+    fail("unknown preset \"", name, "\" (known: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)");
+  }
+  return c;
+}
+
+//! Fills every parameter of `config`, in checkpoint order, calling `emit(name, shape, values)`.
+template <class Emit>
+void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, bool peaked, Emit&& emit) {
+  Rng rng(seed);
+  std::vector<float> values;
+  for (auto& p : Qwen2<backend::Host>::parameter_specs(config)) {
+    std::int64_t n = 1;
+    for (auto d : p.shape) n *= d;
+    values.resize(static_cast<std::size_t>(n));
+    const bool is_norm = p.name.find("norm") != std::string::npos;
+    const bool is_bias = p.name.find("bias") != std::string::npos;
+    const bool is_embed = p.name == "model.embed_tokens.weight" || p.name == "lm_head.weight";
+    const double std = is_bias ? 0.02 : (is_embed && peaked ? 1.0 : 0.02 * (peaked ? 4.0 : 1.0));
+    for (auto& v : values) v = is_norm ? 1.0f : static_cast<float>(rng.normal() * std);
+    if (is_embed && peaked && config.mask_token_id) {
+      // A small [MASK] row: the mask token is never predicted.
+      const std::int64_t h = config.hidden_size;
+      for (std::int64_t j = 0; j < h; ++j) values[static_cast<std::size_t>(*config.mask_token_id * h + j)] *= 0.01f;
+    }
+    emit(p.name, p.shape, std::span<const float>(values));
+  }
+}
+
+//! Writes config.json and model.safetensors of a random model into `dir` (created if needed).
+inline void write_random_checkpoint(const std::filesystem::path& dir, io::ModelConfig config, std::uint64_t seed,
+                                    DType dtype, bool peaked = true) {
+  require(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16, "init: dtype must be f32, bf16 or f16");
+  std::filesystem::create_directories(dir);
+  config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
+  io::SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  generate_random_weights(config, seed, peaked, [&](const std::string& name, const std::vector<std::int64_t>& shape,
+                                                   std::span<const float> values) {
+    writer.add_converted(name, dtype, shape, values);
+  });
+  writer.write(dir / "model.safetensors");
+  config.save(dir / "config.json");
+}
+
+}  // namespace blockdiff::model

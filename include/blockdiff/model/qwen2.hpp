@@ -1,0 +1,341 @@
+// The Qwen2 decoder (§1.1 of the notes): the architecture of Qwen2.5 and of Fast-dLLM v2.
+//
+// Pre-norm RMSNorm, attention with q/k/v bias and GQA, residual; RMSNorm, SwiGLU MLP, residual;
+// final RMSNorm; lm_head (tied to the embedding or not). RoPE is the non-interleaved half
+// rotation with inv_freq = theta^(-2i/d), angles and cos/sin in f32 as Hugging Face computes
+// them. Weights are held in f32 whatever their dtype on disk.
+//
+// One `forward` serves every path of AR and block-diffusion decoding: a batch of rows, each a
+// run of tokens written into its own cache at `first_slot`, attending cache slots [0, kv_end)
+// under the mask type, optionally advancing the committed length, and asking for logits only
+// on the rows it needs (the lm_head is the largest GEMM of a small model).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "blockdiff/backend/host.hpp"
+#include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/io/checkpoint.hpp"
+#include "blockdiff/model/kv_cache.hpp"
+#include "blockdiff/model/mask.hpp"
+
+namespace blockdiff::model {
+
+//! One row of a batched forward.
+template <class Backend>
+struct ForwardRow {
+  std::span<const int> tokens;     //!< the tokens run through the model
+  int first_slot = 0;              //!< cache slot of tokens[0]; also its RoPE position
+  int kv_end = -1;                 //!< attend cache slots [0, kv_end); -1 means first_slot + n
+  bool advance = false;            //!< afterwards, committed length = first_slot + n
+  int logits_begin = 0;            //!< logits for tokens [logits_begin, logits_end) of this row
+  int logits_end = -1;             //!< -1 means n (all rows); logits_begin == logits_end means none
+  std::span<const int> positions;  //!< RoPE positions; empty means position = slot
+  KvCache<Backend>* cache = nullptr;
+};
+
+//! Names of a layer's tensors in a Hugging Face checkpoint.
+inline std::string layer_tensor(int layer, const char* suffix) {
+  return "model.layers." + std::to_string(layer) + "." + suffix;
+}
+
+template <class Backend>
+class Qwen2 {
+ public:
+  using backend_type = Backend;
+  template <class T>
+  using buffer = typename Backend::template buffer<T>;
+
+  struct Layer {
+    buffer<float> input_norm, post_norm;   // [H]
+    buffer<float> wq, bq, wk, bk, wv, bv;  // [qd, H], [qd], [kvd, H], [kvd], ...
+    buffer<float> wo;                      // [H, qd]
+    buffer<float> w_gate, w_up, w_down;    // [I, H], [I, H], [H, I]
+  };
+
+  //! A parameter's Hugging Face name and shape.
+  struct ParameterSpec {
+    std::string name;
+    std::vector<std::int64_t> shape;
+  };
+  //! A parameter's name, shape and storage.
+  struct Parameter {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    buffer<float>* data;
+  };
+
+  explicit Qwen2(io::ModelConfig config) : config_(std::move(config)) {
+    config_.validate("Qwen2");
+    const std::int64_t h = config_.hidden_size, v = config_.vocab_size, i = config_.intermediate_size;
+    const std::int64_t qd = config_.q_dim(), kvd = config_.kv_dim();
+    embed_.resize({v, h});
+    final_norm_.resize({h});
+    if (!config_.tie_word_embeddings) lm_head_.resize({v, h});
+    layers_.resize(static_cast<std::size_t>(config_.num_hidden_layers));
+    for (auto& l : layers_) {
+      l.input_norm.resize({h});
+      l.post_norm.resize({h});
+      l.wq.resize({qd, h});
+      l.bq.resize({qd});
+      l.wk.resize({kvd, h});
+      l.bk.resize({kvd});
+      l.wv.resize({kvd, h});
+      l.bv.resize({kvd});
+      l.wo.resize({h, qd});
+      l.w_gate.resize({i, h});
+      l.w_up.resize({i, h});
+      l.w_down.resize({h, i});
+    }
+  }
+
+  //! Loads a checkpoint folder, converting each tensor to f32 one shard at a time.
+  static Qwen2 load(const std::filesystem::path& dir) {
+    io::Checkpoint ckpt(dir);
+    Qwen2 model(ckpt.config());
+    auto params = model.parameters();
+    std::vector<bool> filled(params.size(), false);
+    ckpt.for_each_tensor([&](const io::TensorEntry& e, const io::SafetensorsFile& file) {
+      auto it = std::find_if(params.begin(), params.end(), [&](const Parameter& p) { return p.name == e.name; });
+      if (it == params.end()) {
+        // An lm_head beside a tied config is ignored, as transformers does; anything else unknown is an error.
+        require(e.name == "lm_head.weight", file.path(), ": unexpected tensor \"", e.name, "\" for a Qwen2 model");
+        return;
+      }
+      require(e.shape == it->shape, file.path(), ": tensor \"", e.name, "\" has shape ", e.shape_str(),
+              " but config.json implies ", shape_string(it->shape));
+      require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file.path(), ": tensor \"",
+              e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
+      convert_to_f32(e.dtype, e.bytes.data(), it->data->data(), static_cast<std::size_t>(e.numel()));
+      file.release(e);
+      filled[static_cast<std::size_t>(it - params.begin())] = true;
+    });
+    for (std::size_t p = 0; p < params.size(); ++p)
+      require(filled[p], dir.string(), ": missing tensor \"", params[p].name, "\"",
+              params[p].name == "lm_head.weight" ? " (config.json says tie_word_embeddings is false)" : "");
+    return model;
+  }
+
+  const io::ModelConfig& config() const { return config_; }
+  int vocab_size() const { return config_.vocab_size; }
+
+  //! Names and shapes of every parameter of `config`, in checkpoint order (no allocation).
+  static std::vector<ParameterSpec> parameter_specs(const io::ModelConfig& c) {
+    std::vector<ParameterSpec> p;
+    const std::int64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size;
+    const std::int64_t qd = c.q_dim(), kvd = c.kv_dim();
+    p.push_back({"model.embed_tokens.weight", {v, h}});
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      p.push_back({layer_tensor(l, "input_layernorm.weight"), {h}});
+      p.push_back({layer_tensor(l, "self_attn.q_proj.weight"), {qd, h}});
+      p.push_back({layer_tensor(l, "self_attn.q_proj.bias"), {qd}});
+      p.push_back({layer_tensor(l, "self_attn.k_proj.weight"), {kvd, h}});
+      p.push_back({layer_tensor(l, "self_attn.k_proj.bias"), {kvd}});
+      p.push_back({layer_tensor(l, "self_attn.v_proj.weight"), {kvd, h}});
+      p.push_back({layer_tensor(l, "self_attn.v_proj.bias"), {kvd}});
+      p.push_back({layer_tensor(l, "self_attn.o_proj.weight"), {h, qd}});
+      p.push_back({layer_tensor(l, "post_attention_layernorm.weight"), {h}});
+      p.push_back({layer_tensor(l, "mlp.gate_proj.weight"), {i, h}});
+      p.push_back({layer_tensor(l, "mlp.up_proj.weight"), {i, h}});
+      p.push_back({layer_tensor(l, "mlp.down_proj.weight"), {h, i}});
+    }
+    p.push_back({"model.norm.weight", {h}});
+    if (!c.tie_word_embeddings) p.push_back({"lm_head.weight", {v, h}});
+    return p;
+  }
+
+  //! Every parameter with its name, shape and storage, in checkpoint order.
+  std::vector<Parameter> parameters() {
+    std::vector<Parameter> p;
+    auto specs = parameter_specs(config_);
+    std::vector<buffer<float>*> storage{&embed_};
+    for (auto& L : layers_)
+      for (auto* b : {&L.input_norm, &L.wq, &L.bq, &L.wk, &L.bk, &L.wv, &L.bv, &L.wo, &L.post_norm, &L.w_gate, &L.w_up,
+                      &L.w_down})
+        storage.push_back(b);
+    storage.push_back(&final_norm_);
+    if (!config_.tie_word_embeddings) storage.push_back(&lm_head_);
+    for (std::size_t k = 0; k < specs.size(); ++k) p.push_back({specs[k].name, specs[k].shape, storage[k]});
+    return p;
+  }
+
+  //! A cache for one sequence of up to `capacity` tokens.
+  KvCache<Backend> make_cache(int capacity) const {
+    require(capacity <= config_.max_position_embeddings, "cache capacity ", capacity,
+            " exceeds max_position_embeddings ", config_.max_position_embeddings);
+    return KvCache<Backend>(config_, capacity);
+  }
+
+  //! Bytes of weights held in memory.
+  std::size_t weight_bytes() const {
+    std::size_t n = embed_.bytes() + final_norm_.bytes() + lm_head_.bytes();
+    for (auto& l : layers_)
+      n += l.input_norm.bytes() + l.post_norm.bytes() + l.wq.bytes() + l.bq.bytes() + l.wk.bytes() + l.bk.bytes() +
+           l.wv.bytes() + l.bv.bytes() + l.wo.bytes() + l.w_gate.bytes() + l.w_up.bytes() + l.w_down.bytes();
+    return n;
+  }
+
+  //! Runs `rows` through the model under `mask`; returns logits [sum of requested rows, vocab],
+  //! row r's logits starting at `logit_offset(r)`.
+  template <class Mask>
+  TensorView<const float> forward(std::span<ForwardRow<Backend>> rows, const Mask& mask = Mask{}) {
+    const auto& c = config_;
+    const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim(), d = c.head_dim();
+    // Validate and lay the rows out one after another.
+    std::int64_t T = 0, n_logits = 0;
+    int max_position = 0;
+    row_begin_.assign(rows.size() + 1, 0);
+    logit_begin_.assign(rows.size() + 1, 0);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      auto& row = rows[r];
+      const int n = static_cast<int>(row.tokens.size());
+      require(row.cache != nullptr, "forward: row ", r, " has no cache");
+      if (row.kv_end < 0) row.kv_end = row.first_slot + n;
+      if (row.logits_end < 0) row.logits_end = n;
+      require(row.first_slot >= 0 && row.first_slot + n <= row.kv_end && row.kv_end <= row.cache->capacity(),
+              "forward: row ", r, " writes slots [", row.first_slot, ", ", row.first_slot + n, ") and attends [0, ",
+              row.kv_end, ") of a cache with capacity ", row.cache->capacity());
+      require(0 <= row.logits_begin && row.logits_begin <= row.logits_end && row.logits_end <= n, "forward: row ", r,
+              " asks for logits [", row.logits_begin, ", ", row.logits_end, ") of ", n, " tokens");
+      require(row.positions.empty() || static_cast<int>(row.positions.size()) == n, "forward: row ", r, " has ",
+              row.positions.size(), " positions for ", n, " tokens");
+      for (int t : row.tokens)
+        require(t >= 0 && t < c.vocab_size, "token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")");
+      T += n;
+      n_logits += row.logits_end - row.logits_begin;
+      row_begin_[r + 1] = T;
+      logit_begin_[r + 1] = n_logits;
+    }
+    positions_.resize(static_cast<std::size_t>(T));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const auto& row = rows[r];
+      for (std::size_t t = 0; t < row.tokens.size(); ++t) {
+        const int p = row.positions.empty() ? row.first_slot + static_cast<int>(t) : row.positions[t];
+        require(p >= 0 && p < c.max_position_embeddings, "position ", p, " is beyond max_position_embeddings ",
+                c.max_position_embeddings);
+        positions_[static_cast<std::size_t>(row_begin_[r]) + t] = p;
+        max_position = std::max(max_position, p);
+      }
+    }
+    ensure_rope(max_position + 1);
+
+    x_.resize({T, H});
+    xn_.resize({T, H});
+    q_.resize({T, qd});
+    k_.resize({T, kvd});
+    v_.resize({T, kvd});
+    att_.resize({T, qd});
+    gate_.resize({T, I});
+    up_.resize({T, I});
+    for (std::size_t r = 0; r < rows.size(); ++r)
+      for (std::size_t t = 0; t < rows[r].tokens.size(); ++t)
+        std::copy_n(embed_.data() + static_cast<std::int64_t>(rows[r].tokens[t]) * H, H,
+                    x_.data() + (row_begin_[r] + static_cast<std::int64_t>(t)) * H);
+
+    attention_rows_.resize(rows.size());
+    const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      auto& L = layers_[static_cast<std::size_t>(l)];
+      Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.input_norm.data(), eps, xn_.data());
+      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wq.data(), qd, L.bq.data(), q_.data());
+      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wk.data(), kvd, L.bk.data(), k_.data());
+      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wv.data(), kvd, L.bv.data(), v_.data());
+      Kernel<Backend, op::Rope>::run(q_.data(), T, c.num_attention_heads, d, positions_.data(), cos_.data(), sin_.data());
+      Kernel<Backend, op::Rope>::run(k_.data(), T, c.num_key_value_heads, d, positions_.data(), cos_.data(), sin_.data());
+      for (std::size_t r = 0; r < rows.size(); ++r) {
+        auto& row = rows[r];
+        write_kv(*row.cache, l, row.first_slot, row_begin_[r], static_cast<int>(row.tokens.size()));
+        attention_rows_[r] = AttentionRow{row_begin_[r],       static_cast<int>(row.tokens.size()), row.first_slot,
+                                          row.kv_end,          row.cache->k(l),
+                                          row.cache->v(l),     row.cache->capacity()};
+      }
+      Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), attention_rows_, shape, mask);
+      Kernel<Backend, op::Linear>::run(att_.data(), T, qd, L.wo.data(), H, nullptr, x_.data(), /*accumulate=*/true);
+      Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.post_norm.data(), eps, xn_.data());
+      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.w_gate.data(), I, nullptr, gate_.data());
+      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.w_up.data(), I, nullptr, up_.data());
+      Kernel<Backend, op::SwiGlu>::run(gate_.data(), up_.data(), T * I);
+      Kernel<Backend, op::Linear>::run(gate_.data(), T, I, L.w_down.data(), H, nullptr, x_.data(), /*accumulate=*/true);
+    }
+    for (auto& row : rows)
+      if (row.advance) row.cache->set_committed(row.first_slot + static_cast<int>(row.tokens.size()));
+
+    // Final norm and lm_head on the requested rows only.
+    hidden_out_.resize({n_logits, H});
+    for (std::size_t r = 0; r < rows.size(); ++r)
+      for (int t = rows[r].logits_begin; t < rows[r].logits_end; ++t)
+        std::copy_n(x_.data() + (row_begin_[r] + t) * H, H,
+                    hidden_out_.data() + (logit_begin_[r] + t - rows[r].logits_begin) * H);
+    Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
+    logits_.resize({n_logits, c.vocab_size});
+    const float* head = c.tie_word_embeddings ? embed_.data() : lm_head_.data();
+    Kernel<Backend, op::Linear>::run(xn_.data(), n_logits, H, head, c.vocab_size, nullptr, logits_.data());
+    return logits_.view();
+  }
+
+  //! First logit row of batch row `r` in the last forward's output.
+  std::int64_t logit_offset(std::size_t r) const { return logit_begin_[r]; }
+
+  //! The embedding matrix [vocab, hidden] (read-only access for tools and tests).
+  const buffer<float>& embedding() const { return embed_; }
+
+ private:
+  static std::string shape_string(const std::vector<std::int64_t>& s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  }
+
+  void write_kv(KvCache<Backend>& cache, int layer, int first_slot, std::int64_t row_begin, int n) {
+    const int d = config_.head_dim(), kvh = config_.num_key_value_heads, cap = cache.capacity();
+    float* K = cache.k(layer);
+    float* V = cache.v(layer);
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < kvh; ++h) {
+        const std::int64_t src = (row_begin + t) * kvh * d + h * d;
+        const std::int64_t dst = (static_cast<std::int64_t>(h) * cap + first_slot + t) * d;
+        std::copy_n(k_.data() + src, d, K + dst);
+        std::copy_n(v_.data() + src, d, V + dst);
+      }
+  }
+
+  //! cos/sin of position x inv_freq for positions [0, n), computed in f32 like transformers.
+  void ensure_rope(int n) {
+    if (n <= rope_positions_) return;
+    const int half = config_.head_dim() / 2;
+    const int grow = std::max(n, std::min(config_.max_position_embeddings, std::max(2 * rope_positions_, 256)));
+    cos_.resize({grow, half});
+    sin_.resize({grow, half});
+    std::vector<float> inv_freq(static_cast<std::size_t>(half));
+    for (int i = 0; i < half; ++i)
+      inv_freq[static_cast<std::size_t>(i)] = static_cast<float>(
+          1.0 / std::pow(config_.rope_theta, static_cast<double>(2 * i) / config_.head_dim()));
+    for (int p = 0; p < grow; ++p)
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(p) * inv_freq[static_cast<std::size_t>(i)];
+        cos_[static_cast<std::int64_t>(p) * half + i] = std::cos(angle);
+        sin_[static_cast<std::int64_t>(p) * half + i] = std::sin(angle);
+      }
+    rope_positions_ = grow;
+  }
+
+  io::ModelConfig config_;
+  buffer<float> embed_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+  // Workspace, grown on demand and reused by every forward.
+  buffer<float> x_, xn_, q_, k_, v_, att_, gate_, up_, hidden_out_, logits_, cos_, sin_;
+  std::vector<int> positions_;
+  std::vector<std::int64_t> row_begin_, logit_begin_;
+  std::vector<AttentionRow> attention_rows_;
+  int rope_positions_ = 0;
+};
+
+}  // namespace blockdiff::model
