@@ -44,7 +44,7 @@ int run_logits(const std::string& dir, const std::string& ids_text, const std::s
 }
 
 int run_ar(const std::string& dir, const std::string& ids_text, const std::string& prompt_file, int max_new,
-           std::optional<int> eos, bool json) {
+           std::optional<int> eos, bool ignore_eos, bool json) {
   auto model = model::Qwen2<backend::Host>::load(dir);
   std::vector<std::vector<int>> prompts;
   if (!prompt_file.empty())
@@ -53,7 +53,7 @@ int run_ar(const std::string& dir, const std::string& ids_text, const std::strin
     prompts.push_back(cli::parse_ids(ids_text, "--prompt-ids"));
   decode::ArOptions options;
   options.max_new_tokens = max_new;
-  options.eos_id = eos ? eos : model.config().eos_token_id;
+  options.eos_id = ignore_eos ? std::nullopt : eos ? eos : model.config().eos_token_id;
   auto results = decode::ar_generate(model, prompts, options);
   auto to_json = [](const decode::ArResult& r) {
     return nlohmann::json{{"tokens", r.tokens},
@@ -97,6 +97,8 @@ int main(int argc, char** argv) {
   ar_ids->excludes(ar_file);
   ar->add_option("--max-new-tokens", max_new, "new tokens at most")->capture_default_str();
   ar->add_option("--eos-id", eos, "stop token (default: eos_token_id of config.json)");
+  bool ignore_eos = false;
+  ar->add_flag("--ignore-eos", ignore_eos, "never stop at EOS (fixed-length runs for benchmarks)");
   ar->add_flag("--json", json, "compact JSON output");
 
   std::string out_dir, preset = "tiny", dtype_name = "f32";
@@ -120,7 +122,7 @@ int main(int argc, char** argv) {
     if (*logits) return run_logits(model_dir, ids, mask_name, block);
     if (*ar) {
       require(!ids.empty() || !prompt_file.empty(), "ar: give --prompt-ids or --prompt-file");
-      return run_ar(model_dir, ids, prompt_file, max_new, eos, json);
+      return run_ar(model_dir, ids, prompt_file, max_new, eos, ignore_eos, json);
     }
     if (*init) {
       const DType dtype = dtype_name == "f32" ? DType::f32 : dtype_name == "bf16" ? DType::bf16 : dtype_name == "f16" ? DType::f16

@@ -164,6 +164,7 @@ class GenerateCommand {
     cmd_->add_option("--seed", seed_, "sampling seed")->capture_default_str();
     cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: mask_token_id of config.json)");
     cmd_->add_option("--eos-id", eos_id_, "stop id (default: eos_token_id of config.json)");
+    cmd_->add_flag("--ignore-eos", ignore_eos_, "never stop at EOS (fixed-length runs for benchmarks)");
     cmd_->add_flag("--trace", trace_, "include each forward's committed (position, token) pairs");
     cmd_->add_flag("--show-order", show_order_, "print each block's unmasking order to stderr");
     cmd_->add_flag("--json", json_, "compact JSON output");
@@ -184,7 +185,7 @@ class GenerateCommand {
     const auto& config = model.config();
     require(mask_id_ || config.mask_token_id, "no mask id: give --mask-id or set mask_token_id in config.json");
     options.mask_id = mask_id_ ? *mask_id_ : *config.mask_token_id;
-    options.eos_id = eos_id_ ? eos_id_ : config.eos_token_id;
+    options.eos_id = ignore_eos_ ? std::nullopt : eos_id_ ? eos_id_ : config.eos_token_id;
     options.sampling = {temperature_, top_p_};
     options.seed = seed_;
     options.trace = trace_ || show_order_;
@@ -215,7 +216,7 @@ class GenerateCommand {
   float temperature_ = 0.0f, top_p_ = 1.0f;
   std::uint64_t seed_ = 0;
   std::optional<int> mask_id_, eos_id_;
-  bool trace_ = false, show_order_ = false, json_ = false;
+  bool trace_ = false, show_order_ = false, json_ = false, ignore_eos_ = false;
 };
 
 }  // namespace blockdiff::cli

@@ -21,6 +21,7 @@
 #include "blockdiff/model/kv_cache.hpp"
 #include "blockdiff/model/mask.hpp"
 #include "blockdiff/model/qwen2.hpp"
+#include "blockdiff/model/save.hpp"
 #include "blockdiff/policy/block_shape.hpp"
 #include "blockdiff/policy/cache.hpp"
 #include "blockdiff/policy/kind.hpp"

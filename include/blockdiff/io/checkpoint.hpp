@@ -79,7 +79,7 @@ class Checkpoint {
       where_[name] = f;
       files.insert(f);
     }
-    // Every shard must exist, hold what the index says, and nothing stored in another shard.
+    // Every shard must exist; no tensor may be stored twice; shards and index must agree.
     std::map<std::string, std::string> seen;
     for (auto& f : files) {
       const auto path = dir_ / f;
@@ -88,14 +88,18 @@ class Checkpoint {
       SafetensorsFile shard(path);
       for (auto& e : shard.entries()) {
         auto [it, inserted] = seen.emplace(e.name, f);
-        require(inserted, index.string(), ": tensor \"", e.name, "\" is stored in two shards, \"", it->second, "\" and \"", f, "\"");
-        auto w = where_.find(e.name);
-        require(w != where_.end(), path.string(), ": holds tensor \"", e.name, "\", which the index does not list");
-        require(w->second == f, index.string(), ": lists tensor \"", e.name, "\" in \"", w->second, "\" but it is in \"", f, "\"");
+        require(inserted, index.string(), ": tensor \"", e.name, "\" is stored in two shards, \"", it->second,
+                "\" and \"", f, "\"");
       }
     }
+    for (auto& [name, f] : seen) {
+      auto w = where_.find(name);
+      require(w != where_.end(), (dir_ / f).string(), ": holds tensor \"", name, "\", which the index does not list");
+      require(w->second == f, index.string(), ": lists tensor \"", name, "\" in \"", w->second, "\" but it is in \"", f, "\"");
+    }
     for (auto& [name, f] : where_)
-      require(seen.count(name) != 0, index.string(), ": tensor \"", name, "\" is listed in \"", f, "\" but that shard does not hold it");
+      require(seen.count(name) != 0, index.string(), ": tensor \"", name, "\" is listed in \"", f,
+              "\" but that shard does not hold it");
   }
 
   std::filesystem::path dir_;

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/core/tensor.hpp"
 #include "blockdiff/io/config.hpp"
 
 namespace blockdiff::model {

@@ -1,0 +1,61 @@
+// Writes a model as a Hugging Face checkpoint folder: config.json and one model.safetensors, or
+// `shards` files model-0000k-of-0000n.safetensors with model.safetensors.index.json, in F32,
+// BF16 or F16. Tensors are split across shards in checkpoint order, as transformers does.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "blockdiff/io/safetensors.hpp"
+#include "blockdiff/model/qwen2.hpp"
+
+namespace blockdiff::model {
+
+template <class Backend>
+void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
+  require(shards >= 1, "save_checkpoint: shards must be >= 1, got ", shards);
+  std::filesystem::create_directories(dir);
+  auto params = model.parameters();
+  std::size_t total = 0;
+  for (auto& p : params) total += static_cast<std::size_t>(p.data->numel()) * size_of(dtype);
+  const std::size_t per_shard = (total + static_cast<std::size_t>(shards) - 1) / static_cast<std::size_t>(shards);
+  auto shard_name = [&](int i) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", i + 1, shards);
+    return shards == 1 ? std::string("model.safetensors") : std::string(buf);
+  };
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::size_t written = 0;
+  int shard = 0;
+  io::SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");
+  for (auto& p : params) {
+    const std::size_t bytes = static_cast<std::size_t>(p.data->numel()) * size_of(dtype);
+    if (shard + 1 < shards && writer.size() > 0 && written + bytes > per_shard * static_cast<std::size_t>(shard + 1)) {
+      writer.write(dir / shard_name(shard));
+      writer = io::SafetensorsWriter{};
+      writer.set_metadata("format", "pt");
+      ++shard;
+    }
+    writer.add_converted(p.name, dtype, p.shape, p.data->span());
+    weight_map[p.name] = shard_name(shard);
+    written += bytes;
+  }
+  // Write every remaining shard, empty ones included, so the file names stay -of-N.
+  for (; shard < shards; ++shard) {
+    writer.write(dir / shard_name(shard));
+    writer = io::SafetensorsWriter{};
+  }
+  if (shards > 1) {
+    nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+  }
+  auto config = model.config();
+  config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
+  config.save(dir / "config.json");
+}
+
+}  // namespace blockdiff::model

@@ -1,0 +1,108 @@
+"""The blockdiff program's JSON contract, checked against the golden vectors.
+
+logits, ar and generate are run as an outside tool would run them; their output must match the
+golden files (logits to 2e-5 relative, tokens and forward counts exactly), and bad input must
+exit non-zero with a message that names the problem.
+"""
+import array
+import json
+import struct
+import subprocess
+import sys
+import tempfile
+
+exe, golden = sys.argv[1], sys.argv[2]
+failures = []
+
+
+def run(*args):
+    return subprocess.run([exe, *args], capture_output=True, text=True)
+
+
+def read_safetensors(path):
+    blob = open(path, "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    return json.loads(blob[8:8 + n]), blob[8 + n:]
+
+
+for model in ("f32-tied", "bf16-untied"):
+    for mask in ("causal", "block-causal"):
+        header, data = read_safetensors(f"{golden}/logits-{model}-{mask}.safetensors")
+        ids = json.loads(header["__metadata__"]["ids"])
+        begin, end = header["logits"]["data_offsets"]
+        ref = array.array("f")
+        ref.frombytes(data[begin:end])
+        args = ["logits", "--model", f"{golden}/model-{model}", "--ids", ",".join(map(str, ids)), "--mask", mask, "--json"]
+        if mask == "block-causal":
+            args += ["--block", header["__metadata__"].get("block", "8")]
+        out = run(*args)
+        got = [x for row in json.loads(out.stdout)["logits"] for x in row]
+        err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+        if len(got) != len(ref) or err > 2e-5:
+            failures.append(f"logits {model} {mask}: relative error {err}")
+
+for line in open(f"{golden}/ar.jsonl"):
+    g = json.loads(line)
+    out = json.loads(run("ar", "--model", f"{golden}/{g['model']}", "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
+                         "--max-new-tokens", str(g["max_new_tokens"]), "--json").stdout)
+    if out["tokens"] != g["tokens"] or out["nfe"] != g["nfe"]:
+        failures.append(f"ar {g['prompt_ids'][:3]}...: {out['nfe']} vs {g['nfe']}")
+
+count = 0
+for line in open(f"{golden}/generate.jsonl"):
+    g = json.loads(line)
+    out = json.loads(run("generate", "--model", f"{golden}/{g['model']}", "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
+                         "--block", str(g["block"]), "--sub-block", str(g["sub_block"]), "--threshold", str(g["threshold"]),
+                         "--cache", g["cache"], "--eos-id", str(g["eos_id"]), "--max-new-tokens", str(g["max_new_tokens"]),
+                         "--json").stdout)
+    count += 1
+    nfe = dict(g["nfe"])
+    # The golden counts include the last block's commit forward, whose token lies past max_new_tokens.
+    ok = out["tokens"] == g["tokens"] and all(out["nfe"][k] == nfe[k] for k in ("prefill", "block", "sub_block")) \
+        and nfe["commit"] - out["nfe"]["commit"] in (0, 1)
+    denoise = out["nfe"]["block"] + out["nfe"]["sub_block"]
+    ok = ok and abs(out["tokens_per_forward"] - len(out["tokens"]) / denoise) < 1e-9
+    if not ok:
+        failures.append(f"generate case {count}: {out['nfe']} vs {nfe}")
+
+# A batch file: each row as alone.
+with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+    f.write("[41, 48, 55]\n\n[128, 135, 142, 149, 156, 163, 170, 177]\n")
+    batch_file = f.name
+batch = json.loads(run("generate", "--model", f"{golden}/model-f32-tied", "--prompt-file", batch_file, "--block", "8",
+                       "--sub-block", "4", "--max-new-tokens", "12", "--json").stdout)
+for i, prompt in enumerate(["41,48,55", "128,135,142,149,156,163,170,177"]):
+    alone = json.loads(run("generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", prompt, "--block", "8",
+                           "--sub-block", "4", "--max-new-tokens", "12", "--json").stdout)
+    if alone["tokens"] != batch[i]["tokens"]:
+        failures.append(f"batch row {i} differs from the row alone")
+
+with open(batch_file, "w") as f:
+    f.write("[1, 2]\n[3, oops]\n")
+bad_cases = [
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--block", "12"], "--block 12 is not compiled in"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--block", "8", "--sub-block", "3"], "--sub-block 3"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "topk", "--block", "8", "--sub-block", "2"],
+     "add the shape in examples/compiled_set.hpp"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--threshold", "1.5"], "outside [0, 1]"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "topk", "--k", "0"], "k must be >= 1"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,319"], "contains the mask id 319"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--eos-id", "999"], "EOS id 999"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-file", batch_file], "line 2"),
+    (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,x"], "\"x\" is not an integer"),
+    (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1", "--max-new-tokens", "5000"], "beyond the context"),
+    (["logits", "--model", "/nonexistent", "--ids", "1"], "no such directory"),
+]
+for args, needle in bad_cases:
+    out = run(*args)
+    if out.returncode == 0 or needle not in out.stderr:
+        failures.append(f"{' '.join(args[:1] + args[3:])}: exit {out.returncode}, stderr {out.stderr.strip()!r}, wanted {needle!r}")
+
+help_text = run("--help").stdout
+if "Compiled decoder configurations" not in help_text:
+    failures.append("--help does not list the compiled decoder configurations")
+
+for f in failures:
+    print("FAIL:", f)
+print(f"cli: {count} generate cases, {len(bad_cases)} error cases, {len(failures)} failures")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,65 @@
+// The seeded generator and the runtime-to-template bridge.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "../support/check_error.hpp"
+#include "blockdiff/core/dispatch.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/core/tensor.hpp"
+
+using namespace blockdiff;
+
+TEST_CASE("Rng: the same seed gives the same stream, other seeds another") {
+  Rng a(42), b(42);
+  for (int i = 0; i < 100; ++i) {
+    const auto x = a.next();
+    CHECK(x == b.next());
+  }
+  Rng d(42), e(43);
+  int same = 0;
+  for (int i = 0; i < 100; ++i) same += d.next() == e.next();
+  CHECK(same == 0);
+}
+
+TEST_CASE("Rng: uniform is in [0, 1) with mean 1/2, below(n) covers [0, n)") {
+  Rng r(1);
+  double sum = 0;
+  for (int i = 0; i < 100000; ++i) {
+    const float u = r.uniform();
+    REQUIRE(u >= 0.0f);
+    REQUIRE(u < 1.0f);
+    sum += u;
+  }
+  CHECK(std::fabs(sum / 100000 - 0.5) < 0.01);
+  std::set<std::uint64_t> seen;
+  for (int i = 0; i < 1000; ++i) seen.insert(r.below(7));
+  CHECK(seen.size() == 7);
+  CHECK(*seen.rbegin() == 6);
+}
+
+TEST_CASE("dispatch_value maps a runtime value to its template argument and lists the supported ones") {
+  int got = 0;
+  dispatch_value<4, 8, 16>(8, [&]<int B>() { got = B * 10; });
+  CHECK(got == 80);
+  const int r = dispatch_value<1, 2, 3>(3, [&]<int V>() { return V * V; });
+  CHECK(r == 9);
+  CHECK_ERROR((dispatch_value<4, 8, 16>(12, [&]<int B>() { got = B; }, "--block")), "--block 12 is not compiled in (supported: 4, 8, 16)");
+}
+
+TEST_CASE("Buffer and TensorView: shapes, indexing, aligned storage that is reused") {
+  Buffer<float> b(Shape{2, 3});
+  CHECK(b.numel() == 6);
+  CHECK(reinterpret_cast<std::uintptr_t>(b.data()) % 64 == 0);
+  auto v = b.view();
+  v(1, 2) = 5.0f;
+  CHECK(b[5] == 5.0f);
+  CHECK(v.row(1)[2] == 5.0f);
+  const float* before = b.data();
+  b.resize(Shape{3, 2});
+  CHECK(b.data() == before);  // same capacity, no reallocation
+  CHECK(Shape{2, 3}.str() == "[2, 3]");
+  CHECK_THROWS_AS(Shape({-1}), Error);
+}

@@ -1,0 +1,304 @@
+// Block-diffusion decoding: the golden decodes of an independent implementation, the exactness
+// of the block cache, the sub-block cache against a literal transcription of §3.3, policy
+// behaviour per forward, batch == single, sampling reproducibility, and bad input.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <map>
+
+#include "../support/check_error.hpp"
+#include "../support/naive_model.hpp"
+#include "../support/paths.hpp"
+#include "../support/reference_decoder.hpp"
+#include "blockdiff/blockdiff.hpp"
+
+using namespace blockdiff;
+using Host = backend::Host;
+using Qwen = model::Qwen2<Host>;
+
+namespace {
+Qwen& golden_model(const std::string& name) {
+  static std::map<std::string, Qwen> models;
+  auto it = models.find(name);
+  if (it == models.end()) it = models.emplace(name, Qwen::load(test::golden(name))).first;
+  return it->second;
+}
+
+std::vector<int> prompt_of(int n, int seed) {
+  std::vector<int> p(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = (seed + 7 * i) % 300;
+  return p;
+}
+
+template <class Shape, class Policy, class Cache>
+decode::GenerateResult gen(Qwen& m, const std::vector<int>& prompt, int max_new, Policy policy = {},
+                           std::optional<int> eos = std::nullopt, decode::SamplingOptions sampling = {},
+                           std::uint64_t seed = 0) {
+  decode::BlockDiffusionDecoder<Qwen, Shape, Policy, Cache> d(m, policy);
+  decode::DecodeOptions o;
+  o.max_new_tokens = max_new;
+  o.mask_id = *m.config().mask_token_id;
+  o.eos_id = eos;
+  o.sampling = sampling;
+  o.seed = seed;
+  return d.generate(prompt, o);
+}
+
+std::vector<std::vector<std::pair<int, int>>> committed(const decode::GenerateResult& r) {
+  std::vector<std::vector<std::pair<int, int>>> out;
+  for (auto& s : r.trace.steps) out.push_back(s.committed);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("golden Fast-dLLM v2 decodes: tokens, forward counts and the committed positions of every forward") {
+  int checked = 0;
+  for (auto& g : test::read_jsonl(test::golden("generate.jsonl"))) {
+    auto& m = golden_model(g["model"].get<std::string>());
+    const auto prompt = g["prompt_ids"].get<std::vector<int>>();
+    const int block = g["block"], sub = g["sub_block"], max_new = g["max_new_tokens"];
+    const float thr = g["threshold"];
+    const std::string cache = g["cache"];
+    INFO(g["model"].get<std::string>(), " block ", block, "/", sub, " thr ", thr, " cache ", cache, " P ", prompt.size());
+    decode::GenerateResult r;
+    auto run = [&]<class Shape>() {
+      const unmask::Threshold policy{thr};
+      if (cache == "none") r = gen<Shape, unmask::Threshold, cache::None<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+      if (cache == "block") r = gen<Shape, unmask::Threshold, cache::Block<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+      if (cache == "hierarchical")
+        r = gen<Shape, unmask::Threshold, cache::Hierarchical<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+    };
+    if (block == 32 && sub == 8) run.template operator()<BlockShape<32, 8>>();
+    else if (block == 16 && sub == 4) run.template operator()<BlockShape<16, 4>>();
+    else if (block == 16 && sub == 8) run.template operator()<BlockShape<16, 8>>();
+    else if (block == 8 && sub == 2) run.template operator()<BlockShape<8, 2>>();
+    else FAIL("golden shape not covered");
+    CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
+    // Every forward commits what the golden trace says; the golden trace may hold one more
+    // commit forward (of the last block, whose next token lies beyond max_new_tokens).
+    const auto& trace = g["trace"];
+    REQUIRE(r.trace.steps.size() <= trace.size());
+    CHECK(trace.size() - r.trace.steps.size() <= 1);
+    for (std::size_t i = 0; i < r.trace.steps.size(); ++i) {
+      CHECK(std::string(decode::name_of(r.trace.steps[i].kind)) == trace[i][0].get<std::string>());
+      std::vector<std::pair<int, int>> want;
+      for (auto& pt : trace[i][1]) want.emplace_back(pt[0].get<int>(), pt[1].get<int>());
+      CHECK(r.trace.steps[i].committed == want);
+    }
+    CHECK(r.trace.count(decode::ForwardKind::prefill) == g["nfe"]["prefill"].get<int>());
+    CHECK(r.trace.count(decode::ForwardKind::block) == g["nfe"]["block"].get<int>());
+    CHECK(r.trace.count(decode::ForwardKind::sub_block) == g["nfe"]["sub_block"].get<int>());
+    ++checked;
+  }
+  CHECK(checked == 36);
+}
+
+TEST_CASE("the block cache is exact: Block and None commit the same tokens at the same positions, for every policy") {
+  auto& m = golden_model("model-f32-tied");
+  auto same = [&]<class Policy>(Policy policy) {
+    for (int len : {3, 8, 13, 17}) {
+      const auto p = prompt_of(len, len);
+      auto a = gen<BlockShape<8, 4>, Policy, cache::Block<>>(m, p, 21, policy, 318);
+      auto b = gen<BlockShape<8, 4>, Policy, cache::None<>>(m, p, 21, policy, 318);
+      INFO(Policy::name, " prompt ", len);
+      CHECK(a.tokens == b.tokens);
+      CHECK(committed(a) == committed(b));
+    }
+  };
+  same(unmask::Threshold{0.9f});
+  same(unmask::Threshold{0.5f});
+  same(unmask::TopK{2});
+  same(unmask::Scheduled<schedule::Cosine>{4});
+  same(unmask::Margin{0.7f});
+  same(unmask::Entropy{0.5f});
+  same(unmask::EntropyBounded{0.5f});
+  same(unmask::Factor{1.0f});
+  same(unmask::Random{2});
+}
+
+TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive model, with and without the sub-block cache") {
+  for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
+    auto& m = golden_model(name);
+    test::NaiveQwen2 naive(m);
+    for (int len : {1, 7, 8, 9, 16, 19}) {
+      const auto p = prompt_of(len, 3 * len + 1);
+      for (float thr : {0.9f, 0.6f}) {
+        INFO(name, " prompt ", len, " thr ", thr);
+        auto h = gen<BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>(m, p, 19, unmask::Threshold{thr}, 318);
+        auto ref_h = test::reference_generate(naive, p, 8, 4, thr, true, 319, 318, 19);
+        CHECK(h.tokens == ref_h.tokens);
+        CHECK(h.trace.count(decode::ForwardKind::block) == ref_h.block);
+        CHECK(h.trace.count(decode::ForwardKind::sub_block) == ref_h.sub_block);
+        CHECK(h.trace.count(decode::ForwardKind::commit) == ref_h.commit);
+        auto b = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 19, unmask::Threshold{thr}, 318);
+        auto ref_b = test::reference_generate(naive, p, 8, 4, thr, false, 319, 318, 19);
+        CHECK(b.tokens == ref_b.tokens);
+        CHECK(b.trace.count(decode::ForwardKind::block) == ref_b.block);
+        CHECK(b.trace.count(decode::ForwardKind::prefill) == ref_b.prefill);
+      }
+    }
+  }
+}
+
+TEST_CASE("threshold 1 commits one token per denoising forward, threshold 0 a whole sub-block, TopK min(k, masked)") {
+  auto& m = golden_model("model-bf16-untied");
+  const auto p = prompt_of(5, 2);
+  auto one = gen<BlockShape<16, 4>, unmask::Threshold, cache::Block<>>(m, p, 40, unmask::Threshold{1.0f});
+  for (auto& s : one.trace.steps)
+    if (s.kind == decode::ForwardKind::block) CHECK(s.committed.size() == 1);
+  auto all = gen<BlockShape<16, 4>, unmask::Threshold, cache::Block<>>(m, p, 40, unmask::Threshold{0.0f});
+  for (auto& s : all.trace.steps)
+    if (s.kind == decode::ForwardKind::block) {
+      // Each forward fills the masked positions of one sub-block: all of them.
+      const int lo = s.committed.front().first / 4 * 4;
+      for (auto& [pos, tok] : s.committed) CHECK(pos / 4 * 4 == lo);
+      // Offset 0 of a block holds the token of the commit forward; the first block, the prompt.
+      if (lo >= 16) CHECK(s.committed.size() == (lo % 16 == 0 ? 3u : 4u));
+    }
+  CHECK(all.trace.denoising_forwards() <= 40 / 4 + 2);
+  auto topk = gen<BlockShape<16, 4>, unmask::TopK, cache::Block<>>(m, p, 40, unmask::TopK{3});
+  // Per sub-block of 4 masked positions: 3 then 1.
+  for (auto& s : topk.trace.steps)
+    if (s.kind == decode::ForwardKind::block) CHECK((s.committed.size() == 3 || s.committed.size() == 1 || s.committed.size() == 2));
+  CHECK(one.tokens.size() == 40);
+  CHECK(one.trace.denoising_forwards() == 40 - one.trace.count(decode::ForwardKind::commit));
+}
+
+TEST_CASE("batch == single, for every row, with prompts of lengths B-1, B, B+1, 2B and 1, for each cache") {
+  auto& m = golden_model("model-f32-tied");
+  constexpr int B = 8;
+  std::vector<std::vector<int>> prompts;
+  for (int len : {B - 1, B, B + 1, 2 * B, 1}) prompts.push_back(prompt_of(len, len * 5 + 2));
+  auto check_cache = [&]<class Cache>() {
+    decode::BlockDiffusionDecoder<Qwen, BlockShape<B, 4>, unmask::Threshold, Cache> d(m, unmask::Threshold{0.8f});
+    decode::DecodeOptions o;
+    o.max_new_tokens = 21;
+    o.mask_id = 319;
+    o.eos_id = 318;
+    auto batch = d.generate(prompts, o);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      auto alone = d.generate(prompts[r], o);
+      INFO(Cache::name, " row ", r);
+      CHECK(batch[r].tokens == alone.tokens);
+      CHECK(committed(batch[r]) == committed(alone));
+      CHECK(batch[r].trace.forwards == alone.trace.forwards);
+    }
+  };
+  check_cache.template operator()<cache::None<>>();
+  check_cache.template operator()<cache::Block<>>();
+  check_cache.template operator()<cache::Hierarchical<>>();
+  check_cache.template operator()<cache::Block<Commit::reuse>>();
+}
+
+TEST_CASE("max_new_tokens is exact and a shorter run is a prefix of a longer one") {
+  auto& m = golden_model("model-bf16-untied");
+  const auto p = prompt_of(6, 9);
+  auto longer = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 30, unmask::Threshold{0.9f});
+  CHECK(longer.tokens.size() == 30);
+  for (int n : {1, 2, 5, 10, 17}) {
+    auto shorter = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, n, unmask::Threshold{0.9f});
+    CHECK(shorter.tokens == std::vector<int>(longer.tokens.begin(), longer.tokens.begin() + n));
+  }
+  CHECK(gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 0).tokens.empty());
+}
+
+TEST_CASE("EOS: generation stops once an EOS is committed with nothing masked before it; the EOS is kept") {
+  auto& m = golden_model("model-bf16-untied");
+  // The last golden case stops on EOS 5 inside its first block, with no commit forward.
+  auto r = gen<BlockShape<16, 8>, unmask::Threshold, cache::Hierarchical<>>(m, {25, 32, 39}, 29, unmask::Threshold{0.9f}, 5);
+  CHECK(r.tokens == std::vector<int>{111, 105, 262, 262, 5});
+  CHECK(r.trace.count(decode::ForwardKind::commit) == 0);
+}
+
+TEST_CASE("commit reuse skips the commit forward and stays close to the paper's decode") {
+  auto& m = golden_model("model-f32-tied");
+  const auto p = prompt_of(5, 4);
+  auto fwd = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 27, unmask::Threshold{0.9f});
+  auto reuse = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<Commit::reuse>>(m, p, 27, unmask::Threshold{0.9f});
+  CHECK(reuse.trace.count(decode::ForwardKind::commit) == 0);
+  CHECK(fwd.trace.count(decode::ForwardKind::commit) > 0);
+  CHECK(reuse.tokens.size() == 27);
+  // The first block is decoded identically (its next token comes from the last denoising forward).
+  CHECK(std::equal(reuse.tokens.begin(), reuse.tokens.begin() + 3, fwd.tokens.begin()));
+}
+
+TEST_CASE("sampling is reproducible with a seed, and greedy output does not depend on the seed") {
+  auto& m = golden_model("model-f32-tied");
+  const auto p = prompt_of(4, 1);
+  const decode::SamplingOptions hot{1.0f, 0.9f};
+  auto a = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, hot, 7);
+  auto b = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, hot, 7);
+  CHECK(a.tokens == b.tokens);
+  bool differs = false;
+  for (std::uint64_t seed = 8; seed < 12 && !differs; ++seed)
+    differs = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, hot, seed).tokens != a.tokens;
+  CHECK(differs);
+  auto g1 = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, {}, 1);
+  auto g2 = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, {}, 99);
+  CHECK(g1.tokens == g2.tokens);
+}
+
+TEST_CASE("sample_token: top-p keeps the smallest nucleus and the confidence is renormalised") {
+  // probabilities 0.5, 0.3, 0.2 (logits are their logs): top-p 0.6 keeps {0, 1}.
+  std::vector<float> l{std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  Rng rng(3);
+  std::vector<double> probs;
+  std::vector<int> order;
+  int seen[3] = {};
+  for (int i = 0; i < 2000; ++i) {
+    auto s = decode::sample_token(l.data(), 3, {1.0f, 0.6f}, rng, probs, order);
+    ++seen[s.token];
+    CHECK(s.p1 == doctest::Approx(s.token == 0 ? 0.625 : 0.375).epsilon(1e-4));
+  }
+  CHECK(seen[2] == 0);
+  CHECK(std::abs(seen[0] / 2000.0 - 0.625) < 0.05);
+}
+
+TEST_CASE("bad decoding input is a clear error") {
+  auto& m = golden_model("model-f32-tied");
+  decode::BlockDiffusionDecoder<Qwen, BlockShape<8, 4>, unmask::Threshold, cache::Block<>> d(m);
+  decode::DecodeOptions o;
+  o.max_new_tokens = 8;
+  o.mask_id = 319;
+  CHECK_ERROR(d.generate(std::vector<int>{}, o), "prompt is empty");
+  CHECK_ERROR(d.generate(std::vector<int>{1, 319}, o), "contains the mask id 319 at index 1");
+  CHECK_ERROR(d.generate(std::vector<int>{1, 400}, o), "outside the vocabulary");
+  o.max_new_tokens = 4095;
+  CHECK_ERROR(d.generate(std::vector<int>{1, 2}, o), "beyond the context of 4096");
+  o.max_new_tokens = 8;
+  o.mask_id = 320;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "mask id 320 is outside the vocabulary");
+  o.mask_id = -1;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "mask id is not set");
+  o.mask_id = 319;
+  o.eos_id = 1000;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "EOS id 1000");
+  o.eos_id = std::nullopt;
+  d.policy().tau = 2.0f;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "threshold 2 is outside [0, 1]");
+  CHECK_ERROR((decode::BlockDiffusionDecoder<Qwen, BlockShape<8, 4>, unmask::TopK>(m, unmask::TopK{0})), "k must be >= 1");
+  d.policy().tau = 0.9f;
+  o.sampling.top_p = 0.0f;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "top-p");
+}
+
+namespace {
+// A user policy that never commits anything: the decoder names it instead of looping forever.
+struct Lazy {
+  using policy_kind = kind::unmasking;
+  static constexpr const char* name = "lazy";
+  static constexpr bool needs_second_prob = false, needs_entropy = false;
+  void validate() const {}
+  void select(const Candidate*, int, StepContext&, bool*) const {}
+};
+}  // namespace
+
+TEST_CASE("a policy that makes no progress is reported by name") {
+  auto& m = golden_model("model-f32-tied");
+  decode::BlockDiffusionDecoder<Qwen, BlockShape<8, 4>, Lazy> d(m);
+  decode::DecodeOptions o;
+  o.max_new_tokens = 4;
+  o.mask_id = 319;
+  CHECK_ERROR(d.generate(std::vector<int>{1, 2}, o), "unmasking policy \"lazy\" committed no position");
+}

@@ -1,0 +1,153 @@
+// config.json and checkpoint folders: required fields, inconsistent heads, sharded folders that
+// load to exactly the weights of one file, and broken folders named in the error.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include "../support/check_error.hpp"
+#include "../support/paths.hpp"
+#include "blockdiff/io/checkpoint.hpp"
+#include "blockdiff/model/init.hpp"
+#include "blockdiff/model/save.hpp"
+
+using namespace blockdiff;
+
+namespace {
+const char* kConfig = R"({"hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 320, "rope_theta": 10000.0,
+  "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "tie_word_embeddings": true, "bd_size": 32,
+  "eos_token_id": 318, "bos_token_id": 317, "mask_token_id": 319})";
+
+nlohmann::json base() { return nlohmann::json::parse(kConfig); }
+io::ModelConfig parse(const nlohmann::json& j) { return io::ModelConfig::from_text(j.dump(), "config.json"); }
+}  // namespace
+
+TEST_CASE("config.json: fields are read, and the golden configs parse") {
+  auto c = parse(base());
+  CHECK(c.hidden_size == 64);
+  CHECK(c.head_dim() == 16);
+  CHECK(c.kv_dim() == 32);
+  CHECK(c.tie_word_embeddings);
+  CHECK(*c.mask_token_id == 319);
+  auto g = io::ModelConfig::load(test::golden("model-bf16-untied/config.json"));
+  CHECK(g.num_hidden_layers == 3);
+  CHECK(!g.tie_word_embeddings);
+  auto j = base();
+  j["eos_token_id"] = {318, 317};  // a list of stop ids: the first is the EOS
+  CHECK(*parse(j).eos_token_id == 318);
+  j = base();
+  j.erase("num_key_value_heads");  // defaults to the attention heads
+  CHECK(parse(j).num_key_value_heads == 4);
+}
+
+TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
+  auto without = [](const char* f) {
+    auto j = base();
+    j.erase(f);
+    return j;
+  };
+  CHECK_ERROR(parse(without("hidden_size")), "missing required field \"hidden_size\"");
+  CHECK_ERROR(parse(without("vocab_size")), "\"vocab_size\"");
+  auto j = base();
+  j["hidden_size"] = "64";
+  CHECK_ERROR(parse(j), "\"hidden_size\" must be an integer");
+  j = base();
+  j["num_attention_heads"] = 5;
+  CHECK_ERROR(parse(j), "not divisible by num_attention_heads");
+  j = base();
+  j["num_key_value_heads"] = 3;
+  CHECK_ERROR(parse(j), "not divisible by num_key_value_heads");
+  j = base();
+  j["mask_token_id"] = 320;
+  CHECK_ERROR(parse(j), "\"mask_token_id\" 320 is outside the vocabulary");
+  j = base();
+  j["rope_scaling"] = {{"type", "yarn"}};
+  CHECK_ERROR(parse(j), "rope_scaling");
+  CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");
+}
+
+TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model in one file") {
+  const auto dir = test::temp_dir("ckpt-shards");
+  auto cfg = model::preset_config("tiny");
+  cfg.tie_word_embeddings = false;
+  model::write_random_checkpoint(dir / "one", cfg, 5, DType::bf16);
+  auto a = model::Qwen2<backend::Host>::load(dir / "one");
+  model::save_checkpoint(a, dir / "sharded", DType::bf16, 3);
+  CHECK(std::filesystem::exists(dir / "sharded" / "model-00003-of-00003.safetensors"));
+  io::Checkpoint ck(dir / "sharded");
+  CHECK(ck.shards().size() == 3);
+  CHECK(ck.contains("lm_head.weight"));
+  auto b = model::Qwen2<backend::Host>::load(dir / "sharded");
+  auto pa = a.parameters(), pb = b.parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    CHECK(pa[i].name == pb[i].name);
+    CHECK(std::memcmp(pa[i].data->data(), pb[i].data->data(), pa[i].data->bytes()) == 0);
+  }
+}
+
+TEST_CASE("broken checkpoint folders are errors that name the file and the entry") {
+  const auto dir = test::temp_dir("ckpt-bad");
+  auto cfg = model::preset_config("tiny");
+  model::write_random_checkpoint(dir / "good", cfg, 1, DType::f32);
+  auto m = model::Qwen2<backend::Host>::load(dir / "good");
+  model::save_checkpoint(m, dir / "sharded", DType::f32, 2);
+  auto copy = [&](const char* name) {
+    std::filesystem::copy(dir / "sharded", dir / name, std::filesystem::copy_options::recursive);
+    return dir / name;
+  };
+  auto read = [](const std::filesystem::path& p) {
+    std::ifstream in(p);
+    return nlohmann::json::parse(in);
+  };
+
+  CHECK_ERROR(model::Qwen2<backend::Host>::load(dir / "nowhere"), "no such directory");
+  {
+    auto d = copy("missing-shard");
+    std::filesystem::remove(d / "model-00002-of-00002.safetensors");
+    CHECK_ERROR(io::Checkpoint{d}, "names shard \"model-00002-of-00002.safetensors\", which is missing");
+  }
+  {
+    auto d = copy("two-shards");
+    // Put one tensor of shard 2 into shard 1 as well.
+    io::SafetensorsFile s1(d / "model-00001-of-00002.safetensors"), s2(d / "model-00002-of-00002.safetensors");
+    io::SafetensorsWriter w;
+    for (auto& e : s1.entries()) w.add(e.name, e.dtype, e.shape, e.bytes);
+    const auto& dup = s2.entries().front();
+    w.add(dup.name, dup.dtype, dup.shape, dup.bytes);
+    w.write(d / "model-00001-of-00002.safetensors");
+    CHECK_ERROR(io::Checkpoint{d}, "is stored in two shards");
+  }
+  {
+    auto d = copy("unlisted");
+    auto idx = read(d / "model.safetensors.index.json");
+    idx["weight_map"].erase("model.norm.weight");
+    std::ofstream(d / "model.safetensors.index.json") << idx.dump();
+    CHECK_ERROR(io::Checkpoint{d}, "\"model.norm.weight\", which the index does not list");
+  }
+  {
+    auto d = copy("wrong-shape");
+    auto j = read(d / "config.json");
+    j["intermediate_size"] = 128;
+    std::ofstream(d / "config.json") << j.dump();
+    CHECK_ERROR(model::Qwen2<backend::Host>::load(d), "implies [128, 64]");
+  }
+  {
+    auto d = copy("untied");
+    auto j = read(d / "config.json");
+    j["tie_word_embeddings"] = false;
+    std::ofstream(d / "config.json") << j.dump();
+    CHECK_ERROR(model::Qwen2<backend::Host>::load(d), "missing tensor \"lm_head.weight\"");
+  }
+  {
+    auto d = copy("no-config");
+    std::filesystem::remove(d / "config.json");
+    CHECK_ERROR(io::Checkpoint{d}, "missing config.json");
+  }
+  {
+    auto d = copy("bad-index");
+    std::ofstream(d / "model.safetensors.index.json") << "{\"weight_map\": 3}";
+    CHECK_ERROR(io::Checkpoint{d}, "weight_map");
+  }
+}

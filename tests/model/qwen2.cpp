@@ -1,0 +1,193 @@
+// The Qwen2 forward against the naive double-precision model, against the golden logits of an
+// independent implementation, and every KV-cache path against recomputing the whole sequence.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "../support/check_error.hpp"
+#include "../support/naive_model.hpp"
+#include "../support/paths.hpp"
+#include "blockdiff/blockdiff.hpp"
+
+using namespace blockdiff;
+using Host = backend::Host;
+using Qwen = model::Qwen2<Host>;
+
+namespace {
+std::vector<int> some_tokens(int n, int vocab, int seed) {
+  std::vector<int> t(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) t[static_cast<std::size_t>(i)] = (seed * 31 + i * 17 + i * i * 7) % (vocab - 2);
+  return t;
+}
+
+// Max |a - b| over max |b| for logits rows a (view rows [r0, r0 + n)) against reference rows.
+double rel_err(TensorView<const float> a, std::int64_t r0, const std::vector<std::vector<double>>& ref, int ref0, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i)
+    for (std::size_t j = 0; j < ref[static_cast<std::size_t>(ref0 + i)].size(); ++j) {
+      num = std::max(num, std::fabs(a(r0 + i, static_cast<std::int64_t>(j)) - ref[static_cast<std::size_t>(ref0 + i)][j]));
+      den = std::max(den, std::fabs(ref[static_cast<std::size_t>(ref0 + i)][j]));
+    }
+  return num / den;
+}
+
+Qwen random_model(bool tied, const char* name) {
+  auto dir = test::temp_dir(name);
+  auto cfg = model::preset_config("tiny");
+  cfg.tie_word_embeddings = tied;
+  model::write_random_checkpoint(dir, cfg, tied ? 11 : 12, DType::f32);
+  return Qwen::load(dir);
+}
+
+template <class Mask>
+TensorView<const float> run(Qwen& m, std::vector<model::ForwardRow<Host>>& rows) {
+  return m.forward<Mask>(rows);
+}
+}  // namespace
+
+TEST_CASE("the forward matches the naive model under the causal and block-causal masks") {
+  for (bool tied : {true, false}) {
+    auto m = random_model(tied, tied ? "fw-tied" : "fw-untied");
+    test::NaiveQwen2 naive(m);
+    const auto toks = some_tokens(21, m.vocab_size(), 1);
+    auto cache = m.make_cache(21);
+    std::vector<model::ForwardRow<Host>> rows(1);
+    rows[0].tokens = toks;
+    rows[0].cache = &cache;
+    auto ref = naive.forward(toks, [](int q, int k) { return k <= q; });
+    CHECK(rel_err(run<mask::Causal>(m, rows), 0, ref, 0, 21) < 1e-5);
+    rows[0].kv_end = -1;
+    auto ref_bc = naive.forward(toks, [](int q, int k) { return k / 8 <= q / 8; });
+    CHECK(rel_err(run<mask::BlockCausal<8>>(m, rows), 0, ref_bc, 0, 21) < 1e-5);
+  }
+}
+
+TEST_CASE("golden logits of an independent implementation, for both golden models and masks") {
+  for (const char* name : {"f32-tied", "bf16-untied"})
+    for (const char* mk : {"causal", "block-causal"}) {
+      INFO(name, " ", mk);
+      io::SafetensorsFile f(test::golden(std::string("logits-") + name + "-" + mk + ".safetensors"));
+      const auto ids = nlohmann::json::parse(f.metadata().at("ids")).get<std::vector<int>>();
+      auto m = Qwen::load(test::golden(std::string("model-") + name));
+      auto cache = m.make_cache(static_cast<int>(ids.size()));
+      std::vector<model::ForwardRow<Host>> rows(1);
+      rows[0].tokens = ids;
+      rows[0].cache = &cache;
+      auto logits = std::string(mk) == "causal" ? run<mask::Causal>(m, rows) : run<mask::BlockCausal<8>>(m, rows);
+      const auto& e = f.at("logits");
+      REQUIRE(e.numel() == logits.numel());
+      std::vector<float> ref(static_cast<std::size_t>(e.numel()));
+      std::memcpy(ref.data(), e.bytes.data(), e.bytes.size());
+      double num = 0, den = 0;
+      for (std::size_t i = 0; i < ref.size(); ++i) {
+        num = std::max(num, static_cast<double>(std::fabs(logits.data()[i] - ref[i])));
+        den = std::max(den, static_cast<double>(std::fabs(ref[i])));
+      }
+      CHECK(num / den < 2e-5);
+    }
+}
+
+TEST_CASE("KV cache: append in chunks, a read-only block forward and a sub-block overwrite equal recomputation") {
+  auto m = random_model(true, "kv-paths");
+  test::NaiveQwen2 naive(m);
+  constexpr int B = 8;
+  const auto toks = some_tokens(3 * B, m.vocab_size(), 2);
+  const auto full_bc = naive.forward(toks, [](int q, int k) { return k / B <= q / B; });
+
+  // Append: prefill two blocks, then the third block, advancing the committed length.
+  auto cache = m.make_cache(3 * B);
+  std::vector<model::ForwardRow<Host>> rows(1);
+  rows[0] = {std::span<const int>(toks).first(2 * B), 0, -1, true, 0, -1, {}, &cache};
+  CHECK(rel_err(run<mask::BlockCausal<B>>(m, rows), 0, full_bc, 0, 2 * B) < 1e-5);
+  CHECK(cache.committed() == 2 * B);
+
+  // Read-only block forward: writes scratch slots [2B, 3B), attends [0, 3B), does not advance.
+  rows[0] = {std::span<const int>(toks).subspan(2 * B), 2 * B, 3 * B, false, 0, -1, {}, &cache};
+  auto block_logits = run<mask::BlockCausal<B>>(m, rows);
+  CHECK(rel_err(block_logits, 0, full_bc, 2 * B, B) < 1e-5);
+  CHECK(cache.committed() == 2 * B);
+  std::vector<float> saved(block_logits.data(), block_logits.data() + block_logits.numel());
+
+  // Sub-block forward over unchanged tokens [2B+4, 3B): the same rows as the block forward.
+  rows[0] = {std::span<const int>(toks).subspan(2 * B + 4), 2 * B + 4, 3 * B, false, 0, -1, {}, &cache};
+  auto sub = run<mask::Full>(m, rows);
+  double err = 0;
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < m.vocab_size(); ++j) err = std::max(err, double(std::fabs(sub(i, j) - saved[(4 + i) * m.vocab_size() + j])));
+  CHECK(err < 1e-4);
+
+  // Sub-block forward over changed tokens: compare with the naive model doing the same steps
+  // (commit two blocks, save the block's K/V, overwrite rows [4, 8) with the new tokens').
+  auto changed = toks;
+  for (int i = 2 * B + 4; i < 3 * B; ++i) changed[static_cast<std::size_t>(i)] = (changed[static_cast<std::size_t>(i)] + 5) % 300;
+  rows[0] = {std::span<const int>(changed).subspan(2 * B + 4), 2 * B + 4, 3 * B, false, 0, -1, {}, &cache};
+  auto sub2 = run<mask::Full>(m, rows);
+  auto store = naive.make_store();
+  naive.forward(std::vector<int>(toks.begin(), toks.begin() + 3 * B), 0, store, 3 * B, [](int q, int k) { return k / B <= q / B; });
+  auto ref_sub = naive.forward(std::vector<int>(changed.begin() + 2 * B + 4, changed.end()), 2 * B + 4, store, 3 * B,
+                               [](int, int) { return true; });
+  CHECK(rel_err(sub2, 0, ref_sub, 0, 4) < 1e-5);
+}
+
+TEST_CASE("a batch of rows of different lengths gives each row's own logits") {
+  auto m = random_model(false, "batch-rows");
+  const auto a = some_tokens(5, m.vocab_size(), 3), b = some_tokens(13, m.vocab_size(), 4);
+  auto ca = m.make_cache(16), cb = m.make_cache(16);
+  std::vector<model::ForwardRow<Host>> one(1), both(2);
+  one[0] = {a, 0, -1, true, 4, 5, {}, &ca};
+  std::vector<float> alone_a(run<mask::Causal>(m, one).row(0), run<mask::Causal>(m, one).row(0) + m.vocab_size());
+  one[0] = {b, 0, -1, true, 0, -1, {}, &cb};
+  auto lb = run<mask::Causal>(m, one);
+  std::vector<float> alone_b(lb.data(), lb.data() + lb.numel());
+  both[0] = {b, 0, -1, true, 0, -1, {}, &cb};
+  both[1] = {a, 0, -1, true, 4, 5, {}, &ca};
+  auto l = run<mask::Causal>(m, both);
+  CHECK(m.logit_offset(1) == 13);
+  double err = 0;
+  for (int j = 0; j < m.vocab_size(); ++j) err = std::max(err, double(std::fabs(l(13, j) - alone_a[j])));
+  for (std::int64_t i = 0; i < 13 * m.vocab_size(); ++i) err = std::max(err, double(std::fabs(l.data()[i] - alone_b[i])));
+  CHECK(err < 1e-4);
+}
+
+TEST_CASE("AR decoding reproduces the golden AR decodes") {
+  for (auto& g : test::read_jsonl(test::golden("ar.jsonl"))) {
+    auto m = Qwen::load(test::golden(g["model"].get<std::string>()));
+    decode::ArOptions o;
+    o.max_new_tokens = g["max_new_tokens"];
+    o.eos_id = m.config().eos_token_id;
+    auto r = decode::ar_generate(m, g["prompt_ids"].get<std::vector<int>>(), o);
+    CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
+    CHECK(r.prefill_forwards == g["nfe"]["prefill"].get<int>());
+    CHECK(r.decode_forwards == g["nfe"]["decode"].get<int>());
+  }
+}
+
+TEST_CASE("AR decoding: a batch gives every row what it gives alone, and stops at EOS") {
+  auto m = random_model(true, "ar-batch");
+  std::vector<std::vector<int>> prompts{some_tokens(3, 300, 5), some_tokens(17, 300, 6), some_tokens(1, 300, 7)};
+  decode::ArOptions o;
+  o.max_new_tokens = 12;
+  auto batch = decode::ar_generate(m, prompts, o);
+  for (std::size_t r = 0; r < prompts.size(); ++r) CHECK(decode::ar_generate(m, prompts[r], o).tokens == batch[r].tokens);
+  // Make the third token of row 0 the EOS: decoding stops there and keeps it.
+  o.eos_id = batch[0].tokens[2];
+  auto stopped = decode::ar_generate(m, prompts[0], o);
+  const auto first = std::find(batch[0].tokens.begin(), batch[0].tokens.end(), *o.eos_id) - batch[0].tokens.begin();
+  CHECK(stopped.tokens.size() == static_cast<std::size_t>(first + 1));
+  CHECK(stopped.tokens.back() == *o.eos_id);
+}
+
+TEST_CASE("bad prompts are clear errors") {
+  auto m = random_model(true, "ar-bad");
+  decode::ArOptions o;
+  o.max_new_tokens = 4;
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{}, o), "prompt is empty");
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 320}, o), "token id 320 at index 1 is outside the vocabulary");
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{-1}, o), "outside the vocabulary");
+  o.max_new_tokens = 5000;
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "beyond the context of 4096");
+  o.max_new_tokens = 2;
+  o.eos_id = 999;
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1}, o), "EOS id 999");
+}
