@@ -1,6 +1,9 @@
 // Where the tests find their data, and small helpers shared by the test programs.
 #pragma once
 
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -9,7 +12,12 @@
 
 namespace blockdiff::test {
 
-inline std::filesystem::path data_dir() { return BLOCKDIFF_TEST_DATA; }
+//! The test data folder: $BLOCKDIFF_TEST_DATA when set (a binary run on another machine), else
+//! the source tree's tests/data.
+inline std::filesystem::path data_dir() {
+  if (const char* env = std::getenv("BLOCKDIFF_TEST_DATA")) return env;
+  return BLOCKDIFF_TEST_DATA;
+}
 inline std::filesystem::path golden(const std::string& name) { return data_dir() / "golden" / name; }
 
 //! A fresh, empty temporary folder for one test.

@@ -65,6 +65,28 @@ struct Kernel<backend::Host, op::Linear> {
 };
 
 template <>
+struct Kernel<backend::Host, op::Embedding> {
+  static void run(const float* table, const int* ids, std::int64_t n, int h, float* out) {
+    for (std::int64_t t = 0; t < n; ++t) std::copy_n(table + static_cast<std::int64_t>(ids[t]) * h, h, out + t * h);
+  }
+};
+
+template <>
+struct Kernel<backend::Host, op::KvWrite> {
+  //! k, v: [n, kv_heads, d] -> cache [kv_heads, capacity, d] at slots first..first+n-1.
+  static void run(const float* k, const float* v, int n, int kv_heads, int d, float* cache_k, float* cache_v,
+                  int capacity, int first) {
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < kv_heads; ++h) {
+        const std::int64_t src = (static_cast<std::int64_t>(t) * kv_heads + h) * d;
+        const std::int64_t dst = (static_cast<std::int64_t>(h) * capacity + first + t) * d;
+        std::copy_n(k + src, d, cache_k + dst);
+        std::copy_n(v + src, d, cache_v + dst);
+      }
+  }
+};
+
+template <>
 struct Kernel<backend::Host, op::RmsNorm> {
   static void run(const float* x, std::int64_t n, int h, const float* weight, float eps, float* y) {
 #pragma omp parallel for schedule(static) if (n * h > 1 << 16)

@@ -6,7 +6,10 @@
 // one readable compile error, and adding a backend means adding specialisations only.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "blockdiff/core/macros.hpp"
 #include "blockdiff/core/tensor.hpp"
@@ -14,11 +17,26 @@
 namespace blockdiff {
 
 namespace backend {
-//! The CPU backend: f32 compute, Eigen GEMMs, OpenMP threads.
+//! The CPU backend: f32 compute, Eigen GEMMs, OpenMP threads. Memory is ordinary host memory,
+//! so the transfers below are plain copies (or nothing, for to_host).
 struct Host {
   template <class T>
   using buffer = ::blockdiff::Buffer<T>;
   static constexpr const char* name = "host";
+
+  template <class T>
+  static void upload(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <class T>
+  static void copy(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  //! A host pointer to n values at `src`: `src` itself on the host; `staging` holds a copy elsewhere.
+  template <class T>
+  static const T* to_host(const T* src, std::size_t, std::vector<T>&) {
+    return src;
+  }
 };
 //! The CUDA backend; its kernels live in <blockdiff/cuda.cuh>.
 struct Cuda;
@@ -27,6 +45,10 @@ struct Cuda;
 namespace op {
 //! y[n, m] = x[n, k] · w[m, k]ᵀ (+ bias[m]), optionally accumulated into y.
 struct Linear {};
+//! out[t, :] = table[ids[t], :]: the embedding lookup (ids in device memory).
+struct Embedding {};
+//! Writes n tokens' K and V ([n, kv_heads, head_dim]) into cache slots [first, first + n).
+struct KvWrite {};
 //! y[n, h] = x · rsqrt(mean(x²) + eps) · weight, in f32.
 struct RmsNorm {};
 //! In-place rotary embedding of [n, heads, head_dim] with the half-rotation layout.

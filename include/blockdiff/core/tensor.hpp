@@ -16,6 +16,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <type_traits>
 
 #include "blockdiff/core/error.hpp"
 
@@ -73,7 +74,11 @@ class TensorView {
   T& operator()(std::int64_t i, std::int64_t j, std::int64_t k) const {
     return data_[(i * shape_[1] + j) * shape_[2] + k];
   }
-  operator TensorView<const T>() const { return {data_, shape_}; }
+  template <class U = T>
+    requires(!std::is_const_v<U>)
+  operator TensorView<const U>() const {
+    return {data_, shape_};
+  }
 
  private:
   T* data_ = nullptr;

@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/decode/prompt.hpp"
 #include "blockdiff/model/concept.hpp"
@@ -30,10 +31,6 @@ struct ArResult {
   int decode_forwards = 0;
   double seconds = 0;
 };
-
-namespace detail {
-inline int argmax(const float* v, int n) { return static_cast<int>(std::max_element(v, v + n) - v); }
-}  // namespace detail
 
 //! Greedy AR decoding of every prompt; row r of the result is what prompt r gives alone.
 template <Model M>
@@ -59,6 +56,7 @@ std::vector<ArResult> ar_generate(M& model, std::span<const std::vector<int>> pr
     active.push_back({r, prompts[r], model.make_cache(static_cast<int>(prompts[r].size()) + options.max_new_tokens), 0});
   }
   std::vector<model::ForwardRow<Backend>> rows;
+  std::vector<PositionStats> stats;
   bool prefill = true;
   while (!active.empty()) {
     rows.clear();
@@ -74,12 +72,14 @@ std::vector<ArResult> ar_generate(M& model, std::span<const std::vector<int>> pr
       rows.push_back(row);
     }
     auto logits = model.template forward<mask::Causal>(rows);
+    stats.resize(static_cast<std::size_t>(logits.dim(0)));
+    Kernel<Backend, op::VocabStats<false, false>>::run(logits.data(), logits.dim(0), config.vocab_size, stats.data());
     std::vector<Row> still;
     for (std::size_t i = 0; i < active.size(); ++i) {
       auto& a = active[i];
       auto& res = results[a.index];
       (prefill ? res.prefill_forwards : res.decode_forwards) += 1;
-      const int token = detail::argmax(logits.row(model.logit_offset(i)), config.vocab_size);
+      const int token = stats[static_cast<std::size_t>(model.logit_offset(i))].token;
       a.seq.push_back(token);
       res.tokens.push_back(token);
       ++a.produced;

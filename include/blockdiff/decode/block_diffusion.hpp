@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "blockdiff/backend/host.hpp"
+#include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/decode/prompt.hpp"
@@ -150,13 +151,21 @@ class BlockDiffusionDecoder {
 
       const auto t0 = std::chrono::steady_clock::now();
       auto logits = model_.template forward<Mask>(forward_rows);
+      // One pass over the vocabulary for every logit row, computing what the policy needs.
+      const std::int64_t n_rows = logits.dim(0);
+      stats_.resize(static_cast<std::size_t>(n_rows));
+      Kernel<backend_type, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::run(
+          logits.data(), n_rows, config.vocab_size, stats_.data());
+      const float* host_logits = options.sampling.temperature > 0
+                                     ? backend_type::to_host(logits.data(), static_cast<std::size_t>(logits.numel()), staging_)
+                                     : nullptr;
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       for (std::size_t i = 0; i < stepping.size(); ++i) {
         Row& row = *stepping[i];
         const std::size_t kind = static_cast<std::size_t>(row.kind);
         row.trace.forwards[kind] += 1;
         row.trace.seconds[kind] += dt;
-        consume(row, logits, model_.logit_offset(i), options);
+        consume(row, host_logits, model_.logit_offset(i), options);
       }
       std::erase_if(active, [](const Row& r) { return r.finished; });
     }
@@ -318,12 +327,10 @@ class BlockDiffusionDecoder {
   }
 
   //! Reads the row's logits and commits what the forward decided.
-  void consume(Row& r, const TensorView<const float>& logits, std::int64_t offset, const DecodeOptions& o) {
+  //! `host_logits` is set only when sampling; greedy decoding reads the statistics pass alone.
+  void consume(Row& r, const float* host_logits, std::int64_t offset, const DecodeOptions& o) {
     const int V = model_.config().vocab_size;
-    auto argmax = [&](std::int64_t row) {
-      const float* l = logits.row(row);
-      return static_cast<int>(std::max_element(l, l + V) - l);
-    };
+    auto argmax = [&](std::int64_t row) { return stats_[static_cast<std::size_t>(row)].token; };
     TraceStep step{r.kind, {}};
     if (r.kind == ForwardKind::prefill) {
       const int n = r.prompt_len / B * B;
@@ -348,8 +355,8 @@ class BlockDiffusionDecoder {
         if (block(r)[j] != o.mask_id) continue;
         const std::int64_t row = offset + (j - r.logits_first_pos);
         cand[n].offset = j;
-        cand[n].stats = o.sampling.temperature > 0 ? sample_token(logits.row(row), V, o.sampling, r.rng, probs_, order_)
-                                                    : stats_of(logits.row(row), V);
+        cand[n].stats = host_logits ? sample_token(host_logits + row * V, V, o.sampling, r.rng, probs_, order_)
+                                    : stats_[static_cast<std::size_t>(row)];
         ++n;
       }
       require(n > 0 || !has_mask(r, lo, hi, o.mask_id), "internal: position 0 of a block is masked");
@@ -370,11 +377,6 @@ class BlockDiffusionDecoder {
     if (o.trace) r.trace.steps.push_back(std::move(step));
   }
 
-  static PositionStats stats_of(const float* logits, int vocab) {
-    return Kernel<backend::Host, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::one_row(logits,
-                                                                                                          vocab);
-  }
-
   //! Collects the row's output: tokens after the prompt, cut after the first EOS and at the limit.
   void finish(Row& r, GenerateResult& out, const DecodeOptions& o) {
     const int end = std::min<int>(r.limit, static_cast<int>(r.x.size()));
@@ -391,6 +393,8 @@ class BlockDiffusionDecoder {
 
   M& model_;
   Unmask policy_;
+  std::vector<PositionStats> stats_;
+  std::vector<float> staging_;
   std::vector<double> probs_;
   std::vector<int> order_;
 };

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "blockdiff/backend/host.hpp"
@@ -102,6 +103,7 @@ class Qwen2 {
     Qwen2 model(ckpt.config());
     auto params = model.parameters();
     std::vector<bool> filled(params.size(), false);
+    std::vector<float> staging;  // one tensor at a time, for backends whose memory is elsewhere
     ckpt.for_each_tensor([&](const io::TensorEntry& e, const io::SafetensorsFile& file) {
       auto it = std::find_if(params.begin(), params.end(), [&](const Parameter& p) { return p.name == e.name; });
       if (it == params.end()) {
@@ -113,7 +115,13 @@ class Qwen2 {
               " but config.json implies ", shape_string(it->shape));
       require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file.path(), ": tensor \"",
               e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
-      convert_to_f32(e.dtype, e.bytes.data(), it->data->data(), static_cast<std::size_t>(e.numel()));
+      if constexpr (std::is_same_v<Backend, backend::Host>) {
+        convert_to_f32(e.dtype, e.bytes.data(), it->data->data(), static_cast<std::size_t>(e.numel()));
+      } else {
+        staging.resize(static_cast<std::size_t>(e.numel()));
+        convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
+        Backend::upload(it->data->data(), staging.data(), staging.size());
+      }
       file.release(e);
       filled[static_cast<std::size_t>(it - params.begin())] = true;
     });
@@ -214,8 +222,10 @@ class Qwen2 {
       logit_begin_[r + 1] = n_logits;
     }
     positions_.resize(static_cast<std::size_t>(T));
+    tokens_.resize(static_cast<std::size_t>(T));
     for (std::size_t r = 0; r < rows.size(); ++r) {
       const auto& row = rows[r];
+      std::copy(row.tokens.begin(), row.tokens.end(), tokens_.begin() + row_begin_[r]);
       for (std::size_t t = 0; t < row.tokens.size(); ++t) {
         const int p = row.positions.empty() ? row.first_slot + static_cast<int>(t) : row.positions[t];
         require(p >= 0 && p < c.max_position_embeddings, "position ", p, " is beyond max_position_embeddings ",
@@ -234,10 +244,11 @@ class Qwen2 {
     att_.resize({T, qd});
     gate_.resize({T, I});
     up_.resize({T, I});
-    for (std::size_t r = 0; r < rows.size(); ++r)
-      for (std::size_t t = 0; t < rows[r].tokens.size(); ++t)
-        std::copy_n(embed_.data() + static_cast<std::int64_t>(rows[r].tokens[t]) * H, H,
-                    x_.data() + (row_begin_[r] + static_cast<std::int64_t>(t)) * H);
+    ids_.resize({T});
+    pos_.resize({T});
+    Backend::upload(ids_.data(), tokens_.data(), tokens_.size());
+    Backend::upload(pos_.data(), positions_.data(), positions_.size());
+    Kernel<Backend, op::Embedding>::run(embed_.data(), ids_.data(), T, H, x_.data());
 
     attention_rows_.resize(rows.size());
     const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
@@ -248,11 +259,13 @@ class Qwen2 {
       Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wq.data(), qd, L.bq.data(), q_.data());
       Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wk.data(), kvd, L.bk.data(), k_.data());
       Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wv.data(), kvd, L.bv.data(), v_.data());
-      Kernel<Backend, op::Rope>::run(q_.data(), T, c.num_attention_heads, d, positions_.data(), cos_.data(), sin_.data());
-      Kernel<Backend, op::Rope>::run(k_.data(), T, c.num_key_value_heads, d, positions_.data(), cos_.data(), sin_.data());
+      Kernel<Backend, op::Rope>::run(q_.data(), T, c.num_attention_heads, d, pos_.data(), cos_.data(), sin_.data());
+      Kernel<Backend, op::Rope>::run(k_.data(), T, c.num_key_value_heads, d, pos_.data(), cos_.data(), sin_.data());
       for (std::size_t r = 0; r < rows.size(); ++r) {
         auto& row = rows[r];
-        write_kv(*row.cache, l, row.first_slot, row_begin_[r], static_cast<int>(row.tokens.size()));
+        Kernel<Backend, op::KvWrite>::run(k_.data() + row_begin_[r] * kvd, v_.data() + row_begin_[r] * kvd,
+                                          static_cast<int>(row.tokens.size()), c.num_key_value_heads, d,
+                                          row.cache->k(l), row.cache->v(l), row.cache->capacity(), row.first_slot);
         attention_rows_[r] = AttentionRow{row_begin_[r],       static_cast<int>(row.tokens.size()), row.first_slot,
                                           row.kv_end,          row.cache->k(l),
                                           row.cache->v(l),     row.cache->capacity()};
@@ -271,9 +284,8 @@ class Qwen2 {
     // Final norm and lm_head on the requested rows only.
     hidden_out_.resize({n_logits, H});
     for (std::size_t r = 0; r < rows.size(); ++r)
-      for (int t = rows[r].logits_begin; t < rows[r].logits_end; ++t)
-        std::copy_n(x_.data() + (row_begin_[r] + t) * H, H,
-                    hidden_out_.data() + (logit_begin_[r] + t - rows[r].logits_begin) * H);
+      Backend::copy(hidden_out_.data() + logit_begin_[r] * H, x_.data() + (row_begin_[r] + rows[r].logits_begin) * H,
+                    static_cast<std::size_t>(rows[r].logits_end - rows[r].logits_begin) * H);
     Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
     logits_.resize({n_logits, c.vocab_size});
     const float* head = c.tie_word_embeddings ? embed_.data() : lm_head_.data();
@@ -294,26 +306,12 @@ class Qwen2 {
     return out + "]";
   }
 
-  void write_kv(KvCache<Backend>& cache, int layer, int first_slot, std::int64_t row_begin, int n) {
-    const int d = config_.head_dim(), kvh = config_.num_key_value_heads, cap = cache.capacity();
-    float* K = cache.k(layer);
-    float* V = cache.v(layer);
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < kvh; ++h) {
-        const std::int64_t src = (row_begin + t) * kvh * d + h * d;
-        const std::int64_t dst = (static_cast<std::int64_t>(h) * cap + first_slot + t) * d;
-        std::copy_n(k_.data() + src, d, K + dst);
-        std::copy_n(v_.data() + src, d, V + dst);
-      }
-  }
-
   //! cos/sin of position x inv_freq for positions [0, n), computed in f32 like transformers.
   void ensure_rope(int n) {
     if (n <= rope_positions_) return;
     const int half = config_.head_dim() / 2;
     const int grow = std::max(n, std::min(config_.max_position_embeddings, std::max(2 * rope_positions_, 256)));
-    cos_.resize({grow, half});
-    sin_.resize({grow, half});
+    std::vector<float> cos_host(static_cast<std::size_t>(grow) * half), sin_host(cos_host.size());
     std::vector<float> inv_freq(static_cast<std::size_t>(half));
     for (int i = 0; i < half; ++i)
       inv_freq[static_cast<std::size_t>(i)] = static_cast<float>(
@@ -321,9 +319,13 @@ class Qwen2 {
     for (int p = 0; p < grow; ++p)
       for (int i = 0; i < half; ++i) {
         const float angle = static_cast<float>(p) * inv_freq[static_cast<std::size_t>(i)];
-        cos_[static_cast<std::int64_t>(p) * half + i] = std::cos(angle);
-        sin_[static_cast<std::int64_t>(p) * half + i] = std::sin(angle);
+        cos_host[static_cast<std::size_t>(p) * half + i] = std::cos(angle);
+        sin_host[static_cast<std::size_t>(p) * half + i] = std::sin(angle);
       }
+    cos_.resize({grow, half});
+    sin_.resize({grow, half});
+    Backend::upload(cos_.data(), cos_host.data(), cos_host.size());
+    Backend::upload(sin_.data(), sin_host.data(), sin_host.size());
     rope_positions_ = grow;
   }
 
@@ -332,7 +334,8 @@ class Qwen2 {
   std::vector<Layer> layers_;
   // Workspace, grown on demand and reused by every forward.
   buffer<float> x_, xn_, q_, k_, v_, att_, gate_, up_, hidden_out_, logits_, cos_, sin_;
-  std::vector<int> positions_;
+  buffer<int> ids_, pos_;
+  std::vector<int> positions_, tokens_;
   std::vector<std::int64_t> row_begin_, logit_begin_;
   std::vector<AttentionRow> attention_rows_;
   int rope_positions_ = 0;

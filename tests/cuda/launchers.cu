@@ -1,0 +1,142 @@
+// nvcc side of the CUDA parity tests: upload, run one backend::Cuda operation or a whole
+// decode, download.
+#include "blockdiff/cuda.cuh"
+#include "launchers.hpp"
+
+namespace blockdiff::test::cuda {
+namespace {
+using Cuda = backend::Cuda;
+
+template <class T>
+DeviceBuffer<T> up(const std::vector<T>& v) {
+  DeviceBuffer<T> b(Shape{static_cast<std::int64_t>(v.size())});
+  Cuda::upload(b.data(), v.data(), v.size());
+  return b;
+}
+template <class T>
+std::vector<T> down(const DeviceBuffer<T>& b, std::size_t n) {
+  std::vector<T> v(n);
+  Cuda::download(v.data(), b.data(), n);
+  return v;
+}
+}  // namespace
+
+int device_count() { return Cuda::device_count(); }
+
+std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
+                          const std::vector<float>* bias, const std::vector<float>* accumulate_into) {
+  auto dx = up(x), dw = up(w);
+  DeviceBuffer<float> db, dy(Shape{std::int64_t{n} * m});
+  if (bias) db = up(*bias);
+  if (accumulate_into) dy = up(*accumulate_into);
+  Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, bias ? db.data() : nullptr, dy.data(),
+                                accumulate_into != nullptr);
+  return down(dy, static_cast<std::size_t>(n) * m);
+}
+
+std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps) {
+  auto dx = up(x), dw = up(w);
+  DeviceBuffer<float> dy(Shape{std::int64_t{n} * h});
+  Kernel<Cuda, op::RmsNorm>::run(dx.data(), n, h, dw.data(), eps, dy.data());
+  return down(dy, x.size());
+}
+
+std::vector<float> rope(const std::vector<float>& x, int n, int heads, int d, const std::vector<int>& positions,
+                        const std::vector<float>& cos_t, const std::vector<float>& sin_t) {
+  auto dx = up(x), dc = up(cos_t), ds = up(sin_t);
+  auto dp = up(positions);
+  Kernel<Cuda, op::Rope>::run(dx.data(), n, heads, d, dp.data(), dc.data(), ds.data());
+  return down(dx, x.size());
+}
+
+std::vector<float> swiglu(const std::vector<float>& gate, const std::vector<float>& upv) {
+  auto dg = up(gate), du = up(upv);
+  Kernel<Cuda, op::SwiGlu>::run(dg.data(), du.data(), static_cast<std::int64_t>(gate.size()));
+  return down(dg, gate.size());
+}
+
+std::vector<float> attention(const std::string& mask_name, const std::vector<float>& q, int n_q, int first_slot,
+                             int kv_end, const std::vector<float>& k, const std::vector<float>& v, int heads,
+                             int kv_heads, int d, int capacity) {
+  auto dq = up(q), dk = up(k), dv = up(v);
+  DeviceBuffer<float> dout(Shape{static_cast<std::int64_t>(q.size())});
+  AttentionRow row{0, n_q, first_slot, kv_end, dk.data(), dv.data(), capacity};
+  const AttentionShape shape{heads, kv_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
+  std::span<const AttentionRow> rows(&row, 1);
+  if (mask_name == "causal") Kernel<Cuda, op::Attention<mask::Causal>>::run(dq.data(), dout.data(), rows, shape, {});
+  else if (mask_name == "block-causal") Kernel<Cuda, op::Attention<mask::BlockCausal<8>>>::run(dq.data(), dout.data(), rows, shape, {});
+  else if (mask_name == "full") Kernel<Cuda, op::Attention<mask::Full>>::run(dq.data(), dout.data(), rows, shape, {});
+  else Kernel<Cuda, op::Attention<mask::BlockDiffusionTraining<4>>>::run(dq.data(), dout.data(), rows, shape, {kv_end / 2});
+  return down(dout, q.size());
+}
+
+std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab) {
+  auto dl = up(logits);
+  std::vector<PositionStats> out(static_cast<std::size_t>(rows));
+  if (second && entropy) Kernel<Cuda, op::VocabStats<true, true>>::run(dl.data(), rows, vocab, out.data());
+  else if (second) Kernel<Cuda, op::VocabStats<true, false>>::run(dl.data(), rows, vocab, out.data());
+  else if (entropy) Kernel<Cuda, op::VocabStats<false, true>>::run(dl.data(), rows, vocab, out.data());
+  else Kernel<Cuda, op::VocabStats<false, false>>::run(dl.data(), rows, vocab, out.data());
+  return out;
+}
+
+std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask_name) {
+  auto m = model::Qwen2<Cuda>::load(model_dir);
+  auto cache = m.make_cache(static_cast<int>(ids.size()));
+  std::vector<model::ForwardRow<Cuda>> rows(1);
+  rows[0].tokens = ids;
+  rows[0].cache = &cache;
+  auto l = mask_name == "causal" ? m.forward<mask::Causal>(rows) : m.forward<mask::BlockCausal<8>>(rows);
+  std::vector<float> out(static_cast<std::size_t>(l.numel()));
+  Cuda::download(out.data(), l.data(), out.size());
+  return out;
+}
+
+std::vector<Decoded> generate(const std::string& model_dir, const std::vector<std::vector<int>>& prompts,
+                              const std::string& shape, const std::string& policy, const std::string& cache_name,
+                              float knob, int max_new, int eos, int mask_id) {
+  using Model = model::Qwen2<Cuda>;
+  auto m = Model::load(model_dir);
+  decode::DecodeOptions o;
+  o.max_new_tokens = max_new;
+  o.mask_id = mask_id;
+  o.eos_id = eos;
+  std::vector<Decoded> out;
+  auto run = [&]<class Shape, class Policy>(Policy p) {
+    auto with = [&]<class C>() {
+      decode::BlockDiffusionDecoder<Model, Shape, Policy, C> d(m, p);
+      for (auto& r : d.generate(prompts, o)) {
+        Decoded x;
+        x.tokens = r.tokens;
+        x.forwards = r.trace.forwards;
+        for (auto& s : r.trace.steps) x.committed.push_back(s.committed);
+        out.push_back(std::move(x));
+      }
+    };
+    if (cache_name == "none") with.template operator()<cache::None<>>();
+    else if (cache_name == "block") with.template operator()<cache::Block<>>();
+    else with.template operator()<cache::Hierarchical<>>();
+  };
+  if (policy == "threshold") {
+    if (shape == "8/4") run.template operator()<BlockShape<8, 4>>(unmask::Threshold{knob});
+    else if (shape == "16/4") run.template operator()<BlockShape<16, 4>>(unmask::Threshold{knob});
+    else run.template operator()<BlockShape<32, 8>>(unmask::Threshold{knob});
+  } else if (policy == "topk") run.template operator()<BlockShape<8, 4>>(unmask::TopK{static_cast<int>(knob)});
+  else if (policy == "margin") run.template operator()<BlockShape<8, 4>>(unmask::Margin{knob});
+  else if (policy == "entropy") run.template operator()<BlockShape<8, 4>>(unmask::Entropy{knob});
+  else if (policy == "entropy-bounded") run.template operator()<BlockShape<8, 4>>(unmask::EntropyBounded{knob});
+  else if (policy == "factor") run.template operator()<BlockShape<8, 4>>(unmask::Factor{knob});
+  else run.template operator()<BlockShape<8, 4>>(unmask::Scheduled<>{static_cast<int>(knob)});
+  return out;
+}
+
+std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector<std::vector<int>>& prompts, int max_new) {
+  auto m = model::Qwen2<Cuda>::load(model_dir);
+  decode::ArOptions o;
+  o.max_new_tokens = max_new;
+  std::vector<std::vector<int>> out;
+  for (auto& r : decode::ar_generate(m, prompts, o)) out.push_back(r.tokens);
+  return out;
+}
+
+}  // namespace blockdiff::test::cuda

@@ -1,0 +1,42 @@
+// Thin launchers that run blockdiff's CUDA backend (compiled by nvcc in launchers.cu) behind
+// plain C++ signatures, so that the doctest parity tests compile with the host compiler.
+#pragma once
+
+#include <array>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "blockdiff/backend/kernel.hpp"
+
+namespace blockdiff::test::cuda {
+
+int device_count();
+
+std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
+                          const std::vector<float>* bias, const std::vector<float>* accumulate_into);
+std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps);
+std::vector<float> rope(const std::vector<float>& x, int n, int heads, int d, const std::vector<int>& positions,
+                        const std::vector<float>& cos_t, const std::vector<float>& sin_t);
+std::vector<float> swiglu(const std::vector<float>& gate, const std::vector<float>& up);
+//! mask: "causal", "block-causal" (block 8), "full", "training" (block 4, length = kv_end / 2).
+std::vector<float> attention(const std::string& mask, const std::vector<float>& q, int n_q, int first_slot, int kv_end,
+                             const std::vector<float>& k, const std::vector<float>& v, int heads, int kv_heads, int d,
+                             int capacity);
+std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab);
+
+std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask);
+
+struct Decoded {
+  std::vector<int> tokens;
+  std::vector<std::vector<std::pair<int, int>>> committed;
+  std::array<int, 4> forwards{};
+};
+//! shape "8/4", "16/4" or "32/8"; policy "threshold" (every shape) or topk, margin, entropy,
+//! entropy-bounded, factor, scheduled (8/4 only); cache none, block, hierarchical.
+std::vector<Decoded> generate(const std::string& model_dir, const std::vector<std::vector<int>>& prompts,
+                              const std::string& shape, const std::string& policy, const std::string& cache,
+                              float knob, int max_new, int eos, int mask_id);
+std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector<std::vector<int>>& prompts, int max_new);
+
+}  // namespace blockdiff::test::cuda

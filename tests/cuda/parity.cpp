@@ -1,0 +1,179 @@
+// Host vs CUDA parity: every operation on the same inputs, logits of whole models, and whole
+// decodes over a policy x block-shape x cache matrix (tokens and committed positions identical
+// on the tiny f32 golden models). Exits 77 (CTest: skipped) where there is no GPU.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "../support/paths.hpp"
+#include "blockdiff/blockdiff.hpp"
+#include "launchers.hpp"
+
+using namespace blockdiff;
+namespace gpu = blockdiff::test::cuda;
+
+namespace {
+std::vector<float> randn(std::size_t n, std::uint64_t seed) {
+  Rng r(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(r.normal());
+  return v;
+}
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::fabs(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+// f32 results of differently ordered sums agree to a few ulps times the reduction length.
+constexpr double kTol = 2e-5;
+}  // namespace
+
+TEST_CASE("Linear, RmsNorm, Rope and SwiGlu: CUDA == host") {
+  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {7, 33, 17}, {64, 96, 1000}}) {
+    auto x = randn(static_cast<std::size_t>(n * k), 1), w = randn(static_cast<std::size_t>(m * k), 2);
+    auto b = randn(static_cast<std::size_t>(m), 3), y0 = randn(static_cast<std::size_t>(n * m), 4);
+    std::vector<float> host(static_cast<std::size_t>(n * m)), acc = y0;
+    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), host.data());
+    CHECK(rel(gpu::linear(x, n, k, w, m, &b, nullptr), host) < kTol);
+    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, nullptr, acc.data(), true);
+    CHECK(rel(gpu::linear(x, n, k, w, m, nullptr, &y0), acc) < kTol);
+  }
+  auto x = randn(5 * 300, 5), g = randn(300, 6);
+  std::vector<float> y(x.size());
+  Kernel<backend::Host, op::RmsNorm>::run(x.data(), 5, 300, g.data(), 1e-6f, y.data());
+  CHECK(rel(gpu::rmsnorm(x, 5, 300, g, 1e-6f), y) < kTol);
+  std::vector<int> pos{0, 3, 77};
+  auto cos_t = randn(80 * 8, 7), sin_t = randn(80 * 8, 8), q = randn(3 * 2 * 16, 9);
+  auto hq = q;
+  Kernel<backend::Host, op::Rope>::run(hq.data(), 3, 2, 16, pos.data(), cos_t.data(), sin_t.data());
+  CHECK(rel(gpu::rope(q, 3, 2, 16, pos, cos_t, sin_t), hq) < kTol);
+  auto gate = randn(1000, 10), up = randn(1000, 11);
+  auto hg = gate;
+  Kernel<backend::Host, op::SwiGlu>::run(hg.data(), up.data(), 1000);
+  CHECK(rel(gpu::swiglu(gate, up), hg) < kTol);
+}
+
+TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
+  const int heads = 4, kvh = 2, d = 64, cap = 80;
+  auto k = randn(static_cast<std::size_t>(kvh * cap * d), 12), v = randn(static_cast<std::size_t>(kvh * cap * d), 13);
+  auto check = [&]<class Mask>(const std::string& name, Mask mask, int n_q, int first, int kv_end) {
+    auto q = randn(static_cast<std::size_t>(n_q * heads * d), static_cast<std::uint64_t>(n_q + first));
+    std::vector<float> host(q.size());
+    AttentionRow row{0, n_q, first, kv_end, k.data(), v.data(), cap};
+    Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), host.data(), std::span<const AttentionRow>(&row, 1),
+                                                    {heads, kvh, d, 1.0f / std::sqrt(float(d))}, mask);
+    INFO(name, " n_q ", n_q, " first ", first, " kv_end ", kv_end);
+    CHECK(rel(gpu::attention(name, q, n_q, first, kv_end, k, v, heads, kvh, d, cap), host) < kTol);
+  };
+  check("causal", mask::Causal{}, 37, 0, 37);
+  check("causal", mask::Causal{}, 1, 70, 71);            // decode: one query, long cache
+  check("block-causal", mask::BlockCausal<8>{}, 21, 0, 21);
+  check("block-causal", mask::BlockCausal<8>{}, 8, 64, 72);
+  check("full", mask::Full{}, 4, 68, 72);                // sub-block against [committed ; scratch]
+  check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
+}
+
+TEST_CASE("VocabStats, each trait combination: CUDA == host") {
+  const int rows = 6, vocab = 151936;
+  auto l = randn(static_cast<std::size_t>(rows) * vocab, 14);
+  for (auto& x : l) x *= 3;
+  l[5] = 40.0f;              // a confident row
+  l[vocab + 9] = l[vocab + 10] = 30.0f;  // a tie: the lowest index wins
+  for (bool second : {false, true})
+    for (bool entropy : {false, true}) {
+      auto dev = gpu::vocab_stats(second, entropy, l, rows, vocab);
+      for (int r = 0; r < rows; ++r) {
+        auto h = Kernel<backend::Host, op::VocabStats<true, true>>::one_row(l.data() + std::int64_t{r} * vocab, vocab);
+        CHECK(dev[r].token == h.token);
+        CHECK(dev[r].p1 == doctest::Approx(h.p1).epsilon(1e-5));
+        if (second) CHECK(dev[r].p2 == doctest::Approx(h.p2).epsilon(1e-5));
+        if (entropy) CHECK(dev[r].entropy == doctest::Approx(h.entropy).epsilon(1e-4));
+      }
+    }
+}
+
+TEST_CASE("whole-model logits: CUDA == host on both golden models") {
+  for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
+    const auto dir = test::golden(name).string();
+    auto m = model::Qwen2<backend::Host>::load(dir);
+    std::vector<int> ids;
+    for (int i = 0; i < 37; ++i) ids.push_back((i * 13 + 5) % 300);
+    for (const char* mk : {"causal", "block-causal"}) {
+      auto cache = m.make_cache(37);
+      std::vector<model::ForwardRow<backend::Host>> rows(1);
+      rows[0].tokens = ids;
+      rows[0].cache = &cache;
+      auto l = std::string(mk) == "causal" ? m.forward<mask::Causal>(rows) : m.forward<mask::BlockCausal<8>>(rows);
+      std::vector<float> host(l.data(), l.data() + l.numel());
+      INFO(name, " ", mk);
+      CHECK(rel(gpu::logits(dir, ids, mk), host) < kTol);
+    }
+  }
+}
+
+TEST_CASE("whole decodes: CUDA == host tokens and committed positions, policy x shape x cache, batched") {
+  const auto dir = test::golden("model-f32-tied").string();
+  using Model = model::Qwen2<backend::Host>;
+  auto m = Model::load(dir);
+  std::vector<std::vector<int>> prompts{{41, 48, 55}, {7, 20, 33, 46, 59, 72, 85, 98}, {1}};
+  for (int i = 0; i < 17; ++i) prompts[2].push_back((i * 11 + 3) % 300);
+  decode::DecodeOptions o;
+  o.max_new_tokens = 40;
+  o.mask_id = 319;
+  o.eos_id = 318;
+  auto host_run = [&]<class Shape, class Policy>(Policy p, const std::string& cache) {
+    std::vector<decode::GenerateResult> r;
+    if (cache == "none") r = decode::BlockDiffusionDecoder<Model, Shape, Policy, cache::None<>>(m, p).generate(prompts, o);
+    if (cache == "block") r = decode::BlockDiffusionDecoder<Model, Shape, Policy, cache::Block<>>(m, p).generate(prompts, o);
+    if (cache == "hierarchical") r = decode::BlockDiffusionDecoder<Model, Shape, Policy, cache::Hierarchical<>>(m, p).generate(prompts, o);
+    return r;
+  };
+  auto compare = [&](const std::vector<decode::GenerateResult>& h, const std::vector<gpu::Decoded>& g) {
+    REQUIRE(h.size() == g.size());
+    for (std::size_t r = 0; r < h.size(); ++r) {
+      CHECK(h[r].tokens == g[r].tokens);
+      CHECK(h[r].trace.forwards == g[r].forwards);
+      std::vector<std::vector<std::pair<int, int>>> hc;
+      for (auto& s : h[r].trace.steps) hc.push_back(s.committed);
+      CHECK(hc == g[r].committed);
+    }
+  };
+  for (const char* cache : {"none", "block", "hierarchical"}) {
+    for (float thr : {1.0f, 0.9f, 0.5f}) {
+      INFO("threshold ", thr, " cache ", cache);
+      compare(host_run.template operator()<BlockShape<8, 4>>(unmask::Threshold{thr}, cache),
+              gpu::generate(dir, prompts, "8/4", "threshold", cache, thr, 40, 318, 319));
+      compare(host_run.template operator()<BlockShape<16, 4>>(unmask::Threshold{thr}, cache),
+              gpu::generate(dir, prompts, "16/4", "threshold", cache, thr, 40, 318, 319));
+      compare(host_run.template operator()<BlockShape<32, 8>>(unmask::Threshold{thr}, cache),
+              gpu::generate(dir, prompts, "32/8", "threshold", cache, thr, 40, 318, 319));
+    }
+  }
+  INFO("other policies, block cache");
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::TopK{2}, "block"), gpu::generate(dir, prompts, "8/4", "topk", "block", 2, 40, 318, 319));
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::Margin{0.6f}, "block"), gpu::generate(dir, prompts, "8/4", "margin", "block", 0.6f, 40, 318, 319));
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::Entropy{0.5f}, "block"), gpu::generate(dir, prompts, "8/4", "entropy", "block", 0.5f, 40, 318, 319));
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::EntropyBounded{0.5f}, "block"), gpu::generate(dir, prompts, "8/4", "entropy-bounded", "block", 0.5f, 40, 318, 319));
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::Factor{1.0f}, "block"), gpu::generate(dir, prompts, "8/4", "factor", "block", 1.0f, 40, 318, 319));
+  compare(host_run.template operator()<BlockShape<8, 4>>(unmask::Scheduled<>{4}, "block"), gpu::generate(dir, prompts, "8/4", "scheduled", "block", 4, 40, 318, 319));
+  decode::ArOptions ao;
+  ao.max_new_tokens = 30;
+  std::vector<std::vector<int>> host_ar;
+  for (auto& r : decode::ar_generate(m, prompts, ao)) host_ar.push_back(r.tokens);
+  CHECK(host_ar == gpu::ar(dir, prompts, 30));
+}
+
+int main(int argc, char** argv) {
+  if (gpu::device_count() == 0) {
+    std::printf("no CUDA device: the GPU parity tests are skipped\n");
+    return 77;
+  }
+  doctest::Context context(argc, argv);
+  return context.run();
+}
