@@ -9,5 +9,5 @@
 #include "blockdiff/blockdiff.hpp"
 
 namespace blockdiff {
-static_assert(Model<model::Qwen2<backend::Cuda>>);
+static_assert(LanguageModel<model::Qwen2<backend::Cuda>>);
 }

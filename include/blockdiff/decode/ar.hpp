@@ -33,7 +33,7 @@ struct ArResult {
 };
 
 //! Greedy AR decoding of every prompt; row r of the result is what prompt r gives alone.
-template <Model M>
+template <LanguageModel M>
 std::vector<ArResult> ar_generate(M& model, std::span<const std::vector<int>> prompts, const ArOptions& options) {
   using Backend = typename M::backend_type;
   const auto& config = model.config();
@@ -95,7 +95,7 @@ std::vector<ArResult> ar_generate(M& model, std::span<const std::vector<int>> pr
 }
 
 //! Greedy AR decoding of one prompt.
-template <Model M>
+template <LanguageModel M>
 ArResult ar_generate(M& model, const std::vector<int>& prompt, const ArOptions& options) {
   return ar_generate(model, std::span<const std::vector<int>>(&prompt, 1), options).front();
 }

@@ -60,7 +60,7 @@ struct GenerateResult {
   }
 };
 
-template <Model M, class Shape, class Unmask, class Cache = cache::Block<>>
+template <LanguageModel M, class Shape, class Unmask, class Cache = cache::Block<>>
 class BlockDiffusionDecoder {
   static_assert(Policy<Shape> && PolicyOfKind<Shape, kind::block_shape>,
                 "BlockDiffusionDecoder: the Shape parameter must be a BlockShape<Block, SubBlock>");

@@ -1,4 +1,4 @@
-// The Model concept: what the decoders and trainers need of a model.
+// The LanguageModel concept: what the decoders and trainers need of a model.
 //
 // A batched forward over rows of tokens at given cache slots, under a mask kind, that returns
 // logits for the rows asked for; a way to make a KV cache; and its config. The built-in Qwen2
@@ -18,7 +18,7 @@
 namespace blockdiff {
 
 template <class M>
-concept Model = requires(M& m, const M& cm, std::span<model::ForwardRow<typename M::backend_type>> rows) {
+concept LanguageModel = requires(M& m, const M& cm, std::span<model::ForwardRow<typename M::backend_type>> rows) {
   typename M::backend_type;
   { cm.config() } -> std::convertible_to<const io::ModelConfig&>;
   { m.template forward<mask::Causal>(rows) } -> std::convertible_to<TensorView<const float>>;
@@ -27,6 +27,6 @@ concept Model = requires(M& m, const M& cm, std::span<model::ForwardRow<typename
   { cm.make_cache(1) };
 };
 
-static_assert(Model<model::Qwen2<backend::Host>>);
+static_assert(LanguageModel<model::Qwen2<backend::Host>>);
 
 }  // namespace blockdiff

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
@@ -52,15 +53,14 @@ inline io::ModelConfig preset_config(const std::string& name) {
   return c;
 }
 
-//! Fills every parameter of `config`, in checkpoint order, calling `emit(name, shape, values)`.
-template <class Emit>
-void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, bool peaked, Emit&& emit) {
+//! Fills every parameter of `config`, in checkpoint order: `destination(name, shape)` returns the
+//! std::span<float> to fill, then `done(name, shape, values)` is called with it.
+template <class Destination, class Done>
+void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, bool peaked, Destination&& destination,
+                             Done&& done) {
   Rng rng(seed);
-  std::vector<float> values;
   for (auto& p : Qwen2<backend::Host>::parameter_specs(config)) {
-    std::int64_t n = 1;
-    for (auto d : p.shape) n *= d;
-    values.resize(static_cast<std::size_t>(n));
+    std::span<float> values = destination(p.name, p.shape);
     const bool is_norm = p.name.find("norm") != std::string::npos;
     const bool is_bias = p.name.find("bias") != std::string::npos;
     const bool is_embed = p.name == "model.embed_tokens.weight" || p.name == "lm_head.weight";
@@ -71,8 +71,30 @@ void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, 
       const std::int64_t h = config.hidden_size;
       for (std::int64_t j = 0; j < h; ++j) values[static_cast<std::size_t>(*config.mask_token_id * h + j)] *= 0.01f;
     }
-    emit(p.name, p.shape, std::span<const float>(values));
+    done(p.name, p.shape, std::span<const float>(values));
   }
+}
+
+//! A model of `config` with random weights generated in place (no staging copy on the host).
+template <class Backend = backend::Host>
+Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, bool peaked = true) {
+  Qwen2<Backend> m(config);
+  auto params = m.parameters();
+  std::size_t next = 0;
+  std::vector<float> staging;
+  generate_random_weights(
+      config, seed, peaked,
+      [&](const std::string&, const std::vector<std::int64_t>&) {
+        auto* b = params[next].data;
+        if constexpr (std::is_same_v<Backend, backend::Host>) return std::span<float>(b->data(), static_cast<std::size_t>(b->numel()));
+        staging.resize(static_cast<std::size_t>(b->numel()));
+        return std::span<float>(staging);
+      },
+      [&](const std::string&, const std::vector<std::int64_t>&, std::span<const float> values) {
+        if constexpr (!std::is_same_v<Backend, backend::Host>) Backend::upload(params[next].data->data(), values.data(), values.size());
+        ++next;
+      });
+  return m;
 }
 
 //! Writes config.json and model.safetensors of a random model into `dir` (created if needed).
@@ -83,10 +105,18 @@ inline void write_random_checkpoint(const std::filesystem::path& dir, io::ModelC
   config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   io::SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
-  generate_random_weights(config, seed, peaked, [&](const std::string& name, const std::vector<std::int64_t>& shape,
-                                                   std::span<const float> values) {
-    writer.add_converted(name, dtype, shape, values);
-  });
+  std::vector<float> values;
+  generate_random_weights(
+      config, seed, peaked,
+      [&](const std::string&, const std::vector<std::int64_t>& shape) {
+        std::int64_t n = 1;
+        for (auto d : shape) n *= d;
+        values.resize(static_cast<std::size_t>(n));
+        return std::span<float>(values);
+      },
+      [&](const std::string& name, const std::vector<std::int64_t>& shape, std::span<const float> v) {
+        writer.add_converted(name, dtype, shape, v);
+      });
   writer.write(dir / "model.safetensors");
   config.save(dir / "config.json");
 }

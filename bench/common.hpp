@@ -1,0 +1,72 @@
+// Shared pieces of blockdiff's benchmarks: a random model built in memory, the run's context
+// (CPU, compiler, commit), and a memory-bandwidth probe measured in the same run.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "blockdiff/blockdiff.hpp"
+
+namespace blockdiff::bench {
+
+//! A Qwen2 of a named preset with random weights, generated straight into the model.
+template <class Backend = backend::Host>
+model::Qwen2<Backend> random_model(const std::string& preset, std::uint64_t seed = 1) {
+  return model::random_model<Backend>(model::preset_config(preset), seed);
+}
+
+//! Host memory copy bandwidth in GB/s (bytes read + written), over a buffer far larger than caches.
+inline double copy_bandwidth_gbs() {
+  const std::size_t n = std::size_t{1} << 28;  // 1 GiB each way
+  std::vector<char> a(n, 1), b(n, 2);
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for schedule(static)
+    for (int chunk = 0; chunk < 64; ++chunk) std::memcpy(b.data() + chunk * (n / 64), a.data() + chunk * (n / 64), n / 64);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * static_cast<double>(n) / s / 1e9);
+  }
+  benchmark::DoNotOptimize(b.data());
+  return best;
+}
+
+//! Peak resident memory of this process in bytes (VmHWM).
+inline std::size_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmHWM:") {
+      std::size_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+    std::string rest;
+    std::getline(in, rest);
+  }
+  return 0;
+}
+
+inline void add_context() {
+  std::string cpu = "unknown";
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  benchmark::AddCustomContext("cpu", cpu);
+#if defined(__clang__)
+  benchmark::AddCustomContext("compiler", "clang " __clang_version__);
+#else
+  benchmark::AddCustomContext("compiler", "gcc " __VERSION__);
+#endif
+  benchmark::AddCustomContext("commit", BLOCKDIFF_COMMIT);
+}
+
+}  // namespace blockdiff::bench

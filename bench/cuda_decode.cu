@@ -1,0 +1,189 @@
+// GPU decoding figures for a Qwen2.5-1.5B-shaped random model on backend::Cuda (f32 weights),
+// timed with CUDA events:
+//  - the AR decode step at batch 1 as a fraction of the HBM roofline (weight bytes over the
+//    device-to-device copy bandwidth measured in the same run);
+//  - a 32-token block forward and an 8-token sub-block forward against the cache, over the AR step;
+//  - end-to-end tokens/s of AR and block diffusion at batch 1, 4, 16 and 64 with a fixed
+//    acceptance pattern (TopK{2}: exactly two tokens per denoising forward, no EOS), so both do
+//    the same work on every run.
+// Before timing, the CUDA model's logits are checked against the host model's on a short input.
+#include <cmath>
+
+#include "blockdiff/cuda.cuh"
+#include "common.hpp"
+
+using namespace blockdiff;
+using Cuda = backend::Cuda;
+using GpuModel = model::Qwen2<Cuda>;
+
+namespace {
+const char* preset() {
+  const char* p = std::getenv("BLOCKDIFF_BENCH_PRESET");
+  return p ? p : "qwen2.5-1.5b";
+}
+GpuModel& gpu_model() {
+  static GpuModel m = bench::random_model<Cuda>(preset());
+  return m;
+}
+
+struct Events {
+  cudaEvent_t a, b;
+  Events() {
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+  }
+  ~Events() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  void start() { cudaEventRecord(a); }
+  double stop_ms() {
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    return ms;
+  }
+};
+
+double d2d_bandwidth_gbs() {
+  const std::size_t n = std::size_t{1} << 31;
+  DeviceBuffer<char> a(Shape{static_cast<std::int64_t>(n)}), b(Shape{static_cast<std::int64_t>(n)});
+  cudaMemset(a.data(), 1, n);
+  Events e;
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    e.start();
+    cudaMemcpy(b.data(), a.data(), n, cudaMemcpyDeviceToDevice);
+    best = std::max(best, 2.0 * static_cast<double>(n) / (e.stop_ms() * 1e-3) / 1e9);
+  }
+  return best;
+}
+
+std::vector<int> prompt(int n, int seed = 0) {
+  std::vector<int> p(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = (i * 7919 + 13 + seed * 101) % 150000;
+  return p;
+}
+
+template <class Mask>
+void forward(GpuModel& m, model::KvCache<Cuda>& cache, const std::vector<int>& tokens, int first, int kv_end,
+             bool advance, int logit_rows) {
+  std::vector<model::ForwardRow<Cuda>> rows(1);
+  rows[0].tokens = tokens;
+  rows[0].first_slot = first;
+  rows[0].kv_end = kv_end;
+  rows[0].advance = advance;
+  rows[0].logits_begin = static_cast<int>(tokens.size()) - logit_rows;
+  rows[0].cache = &cache;
+  m.forward<Mask>(rows);
+}
+
+void validate_against_host(benchmark::State& state) {
+  // The tiny preset on both backends: logits must agree before anything is timed.
+  auto host = bench::random_model<backend::Host>("tiny", 5);
+  auto dev = bench::random_model<Cuda>("tiny", 5);
+  const auto ids = prompt(40);
+  auto hc = host.make_cache(40);
+  auto dc = dev.make_cache(40);
+  std::vector<model::ForwardRow<backend::Host>> hr(1);
+  std::vector<model::ForwardRow<Cuda>> dr(1);
+  for (auto& t : const_cast<std::vector<int>&>(ids)) t %= 300;
+  hr[0].tokens = ids, hr[0].cache = &hc;
+  dr[0].tokens = ids, dr[0].cache = &dc;
+  auto hl = host.forward<mask::BlockCausal<32>>(hr);
+  auto dl = dev.forward<mask::BlockCausal<32>>(dr);
+  std::vector<float> got(static_cast<std::size_t>(dl.numel()));
+  Cuda::download(got.data(), dl.data(), got.size());
+  double err = 0, mag = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, static_cast<double>(std::fabs(got[i] - hl.data()[i])));
+    mag = std::max(mag, static_cast<double>(std::fabs(hl.data()[i])));
+  }
+  if (err > 1e-4 * mag) state.SkipWithError("CUDA logits differ from the host's");
+}
+
+void BM_ForwardShapes(benchmark::State& state) {
+  validate_against_host(state);
+  auto& m = gpu_model();
+  const double bw = d2d_bandwidth_gbs();
+  constexpr int B = 32, S = 8;
+  const int context = 256;
+  auto cache = m.make_cache(context + 2 * B);
+  forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
+  const auto block = prompt(B, 1);
+  const std::vector<int> sub(block.begin() + S, block.begin() + 2 * S);
+  Events e;
+  double ar = 0, blk = 0, sb = 0;
+  for (int warm = 0; warm < 3; ++warm) forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+  for (auto _ : state) {
+    e.start();
+    forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+    ar += e.stop_ms();
+    e.start();
+    forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, B);
+    blk += e.stop_ms();
+    e.start();
+    forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
+    sb += e.stop_ms();
+  }
+  const double n = static_cast<double>(state.iterations());
+  const double bytes = static_cast<double>(m.weight_bytes());
+  state.counters["ar_step_ms"] = ar / n;
+  state.counters["block32_ms"] = blk / n;
+  state.counters["sub_block8_ms"] = sb / n;
+  state.counters["block32_over_ar"] = blk / ar;
+  state.counters["sub_block8_over_ar"] = sb / ar;
+  state.counters["weight_GB"] = bytes / 1e9;
+  state.counters["d2d_GB/s"] = bw;
+  state.counters["roofline_ms"] = bytes / (bw * 1e9) * 1e3;
+  state.counters["fraction_of_roofline"] = (bytes / (bw * 1e9) * 1e3) / (ar / n);
+}
+
+void BM_EndToEnd(benchmark::State& state, bool diffusion) {
+  auto& m = gpu_model();
+  const int batch = static_cast<int>(state.range(0)), max_new = 128;
+  std::vector<std::vector<int>> prompts;
+  for (int b = 0; b < batch; ++b) prompts.push_back(prompt(64, b));
+  double tokens = 0, forwards = 0, seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (diffusion) {
+      decode::BlockDiffusionDecoder<GpuModel, BlockShape<32, 8>, unmask::TopK, cache::Block<>> d(m, unmask::TopK{2});
+      decode::DecodeOptions o;
+      o.max_new_tokens = max_new;
+      o.mask_id = *m.config().mask_token_id;
+      o.trace = false;
+      for (auto& r : d.generate(prompts, o)) tokens += static_cast<double>(r.tokens.size()), forwards += r.trace.total_forwards();
+    } else {
+      decode::ArOptions o;
+      o.max_new_tokens = max_new;
+      for (auto& r : decode::ar_generate(m, prompts, o)) tokens += static_cast<double>(r.tokens.size()), forwards += r.prefill_forwards + r.decode_forwards;
+    }
+    Cuda::synchronize();
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  state.counters["tokens/s"] = tokens / seconds;
+  state.counters["forwards/token/row"] = forwards / tokens;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (Cuda::device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return 77;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  bench::add_context();
+  benchmark::AddCustomContext("gpu", prop.name);
+  benchmark::AddCustomContext("model", preset());
+  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256", BM_ForwardShapes)->Iterations(20)->UseRealTime();
+  for (int batch : {1, 4, 16, 64}) {
+    benchmark::RegisterBenchmark("cuda/end_to_end/ar", BM_EndToEnd, false)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+    benchmark::RegisterBenchmark("cuda/end_to_end/fdllm2_topk2_block", BM_EndToEnd, true)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}

@@ -1,0 +1,191 @@
+// Decoding on the host, for a Qwen2.5-0.5B-shaped random f32 model, in one run:
+//  - the AR decode step as a fraction of the memory-bandwidth limit (weight bytes per token over
+//    the copy bandwidth measured in the same run), and peak memory beside weights + KV cache;
+//  - a 32-token block forward and an 8-token sub-block forward against the cache, each over the
+//    AR step, timed side by side in the same iterations;
+//  - the policy step (the vocabulary statistics pass and the selection) beside a forward;
+//  - end-to-end tokens/s and forwards per token of AR and of block diffusion with each cache.
+// The block-diffusion decoders are checked against the AR prefix semantics before timing: the
+// block cache must agree with recomputation (cache::None) token for token.
+#include <chrono>
+
+#include "common.hpp"
+
+using namespace blockdiff;
+using Host = backend::Host;
+using Model = model::Qwen2<Host>;
+
+namespace {
+const char* preset() {
+  const char* p = std::getenv("BLOCKDIFF_BENCH_PRESET");
+  return p ? p : "qwen2.5-0.5b";
+}
+Model& shared_model() {
+  static Model m = bench::random_model(preset());
+  return m;
+}
+std::vector<int> prompt(int n) {
+  std::vector<int> p(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = (i * 7919 + 13) % 150000;
+  return p;
+}
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One forward of `tokens` at `first`, attending [0, kv_end), logits for the last `logit_rows`.
+template <class Mask>
+void forward(Model& m, model::KvCache<Host>& cache, const std::vector<int>& tokens, int first, int kv_end, bool advance,
+             int logit_rows) {
+  std::vector<model::ForwardRow<Host>> rows(1);
+  rows[0].tokens = tokens;
+  rows[0].first_slot = first;
+  rows[0].kv_end = kv_end;
+  rows[0].advance = advance;
+  rows[0].logits_begin = static_cast<int>(tokens.size()) - logit_rows;
+  rows[0].cache = &cache;
+  benchmark::DoNotOptimize(m.forward<Mask>(rows).data());
+}
+
+void BM_ArStep(benchmark::State& state) {
+  auto& m = shared_model();
+  const int context = 64, capacity = 1024;
+  auto cache = m.make_cache(capacity);
+  forward<mask::Causal>(m, cache, prompt(context), 0, context, true, 1);
+  int pos = context;
+  for (auto _ : state) {
+    if (pos >= capacity) pos = context;
+    forward<mask::Causal>(m, cache, {pos % 1000}, pos, pos + 1, true, 1);
+    ++pos;
+  }
+  // Peak memory first: the bandwidth probe below allocates buffers of its own.
+  state.counters["peak_rss_GB"] = static_cast<double>(bench::peak_rss_bytes()) / 1e9;
+  state.counters["weights+kv_GB"] = static_cast<double>(m.weight_bytes() + cache.bytes()) / 1e9;
+  const double bandwidth = bench::copy_bandwidth_gbs();
+  const double bytes = static_cast<double>(m.weight_bytes());
+  state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["weight_GB"] = bytes / 1e9;
+  state.counters["copy_GB/s"] = bandwidth;
+  // Limit: every weight byte is read once per token, at the copy bandwidth (read + write bytes).
+  state.counters["limit_tokens/s"] = bandwidth * 1e9 / bytes;
+  state.counters["fraction_of_limit"] = benchmark::Counter(static_cast<double>(state.iterations()) * bytes / (bandwidth * 1e9),
+                                                           benchmark::Counter::kIsRate);
+}
+
+void BM_ForwardShapes(benchmark::State& state) {
+  auto& m = shared_model();
+  constexpr int B = 32, S = 8;
+  const int context = 256;
+  auto cache = m.make_cache(context + 2 * B);
+  forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
+  const auto block = prompt(B);
+  const std::vector<int> sub(block.begin() + S, block.begin() + 2 * S);
+  double ar = 0, blk = 0, sb = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+    ar += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, B);
+    blk += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
+    sb += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["ar_step_ms"] = 1e3 * ar / n;
+  state.counters["block32_ms"] = 1e3 * blk / n;
+  state.counters["sub_block8_ms"] = 1e3 * sb / n;
+  state.counters["block32_over_ar"] = blk / ar;
+  state.counters["sub_block8_over_ar"] = sb / ar;
+}
+
+void BM_PolicyStep(benchmark::State& state) {
+  auto& m = shared_model();
+  const int V = m.vocab_size(), rows = 8;
+  std::vector<float> logits(static_cast<std::size_t>(rows) * V);
+  Rng r(3);
+  for (auto& l : logits) l = static_cast<float>(r.normal() * 3);
+  std::vector<PositionStats> stats(rows);
+  std::vector<Candidate> cand(rows);
+  bool chosen[max_block_size];
+  unmask::Threshold policy{0.9f};
+  StepContext ctx{};
+  double policy_s = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Kernel<Host, op::VocabStats<false, false>>::run(logits.data(), rows, V, stats.data());
+    for (int i = 0; i < rows; ++i) cand[static_cast<std::size_t>(i)] = {i, stats[static_cast<std::size_t>(i)]};
+    std::fill_n(chosen, rows, false);
+    policy.select(cand.data(), rows, ctx, chosen);
+    benchmark::DoNotOptimize(chosen);
+    policy_s += seconds_since(t0);
+  }
+  // A block forward of the same model, timed once, to put the policy step beside it.
+  auto cache = m.make_cache(64);
+  const auto t0 = std::chrono::steady_clock::now();
+  forward<mask::BlockCausal<32>>(m, cache, prompt(32), 0, 32, false, 8);
+  const double fwd = seconds_since(t0);
+  state.counters["policy_step_ms"] = 1e3 * policy_s / static_cast<double>(state.iterations());
+  state.counters["block_forward_ms"] = 1e3 * fwd;
+  state.counters["policy_over_forward"] = policy_s / static_cast<double>(state.iterations()) / fwd;
+}
+
+template <class Cache>
+void BM_Decode(benchmark::State& state) {
+  auto& m = shared_model();
+  const auto p = prompt(32);
+  const int max_new = static_cast<int>(state.range(0));
+  decode::DecodeOptions o;
+  o.max_new_tokens = max_new;
+  o.mask_id = *m.config().mask_token_id;
+  o.trace = false;
+  decode::BlockDiffusionDecoder<Model, BlockShape<32, 8>, unmask::Threshold, Cache> d(m, unmask::Threshold{0.9f});
+  if constexpr (!std::is_same_v<Cache, cache::None<>>) {
+    // Validate: the block cache is exact, so it must match recomputation token for token.
+    if constexpr (std::is_same_v<Cache, cache::Block<>>) {
+      decode::BlockDiffusionDecoder<Model, BlockShape<32, 8>, unmask::Threshold, cache::None<>> ref(m, unmask::Threshold{0.9f});
+      if (d.generate(p, o).tokens != ref.generate(p, o).tokens) state.SkipWithError("block cache differs from recomputation");
+    }
+  }
+  double tokens = 0, forwards = 0;
+  for (auto _ : state) {
+    auto r = d.generate(p, o);
+    tokens += static_cast<double>(r.tokens.size());
+    forwards += r.trace.total_forwards();
+  }
+  state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+  state.counters["forwards/token"] = forwards / tokens;
+}
+
+void BM_DecodeAr(benchmark::State& state) {
+  auto& m = shared_model();
+  const auto p = prompt(32);
+  decode::ArOptions o;
+  o.max_new_tokens = static_cast<int>(state.range(0));
+  double tokens = 0, forwards = 0;
+  for (auto _ : state) {
+    auto r = decode::ar_generate(m, p, o);
+    tokens += static_cast<double>(r.tokens.size());
+    forwards += r.prefill_forwards + r.decode_forwards;
+  }
+  state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
+  state.counters["forwards/token"] = forwards / tokens;
+}
+}  // namespace
+
+BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
+BENCHMARK(BM_ForwardShapes)->Name("decode/forward_shapes/context:256")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK_TEMPLATE(BM_Decode, cache::Block<>)->Name("decode/end_to_end/fdllm2/cache:block")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK_TEMPLATE(BM_Decode, cache::Hierarchical<>)->Name("decode/end_to_end/fdllm2/cache:hierarchical")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  bench::add_context();
+  benchmark::AddCustomContext("model", preset());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}
