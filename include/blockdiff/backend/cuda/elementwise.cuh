@@ -142,6 +142,12 @@ struct Kernel<backend::Cuda, op::Linear> {
       beta = 1.0f;
     }
     const float alpha = 1.0f;
+    if (n == 1) {
+      // The decode step: a GEMV (y = W x), which cuBLAS runs at memory bandwidth.
+      BLOCKDIFF_CUBLAS_CHECK(cublasSgemv(backend::Cuda::blas(), CUBLAS_OP_T, k, m, &alpha, w, k, x, 1, &beta, y, 1));
+      require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
+      return;
+    }
     BLOCKDIFF_CUBLAS_CHECK(cublasSgemm(backend::Cuda::blas(), CUBLAS_OP_T, CUBLAS_OP_N, m, static_cast<int>(n), k,
                                        &alpha, w, k, x, k, &beta, y, m));
     require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
