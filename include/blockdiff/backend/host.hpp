@@ -1,8 +1,10 @@
 // backend::Host kernels: the CPU reference that every other backend is tested against.
 //
-// GEMMs go through Eigen. Few rows (decode) are split over output features across OpenMP
-// threads so that each thread streams its own slice of the weights (the batch-1 decode step is
-// a GEMV bound by memory bandwidth, and Eigen does not thread GEMVs). Many rows (prefill,
+// One row (the AR decode step) is a GEMV bound by memory bandwidth: it is split over output
+// features across OpenMP threads so that each thread streams its own slice of the weights
+// (Eigen does not thread GEMVs). Two to 16 rows (a sub-block forward) use a register-blocked
+// kernel that streams the weights once; 17 to 63 rows (a block forward) use Eigen's blocked
+// product on the same per-thread slices. Many rows (prefill,
 // training) go to OpenBLAS's SGEMM when blockdiff was configured with it (BLOCKDIFF_HAVE_CBLAS),
 // which is faster than Eigen's blocked product on AVX-512 machines; else to the same slicing. Attention is one (row, head) pair per task, with
 // the mask predicate evaluated per (query slot, key slot). Everything is f32.
@@ -24,6 +26,7 @@
 #endif
 
 #include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/core/dispatch.hpp"
 
 namespace blockdiff {
 
@@ -31,6 +34,58 @@ namespace detail {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using StridedConstMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
+
+// A 64-byte SIMD vector in GCC/Clang vector extensions: AVX-512 with -march=native on such a
+// CPU, AVX or SSE registers otherwise, with no intrinsics and no CPU requirement.
+typedef float Vec16 __attribute__((vector_size(64)));
+
+// Vectors travel by reference only: passing them by value changes the ABI between builds with
+// and without AVX-512.
+inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+inline float sum16(const Vec16& v) {
+  float s = 0.0f;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+}
+
+//! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block or block forward).
+//! Each pair of weight rows is streamed from memory once and multiplied into all N input rows
+//! held in L1, with 2N vector accumulators in registers: the product costs about what reading
+//! the weights costs. (Eigen's GEMM would first pack the weights, which costs as much again.)
+template <int N>
+void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
+  const int k16 = k / 16 * 16;
+  const int pairs = (m + 1) / 2;
+#pragma omp parallel for schedule(static) if (static_cast<double>(N) * m * k >= 2e5)
+  for (int pr = 0; pr < pairs; ++pr) {
+    const int o0 = 2 * pr, rows = std::min(2, m - o0);
+    const float* w0 = w + static_cast<std::int64_t>(o0) * k;
+    const float* w1 = rows == 2 ? w0 + k : w0;
+    Vec16 acc0[N], acc1[N];
+    for (int i = 0; i < N; ++i) acc0[i] = Vec16{}, acc1[i] = Vec16{};
+    for (int j = 0; j < k16; j += 16) {
+      Vec16 a, b, xi;
+      load16(a, w0 + j);
+      load16(b, w1 + j);
+      for (int i = 0; i < N; ++i) {
+        load16(xi, x + static_cast<std::int64_t>(i) * k + j);
+        acc0[i] += a * xi;
+        acc1[i] += b * xi;
+      }
+    }
+    for (int i = 0; i < N; ++i) {
+      const float* xi = x + static_cast<std::int64_t>(i) * k;
+      float s0 = sum16(acc0[i]), s1 = sum16(acc1[i]);
+      for (int j = k16; j < k; ++j) s0 += w0[j] * xi[j], s1 += w1[j] * xi[j];
+      for (int r = 0; r < rows; ++r) {
+        const int o = o0 + r;
+        const float v = (r == 0 ? s0 : s1) + (bias != nullptr ? bias[o] : 0.0f);
+        float& out = y[static_cast<std::int64_t>(i) * m + o];
+        out = accumulate ? out + v : v;
+      }
+    }
+  }
+}
 
 inline int host_threads() {
 #if defined(_OPENMP)
@@ -62,20 +117,12 @@ struct Kernel<backend::Host, op::Linear> {
     }
 #endif
     if (n > 1 && n <= 16) {
-      // A few rows (a sub-block or block forward): stream each weight row once from memory and
-      // dot it with every input row while it sits in L1. Eigen's GEMM would pack the weights
-      // first, which costs as much as reading them.
-#pragma omp parallel for schedule(static) if (static_cast<double>(n) * m * k >= 2e5)
-      for (int o = 0; o < m; ++o) {
-        const auto wo = W.row(o);
-        for (std::int64_t i = 0; i < n; ++i) {
-          const float v = X.row(i).dot(wo) + (bias != nullptr ? bias[o] : 0.0f);
-          y[i * m + o] = accumulate ? y[i * m + o] + v : v;
-        }
-      }
+      dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
+        detail::few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
+      });
       return;
     }
-    // GEMV-shaped (decode): slices of output features, a multiple of 16 wide, one per thread,
+    // One row, or 17 to 63: slices of output features, a multiple of 16 wide, one per thread,
     // so each thread streams its own part of the weights.
     const int threads = host_threads();
     const int slices = (static_cast<double>(n) * m * k < 2e5) ? 1 : threads;
