@@ -125,7 +125,7 @@ struct Kernel<backend::Host, op::Linear> {
     // One row, or 17 to 63: slices of output features, a multiple of 16 wide, one per thread,
     // so each thread streams its own part of the weights.
     const int threads = host_threads();
-    const int slices = (static_cast<double>(n) * m * k < 2e5) ? 1 : threads;
+    const int slices = (static_cast<double>(n) * m * k < 5e4) ? 1 : threads;
     const int width = ((m + slices - 1) / slices + 15) / 16 * 16;
 #pragma omp parallel for schedule(static) num_threads(slices) if (slices > 1)
     for (int s = 0; s < slices; ++s) {
@@ -133,10 +133,18 @@ struct Kernel<backend::Host, op::Linear> {
       const int cn = std::min(m, c0 + width) - c0;
       if (cn <= 0) continue;
       auto out = Y.middleCols(c0, cn);
-      if (accumulate)
+      if (n == 1) {
+        // Row-major matrix times vector: Eigen's dot-product GEMV over contiguous weight rows.
+        Eigen::Map<Eigen::VectorXf> y1(y + c0, cn);
+        if (accumulate)
+          y1.noalias() += W.middleRows(c0, cn) * X.row(0).transpose();
+        else
+          y1.noalias() = W.middleRows(c0, cn) * X.row(0).transpose();
+      } else if (accumulate) {
         out.noalias() += X * W.middleRows(c0, cn).transpose();
-      else
+      } else {
         out.noalias() = X * W.middleRows(c0, cn).transpose();
+      }
       if (bias != nullptr) out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias + c0, cn);
     }
   }
