@@ -48,38 +48,39 @@ inline float sum16(const Vec16& v) {
   return s;
 }
 
-//! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block or block forward).
-//! Each pair of weight rows is streamed from memory once and multiplied into all N input rows
-//! held in L1, with 2N vector accumulators in registers: the product costs about what reading
-//! the weights costs. (Eigen's GEMM would first pack the weights, which costs as much again.)
+//! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block forward).
+//! R weight rows at a time are streamed from memory once and multiplied into all N input rows
+//! held in L1, with R·N vector accumulators in registers (at most 24 of AVX-512's 32), so the
+//! product costs about what reading the weights costs. (Eigen's GEMM would first pack the
+//! weights, which costs as much again.)
 template <int N>
 void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
+  constexpr int R = N <= 8 ? 3 : (N <= 12 ? 2 : 1);
   const int k16 = k / 16 * 16;
-  const int pairs = (m + 1) / 2;
+  const int groups = (m + R - 1) / R;
 #pragma omp parallel for schedule(static) if (static_cast<double>(N) * m * k >= 2e5)
-  for (int pr = 0; pr < pairs; ++pr) {
-    const int o0 = 2 * pr, rows = std::min(2, m - o0);
-    const float* w0 = w + static_cast<std::int64_t>(o0) * k;
-    const float* w1 = rows == 2 ? w0 + k : w0;
-    Vec16 acc0[N], acc1[N];
-    for (int i = 0; i < N; ++i) acc0[i] = Vec16{}, acc1[i] = Vec16{};
+  for (int g = 0; g < groups; ++g) {
+    const int o0 = g * R, rows = std::min(R, m - o0);
+    const float* wr[R];
+    for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + std::min(r, rows - 1)) * k;
+    Vec16 acc[R][N];
+    for (int r = 0; r < R; ++r)
+      for (int i = 0; i < N; ++i) acc[r][i] = Vec16{};
     for (int j = 0; j < k16; j += 16) {
-      Vec16 a, b, xi;
-      load16(a, w0 + j);
-      load16(b, w1 + j);
+      Vec16 a[R], xi;
+      for (int r = 0; r < R; ++r) load16(a[r], wr[r] + j);
       for (int i = 0; i < N; ++i) {
         load16(xi, x + static_cast<std::int64_t>(i) * k + j);
-        acc0[i] += a * xi;
-        acc1[i] += b * xi;
+        for (int r = 0; r < R; ++r) acc[r][i] += a[r] * xi;
       }
     }
-    for (int i = 0; i < N; ++i) {
-      const float* xi = x + static_cast<std::int64_t>(i) * k;
-      float s0 = sum16(acc0[i]), s1 = sum16(acc1[i]);
-      for (int j = k16; j < k; ++j) s0 += w0[j] * xi[j], s1 += w1[j] * xi[j];
-      for (int r = 0; r < rows; ++r) {
-        const int o = o0 + r;
-        const float v = (r == 0 ? s0 : s1) + (bias != nullptr ? bias[o] : 0.0f);
+    for (int r = 0; r < rows; ++r) {
+      const int o = o0 + r;
+      for (int i = 0; i < N; ++i) {
+        const float* xi = x + static_cast<std::int64_t>(i) * k;
+        float v = sum16(acc[r][i]);
+        for (int j = k16; j < k; ++j) v += wr[r][j] * xi[j];
+        v += bias != nullptr ? bias[o] : 0.0f;
         float& out = y[static_cast<std::int64_t>(i) * m + o];
         out = accumulate ? out + v : v;
       }
