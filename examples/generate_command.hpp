@@ -104,14 +104,15 @@ void with_decoder(const DecoderSpec& spec, F&& f) {
        spec.unmask, "\"");
 }
 
-//! Text picture of each block's unmasking order: the forward number that committed each position.
+//! Text picture of each block's unmasking order: the forward that committed each position (P prompt,
+//! C the token of a commit or prefill forward, . not decoded).
 inline std::string unmasking_order(const decode::GenerateResult& r, int prompt_len, int block) {
   std::map<int, int> when;
   int forward = 0;
   for (auto& step : r.trace.steps) {
     ++forward;
-    if (step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block)
-      for (auto& [pos, tok] : step.committed) when[pos] = forward;
+    for (auto& [pos, tok] : step.committed)
+      when[pos] = step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block ? forward : 0;
   }
   std::string out;
   if (when.empty()) return out;
@@ -120,7 +121,10 @@ inline std::string unmasking_order(const decode::GenerateResult& r, int prompt_l
     out += "block @" + std::to_string(c) + ":";
     for (int p = c; p < c + block; ++p) {
       auto it = when.find(p);
-      out += p < prompt_len ? "   P" : it == when.end() ? "   ." : (it->second < 1000 ? std::string(4 - std::to_string(it->second).size(), ' ') : std::string(" ")) + std::to_string(it->second);
+      if (p < prompt_len) out += "   P";
+      else if (it == when.end()) out += "   .";                 // not decoded (past the limit or EOS)
+      else if (it->second == 0) out += "   C";                 // the token of a commit or prefill forward
+      else out += std::string(it->second < 1000 ? 4 - std::to_string(it->second).size() : 1, ' ') + std::to_string(it->second);
     }
     out += "\n";
   }
