@@ -20,6 +20,21 @@ model::Qwen2<Backend> random_model(const std::string& preset, std::uint64_t seed
   return model::random_model<Backend>(model::preset_config(preset), seed);
 }
 
+//! One forward of `tokens` at cache slot `first`, attending [0, kv_end), logits for the last
+//! `logit_rows` tokens; the shape of every timed forward in the decode benchmarks.
+template <class Mask, class Backend>
+void forward(model::Qwen2<Backend>& m, model::KvCache<Backend>& cache, const std::vector<int>& tokens, int first,
+             int kv_end, bool advance, int logit_rows) {
+  std::vector<model::ForwardRow<Backend>> rows(1);
+  rows[0].tokens = tokens;
+  rows[0].first_slot = first;
+  rows[0].kv_end = kv_end;
+  rows[0].advance = advance;
+  rows[0].logits_begin = static_cast<int>(tokens.size()) - logit_rows;
+  rows[0].cache = &cache;
+  benchmark::DoNotOptimize(m.template forward<Mask>(rows).data());
+}
+
 //! Host memory copy bandwidth in GB/s (bytes read + written), over a buffer far larger than caches.
 inline double copy_bandwidth_gbs() {
   const std::size_t n = std::size_t{1} << 28;  // 1 GiB each way

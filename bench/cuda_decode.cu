@@ -66,18 +66,6 @@ std::vector<int> prompt(int n, int seed = 0) {
   return p;
 }
 
-template <class Mask>
-void forward(GpuModel& m, model::KvCache<Cuda>& cache, const std::vector<int>& tokens, int first, int kv_end,
-             bool advance, int logit_rows) {
-  std::vector<model::ForwardRow<Cuda>> rows(1);
-  rows[0].tokens = tokens;
-  rows[0].first_slot = first;
-  rows[0].kv_end = kv_end;
-  rows[0].advance = advance;
-  rows[0].logits_begin = static_cast<int>(tokens.size()) - logit_rows;
-  rows[0].cache = &cache;
-  m.forward<Mask>(rows);
-}
 
 void validate_against_host(benchmark::State& state) {
   // The tiny preset on both backends: logits must agree before anything is timed.
@@ -110,21 +98,21 @@ void BM_ForwardShapes(benchmark::State& state) {
   constexpr int B = 32, S = 8;
   const int context = 256;
   auto cache = m.make_cache(context + 2 * B);
-  forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
+  bench::forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
   const auto block = prompt(B, 1);
   const std::vector<int> sub(block.begin() + S, block.begin() + 2 * S);
   Events e;
   double ar = 0, blk = 0, sb = 0;
-  for (int warm = 0; warm < 3; ++warm) forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+  for (int warm = 0; warm < 3; ++warm) bench::forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
   for (auto _ : state) {
     e.start();
-    forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+    bench::forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
     ar += e.stop_ms();
     e.start();
-    forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, B);
+    bench::forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, B);
     blk += e.stop_ms();
     e.start();
-    forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
+    bench::forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
     sb += e.stop_ms();
   }
   const double n = static_cast<double>(state.iterations());

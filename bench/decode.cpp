@@ -37,29 +37,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// One forward of `tokens` at `first`, attending [0, kv_end), logits for the last `logit_rows`.
-template <class Mask>
-void forward(Model& m, model::KvCache<Host>& cache, const std::vector<int>& tokens, int first, int kv_end, bool advance,
-             int logit_rows) {
-  std::vector<model::ForwardRow<Host>> rows(1);
-  rows[0].tokens = tokens;
-  rows[0].first_slot = first;
-  rows[0].kv_end = kv_end;
-  rows[0].advance = advance;
-  rows[0].logits_begin = static_cast<int>(tokens.size()) - logit_rows;
-  rows[0].cache = &cache;
-  benchmark::DoNotOptimize(m.forward<Mask>(rows).data());
-}
 
 void BM_ArStep(benchmark::State& state) {
   auto& m = shared_model();
   const int context = 64, capacity = 1024;
   auto cache = m.make_cache(capacity);
-  forward<mask::Causal>(m, cache, prompt(context), 0, context, true, 1);
+  bench::forward<mask::Causal>(m, cache, prompt(context), 0, context, true, 1);
   int pos = context;
   for (auto _ : state) {
     if (pos >= capacity) pos = context;
-    forward<mask::Causal>(m, cache, {pos % 1000}, pos, pos + 1, true, 1);
+    bench::forward<mask::Causal>(m, cache, {pos % 1000}, pos, pos + 1, true, 1);
     ++pos;
   }
   state.counters["peak_rss_GB"] = static_cast<double>(bench::peak_rss_bytes()) / 1e9;
@@ -80,19 +67,19 @@ void BM_ForwardShapes(benchmark::State& state) {
   constexpr int B = 32, S = 8;
   const int context = 256;
   auto cache = m.make_cache(context + 2 * B);
-  forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
+  bench::forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
   const auto block = prompt(B);
   const std::vector<int> sub(block.begin() + S, block.begin() + 2 * S);
   double ar = 0, blk = 0, sb = 0;
   for (auto _ : state) {
     auto t0 = std::chrono::steady_clock::now();
-    forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+    bench::forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
     ar += seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, S);  // one sub-block's logits, as decoding asks
+    bench::forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, S);  // one sub-block's logits, as decoding asks
     blk += seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
-    forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
+    bench::forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
     sb += seconds_since(t0);
   }
   const double n = static_cast<double>(state.iterations());
@@ -127,7 +114,7 @@ void BM_PolicyStep(benchmark::State& state) {
   // A block forward of the same model, timed once, to put the policy step beside it.
   auto cache = m.make_cache(64);
   const auto t0 = std::chrono::steady_clock::now();
-  forward<mask::BlockCausal<32>>(m, cache, prompt(32), 0, 32, false, 8);
+  bench::forward<mask::BlockCausal<32>>(m, cache, prompt(32), 0, 32, false, 8);
   const double fwd = seconds_since(t0);
   state.counters["policy_step_ms"] = 1e3 * policy_s / static_cast<double>(state.iterations());
   state.counters["block_forward_ms"] = 1e3 * fwd;
