@@ -264,7 +264,7 @@ class BlockDiffusionDecoder {
       if (!has_mask(r, 0, B, o.mask_id)) {
         if constexpr (Cache::commit == Commit::forward) {
           r.kind = ForwardKind::commit;
-          set_tokens(r, 0, B);
+          set_block_tokens(r);
           q.advance = true;
           q.logits_begin = (Cache::block_cache ? 0 : r.c) + B - 1;
           q.logits_end = q.logits_begin + 1;
@@ -301,7 +301,7 @@ class BlockDiffusionDecoder {
         r.logits_first_pos = lo + 1;
       } else {
         r.kind = ForwardKind::block;
-        set_tokens(r, 0, B);
+        set_block_tokens(r);
         const int base = Cache::block_cache ? 0 : r.c;
         const int first_row = std::max(lo - 1, 0);
         q.logits_begin = base + first_row;
@@ -314,7 +314,7 @@ class BlockDiffusionDecoder {
   }
 
   //! The block forward's tokens: the block alone (block cache) or the whole sequence (none).
-  void set_tokens(Row& r, int, int) {
+  void set_block_tokens(Row& r) {
     auto& q = r.request;
     if constexpr (Cache::block_cache) {
       q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c), B);

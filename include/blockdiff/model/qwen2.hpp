@@ -296,9 +296,6 @@ class Qwen2 {
   //! First logit row of batch row `r` in the last forward's output.
   std::int64_t logit_offset(std::size_t r) const { return logit_begin_[r]; }
 
-  //! The embedding matrix [vocab, hidden] (read-only access for tools and tests).
-  const buffer<float>& embedding() const { return embed_; }
-
  private:
   static std::string shape_string(const std::vector<std::int64_t>& s) {
     std::string out = "[";

@@ -135,6 +135,7 @@ struct Kernel<backend::Cuda, op::Linear> {
   static void run(const float* x, std::int64_t n, int k, const float* w, int m, const float* bias, float* y,
                   bool accumulate = false) {
     if (n == 0 || m == 0) return;
+    require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
     float beta = accumulate ? 1.0f : 0.0f;
     if (bias != nullptr && !accumulate) {
       detail::cuda::broadcast_rows_kernel<<<detail::cuda::blocks_for(n * m), 256>>>(bias, n, m, y);
@@ -145,12 +146,10 @@ struct Kernel<backend::Cuda, op::Linear> {
     if (n == 1) {
       // The decode step: a GEMV (y = W x), which cuBLAS runs at memory bandwidth.
       BLOCKDIFF_CUBLAS_CHECK(cublasSgemv(backend::Cuda::blas(), CUBLAS_OP_T, k, m, &alpha, w, k, x, 1, &beta, y, 1));
-      require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
-      return;
+        return;
     }
     BLOCKDIFF_CUBLAS_CHECK(cublasSgemm(backend::Cuda::blas(), CUBLAS_OP_T, CUBLAS_OP_N, m, static_cast<int>(n), k,
                                        &alpha, w, k, x, k, &beta, y, m));
-    require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
   }
 };
 
