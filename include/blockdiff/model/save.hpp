@@ -7,20 +7,29 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/qwen2.hpp"
 
 namespace blockdiff::model {
 
-template <class Backend>
-void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
+//! One tensor to save: its checkpoint name, shape and f32 values (on the host).
+struct NamedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::span<const float> values;
+};
+
+//! Writes `tensors` and `config` as a checkpoint folder in `dtype`, split into `shards` files.
+inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const NamedTensor> tensors,
+                            const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
   require(shards >= 1, "save_checkpoint: shards must be >= 1, got ", shards);
   std::filesystem::create_directories(dir);
-  auto params = model.parameters();
   std::size_t total = 0;
-  for (auto& p : params) total += static_cast<std::size_t>(p.data->numel()) * size_of(dtype);
+  for (auto& p : tensors) total += p.values.size() * size_of(dtype);
   const std::size_t per_shard = (total + static_cast<std::size_t>(shards) - 1) / static_cast<std::size_t>(shards);
   auto shard_name = [&](int i) {
     char buf[64];
@@ -32,15 +41,15 @@ void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DT
   int shard = 0;
   io::SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
-  for (auto& p : params) {
-    const std::size_t bytes = static_cast<std::size_t>(p.data->numel()) * size_of(dtype);
+  for (auto& p : tensors) {
+    const std::size_t bytes = p.values.size() * size_of(dtype);
     if (shard + 1 < shards && writer.size() > 0 && written + bytes > per_shard * static_cast<std::size_t>(shard + 1)) {
       writer.write(dir / shard_name(shard));
       writer = io::SafetensorsWriter{};
       writer.set_metadata("format", "pt");
       ++shard;
     }
-    writer.add_converted(p.name, dtype, p.shape, p.data->span());
+    writer.add_converted(p.name, dtype, p.shape, p.values);
     weight_map[p.name] = shard_name(shard);
     written += bytes;
   }
@@ -53,9 +62,16 @@ void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DT
     nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
   }
-  auto config = model.config();
+  auto config = config_in;
   config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   config.save(dir / "config.json");
+}
+
+template <class Backend>
+void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
+  std::vector<NamedTensor> tensors;
+  for (auto& p : model.parameters()) tensors.push_back({p.name, p.shape, p.data->span()});
+  save_checkpoint(model.config(), tensors, dir, dtype, shards);
 }
 
 }  // namespace blockdiff::model

@@ -1,7 +1,7 @@
 // Policy kinds: each policy says what it is, so a policy in the wrong slot fails with one line.
 //
 // A policy declares `using policy_kind = kind::unmasking;` (or noise_schedule, cache,
-// block_shape). The concepts check that tag first; the decoder's static_asserts then say which
+// block_shape, objective). The concepts check that tag first; the decoder's static_asserts then say which
 // slot wanted which kind, instead of a page of substitution failures.
 #pragma once
 
@@ -12,6 +12,7 @@ struct unmasking {};
 struct noise_schedule {};
 struct cache {};
 struct block_shape {};
+struct objective {};
 }  // namespace blockdiff::kind
 
 namespace blockdiff {

@@ -1,0 +1,254 @@
+// The training loop: data order, micro-batches, AdamW, checkpoints and resume.
+//
+// Everything a step draws is a function of (seed, step): the epoch's example order is
+// shuffled_order(seed, epoch), and the noise of micro-batch k of step s comes from
+// Rng(seed, s, k). So a run resumed from a checkpoint (weights and optimiser state in F32, the
+// step count) is bit-identical to an uninterrupted one with the same thread count.
+//
+// A checkpoint folder is a Hugging Face folder the inference path loads (config.json,
+// model.safetensors), plus optimizer.safetensors (exp_avg.NAME, exp_avg_sq.NAME) and
+// trainer_state.json. loss.csv beside them logs every step.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/io/safetensors.hpp"
+#include "blockdiff/model/save.hpp"
+#include "blockdiff/train/data.hpp"
+#include "blockdiff/train/objective.hpp"
+#include "blockdiff/train/optimizer.hpp"
+#include "blockdiff/train/trainable.hpp"
+
+namespace blockdiff::train {
+
+struct TrainOptions {
+  int context = 128;     //!< L, tokens per window
+  int batch = 8;         //!< windows per micro-batch
+  int accumulate = 1;    //!< micro-batches per optimiser step
+  int steps = 100;
+  LrSchedule lr{};
+  AdamW<float>::Options adam{};
+  double clip = 1.0;     //!< global-norm clipping; 0 = off
+  std::uint64_t seed = 0;
+  int save_every = 0;    //!< also checkpoint every N steps (0: only at the end)
+
+  void validate(int pad_block) const {
+    require(context > 0, "the context must be positive, got ", context);
+    require(pad_block == 0 || context % pad_block == 0, "the context ", context, " is not a multiple of the block size ",
+            pad_block);
+    require(batch > 0, "the batch must be positive, got ", batch);
+    require(accumulate > 0, "gradient accumulation must be positive, got ", accumulate);
+    require(steps > 0, "the step count must be positive, got ", steps);
+    require(std::isfinite(clip) && clip >= 0, "the clipping norm ", clip, " makes no sense");
+    lr.validate();
+  }
+};
+
+//! What one optimiser step did.
+struct StepLog {
+  int step = 0;  //!< 1-based, the number of updates done
+  double loss = 0, lr = 0, grad_norm = 0;
+  std::int64_t tokens = 0;  //!< tokens through the model this step (both views count)
+  double seconds = 0;
+};
+
+template <Objective O>
+class Trainer {
+ public:
+  Trainer(TrainableQwen2<float>& model, O objective, std::vector<Example> examples, TrainOptions options)
+      : model_(model), objective_(std::move(objective)), examples_(std::move(examples)), options_(options) {
+    options_.validate(objective_.pad_block());
+    require(!examples_.empty(), "training needs at least one example");
+    const int pad_id = model.config().mask_token_id.value_or(-1);
+    pad_id_ = pad_id;
+    epoch_ = 0;
+    windows_ = pack(examples_, options_.context, objective_.pad_block(), pad_id_,
+                    shuffled_order(examples_.size(), epoch_seed(0)));
+    require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
+            windows_.ids.size(), " tokens in all)");
+    optimizer_ = AdamW<float>(model.parameters().size(), options_.adam);
+    std::vector<std::pair<std::size_t, std::size_t>> decay;
+    for (auto& t : model.tensors())
+      if (t.shape.size() == 2) decay.push_back({std::size_t(t.offset), std::size_t(t.numel)});
+    optimizer_.set_decay_ranges(decay);
+    staging_.length = options_.context;
+  }
+
+  int step() const { return step_; }
+  const TrainOptions& options() const { return options_; }
+  int windows_per_epoch() const { return windows_.count(); }
+
+  //! Runs until `options().steps` updates are done, calling `on_step` after each; checkpoints
+  //! into `out` (every save_every steps and at the end) when `out` is not empty. A NaN or Inf
+  //! loss stops the run with an error naming the step; the last checkpoint stays as it was.
+  void run(const std::filesystem::path& out, const std::function<void(const StepLog&)>& on_step = {}) {
+    if (!out.empty()) open_log(out);
+    while (step_ < options_.steps) {
+      const auto t0 = std::chrono::steady_clock::now();
+      StepLog log;
+      log.step = step_ + 1;
+      log.lr = options_.lr.at(step_);
+      model_.zero_grad();
+      double loss = 0.0;
+      for (int k = 0; k < options_.accumulate; ++k) {
+        stage(std::int64_t(step_) * options_.accumulate + k);
+        Rng rng(noise_seed(step_, k));
+        objective_.build(staging_, 0, options_.batch, rng, batch_);
+        const auto r = model_.step(batch_, objective_.mask(options_.context), true, 1.0f / float(options_.accumulate));
+        loss += r.loss / options_.accumulate;
+        log.tokens += std::int64_t(batch_.rows) * batch_.length;
+      }
+      log.loss = loss;
+      log.grad_norm = clip_global_norm<float>(model_.gradients(), options_.clip);
+      require(std::isfinite(loss) && std::isfinite(log.grad_norm), "training diverged: the loss is ", loss,
+              " and the gradient norm ", log.grad_norm, " at step ", log.step,
+              last_saved_ >= 0 ? "; the last good checkpoint (step " + std::to_string(last_saved_) + ") is in " +
+                                     out.string()
+                               : std::string("; no checkpoint was saved yet"));
+      optimizer_.update(model_.parameters(), model_.gradients(), log.lr);
+      ++step_;
+      log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (log_.is_open())
+        log_ << log.step << "," << log.loss << "," << log.lr << "," << log.grad_norm << "," << log.tokens << ","
+             << log.seconds << "\n";
+      if (on_step) on_step(log);
+      if (!out.empty() && (step_ == options_.steps || (options_.save_every > 0 && step_ % options_.save_every == 0)))
+        save(out);
+    }
+    if (log_.is_open()) log_.flush();
+  }
+
+  //! Writes the model, the optimiser state and the trainer state into `dir`.
+  void save(const std::filesystem::path& dir) {
+    std::filesystem::create_directories(dir);
+    std::vector<model::NamedTensor> tensors;
+    auto params = model_.parameters();
+    for (auto& t : model_.tensors())
+      tensors.push_back({t.name, t.shape, {params.data() + t.offset, std::size_t(t.numel)}});
+    model::save_checkpoint(model_.config(), tensors, dir);
+    io::SafetensorsWriter opt;
+    for (auto& t : model_.tensors()) {
+      opt.add("exp_avg." + t.name, t.shape,
+              std::span<const float>(optimizer_.first_moment().data() + t.offset, std::size_t(t.numel)));
+      opt.add("exp_avg_sq." + t.name, t.shape,
+              std::span<const float>(optimizer_.second_moment().data() + t.offset, std::size_t(t.numel)));
+    }
+    opt.write(dir / "optimizer.safetensors");
+    nlohmann::ordered_json state{{"step", step_},
+                                 {"seed", options_.seed},
+                                 {"objective", O::name},
+                                 {"context", options_.context},
+                                 {"batch", options_.batch},
+                                 {"accumulate", options_.accumulate},
+                                 {"steps", options_.steps},
+                                 {"lr", options_.lr.peak},
+                                 {"warmup", options_.lr.warmup},
+                                 {"parameters", params.size()}};
+    std::ofstream(dir / "trainer_state.json") << state.dump(2) << "\n";
+    if (log_.is_open()) log_.flush();
+    last_saved_ = step_;
+  }
+
+  //! Continues from a folder written by save(): weights, optimiser moments and the step count.
+  //! The model must have the same shape; the options must name the same run.
+  void resume(const std::filesystem::path& dir) {
+    const auto state_path = dir / "trainer_state.json";
+    require(std::filesystem::exists(state_path), dir.string(), ": no trainer_state.json, so nothing to resume");
+    auto state = nlohmann::json::parse(std::ifstream(state_path), nullptr, false);
+    require(!state.is_discarded() && state.is_object(), state_path.string(), ": not valid JSON");
+    const auto resumed = TrainableQwen2<float>::load(dir);
+    const auto& a = resumed.config();
+    const auto& b = model_.config();
+    require(a.hidden_size == b.hidden_size && a.intermediate_size == b.intermediate_size &&
+                a.num_hidden_layers == b.num_hidden_layers && a.num_attention_heads == b.num_attention_heads &&
+                a.num_key_value_heads == b.num_key_value_heads && a.vocab_size == b.vocab_size &&
+                a.tie_word_embeddings == b.tie_word_embeddings,
+            dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
+    require(state.value("objective", std::string()) == O::name, dir.string(), ": the checkpoint was trained with the \"",
+            state.value("objective", std::string()), "\" objective, not \"", O::name, "\"");
+    std::copy(resumed.parameters().begin(), resumed.parameters().end(), model_.parameters().begin());
+    io::SafetensorsFile opt(dir / "optimizer.safetensors");
+    for (auto& t : model_.tensors())
+      for (auto [prefix, dst] : {std::pair{"exp_avg.", optimizer_.first_moment()},
+                                 std::pair{"exp_avg_sq.", optimizer_.second_moment()}}) {
+        const auto& e = opt.at(prefix + t.name);
+        require(e.dtype == DType::f32 && e.numel() == t.numel, opt.path(), ": \"", e.name, "\" has dtype ",
+                name_of(e.dtype), " and ", e.numel(), " elements; expected F32 and ", t.numel);
+        std::memcpy(dst.data() + t.offset, e.bytes.data(), std::size_t(t.numel) * sizeof(float));
+      }
+    step_ = state.at("step").get<int>();
+    require(step_ >= 0 && step_ <= options_.steps, dir.string(), ": resumed at step ", step_, " of a run of ",
+            options_.steps);
+    optimizer_.set_steps(step_);
+    last_saved_ = step_;
+  }
+
+ private:
+  std::uint64_t epoch_seed(std::int64_t epoch) const { return options_.seed * 0x9E3779B97F4A7C15ull + 17 + epoch; }
+  std::uint64_t noise_seed(int step, int k) const {
+    return (options_.seed * 0x100000001B3ull ^ 0xD1B54A32D192ED03ull) + std::uint64_t(step) * 65537u + std::uint64_t(k);
+  }
+
+  //! Copies the windows of micro-batch `micro` into staging_, repacking when an epoch turns.
+  void stage(std::int64_t micro) {
+    const int L = options_.context, n = windows_.count();
+    staging_.ids.resize(std::size_t(options_.batch) * L);
+    staging_.supervised.resize(staging_.ids.size());
+    for (int r = 0; r < options_.batch; ++r) {
+      const std::int64_t g = micro * options_.batch + r;
+      const std::int64_t epoch = g / n;
+      if (epoch != epoch_) {
+        epoch_ = epoch;
+        windows_ = pack(examples_, L, objective_.pad_block(), pad_id_, shuffled_order(examples_.size(), epoch_seed(epoch)));
+      }
+      const int w = int(g % n);
+      std::copy_n(windows_.ids_of(w).data(), L, staging_.ids.data() + std::size_t(r) * L);
+      std::copy_n(windows_.supervised_of(w).data(), L, staging_.supervised.data() + std::size_t(r) * L);
+    }
+  }
+
+  //! Opens loss.csv in `out`, keeping the lines of steps already done when resuming.
+  void open_log(const std::filesystem::path& out) {
+    std::filesystem::create_directories(out);
+    const auto path = out / "loss.csv";
+    std::vector<std::string> keep;
+    if (step_ > 0 && std::filesystem::exists(path)) {
+      std::ifstream in(path);
+      std::string line;
+      std::getline(in, line);  // header
+      while (std::getline(in, line)) {
+        const int s = std::atoi(line.c_str());
+        if (s >= 1 && s <= step_) keep.push_back(line);
+      }
+    }
+    log_.open(path, std::ios::trunc);
+    require(log_.good(), path.string(), ": cannot write the loss log");
+    log_ << "step,loss,lr,grad_norm,tokens,seconds\n";
+    for (auto& line : keep) log_ << line << "\n";
+  }
+
+  TrainableQwen2<float>& model_;
+  O objective_;
+  std::vector<Example> examples_;
+  TrainOptions options_;
+  AdamW<float> optimizer_;
+  Windows windows_, staging_;
+  ModelBatch batch_;
+  std::ofstream log_;
+  std::int64_t epoch_ = 0;
+  int step_ = 0, pad_id_ = -1, last_saved_ = -1;
+};
+
+}  // namespace blockdiff::train

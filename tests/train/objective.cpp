@@ -1,0 +1,147 @@
+// Packing and the two objectives against examples worked by hand from §2.1–2.4 of the notes.
+#include <doctest/doctest.h>
+
+#include <set>
+
+#include "../support/check_error.hpp"
+#include "../support/paths.hpp"
+#include "blockdiff/train/data.hpp"
+#include "blockdiff/train/objective.hpp"
+
+using namespace blockdiff;
+using train::Example;
+
+TEST_CASE("train/data: block-aligned packing pads each example with [MASK], a whole block when already aligned") {
+  const std::vector<Example> ex{{{1, 2}, {3}}, {{4}, {5, 6, 7}}, {{8}, {1, 2, 3, 4, 5}}};
+  // Padded: [1 2 3 M] [4 5 6 7 M M M M] [8 1 2 3 4 5 M M] = 20 tokens -> two windows of 8.
+  const int M = 9;
+  auto w = train::pack(ex, 8, 4, M);
+  REQUIRE(w.count() == 2);
+  CHECK(w.ids == std::vector<int>{1, 2, 3, M, 4, 5, 6, 7, M, M, M, M, 8, 1, 2, 3});
+  CHECK(w.supervised == std::vector<std::uint8_t>{0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1});
+  // Without padding: 13 tokens -> one window, the remainder dropped.
+  auto plain = train::pack(ex, 8, 0, -1);
+  REQUIRE(plain.count() == 1);
+  CHECK(plain.ids == std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8});
+  CHECK(plain.supervised == std::vector<std::uint8_t>{0, 0, 1, 0, 1, 1, 1, 0});
+  // An explicit order.
+  const std::vector<std::size_t> order{1, 0, 2};
+  CHECK(train::pack(ex, 8, 4, M, order).ids[0] == 4);
+
+  CHECK_ERROR(train::pack(ex, 4, 0, -1), "example 2 has 6 tokens; the context is 4");
+  CHECK_ERROR(train::pack(ex, 10, 4, M), "the context 10 is not a multiple of the block size 4");
+  const std::vector<Example> empty_response{{{1}, {}}};
+  CHECK_ERROR(train::pack(empty_response, 8, 0, -1), "example 0 has an empty response");
+}
+
+TEST_CASE("train/objective: the AR objective predicts each supervised token from its predecessor") {
+  train::Windows w{4, {5, 6, 7, 8}, {1, 1, 0, 1}};
+  train::ModelBatch b;
+  Rng rng(0);
+  train::ArObjective{}.build(w, 0, 1, rng, b);
+  CHECK(b.tokens == std::vector<int>{5, 6, 7, 8});
+  CHECK(b.positions == std::vector<int>{0, 1, 2, 3});
+  REQUIRE(b.targets.size() == 2);  // position 0 has no predecessor
+  CHECK(b.targets[0].index == 0);
+  CHECK(b.targets[0].label == 6);
+  CHECK(b.targets[1].index == 2);
+  CHECK(b.targets[1].label == 8);
+}
+
+TEST_CASE("train/objective: Fast-dLLM v2 views, worked by hand") {
+  // L = 8, block 4, [MASK] = 9.
+  train::Windows w{8, {1, 2, 3, 4, 5, 6, 7, 8}, {0, 1, 1, 1, 0, 1, 1, 1}};
+  const std::vector<std::uint8_t> mask{1, 0, 1, 0, 1, 1, 0, 0};
+  train::ModelBatch b;
+  SUBCASE("the paper's recipe: two complementary views, token shift") {
+    train::FastDllmV2Objective<4> fd(9);
+    fd.build_with_masks(w, 0, 1, mask, b);
+    REQUIRE(b.rows == 2);
+    REQUIRE(b.length == 16);
+    // View 1 masks supervised & mask = {2, 5}; view 2 supervised & !mask = {1, 3, 6, 7}; x_0 follows.
+    CHECK(std::vector<int>(b.tokens.begin(), b.tokens.begin() + 16) ==
+          std::vector<int>{1, 2, 9, 4, 5, 9, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8});
+    CHECK(std::vector<int>(b.tokens.begin() + 16, b.tokens.end()) ==
+          std::vector<int>{1, 9, 3, 9, 5, 6, 9, 9, 1, 2, 3, 4, 5, 6, 7, 8});
+    CHECK(std::vector<int>(b.positions.begin(), b.positions.begin() + 16) ==
+          std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7});
+    std::vector<std::pair<std::int64_t, int>> t;
+    for (auto& x : b.targets) t.push_back({x.index, x.label});
+    CHECK(t == std::vector<std::pair<std::int64_t, int>>{{1, 3}, {4, 6}, {16 + 0, 2}, {16 + 2, 4}, {16 + 5, 7}, {16 + 6, 8}});
+  }
+  SUBCASE("no token shift: position i predicted from i") {
+    train::FastDllmV2Objective<4, schedule::Linear, train::recipe::no_token_shift> fd(9);
+    fd.build_with_masks(w, 0, 1, mask, b);
+    std::vector<std::pair<std::int64_t, int>> t;
+    for (auto& x : b.targets) t.push_back({x.index, x.label});
+    CHECK(t == std::vector<std::pair<std::int64_t, int>>{{2, 3}, {5, 6}, {16 + 1, 2}, {16 + 3, 4}, {16 + 6, 7}, {16 + 7, 8}});
+  }
+  SUBCASE("without complementary masks: view 1 only") {
+    train::FastDllmV2Objective<4, schedule::Linear, train::recipe::naive_token_shift> fd(9);
+    fd.build_with_masks(w, 0, 1, mask, b);
+    CHECK(b.rows == 1);
+    CHECK(b.targets.size() == 2);
+    CHECK(fd.pad_block() == 0);
+  }
+  CHECK_ERROR(train::FastDllmV2Objective<3>(9).build_with_masks(w, 0, 1, mask, b), "not a multiple of the block size 3");
+}
+
+TEST_CASE("train/objective: drawn noise is per block, and the two views mask every supervised token once") {
+  const int L = 64, count = 64;
+  train::Windows w;
+  w.length = L;
+  for (int i = 0; i < L * count; ++i) {
+    w.ids.push_back(1 + i % 7);
+    w.supervised.push_back(i % 5 != 0 ? 1 : 0);
+  }
+  train::FastDllmV2Objective<16> fd(0);
+  train::ModelBatch b;
+  Rng rng(1);
+  fd.build(w, 0, count, rng, b);
+  std::vector<int> hits(std::size_t(L) * count, 0);
+  int low = 0, high = 0;
+  for (int r = 0; r < count; ++r)
+    for (int blk = 0; blk < L / 16; ++blk) {
+      int masked = 0, supervised = 0;
+      for (int i = blk * 16; i < blk * 16 + 16; ++i) {
+        const bool sup = w.supervised[std::size_t(r * L + i)] != 0;
+        const bool m1 = b.tokens[std::size_t(r) * 2 * L + i] == 0;
+        const bool m2 = b.tokens[std::size_t(count + r) * 2 * L + i] == 0;
+        CHECK(!(m1 && m2));
+        CHECK((m1 || m2) == sup);
+        masked += m1;
+        supervised += sup;
+      }
+      // Per-block rates spread over [0, 1] (a per-sequence rate would concentrate at 1/2).
+      low += masked * 10 <= supervised;
+      high += masked * 10 >= supervised * 9;
+    }
+  CHECK(low > 10);
+  CHECK(high > 10);
+  for (auto& t : b.targets) {
+    const std::int64_t row = t.index / (2 * L), col = t.index % (2 * L) + 1;
+    hits[std::size_t((row % count) * L + col)]++;
+  }
+  for (int r = 0; r < count; ++r)
+    for (int i = 1; i < L; ++i) CHECK(hits[std::size_t(r * L + i)] == (w.supervised[std::size_t(r * L + i)] ? 1 : 0));
+}
+
+TEST_CASE("train/data: bad data files are named with their line") {
+  auto dir = test::temp_dir("train-data");
+  test::write_text(dir / "a.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2, 3]}\n{\"prompt_ids\": [1]\n");
+  CHECK_ERROR(train::read_examples(dir / "a.jsonl", 10), "a.jsonl:2: not valid JSON");
+  test::write_text(dir / "b.jsonl", "{\"prompt_ids\": [1]}\n");
+  CHECK_ERROR(train::read_examples(dir / "b.jsonl", 10), "b.jsonl:1: missing array field \"response_ids\"");
+  test::write_text(dir / "c.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [12]}\n");
+  CHECK_ERROR(train::read_examples(dir / "c.jsonl", 10), "c.jsonl:1: token id 12");
+  test::write_text(dir / "good.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2, 3]}\n\n{\"prompt_ids\": [], \"response_ids\": [4]}\n");
+  const auto good = train::read_examples(dir / "good.jsonl", 10);
+  REQUIRE(good.size() == 2);
+  CHECK(good[0].prompt == std::vector<int>{1});
+  CHECK(good[0].response == std::vector<int>{2, 3});
+  CHECK(good[1].prompt.empty());
+  test::write_text(dir / "batch.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 1, 1]]}");
+  CHECK_ERROR(train::read_batch_file(dir / "batch.json", 10), "\"supervised\"[0] must be an array of 2 integers");
+  test::write_text(dir / "batch2.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 2]]}");
+  CHECK_ERROR(train::read_batch_file(dir / "batch2.json", 10), "holds 2; expected 0 or 1");
+}
