@@ -4,6 +4,10 @@
 //   blockdiff ar       greedy autoregressive decoding (the baseline)
 //   blockdiff generate Fast-dLLM v2 block-diffusion decoding
 //   blockdiff init     a random checkpoint of a named shape
+//   blockdiff train    AR pretraining or the Fast-dLLM v2 recipe
+//   blockdiff loss     the loss and gradients of one explicit batch
+//   blockdiff eval     accuracy and speed on a task's held-out split
+//   blockdiff study    the ablation study (AR vs block diffusion over every axis)
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -11,7 +15,9 @@
 
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
+#include "eval_command.hpp"
 #include "generate_command.hpp"
+#include "train_command.hpp"
 
 using namespace blockdiff;
 
@@ -106,12 +112,16 @@ int main(int argc, char** argv) {
   bool flat = false;
   auto* init = app.add_subcommand("init", "Write a randomly initialised checkpoint of a named shape");
   init->add_option("--out", out_dir, "output folder")->required();
-  init->add_option("--preset", preset, "tiny | qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b")->capture_default_str();
+  init->add_option("--preset", preset, "tiny | tasks | qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b")->capture_default_str();
   init->add_option("--seed", seed, "random seed")->capture_default_str();
   init->add_option("--dtype", dtype_name, "f32 | bf16 | f16")->capture_default_str();
   init->add_flag("--flat", flat, "plain random weights (default: peaked next-token distributions)");
 
   cli::GenerateCommand generate(app);
+  cli::TrainCommand train(app);
+  cli::LossCommand loss(app);
+  cli::EvalCommand eval(app);
+  cli::StudyCommand study(app);
 
   try {
     app.parse(argc, argv);
@@ -132,6 +142,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (generate.parsed()) return generate.run();
+    if (train.parsed()) return train.run();
+    if (loss.parsed()) return loss.run();
+    if (eval.parsed()) return eval.run();
+    if (study.parsed()) return study.run();
   } catch (const Error& e) {
     std::fprintf(stderr, "blockdiff: error: %s\n", e.what());
     return 2;

@@ -2,7 +2,7 @@
 //
 // The full product of shapes x policies x caches x commit modes would take far too long to
 // compile, so the program instantiates: the paper's Threshold policy at every block shape
-// (blocks 4..64, every sub-block that divides them) with each cache; every other policy at the
+// (blocks 2..64, every sub-block that divides them) with each cache; every other policy at the
 // paper's shape BlockShape<32, 8> and at the embedded model's shape, with each cache; and the
 // commit-reuse mode (--no-commit) for Threshold at those same shapes. To add a configuration, add its
 // shape to the lists below (or a `dispatch_*` branch) and rebuild; nothing else changes.
@@ -15,7 +15,7 @@
 namespace blockdiff::cli {
 
 //! Block sizes compiled for Threshold; sub-blocks are every power of two that divides them.
-#define BLOCKDIFF_CLI_BLOCKS 4, 8, 16, 32, 64
+#define BLOCKDIFF_CLI_BLOCKS 2, 4, 8, 16, 32, 64
 #define BLOCKDIFF_CLI_SUB_BLOCKS 1, 2, 4, 8, 16, 32, 64
 
 //! (block, sub-block) pairs compiled for every policy and for the commit-reuse mode.
@@ -23,15 +23,15 @@ struct PolicyShapes {
   template <class F>
   static bool visit(int block, int sub, F&& f) {
     if (block == 32 && sub == 8) return f.template operator()<BlockShape<32, 8>>(), true;
-    if (block == 16 && sub == 4) return f.template operator()<BlockShape<16, 4>>(), true;
+    if (block == 8 && sub == 4) return f.template operator()<BlockShape<8, 4>>(), true;
     return false;
   }
-  static constexpr const char* list = "32/8, 16/4";
+  static constexpr const char* list = "32/8, 8/4";
 };
 
 inline std::string compiled_set_help() {
   return std::string("Compiled decoder configurations:\n") +
-         "  threshold: block 4, 8, 16, 32, 64 x every sub-block dividing it x cache none|block|hierarchical\n"
+         "  threshold: block 2, 4, 8, 16, 32, 64 x every sub-block dividing it x cache none|block|hierarchical\n"
          "  topk, scheduled (linear|loglinear|cosine), margin, entropy, entropy-bounded, factor, random:\n"
          "             block/sub-block " + PolicyShapes::list + " x cache none|block|hierarchical\n"
          "  --no-commit: threshold at block/sub-block " + PolicyShapes::list + "\n"

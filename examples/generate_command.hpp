@@ -104,6 +104,19 @@ void with_decoder(const DecoderSpec& spec, F&& f) {
        spec.unmask, "\"");
 }
 
+//! Decodes `prompts` with the configuration `spec` names (the one instantiation of the compiled
+//! set, shared by generate, eval and study).
+inline std::vector<decode::GenerateResult> decode_batch(const DecoderSpec& spec, model::Qwen2<backend::Host>& model,
+                                                        std::span<const std::vector<int>> prompts,
+                                                        const decode::DecodeOptions& options) {
+  std::vector<decode::GenerateResult> results;
+  with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
+    decode::BlockDiffusionDecoder<model::Qwen2<backend::Host>, Shape, Policy, Cache> decoder(model, policy);
+    results = decoder.generate(prompts, options);
+  });
+  return results;
+}
+
 //! Text picture of each block's unmasking order: the forward that committed each position (P prompt,
 //! C the token of a commit or prefill forward, . not decoded).
 inline std::string unmasking_order(const decode::GenerateResult& r, int prompt_len, int block) {
@@ -193,11 +206,7 @@ class GenerateCommand {
     options.sampling = {temperature_, top_p_};
     options.seed = seed_;
     options.trace = trace_ || show_order_;
-    std::vector<decode::GenerateResult> results;
-    with_decoder(spec_, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
-      decode::BlockDiffusionDecoder<model::Qwen2<backend::Host>, Shape, Policy, Cache> decoder(model, policy);
-      results = decoder.generate(prompts, options);
-    });
+    const auto results = decode_batch(spec_, model, prompts, options);
     if (show_order_)
       for (std::size_t r = 0; r < results.size(); ++r)
         std::cerr << unmasking_order(results[r], static_cast<int>(prompts[r].size()), spec_.block);

@@ -92,11 +92,49 @@ bad_cases = [
     (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,x"], "\"x\" is not an integer"),
     (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1", "--max-new-tokens", "5000"], "beyond the context"),
     (["logits", "--model", "/nonexistent", "--ids", "1"], "no such directory"),
+    (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "fdllm2",
+      "--block", "12"], "--block 12 is not compiled in"),
+    (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "ar",
+      "--no-pad"], "apply to --objective fdllm2 only"),
+    (["train", "--task", "mix", "--preset", "tiny", "--out", tempfile.mkdtemp()], "needs a model with the task vocabulary"),
+    (["train", "--task", "mix", "--preset", "tasks", "--block", "8", "--context", "60", "--out", tempfile.mkdtemp()],
+     "the context 60 is not a multiple of the block size 8"),
+    (["train", "--task", "mix", "--preset", "tasks", "--block", "8", "--lr", "5", "--out", tempfile.mkdtemp()],
+     "learning rate 5 makes no sense"),
 ]
 for args, needle in bad_cases:
     out = run(*args)
     if out.returncode == 0 or needle not in out.stderr:
         failures.append(f"{' '.join(args[:1] + args[3:])}: exit {out.returncode}, stderr {out.stderr.strip()!r}, wanted {needle!r}")
+
+# blockdiff loss: the loss and every gradient of the golden batch, as an outside checker reads them.
+loss_golden = json.load(open(f"{golden}/loss.json"))
+loss_cases = 0
+for model in ("f32-tied", "bf16-untied"):
+    for objective in ("fdllm2", "ar"):
+        grads_path = tempfile.mktemp(suffix=".safetensors")
+        out = run("loss", "--model", f"{golden}/model-{model}", "--batch", f"{golden}/loss-batch.json", "--objective",
+                  objective, "--block", "8", "--grads-out", grads_path, "--json")
+        loss_cases += 1
+        if out.returncode != 0:
+            failures.append(f"loss {model} {objective}: exit {out.returncode}: {out.stderr.strip()}")
+            continue
+        got, want = json.loads(out.stdout), loss_golden[f"model-{model}/{objective}"]
+        if got["n_tokens"] != want["n_tokens"] or abs(got["loss"] - want["loss"]) > 1e-5 * abs(want["loss"]):
+            failures.append(f"loss {model} {objective}: {got} vs golden {want}")
+        mine_h, mine_d = read_safetensors(grads_path)
+        ref_h, ref_d = read_safetensors(f"{golden}/grads-{model}-{objective}.safetensors")
+        names = sorted(k for k in ref_h if k != "__metadata__")
+        if sorted(k for k in mine_h if k != "__metadata__") != names:
+            failures.append(f"loss {model} {objective}: gradient names differ from the golden file")
+            continue
+        for name in names:
+            a = array.array("f", mine_d[mine_h[name]["data_offsets"][0]:mine_h[name]["data_offsets"][1]])
+            b = array.array("f", ref_d[ref_h[name]["data_offsets"][0]:ref_h[name]["data_offsets"][1]])
+            scale = max(abs(x) for x in b) or 1.0
+            err = max(abs(x - y) for x, y in zip(a, b))
+            if mine_h[name]["shape"] != ref_h[name]["shape"] or err > 2e-4 * scale:
+                failures.append(f"loss {model} {objective}: gradient {name} off by {err} (max |g| {scale})")
 
 help_text = run("--help").stdout
 if "Compiled decoder configurations" not in help_text:
@@ -104,5 +142,5 @@ if "Compiled decoder configurations" not in help_text:
 
 for f in failures:
     print("FAIL:", f)
-print(f"cli: {count} generate cases, {len(bad_cases)} error cases, {len(failures)} failures")
+print(f"cli: {count} generate cases, {loss_cases} loss cases, {len(bad_cases)} error cases, {len(failures)} failures")
 sys.exit(1 if failures else 0)

@@ -32,6 +32,13 @@ inline io::ModelConfig preset_config(const std::string& name) {
     c.num_attention_heads = 4, c.num_key_value_heads = 2, c.vocab_size = 320;
     c.tie_word_embeddings = true, c.rope_theta = 1e4, c.max_position_embeddings = 4096;
     c.mask_token_id = 319, c.eos_token_id = 318, c.bos_token_id = 317;
+  } else if (name == "tasks") {
+    // The embedded default model: the character vocabulary of train/tasks.hpp (30 ids, EOS 0,
+    // [MASK] 1), trained with block 8.
+    c.hidden_size = 128, c.intermediate_size = 384, c.num_hidden_layers = 4;
+    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.vocab_size = 30;
+    c.tie_word_embeddings = true, c.rope_theta = 1e4, c.max_position_embeddings = 256;
+    c.mask_token_id = 1, c.eos_token_id = 0, c.bd_size = 8;
   } else if (name == "qwen2.5-0.5b") {
     c.hidden_size = 896, c.intermediate_size = 4864, c.num_hidden_layers = 24;
     c.num_attention_heads = 14, c.num_key_value_heads = 2, c.vocab_size = 151936;
@@ -48,7 +55,7 @@ inline io::ModelConfig preset_config(const std::string& name) {
     c.tie_word_embeddings = false;
     c.mask_token_id = 151665, c.eos_token_id = 151645, c.bos_token_id = 151643;
   } else {
-    fail("unknown preset \"", name, "\" (known: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)");
+    fail("unknown preset \"", name, "\" (known: tiny, tasks, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b)");
   }
   return c;
 }

@@ -34,19 +34,53 @@ using ConstMap = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using Map = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
 
-//! C[M, N] (= | +=) op(A) · op(B), row-major, op = transpose when `ta` / `tb`.
+//! While alive, OpenBLAS runs single-threaded in its caller, so that gemm() below can share the
+//! work over OpenMP's threads: two thread pools spinning on the same cores cost a training step
+//! about 3x.
+class BlasInCallerThread {
+ public:
+#if defined(BLOCKDIFF_HAVE_CBLAS)
+  BlasInCallerThread() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~BlasInCallerThread() { openblas_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+#endif
+};
+
+//! C[M, N] (= | +=) op(A) · op(B), row-major, op = transpose when `ta` / `tb`. With OpenBLAS, the
+//! rows of C are split over OpenMP's threads (run inside a BlasInCallerThread scope).
 template <class T>
 void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std::int64_t lda, const T* B,
           std::int64_t ldb, bool accumulate, T* C, std::int64_t ldc) {
   if (M == 0 || N == 0) return;
 #if defined(BLOCKDIFF_HAVE_CBLAS)
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
-                1.0f, A, int(lda), B, int(ldb), accumulate ? 1.0f : 0.0f, C, int(ldc));
-    return;
-  } else if constexpr (std::is_same_v<T, double>) {
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
-                1.0, A, int(lda), B, int(ldb), accumulate ? 1.0 : 0.0, C, int(ldc));
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    auto call = [&](std::int64_t r0, std::int64_t rows) {
+      const T* a = ta ? A + r0 : A + r0 * lda;
+      const auto opa = ta ? CblasTrans : CblasNoTrans, opb = tb ? CblasTrans : CblasNoTrans;
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, opa, opb, int(rows), int(N), int(K), 1.0f, a, int(lda), B, int(ldb),
+                    accumulate ? 1.0f : 0.0f, C + r0 * ldc, int(ldc));
+      else
+        cblas_dgemm(CblasRowMajor, opa, opb, int(rows), int(N), int(K), 1.0, a, int(lda), B, int(ldb),
+                    accumulate ? 1.0 : 0.0, C + r0 * ldc, int(ldc));
+    };
+    const double flops = double(M) * double(N) * double(K);
+#pragma omp parallel if (flops > 4e6 && M >= 32)
+    {
+      int tid = 0, threads = 1;
+#if defined(_OPENMP)
+      tid = omp_get_thread_num();
+      threads = omp_get_num_threads();
+#endif
+      // Row ranges in multiples of 16, so every thread's slice stays aligned for the kernels.
+      const std::int64_t per = (M + threads - 1) / threads;
+      const std::int64_t chunk = threads == 1 ? M : (per + 15) / 16 * 16;
+      const std::int64_t r0 = std::min<std::int64_t>(M, tid * chunk);
+      const std::int64_t r1 = std::min<std::int64_t>(M, r0 + chunk);
+      if (r1 > r0) call(r0, r1 - r0);
+    }
     return;
   }
 #endif

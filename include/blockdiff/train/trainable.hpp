@@ -18,6 +18,7 @@
 
 #include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/core/rng.hpp"
 #include "blockdiff/core/tensor.hpp"
 #include "blockdiff/io/config.hpp"
 #include "blockdiff/model/qwen2.hpp"
@@ -101,6 +102,7 @@ class TrainableQwen2 {
   template <class Mask>
   LossResult step(const ModelBatch& batch, const Mask& mask, bool backward = true, T grad_scale = T(1)) {
     check(batch);
+    ops::BlasInCallerThread blas_scope;
     LossResult result;
     result.n_tokens = static_cast<std::int64_t>(batch.targets.size());
     if (batch.targets.empty()) return result;
@@ -341,5 +343,21 @@ class TrainableQwen2 {
   ops::AttentionDims dims_{};
   T scale_ = T(1);
 };
+
+//! A fresh model for training from scratch: matrices and embeddings ~ N(0, std²), the output
+//! projections of each residual branch (o_proj, down_proj) scaled by 1/√(2·layers) as GPT-2
+//! does, norms 1, biases 0.
+template <class T>
+void initialise(TrainableQwen2<T>& m, std::uint64_t seed, double std = 0.02) {
+  Rng rng(seed);
+  const double residual = std / std::sqrt(2.0 * m.config().num_hidden_layers);
+  for (std::size_t i = 0; i < m.tensors().size(); ++i) {
+    const auto& t = m.tensors()[i];
+    const bool norm = t.name.find("norm") != std::string::npos;
+    const bool out = t.name.find("o_proj") != std::string::npos || t.name.find("down_proj") != std::string::npos;
+    for (auto& v : m.parameter(i))
+      v = norm ? T(1) : t.shape.size() == 1 ? T(0) : T((out ? residual : std) * rng.normal());
+  }
+}
 
 }  // namespace blockdiff::train

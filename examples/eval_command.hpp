@@ -1,0 +1,280 @@
+// `blockdiff eval` (one decoder on a task's held-out split) and `blockdiff study` (the ablation
+// study: AR against block-diffusion decoding over thresholds, caches, sub-blocks, policies and
+// inference block sizes; a table, a CSV and an SVG plot of accuracy against tokens/s).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "blockdiff/blockdiff.hpp"
+#include "blockdiff/eval/eval.hpp"
+#include "blockdiff/tokenizer/char_vocab.hpp"
+#include "blockdiff/train/tasks.hpp"
+#include "generate_command.hpp"
+
+namespace blockdiff::cli {
+
+//! A loaded model folder with its character vocabulary.
+struct TaskModel {
+  model::Qwen2<backend::Host> model;
+  tokenizer::CharVocab vocab;
+  static TaskModel load(const std::string& dir) {
+    const auto tok = std::filesystem::path(dir) / "tokenizer.json";
+    require(std::filesystem::exists(tok), dir, ": no tokenizer.json (task evaluation needs the model's vocabulary)");
+    TaskModel m{model::Qwen2<backend::Host>::load(dir), tokenizer::CharVocab::load(tok)};
+    require(m.model.config().vocab_size == m.vocab.size(), dir, ": config.json has vocab_size ",
+            m.model.config().vocab_size, " but tokenizer.json ", m.vocab.size(), " tokens");
+    return m;
+  }
+};
+
+//! AR decoding as an eval::BatchDecoder.
+inline eval::BatchDecoder ar_decoder(TaskModel& m, int max_new) {
+  return [&m, max_new](std::span<const std::vector<int>> prompts) {
+    decode::ArOptions o;
+    o.max_new_tokens = max_new;
+    o.eos_id = m.vocab.eos_id();
+    std::vector<eval::RowOutput> out;
+    for (auto& r : decode::ar_generate(m.model, std::vector<std::vector<int>>(prompts.begin(), prompts.end()), o))
+      out.push_back({r.tokens, r.decode_forwards, r.prefill_forwards + r.decode_forwards});
+    return out;
+  };
+}
+
+//! Block-diffusion decoding with `spec` as an eval::BatchDecoder.
+inline eval::BatchDecoder diffusion_decoder(TaskModel& m, DecoderSpec spec, int max_new) {
+  return [&m, spec, max_new](std::span<const std::vector<int>> prompts) {
+    decode::DecodeOptions o;
+    o.max_new_tokens = max_new;
+    o.mask_id = m.vocab.mask_id();
+    o.eos_id = m.vocab.eos_id();
+    o.trace = false;
+    std::vector<eval::RowOutput> out;
+    for (auto& r : decode_batch(spec, m.model, prompts, o))
+      out.push_back({r.tokens, r.trace.denoising_forwards(), r.trace.total_forwards()});
+    return out;
+  };
+}
+
+inline nlohmann::ordered_json report_json(const eval::Report& r) {
+  return {{"n", r.n},
+          {"accuracy", r.accuracy()},
+          {"tokens_per_second", r.tokens_per_second()},
+          {"tokens_per_forward", r.tokens_per_forward()},
+          {"forwards_per_token", r.forwards_per_token()},
+          {"new_tokens", r.new_tokens},
+          {"denoising_forwards", r.denoising_forwards},
+          {"total_forwards", r.total_forwards},
+          {"seconds", r.seconds}};
+}
+
+class EvalCommand {
+ public:
+  explicit EvalCommand(CLI::App& app) {
+    cmd_ = app.add_subcommand("eval", "Accuracy and speed of a decoder on a task's held-out split");
+    cmd_->add_option("--model", model_, "checkpoint folder with tokenizer.json")->required();
+    cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
+    cmd_->add_option("--n", n_, "held-out examples")->capture_default_str();
+    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
+    cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str();
+    cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
+    spec_.add_flags(cmd_);
+    cmd_->add_flag("--json", json_, "compact JSON output");
+  }
+  bool parsed() const { return cmd_->parsed(); }
+
+  int run() {
+    auto m = TaskModel::load(model_);
+    const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
+    const auto report =
+        eval::evaluate(examples, m.vocab, batch_, ar_ ? ar_decoder(m, max_new_) : diffusion_decoder(m, spec_, max_new_));
+    auto out = report_json(report);
+    out["task"] = task_;
+    out["decoder"] = ar_ ? "ar" : spec_.unmask;
+    if (!ar_) {
+      out["block"] = spec_.block;
+      out["sub_block"] = spec_.sub_block;
+      out["cache"] = spec_.cache;
+      out["threshold"] = spec_.threshold;
+    }
+    std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
+    return 0;
+  }
+
+ private:
+  CLI::App* cmd_ = nullptr;
+  std::string model_, task_ = "mix";
+  int n_ = 200, batch_ = 1, max_new_ = 32;
+  bool ar_ = false, json_ = false;
+  DecoderSpec spec_;
+};
+
+class StudyCommand {
+ public:
+  explicit StudyCommand(CLI::App& app) {
+    cmd_ = app.add_subcommand("study", "The ablation study: AR vs block-diffusion decoding over every axis");
+    cmd_->add_option("--ar-model", ar_model_, "the AR base (the baseline)")->required();
+    cmd_->add_option("--model", model_, "the block-diffusion model")->required();
+    cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
+    cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str();
+    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
+    cmd_->add_option("--block", block_, "the block size the model was trained with")->capture_default_str();
+    cmd_->add_option("--sub-block", sub_block_, "the default sub-block size")->capture_default_str();
+    cmd_->add_option("--out", out_, "folder for study.csv and study.svg")->capture_default_str();
+    cmd_->add_flag("--no-plot", no_plot_, "skip the SVG plot (needs gnuplot)");
+  }
+  bool parsed() const { return cmd_->parsed(); }
+
+  struct Row {
+    std::string group, model, decoder;
+    DecoderSpec spec;
+    bool ar = false;
+    eval::Report report;
+  };
+
+  int run() {
+    auto base = TaskModel::load(ar_model_);
+    auto diff = TaskModel::load(model_);
+    const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
+    std::vector<Row> rows;
+    auto add = [&](std::string group, DecoderSpec s, std::string decoder) {
+      rows.push_back({std::move(group), "fdllm2", std::move(decoder), s, false, {}});
+    };
+    DecoderSpec d;
+    d.block = block_;
+    d.sub_block = sub_block_;
+    d.cache = "hierarchical";
+    rows.push_back({"baseline", "ar-base", "ar", d, true, {}});
+    rows.push_back({"baseline", "fdllm2", "ar", d, true, {}});
+    for (std::string c : {"none", "block", "hierarchical"})
+      for (float t : {0.5f, 0.7f, 0.8f, 0.9f, 0.95f, 1.0f}) {
+        auto s = d;
+        s.cache = c;
+        s.threshold = t;
+        add("threshold x cache", s, "threshold");
+      }
+    for (int sb = 1; sb <= block_; sb *= 2)
+      for (float t : {0.9f, 1.0f}) {
+        auto s = d;
+        s.sub_block = sb;
+        s.threshold = t;
+        add("sub-block (Table 3)", s, "threshold");
+      }
+    for (int b : {2, 4, 8, 16, 32})
+      for (float t : {0.9f, 1.0f}) {
+        auto s = d;
+        s.block = b;
+        s.sub_block = std::min(b, sub_block_);
+        s.threshold = t;
+        add("block mismatch (Table 4)", s, "threshold");
+      }
+    for (auto [policy, knob] : std::vector<std::pair<std::string, float>>{
+             {"topk", 2}, {"margin", 0.5f}, {"entropy", 0.3f}, {"entropy-bounded", 0.5f}, {"factor", 1.0f}, {"random", 2}}) {
+      auto s = d;
+      s.unmask = policy;
+      s.threshold = knob;
+      s.k = int(knob);
+      add("policy", s, policy);
+    }
+
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      auto& r = rows[i];
+      auto& m = r.model == "ar-base" ? base : diff;
+      std::fprintf(stderr, "\r[%zu/%zu] %-26s %-16s ...", i + 1, rows.size(), r.group.c_str(), label(r).c_str());
+      r.report = eval::evaluate(examples, m.vocab, batch_, r.ar ? ar_decoder(m, 32) : diffusion_decoder(m, r.spec, 32));
+    }
+    std::fprintf(stderr, "\r%-80s\r", "");
+    const double ar_tps = rows[0].report.tokens_per_second();
+    print_table(rows, ar_tps);
+    std::filesystem::create_directories(out_);
+    write_csv(rows, ar_tps, std::filesystem::path(out_) / "study.csv");
+    if (!no_plot_) plot(std::filesystem::path(out_));
+    return 0;
+  }
+
+ private:
+  static std::string knob_text(const Row& r) {
+    char buf[32];
+    if (r.ar) return "-";
+    if (r.decoder == "topk" || r.decoder == "random") std::snprintf(buf, sizeof buf, "k=%d", r.spec.k);
+    else std::snprintf(buf, sizeof buf, "%.2f", r.spec.threshold);
+    return buf;
+  }
+  static std::string label(const Row& r) {
+    if (r.ar) return "ar (" + r.model + ")";
+    return r.decoder + " " + knob_text(r) + " " + std::to_string(r.spec.block) + "/" + std::to_string(r.spec.sub_block) +
+           " " + r.spec.cache;
+  }
+
+  void print_table(const std::vector<Row>& rows, double ar_tps) const {
+    std::printf("task %s, %d held-out examples, batch %d, block %d (trained), OMP threads %s\n\n", task_.c_str(), n_,
+                batch_, block_, std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default");
+    std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %8s %9s %7s %7s %8s\n", "group", "model", "decoder", "knob", "block",
+                "sub", "cache", "accuracy", "tokens/s", "tok/fwd", "fwd/tok", "vs AR");
+    std::string last;
+    for (auto& r : rows) {
+      if (r.group != last && !last.empty()) std::printf("\n");
+      last = r.group;
+      std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %7.1f%% %9.0f %7.2f %7.2f %7.2fx\n", r.group.c_str(),
+                  r.model.c_str(), r.decoder.c_str(), knob_text(r).c_str(), r.ar ? "-" : std::to_string(r.spec.block).c_str(),
+                  r.ar ? "-" : std::to_string(r.spec.sub_block).c_str(), r.ar ? "-" : r.spec.cache.c_str(),
+                  100 * r.report.accuracy(), r.report.tokens_per_second(), r.report.tokens_per_forward(),
+                  r.report.forwards_per_token(), r.report.tokens_per_second() / ar_tps);
+    }
+    std::fflush(stdout);
+  }
+
+  void write_csv(const std::vector<Row>& rows, double ar_tps, const std::filesystem::path& path) const {
+    std::ofstream f(path);
+    require(f.good(), path.string(), ": cannot write");
+    f << "group,model,decoder,knob,block,sub_block,cache,n,accuracy,tokens_per_second,tokens_per_forward,"
+         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar\n";
+    for (auto& r : rows)
+      f << r.group << "," << r.model << "," << r.decoder << "," << knob_text(r) << "," << (r.ar ? 0 : r.spec.block) << ","
+        << (r.ar ? 0 : r.spec.sub_block) << "," << (r.ar ? "-" : r.spec.cache) << "," << r.report.n << ","
+        << r.report.accuracy() << "," << r.report.tokens_per_second() << "," << r.report.tokens_per_forward() << ","
+        << r.report.forwards_per_token() << "," << r.report.new_tokens << "," << r.report.denoising_forwards << ","
+        << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << "\n";
+    std::printf("\nwrote %s\n", path.string().c_str());
+  }
+
+  //! accuracy vs tokens/s (the paper's Figure 4): one series per cache strategy over the
+  //! thresholds, the AR baselines, and the other groups as points.
+  void plot(const std::filesystem::path& dir) const {
+    const auto script = dir / "study.gnuplot";
+    std::ofstream g(script);
+    g << "set terminal svg size 900,600 dynamic font 'sans,12'\n"
+      << "set output '" << (dir / "study.svg").string() << "'\n"
+      << "set datafile separator ','\n"
+      << "set title 'Accuracy vs throughput (" << task_ << ", n = " << n_ << ", batch " << batch_ << ")'\n"
+      << "set xlabel 'tokens/s'\nset ylabel 'accuracy (%)'\nset key bottom right\nset grid\n"
+      << "csv = '" << (dir / "study.csv").string() << "'\n"
+      << "plot \\\n";
+    for (std::string c : {"none", "block", "hierarchical"})
+      g << "  csv using (strcol(1) eq 'threshold x cache' && strcol(7) eq '" << c
+        << "' ? $10 : 1/0):($9*100) with linespoints title 'threshold 0.5..1, cache " << c << "', \\\n";
+    g << "  csv using (strcol(1) eq 'policy' ? $10 : 1/0):($9*100):3 with labels point pt 6 offset 1,0.5 left "
+         "font ',9' title 'policies (hierarchical)', \\\n"
+      << "  csv using (strcol(1) eq 'baseline' ? $10 : 1/0):($9*100) with points pt 7 ps 2 title 'AR decoding'\n";
+    g.close();
+    const std::string cmd = "gnuplot '" + script.string() + "' 2>&1";
+    if (std::system(cmd.c_str()) == 0)
+      std::printf("wrote %s\n", (dir / "study.svg").string().c_str());
+    else
+      std::printf("gnuplot failed or is missing; the plot script is %s\n", script.string().c_str());
+  }
+
+  CLI::App* cmd_ = nullptr;
+  std::string ar_model_, model_, task_ = "mix", out_ = "study";
+  int n_ = 200, batch_ = 1, block_ = 8, sub_block_ = 4;
+  bool no_plot_ = false;
+};
+
+}  // namespace blockdiff::cli

@@ -1,0 +1,80 @@
+// Task accuracy and throughput of a decoder over a held-out split.
+//
+// A decoder is anything that maps a batch of prompts to per-row outputs (tokens, forwards); the
+// AR baseline and every block-diffusion configuration are scored by the same code:
+//   accuracy            exact match of the final answer (train/tasks.hpp's answer_of)
+//   tokens/s            new tokens (EOS included) over the wall time of the decode calls
+//   tokens per forward  new tokens over denoising forwards (block + sub-block; for AR, the
+//                       decode steps), the paper's parallelism measure
+//   forwards per token  every forward (prefill and commit included) over new tokens
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/tokenizer/char_vocab.hpp"
+#include "blockdiff/train/tasks.hpp"
+
+namespace blockdiff::eval {
+
+//! What a decoder did for one prompt.
+struct RowOutput {
+  std::vector<int> tokens;  //!< new tokens, cut after EOS (kept)
+  int denoising_forwards = 0;
+  int total_forwards = 0;
+};
+
+struct Report {
+  int n = 0, correct = 0;
+  std::int64_t new_tokens = 0, denoising_forwards = 0, total_forwards = 0;
+  double seconds = 0;
+
+  double accuracy() const { return n ? double(correct) / n : 0.0; }
+  double tokens_per_second() const { return seconds > 0 ? double(new_tokens) / seconds : 0.0; }
+  double tokens_per_forward() const { return denoising_forwards ? double(new_tokens) / double(denoising_forwards) : 0.0; }
+  double forwards_per_token() const { return new_tokens ? double(total_forwards) / double(new_tokens) : 0.0; }
+};
+
+using BatchDecoder = std::function<std::vector<RowOutput>(std::span<const std::vector<int>>)>;
+
+//! Scores `decode` on `examples`, `batch` prompts per call; `progress(done, total)` after each call.
+inline Report evaluate(const std::vector<train::tasks::TextExample>& examples, const tokenizer::CharVocab& vocab,
+                       int batch, const BatchDecoder& decode,
+                       const std::function<void(int, int)>& progress = {}) {
+  require(batch > 0, "eval: the batch must be positive, got ", batch);
+  Report report;
+  std::vector<std::vector<int>> prompts;
+  for (std::size_t begin = 0; begin < examples.size(); begin += std::size_t(batch)) {
+    const std::size_t end = std::min(examples.size(), begin + std::size_t(batch));
+    prompts.clear();
+    for (std::size_t i = begin; i < end; ++i) prompts.push_back(vocab.encode(examples[i].prompt));
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto outputs = decode(prompts);
+    report.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    require(outputs.size() == prompts.size(), "eval: the decoder returned ", outputs.size(), " rows for ",
+            prompts.size(), " prompts");
+    for (std::size_t i = begin; i < end; ++i) {
+      const auto& out = outputs[i - begin];
+      std::vector<int> body = out.tokens;
+      if (!body.empty() && body.back() == vocab.eos_id()) body.pop_back();
+      bool clean = true;
+      for (int t : body) clean = clean && t != vocab.eos_id() && t != vocab.mask_id();
+      const auto& ex = examples[i];
+      const std::string got = clean ? train::tasks::answer_of(ex.prompt, vocab.decode(body)) : std::string("\x01");
+      report.correct += got == train::tasks::answer_of(ex.prompt, ex.response);
+      report.new_tokens += std::int64_t(out.tokens.size());
+      report.denoising_forwards += out.denoising_forwards;
+      report.total_forwards += out.total_forwards;
+    }
+    report.n += int(end - begin);
+    if (progress) progress(report.n, int(examples.size()));
+  }
+  return report;
+}
+
+}  // namespace blockdiff::eval

@@ -1,0 +1,116 @@
+// Synthetic tasks with exact answers, for the embedded default model and its ablations.
+//
+//   arith    GSM8K-like: a two-digit start and two to four one-digit steps; the response writes
+//            every running total before the final answer:  "a:47+8-5+9="  ->  "55,50,59#59"
+//   sort     sort four to eight digits:                     "s:52917="     ->  "12579"
+//   reverse  reverse four to eight letters:                 "r:bdaec="     ->  "ceadb"
+//   mix      the three, in equal parts
+//
+// Every response ends with the EOS token. The answer of an arith response is what follows '#';
+// of the others, the whole response. Splits are disjoint: the held-out split is drawn from its
+// own seed, and the training split never contains a held-out prompt.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/tokenizer/char_vocab.hpp"
+#include "blockdiff/train/data.hpp"
+
+namespace blockdiff::train::tasks {
+
+//! The characters every task uses: the default model's vocabulary.
+inline constexpr const char* characters = "0123456789+-=,#:asrbcdefghij";
+
+inline tokenizer::CharVocab vocabulary() { return tokenizer::CharVocab(characters); }
+
+struct TextExample {
+  std::string prompt, response;  //!< response without the EOS
+};
+
+inline const std::vector<std::string>& names() {
+  static const std::vector<std::string> n{"arith", "sort", "reverse", "mix"};
+  return n;
+}
+
+inline TextExample draw(const std::string& task, Rng& rng) {
+  if (task == "mix") return draw(names()[rng.below(3)], rng);
+  TextExample e;
+  if (task == "arith") {
+    int total = 10 + int(rng.below(90));
+    e.prompt = "a:" + std::to_string(total);
+    const int steps = 2 + int(rng.below(3));
+    for (int s = 0; s < steps; ++s) {
+      const int d = int(rng.below(10));
+      const bool plus = total + d <= 99 && (total - d < 0 || rng.below(2) == 0);
+      total += plus ? d : -d;
+      e.prompt += (plus ? "+" : "-") + std::to_string(d);
+      e.response += (s ? "," : "") + std::to_string(total);
+    }
+    e.prompt += "=";
+    e.response += "#" + std::to_string(total);
+  } else if (task == "sort" || task == "reverse") {
+    const int n = 4 + int(rng.below(5));
+    std::string items;
+    for (int i = 0; i < n; ++i) items += task == "sort" ? char('0' + rng.below(10)) : char('a' + rng.below(10));
+    e.prompt = (task == "sort" ? "s:" : "r:") + items + "=";
+    e.response = items;
+    if (task == "sort")
+      std::sort(e.response.begin(), e.response.end());
+    else
+      std::reverse(e.response.begin(), e.response.end());
+  } else {
+    fail("unknown task \"", task, "\" (known: arith, sort, reverse, mix)");
+  }
+  return e;
+}
+
+//! The exact answer a response carries: after '#' for arith, else the whole response.
+inline std::string answer_of(const std::string& prompt, const std::string& response) {
+  if (prompt.rfind("a:", 0) == 0) {
+    const auto hash = response.find('#');
+    return hash == std::string::npos ? std::string() : response.substr(hash + 1);
+  }
+  return response;
+}
+
+enum class Split { train, held_out };
+
+//! `n` examples of `task` from `split`. The held-out split is fixed by `seed`; the training split
+//! skips every prompt of the first `held_out_size` held-out examples.
+inline std::vector<TextExample> make(const std::string& task, Split split, int n, std::uint64_t seed = 1,
+                                     int held_out_size = 1000) {
+  require(n >= 0, "task ", task, ": negative example count ", n);
+  std::vector<TextExample> out;
+  Rng held_rng(seed * 2 + 1);
+  if (split == Split::held_out) {
+    for (int i = 0; i < n; ++i) out.push_back(draw(task, held_rng));
+    return out;
+  }
+  std::unordered_set<std::string> excluded;
+  for (int i = 0; i < held_out_size; ++i) excluded.insert(draw(task, held_rng).prompt);
+  Rng rng(seed * 2 + 2);
+  while (int(out.size()) < n) {
+    auto e = draw(task, rng);
+    if (!excluded.count(e.prompt)) out.push_back(std::move(e));
+  }
+  return out;
+}
+
+//! Token examples for training: response followed by EOS.
+inline std::vector<Example> encode(const std::vector<TextExample>& text, const tokenizer::CharVocab& vocab) {
+  std::vector<Example> out;
+  for (auto& t : text) {
+    Example e{vocab.encode(t.prompt), vocab.encode(t.response)};
+    e.response.push_back(vocab.eos_id());
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace blockdiff::train::tasks

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job: the ablation study on the embedded default models (models/tasks-ar, the AR base,
+# and models/tasks-fdllm2, its Fast-dLLM v2 fine-tune). AR decoding against block-diffusion
+# decoding over thresholds, caches, sub-block sizes, unmasking policies and inference block
+# sizes, on the held-out split of the synthetic tasks. Prints the table; writes
+# results/study/study.csv and results/study/study.svg (accuracy against tokens/s).
+#
+#   N=200 BATCH=1 bash scripts/study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
+cmake --preset host >/dev/null
+cmake --build --preset host --target blockdiff_cli -j "$(nproc)"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+build/host/examples/blockdiff study --ar-model models/tasks-ar --model models/tasks-fdllm2 --task mix \
+  --n "${N:-200}" --batch "${BATCH:-1}" --block 8 --sub-block 4 --out "${OUT:-results/study}"

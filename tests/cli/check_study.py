@@ -1,0 +1,58 @@
+"""The ablation pipeline end to end on a handful of examples: `blockdiff study` on the embedded
+models must print its table and write a CSV with every row it should have, whose figures agree
+with each other (tokens per forward = new tokens / denoising forwards, and so on)."""
+import csv
+import subprocess
+import sys
+import tempfile
+
+exe, models = sys.argv[1], sys.argv[2]
+out = tempfile.mkdtemp()
+run = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "6",
+                      "--batch", "3", "--out", out, "--no-plot"], capture_output=True, text=True)
+failures = []
+if run.returncode != 0:
+    print(run.stdout, run.stderr)
+    sys.exit(1)
+rows = list(csv.DictReader(open(f"{out}/study.csv")))
+groups = {}
+for r in rows:
+    groups.setdefault(r["group"], []).append(r)
+expect = {"baseline": 2, "threshold x cache": 18, "sub-block (Table 3)": 8, "block mismatch (Table 4)": 10, "policy": 6}
+for g, n in expect.items():
+    if len(groups.get(g, [])) != n:
+        failures.append(f"group {g!r}: {len(groups.get(g, []))} rows, expected {n}")
+caches = {(r["cache"], r["knob"]) for r in groups.get("threshold x cache", [])}
+for c in ("none", "block", "hierarchical"):
+    for t in ("0.50", "0.70", "0.80", "0.90", "0.95", "1.00"):
+        if (c, t) not in caches:
+            failures.append(f"missing threshold {t} with cache {c}")
+ar_tps = float(rows[0]["tokens_per_second"])
+for r in rows:
+    n, new, den, tot = int(r["n"]), int(r["new_tokens"]), int(r["denoising_forwards"]), int(r["total_forwards"])
+    name = f"{r['group']}/{r['decoder']}/{r['knob']}/{r['block']}/{r['sub_block']}/{r['cache']}"
+    if n != 6:
+        failures.append(f"{name}: n = {n}")
+    if not 0 <= float(r["accuracy"]) <= 1 or abs(float(r["accuracy"]) * n - round(float(r["accuracy"]) * n)) > 1e-9:
+        failures.append(f"{name}: accuracy {r['accuracy']} is not a count over {n}")
+    if den == 0 or abs(float(r["tokens_per_forward"]) - new / den) > 1e-3 * new / den:
+        failures.append(f"{name}: tokens per forward {r['tokens_per_forward']} != {new} / {den}")
+    if abs(float(r["forwards_per_token"]) - tot / new) > 1e-3 * tot / new:
+        failures.append(f"{name}: forwards per token {r['forwards_per_token']} != {tot} / {new}")
+    if abs(float(r["tokens_per_second"]) - new / float(r["seconds"])) > 1e-3 * new / float(r["seconds"]):
+        failures.append(f"{name}: tokens/s inconsistent with new tokens and seconds")
+    if abs(float(r["speedup_vs_ar"]) - float(r["tokens_per_second"]) / ar_tps) > 1e-3:
+        failures.append(f"{name}: speed-up inconsistent with the AR row")
+    if r["decoder"] == "threshold" and r["knob"] == "1.00" and new > tot:
+        # Threshold 1.0 commits one token per denoising forward, and a prefill or commit forward at
+        # most one (the next block's first token); tokens past an EOS are cut.
+        failures.append(f"{name}: threshold 1.0 gave {new} tokens from {den} denoising of {tot} forwards")
+    if tot < den:
+        failures.append(f"{name}: fewer forwards in all than denoising forwards")
+for line in ("group", "baseline", "threshold x cache", "policy"):
+    if line not in run.stdout:
+        failures.append(f"the printed table lacks {line!r}")
+for f in failures:
+    print("FAIL:", f)
+print(f"study: {len(rows)} rows, {len(failures)} failures")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,80 @@
+// The synthetic tasks: answers checked by an independent reading of each prompt, disjoint
+// splits, and the character vocabulary's tokenizer.json round trip.
+#include <doctest/doctest.h>
+
+#include <set>
+#include <sstream>
+
+#include "../support/check_error.hpp"
+#include "../support/paths.hpp"
+#include "blockdiff/train/tasks.hpp"
+
+using namespace blockdiff;
+namespace tasks = blockdiff::train::tasks;
+
+TEST_CASE("train/tasks: every response is the right answer to its prompt") {
+  for (const auto& e : tasks::make("mix", tasks::Split::train, 600, 3)) {
+    CAPTURE(e.prompt);
+    CAPTURE(e.response);
+    REQUIRE(e.prompt.size() > 3);
+    CHECK(e.prompt.back() == '=');
+    const std::string body = e.prompt.substr(2, e.prompt.size() - 3);
+    if (e.prompt[0] == 'a') {
+      // Read "47+8-5+9" left to right; the response lists every running total, then "#total".
+      std::istringstream in(body);
+      int total = 0;
+      in >> total;
+      std::string expect;
+      char op;
+      int d;
+      bool first = true;
+      while (in >> op >> d) {
+        total += op == '+' ? d : -d;
+        CHECK(total >= 0);
+        CHECK(total <= 99);
+        expect += (first ? "" : ",") + std::to_string(total);
+        first = false;
+      }
+      expect += "#" + std::to_string(total);
+      CHECK(e.response == expect);
+      CHECK(tasks::answer_of(e.prompt, e.response) == std::to_string(total));
+    } else if (e.prompt[0] == 's') {
+      std::multiset<char> digits(body.begin(), body.end());
+      CHECK(e.response == std::string(digits.begin(), digits.end()));
+    } else {
+      REQUIRE(e.prompt[0] == 'r');
+      CHECK(e.response == std::string(body.rbegin(), body.rend()));
+    }
+  }
+  CHECK_ERROR(tasks::make("gsm8k", tasks::Split::train, 1), "unknown task \"gsm8k\"");
+}
+
+TEST_CASE("train/tasks: the training split never holds a held-out prompt; the held-out split is fixed") {
+  const auto held = tasks::make("arith", tasks::Split::held_out, 1000);
+  std::set<std::string> prompts;
+  for (auto& e : held) prompts.insert(e.prompt);
+  for (auto& e : tasks::make("arith", tasks::Split::train, 5000)) CHECK(prompts.count(e.prompt) == 0);
+  const auto again = tasks::make("arith", tasks::Split::held_out, 10);
+  for (int i = 0; i < 10; ++i) CHECK(again[std::size_t(i)].prompt == held[std::size_t(i)].prompt);
+}
+
+TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip, errors") {
+  const auto v = tasks::vocabulary();
+  CHECK(v.size() == 30);
+  CHECK(v.eos_id() == 0);
+  CHECK(v.mask_id() == 1);
+  const auto ids = v.encode("a:47+8=");
+  CHECK(ids.size() == 7);
+  CHECK(v.decode(ids) == "a:47+8=");
+  CHECK(v.decode(std::vector<int>{v.encode("9")[0], 0}) == "9<|im_end|>");
+  auto dir = test::temp_dir("char-vocab");
+  v.save(dir / "tokenizer.json");
+  const auto back = tokenizer::CharVocab::load(dir / "tokenizer.json");
+  CHECK(back.encode("s:52917=") == v.encode("s:52917="));
+  CHECK_ERROR(v.encode("a:4x"), "the character 'x'");
+  CHECK_ERROR(v.decode(std::vector<int>{30}), "token id 30 is outside the vocabulary");
+  test::write_text(dir / "merges.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a"]}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "merges.json"), "has no merges");
+  test::write_text(dir / "wordlevel.json", R"({"model": {"type": "WordLevel", "vocab": {}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "wordlevel.json"), "expected a BPE model");
+}
