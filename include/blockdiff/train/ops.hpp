@@ -12,6 +12,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -48,12 +49,31 @@ class BlasInCallerThread {
 #endif
 };
 
+//! Time and work of every gemm() call while `enabled` (for benchmarks: the GEMM share of a step).
+struct GemmStats {
+  bool enabled = false;
+  double seconds = 0, flops = 0;
+  std::int64_t calls = 0;
+};
+inline GemmStats gemm_stats;
+
 //! C[M, N] (= | +=) op(A) · op(B), row-major, op = transpose when `ta` / `tb`. With OpenBLAS, the
 //! rows of C are split over OpenMP's threads (run inside a BlasInCallerThread scope).
 template <class T>
 void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, const T* A, std::int64_t lda, const T* B,
           std::int64_t ldb, bool accumulate, T* C, std::int64_t ldc) {
   if (M == 0 || N == 0) return;
+  struct Timer {
+    std::chrono::steady_clock::time_point t0;
+    double flops;
+    Timer(double f) : t0(gemm_stats.enabled ? std::chrono::steady_clock::now() : decltype(t0){}), flops(f) {}
+    ~Timer() {
+      if (!gemm_stats.enabled) return;
+      gemm_stats.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      gemm_stats.flops += flops;
+      ++gemm_stats.calls;
+    }
+  } timer(2.0 * double(M) * double(N) * double(K));
 #if defined(BLOCKDIFF_HAVE_CBLAS)
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     auto call = [&](std::int64_t r0, std::int64_t rows) {
