@@ -94,13 +94,18 @@ void forward_gemm(benchmark::State& state, int n, int k, int m) {
 }  // namespace
 
 BENCHMARK_CAPTURE(train_step, tiny_fdllm2, "tiny", train::FastDllmV2Objective<32>(319), 128, 8)
-    ->Unit(benchmark::kMillisecond);
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, tasks_fdllm2, "tasks", train::FastDllmV2Objective<8>(1), 64, 8)
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(train_step, tasks_ar, "tasks", train::ArObjective{}, 64, 16)->Unit(benchmark::kMillisecond);
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(train_step, tasks_ar, "tasks", train::ArObjective{}, 64, 16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(train_step, qwen05b_ar, "qwen2.5-0.5b", train::ArObjective{}, 64, 2)
     ->Unit(benchmark::kMillisecond)
-    ->Iterations(2);
+    ->Iterations(2)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(forward_gemm, tasks_mlp_1024rows, 1024, 128, 384)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(forward_gemm, qwen05b_mlp_128rows, 128, 896, 4864)->Unit(benchmark::kMillisecond);
 
