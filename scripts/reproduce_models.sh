@@ -5,13 +5,8 @@
 #                        shift, block 8, the per-block linear schedule)
 # Same seeds and thread count give the same weights.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/deps.sh
-export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
-cmake --preset host >/dev/null
-cmake --build --preset host --target blockdiff_cli -j "$(nproc)"
+source "$(dirname "$0")/build_cli.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-bin=build/host/examples/blockdiff
 out="${OUT:-models}"
 $bin train --task mix --examples 50000 --preset tasks --objective ar --context 64 --batch 16 \
   --steps "${AR_STEPS:-4000}" --lr 2e-3 --warmup 200 --decay cosine --seed 1 --out "$out/tasks-ar"

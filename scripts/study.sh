@@ -7,11 +7,7 @@
 #
 #   N=200 BATCH=1 bash scripts/study.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/deps.sh
-export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
-cmake --preset host >/dev/null
-cmake --build --preset host --target blockdiff_cli -j "$(nproc)"
+source "$(dirname "$0")/build_cli.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
-build/host/examples/blockdiff study --ar-model models/tasks-ar --model models/tasks-fdllm2 --task mix \
+"$bin" study --ar-model models/tasks-ar --model models/tasks-fdllm2 --task mix \
   --n "${N:-200}" --batch "${BATCH:-1}" --block 8 --sub-block 4 --out "${OUT:-results/study}"

@@ -10,13 +10,8 @@
 #
 #   STEPS=600 N=200 bash scripts/train_ablation.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/deps.sh
-export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
-cmake --preset host >/dev/null
-cmake --build --preset host --target blockdiff_cli -j "$(nproc)"
+source "$(dirname "$0")/build_cli.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-bin=build/host/examples/blockdiff
 out="${OUT:-results/train_ablation}"
 mkdir -p "$out"
 csv="$out/train_ablation.csv"
