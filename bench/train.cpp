@@ -6,31 +6,10 @@
 //   OMP_NUM_THREADS=2 build/bench/bench/bench_train
 #include <benchmark/benchmark.h>
 
-#include <atomic>
-#include <cstdlib>
-#include <new>
 
 #include "blockdiff/blockdiff.hpp"
+#include "../tests/support/count_new.hpp"
 #include "common.hpp"
-
-namespace {
-std::atomic<long> g_news{0};
-}
-void* operator new(std::size_t n) {
-  ++g_news;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, std::align_val_t a) {
-  ++g_news;
-  const auto align = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace blockdiff;
 
@@ -64,9 +43,9 @@ void train_step(benchmark::State& state, const char* preset, Objective objective
   long news = 0;
   train::ops::gemm_stats = {true, 0, 0, 0};
   for (auto _ : state) {
-    const long before = g_news.load();
+    const long before = test::allocations.load();
     benchmark::DoNotOptimize(step());
-    news += g_news.load() - before;
+    news += test::allocations.load() - before;
   }
   const auto stats = train::ops::gemm_stats;
   train::ops::gemm_stats.enabled = false;

@@ -3,37 +3,15 @@
 // and the forward against the inference model's logits.
 #include <doctest/doctest.h>
 
-#include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <new>
 
 #include "../support/check_error.hpp"
+#include "../support/count_new.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
 #include "blockdiff/train/data.hpp"
 #include "blockdiff/train/objective.hpp"
 #include "blockdiff/train/trainable.hpp"
-
-// Counts operator new calls, so a test can say that a step allocates nothing.
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t n, std::align_val_t a) {
-  ++g_allocations;
-  const auto align = static_cast<std::size_t>(a);
-  if (void* p = std::aligned_alloc(align, (n + align - 1) / align * align)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace blockdiff;
 using train::TrainableQwen2;
@@ -213,9 +191,9 @@ TEST_CASE("train/trainable: a step of an already-seen shape allocates nothing") 
   m.step(batch, fd.mask(32));
   const std::size_t arena = m.arena_bytes();
   fd.build(windows, 0, 4, rng, batch);  // same shape, new noise
-  const long before = g_allocations.load();
+  const long before = test::allocations.load();
   m.step(batch, fd.mask(32));
-  CHECK(g_allocations.load() - before == 0);
+  CHECK(test::allocations.load() - before == 0);
   CHECK(m.arena_bytes() == arena);
 }
 
