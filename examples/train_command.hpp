@@ -116,18 +116,19 @@ class TrainCommand {
     options_.lr.decay = decay_ == "cosine" ? train::LrSchedule::Decay::cosine : train::LrSchedule::Decay::constant;
     options_.lr.total = options_.steps;
 
-    io::ModelConfig config;
+    // With --resume the weights come from the checkpoint (Trainer::resume); only the shape is read here.
     std::optional<train::TrainableQwen2<float>> model;
-    const std::filesystem::path source = resume_ ? std::filesystem::path(out_) : std::filesystem::path(init_);
-    if (!init_.empty() || resume_) {
-      model.emplace(train::TrainableQwen2<float>::load(source));
+    if (resume_) {
+      model.emplace(io::ModelConfig::load(std::filesystem::path(out_) / "config.json"));
+    } else if (!init_.empty()) {
+      model.emplace(train::TrainableQwen2<float>::load(init_));
     } else {
-      config = model::preset_config(preset_);
-      model.emplace(config);
+      model.emplace(model::preset_config(preset_));
       train::initialise(*model, options_.seed);
     }
-    config = model->config();
-    if (spec_.objective == "fdllm2") config.bd_size = spec_.block;
+    // The trained model's config records the block size it was trained with.
+    if (spec_.objective == "fdllm2") model->set_block_size(spec_.block);
+    const auto& config = model->config();
 
     std::vector<train::Example> examples;
     if (!task_.empty()) {
@@ -141,10 +142,7 @@ class TrainCommand {
 
     spec_.visit(config.mask_token_id.value_or(-1), [&](auto objective) {
       using O = decltype(objective);
-      // The trained model's config records the block size it was trained with.
-      train::TrainableQwen2<float> with_config(config);
-      std::copy(model->parameters().begin(), model->parameters().end(), with_config.parameters().begin());
-      train::Trainer<O> trainer(with_config, objective, examples, options_);
+      train::Trainer<O> trainer(*model, objective, examples, options_);
       if (resume_) trainer.resume(out_);
       const auto start = std::chrono::steady_clock::now();
       const int first = trainer.step();

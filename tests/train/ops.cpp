@@ -191,9 +191,10 @@ TEST_CASE("train/ops: cross-entropy with the lm_head, loss and gradients") {
   const std::vector<int> labels{2, 6, 2};
   std::vector<double> logits(n * V);
   const double weight = 1.0 / n;
+  // The mean loss; the gradients below are of weight · sum = the mean.
   auto f = [&] {
-    return ops::cross_entropy_head(x.data(), n, H, head.data(), V, labels.data(), weight, logits.data(),
-                                   static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+    return weight * ops::cross_entropy_head(x.data(), n, H, head.data(), V, labels.data(), weight, logits.data(),
+                                            static_cast<double*>(nullptr), static_cast<double*>(nullptr));
   };
   // The loss against −log softmax written out.
   double expect = 0;

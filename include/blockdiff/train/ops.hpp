@@ -373,9 +373,10 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
 
 // ---- cross-entropy over selected rows, fused with the lm_head --------------------------------
 
-//! Loss = Σ_i weight · (logsumexp(logits_i) − logits_i[label_i]) over `n` gathered hidden rows
-//! x[n, H], logits = x · headᵀ; with gradients when `dx` is given: dx = dlogits · head (written),
-//! dhead += dlogitsᵀ · x, dlogits = weight · (softmax − onehot). `logits` holds n·V values.
+//! Returns Σ_i (logsumexp(logits_i) − logits_i[label_i]) over `n` gathered hidden rows x[n, H],
+//! logits = x · headᵀ; with gradients when `dx` is given, of `weight` times that sum:
+//! dx = dlogits · head (written), dhead += dlogitsᵀ · x, dlogits = weight · (softmax − onehot).
+//! `logits` holds n·V values.
 template <class T>
 double cross_entropy_head(const T* x, std::int64_t n, int H, const T* head, int V, const int* labels, T weight,
                           T* logits, T* dx, T* dhead) {
@@ -399,7 +400,7 @@ double cross_entropy_head(const T* x, std::int64_t n, int H, const T* head, int 
     gemm<T>(false, false, n, H, V, logits, V, head, H, false, dx, H);
     gemm<T>(true, false, V, H, n, logits, V, x, H, true, dhead, H);
   }
-  return loss * double(weight);
+  return loss;
 }
 
 }  // namespace blockdiff::train::ops

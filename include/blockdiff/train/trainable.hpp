@@ -86,6 +86,11 @@ class TrainableQwen2 {
   }
 
   const io::ModelConfig& config() const { return config_; }
+  //! Records the block size of block-diffusion training (config.json's bd_size).
+  void set_block_size(int block) {
+    require(block > 0, "block size must be positive, got ", block);
+    config_.bd_size = block;
+  }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   std::span<T> parameters() { return params_.span(); }
   std::span<const T> parameters() const { return params_.span(); }
@@ -108,9 +113,7 @@ class TrainableQwen2 {
     if (batch.targets.empty()) return result;
     plan(batch.rows, batch.length, static_cast<std::int64_t>(batch.targets.size()));
     forward(batch, mask);
-    const T weight = T(1) / T(result.n_tokens);
-    result.loss = loss_and_head_backward(batch, backward ? grad_scale * weight : weight, backward);
-    result.loss /= static_cast<double>(backward ? grad_scale : T(1));
+    result.loss = loss_and_head_backward(batch, grad_scale / T(result.n_tokens), backward) / double(result.n_tokens);
     if (backward) backward_body(batch);
     return result;
   }
@@ -267,8 +270,8 @@ class TrainableQwen2 {
     ops::rmsnorm_forward(x_final_, N, H, final_norm(params_.data()), eps, xn_final_, rstd_final_);
   }
 
-  //! Gathers the target rows, computes the loss chunk by chunk and, with `backward`, the
-  //! gradient of the final normed hidden states (into dxn_) and of the lm_head.
+  //! Gathers the target rows, computes the summed loss chunk by chunk and, with `backward`, the
+  //! gradient of `weight` times it for the final normed hidden states (into dxn_) and the lm_head.
   double loss_and_head_backward(const ModelBatch& b, T weight, bool backward) {
     const int H = config_.hidden_size, V = config_.vocab_size;
     const auto n = std::int64_t(b.targets.size());
