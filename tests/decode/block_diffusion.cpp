@@ -191,6 +191,41 @@ TEST_CASE("batch == single, for every row, with prompts of lengths B-1, B, B+1, 
   check_cache.template operator()<cache::Block<Commit::reuse>>();
 }
 
+TEST_CASE("streaming: each row's pieces arrive block by block, in order, and join to its tokens") {
+  auto& m = golden_model("model-f32-tied");
+  constexpr int B = 8;
+  std::vector<std::vector<int>> prompts{prompt_of(B - 1, 3), prompt_of(B, 4), prompt_of(2 * B + 3, 5)};
+  auto check = [&]<class Cache>(std::optional<int> eos) {
+    decode::BlockDiffusionDecoder<Qwen, BlockShape<B, 4>, unmask::Threshold, Cache> d(m, unmask::Threshold{0.8f});
+    decode::DecodeOptions o;
+    o.max_new_tokens = 29;
+    o.mask_id = 319;
+    o.eos_id = eos;
+    std::vector<std::vector<std::vector<int>>> pieces(prompts.size());
+    o.on_tokens = [&](std::size_t row, std::span<const int> t) { pieces.at(row).emplace_back(t.begin(), t.end()); };
+    const auto results = d.generate(prompts, o);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      INFO(Cache::name, " row ", r, " eos ", eos.value_or(-1));
+      std::vector<int> joined;
+      for (auto& piece : pieces[r]) {
+        CHECK(!piece.empty());
+        CHECK(piece.size() <= std::size_t(B));  // never more than one block's worth at a time
+        joined.insert(joined.end(), piece.begin(), piece.end());
+      }
+      CHECK(joined == results[r].tokens);
+      // One piece per block the output touches, at least (a short first block included).
+      CHECK(pieces[r].size() >= (results[r].tokens.size() + B - 1) / B);
+    }
+  };
+  check.template operator()<cache::Block<>>(std::nullopt);
+  check.template operator()<cache::Hierarchical<>>(std::nullopt);
+  check.template operator()<cache::Block<Commit::reuse>>(std::nullopt);
+  // An EOS that occurs: the piece that holds it is the last.
+  const auto plain = gen<BlockShape<B, 4>, unmask::Threshold, cache::Block<>>(m, prompts[2], 29, unmask::Threshold{0.8f});
+  REQUIRE(plain.tokens.size() > 12);
+  check.template operator()<cache::Block<>>(plain.tokens[11]);
+}
+
 TEST_CASE("max_new_tokens is exact and a shorter run is a prefix of a longer one") {
   auto& m = golden_model("model-bf16-untied");
   const auto p = prompt_of(6, 9);

@@ -62,6 +62,9 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   j["mask_token_id"] = 320;
   CHECK_ERROR(parse(j), "\"mask_token_id\" 320 is outside the vocabulary");
   j = base();
+  j["architectures"] = {"LlamaForCausalLM"};
+  CHECK_ERROR(parse(j), "architecture \"LlamaForCausalLM\" is not supported");
+  j = base();
   j["rope_scaling"] = {{"type", "yarn"}};
   CHECK_ERROR(parse(j), "rope_scaling");
   CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -46,6 +47,9 @@ struct DecodeOptions {
   SamplingOptions sampling{};  //!< temperature 0 = greedy
   std::uint64_t seed = 0;      //!< every row samples from its own generator seeded with this
   bool trace = true;           //!< record what each forward committed
+  //! Streaming: called with a row's index and its next final tokens, each time a block is fully
+  //! decoded (and once more when the row ends). The pieces of a row, in order, are its `tokens`.
+  std::function<void(std::size_t row, std::span<const int> tokens)> on_tokens;
 };
 
 struct GenerateResult {
@@ -122,6 +126,7 @@ class BlockDiffusionDecoder {
       row.prompt_len = static_cast<int>(prompts[r].size());
       row.limit = row.prompt_len + options.max_new_tokens;
       row.x = prompts[r];
+      row.streamed_end = row.prompt_len;
       row.rng = Rng(options.seed);
       if (options.max_new_tokens == 0) {
         row.done = true;
@@ -196,6 +201,7 @@ class BlockDiffusionDecoder {
     int logits_first_pos = 0;  // block offset predicted by the first requested logit row
     model::ForwardRow<backend_type> request;
     Trace trace;
+    int streamed_end = 0;    // positions before it were passed to on_tokens
     bool done = false, finished = false;
   };
 
@@ -262,6 +268,7 @@ class BlockDiffusionDecoder {
         return;
       }
       if (!has_mask(r, 0, B, o.mask_id)) {
+        stream(r, r.c + B, o);
         if constexpr (Cache::commit == Commit::forward) {
           r.kind = ForwardKind::commit;
           set_block_tokens(r);
@@ -377,8 +384,27 @@ class BlockDiffusionDecoder {
     if (o.trace) r.trace.steps.push_back(std::move(step));
   }
 
+  //! Passes the row's final tokens before `upto` to on_tokens, by the rules of finish().
+  void stream(Row& r, int upto, const DecodeOptions& o) {
+    if (!o.on_tokens) return;
+    const int end = std::min({upto, r.limit, static_cast<int>(r.x.size())});
+    int p = r.streamed_end;
+    bool eos = false;
+    while (p < end && !eos) {
+      const int t = r.x[static_cast<std::size_t>(p)];
+      if (t == o.mask_id) break;
+      ++p;
+      eos = o.eos_id && t == *o.eos_id;
+    }
+    if (p > r.streamed_end)
+      o.on_tokens(r.index, std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.streamed_end),
+                                                             static_cast<std::size_t>(p - r.streamed_end)));
+    r.streamed_end = eos ? r.limit : p;  // nothing after an EOS
+  }
+
   //! Collects the row's output: tokens after the prompt, cut after the first EOS and at the limit.
   void finish(Row& r, GenerateResult& out, const DecodeOptions& o) {
+    stream(r, r.limit, o);
     const int end = std::min<int>(r.limit, static_cast<int>(r.x.size()));
     for (int p = r.prompt_len; p < end; ++p) {
       const int t = r.x[static_cast<std::size_t>(p)];

@@ -128,6 +128,9 @@ struct ModelConfig {
     if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
         j["architectures"][0].is_string())
       c.architecture = j["architectures"][0].get<std::string>();
+    require(c.architecture == "Fast_dLLM_QwenForCausalLM" || c.architecture == "Qwen2ForCausalLM", where,
+            ": architecture \"", c.architecture,
+            "\" is not supported (blockdiff runs Fast_dLLM_QwenForCausalLM and Qwen2ForCausalLM)");
     if (j.contains("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
     if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"].get<std::string>();
     get_int("hidden_size", c.hidden_size, true);

@@ -1,0 +1,175 @@
+// The byte-level BPE tokenizer: BPE against a naive reference, the Qwen2 pre-tokenizer on
+// hand-worked splits, NFC, added tokens, UTF-8 repair (the standard's own example), streaming
+// decode, the embedded models' character vocabulary, and bad tokenizer.json files.
+// (Ids against an independent implementation on the real Qwen vocabulary: tests/cli/check_tokenizer.py.)
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "../support/check_error.hpp"
+#include "../support/paths.hpp"
+#include "../support/tiny_tokenizer.hpp"
+#include "blockdiff/core/rng.hpp"
+#include "blockdiff/tokenizer/char_vocab.hpp"
+#include "blockdiff/tokenizer/tokenizer.hpp"
+#include "blockdiff/train/tasks.hpp"
+
+using namespace blockdiff;
+using tokenizer::Tokenizer;
+using Pieces = std::vector<std::string>;
+
+namespace {
+Tokenizer tiny(const test::TinyTokenizer& t) { return Tokenizer::from_json(t.json.dump(), "tiny.json"); }
+}  // namespace
+
+TEST_CASE("the ByteLevel alphabet is a bijection: printable bytes are themselves, the rest from U+0100") {
+  std::set<char32_t> seen;
+  for (int b = 0; b < 256; ++b) {
+    const char32_t c = tokenizer::detail::byte_level.code_of[std::size_t(b)];
+    CHECK(seen.insert(c).second);
+    CHECK(tokenizer::detail::byte_level.byte_of[c] == b);
+    if (b >= '!' && b <= '~') CHECK(c == char32_t(b));
+  }
+  CHECK(tokenizer::detail::byte_level.code_of[' '] == U'\u0120');  // the familiar "Ġ"
+  CHECK(tokenizer::detail::byte_level.code_of['\n'] == U'\u010A');  // "Ċ"
+}
+
+TEST_CASE("BPE merges equal a naive lowest-rank-first merge loop, on random and adversarial words") {
+  for (bool pairs : {false, true}) {  // merges written as "a b" and as ["a", "b"]
+    const auto t = test::tiny_tokenizer(60, pairs);
+    auto tok = tiny(t);
+    tokenizer::Encoder enc(tok);
+    Rng rng(7);
+    const std::string alphabet = "abnt hel";
+    for (int trial = 0; trial < 400; ++trial) {
+      std::string word = trial % 2 ? " " : "";
+      const int n = 1 + int(rng.below(trial < 300 ? 12 : 80));
+      for (int i = 0; i < n; ++i) word += alphabet[rng.below(alphabet.size() - 1)];  // no spaces inside
+      for (auto& piece : enc.pieces(word)) {
+        INFO("piece \"", piece, "\"");
+        CHECK(enc.encode(piece) == test::naive_bpe(t, piece));
+      }
+    }
+    for (const char* w : {"aaaaaaaaaaaaaaaaaaaaaaa", "abababababababab", "baaab", "banana", " the", "thinking"})
+      CHECK(enc.encode(w) == test::naive_bpe(t, w));
+    // The cache gives what a fresh encoder gives.
+    tokenizer::Encoder fresh(tok, 0);
+    CHECK(enc.encode("banana banana bandana") == fresh.encode("banana banana bandana"));
+  }
+}
+
+TEST_CASE("the Qwen2 pre-tokenizer splits as its regex says") {
+  auto tok = tiny(test::tiny_tokenizer());
+  tokenizer::Encoder enc(tok);
+  CHECK(enc.pieces("Hello world") == Pieces{"Hello", " world"});
+  CHECK(enc.pieces("It's I'M YOU'RE they'Ll") == Pieces{"It", "'s", " I", "'M", " YOU", "'RE", " they", "'Ll"});
+  CHECK(enc.pieces("12345") == Pieces{"1", "2", "3", "4", "5"});
+  // Whitespace runs leave their last space to the next word; newlines go with the run before.
+  CHECK(enc.pieces("a   b") == Pieces{"a", "  ", " b"});
+  CHECK(enc.pieces("x\n\ny") == Pieces{"x", "\n\n", "y"});
+  CHECK(enc.pieces("  \tfoo") == Pieces{"  ", "\tfoo"});
+  CHECK(enc.pieces("hello!!! ok...\n") == Pieces{"hello", "!!!", " ok", "...\n"});
+  CHECK(enc.pieces("end   ") == Pieces{"end", "   "});
+  CHECK(enc.pieces("日本語 text") == Pieces{"日本語", " text"});
+}
+
+TEST_CASE("NFC: decomposed and composed text encode alike; added tokens are matched first and never split") {
+  auto tok = tiny(test::tiny_tokenizer());
+  CHECK(tok.encode("caf\u0065\u0301") == tok.encode("caf\u00e9"));
+  CHECK(tok.encode("\u1100\u1161") == tok.encode("\uac00"));  // Hangul jamo compose
+  CHECK(tok.decode(tok.encode("e\u0301")) == "\u00e9");
+  const int im_start = *tok.token_id("<|im_start|>"), im_end = *tok.token_id("<|im_end|>"),
+            mask = *tok.token_id("|<MASK>|");
+  auto ids = tok.encode("<|im_start|>user\nhi<|im_end|>");
+  CHECK(ids.front() == im_start);
+  CHECK(ids.back() == im_end);
+  CHECK(tok.encode("a|<MASK>|b") == std::vector<int>{tok.encode("a")[0], mask, tok.encode("b")[0]});
+  // Leftmost wins; a broken special token is plain text.
+  CHECK(std::count(ids.begin(), ids.end(), im_end) == 1);
+  const auto broken = tok.encode("<|im_end|");
+  CHECK(std::find(broken.begin(), broken.end(), im_end) == broken.end());
+  CHECK(tok.is_special(mask));
+  CHECK(tok.decode(ids) == "<|im_start|>user\nhi<|im_end|>");
+  CHECK(tok.decode(ids, /*skip_special=*/true) == "user\nhi");
+}
+
+TEST_CASE("decode(encode(x)) == x for NFC text: every byte, every script") {
+  auto tok = tiny(test::tiny_tokenizer());
+  std::string all_bytes;
+  for (int b = 1; b < 128; ++b) all_bytes += char(b);
+  for (std::string s : {all_bytes, std::string("tabs\t\tand   runs\n\n\r\n"), std::string("中文 العربية 👩‍👩‍👧 👍🏽 ﷽"),
+                        std::string("x<|endoftext|>y |<MASK>| <|im_end|>"), std::string("q\u0323\u0307 \u0915\u093f")})
+    CHECK(tok.decode(tok.encode(s)) == s);
+}
+
+TEST_CASE("invalid UTF-8 is repaired, each maximal ill-formed subpart to one U+FFFD (Unicode §3.9)") {
+  // The standard's example: 61 F1 80 80 E1 80 C2 62 80 63 80 BF 64.
+  const std::string bad = "\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64";
+  const std::string r = "\xEF\xBF\xBD";
+  CHECK(tokenizer::utf8::repaired(bad) == "a" + r + r + r + "b" + r + "c" + r + r + "d");
+  CHECK(tokenizer::utf8::repaired("\xED\xA0\x80") == r + r + r);  // a surrogate is three subparts
+  CHECK(tokenizer::utf8::repaired("\xC0\xAF") == r + r);          // overlong
+  CHECK(tokenizer::utf8::valid("a\u00e9\u4e2d\U0001F600"));
+  auto tok = tiny(test::tiny_tokenizer());
+  CHECK(tok.encode("a\xffz") == tok.encode("a\uFFFDz"));
+  CHECK(tok.decode(tok.encode("x\xE2\x82")) == "x\uFFFD");
+}
+
+TEST_CASE("streaming decode holds back a character cut between tokens") {
+  auto tok = tiny(test::tiny_tokenizer());
+  const auto ids = tok.encode("é中");  // no merges across these bytes: one token per byte
+  REQUIRE(ids.size() == 5);
+  tokenizer::StreamDecoder s(tok);
+  std::string out;
+  std::vector<std::string> got;
+  for (int id : ids) got.push_back(s.push(std::span<const int>(&id, 1)));
+  CHECK(got == std::vector<std::string>{"", "é", "", "", "中"});
+  CHECK(s.flush().empty());
+  const int first = ids[2];  // a lone lead byte at the end of the stream
+  CHECK(s.push(std::span<const int>(&first, 1)).empty());
+  CHECK(s.flush() == "\uFFFD");
+  CHECK(tokenizer::utf8::incomplete_tail("a\xC0") == 0);  // never valid: not held
+}
+
+TEST_CASE("the embedded models' character vocabulary reads as a tokenizer.json with the same ids") {
+  const auto path = std::filesystem::path(BLOCKDIFF_TEST_DATA).parent_path().parent_path() / "models" / "tasks-fdllm2";
+  auto tok = Tokenizer::load(path);
+  const auto vocab = tokenizer::CharVocab::load(path / "tokenizer.json");
+  for (auto& e : train::tasks::make("mix", train::tasks::Split::held_out, 20, 3)) {
+    CHECK(tok.encode(e.prompt) == vocab.encode(e.prompt));
+    CHECK(tok.decode(vocab.encode(e.response)) == e.response);
+  }
+  CHECK(*tok.token_id("<|im_end|>") == vocab.eos_id());
+  CHECK(*tok.token_id("|<MASK>|") == vocab.mask_id());
+  CHECK_ERROR(tok.encode("~"), "the character \"~\" is not in the vocabulary");
+}
+
+TEST_CASE("bad tokenizer.json files are errors that name the file and the entry") {
+  auto with = [](auto edit) {
+    auto t = test::tiny_tokenizer();
+    edit(t.json);
+    return t.json.dump();
+  };
+  auto load = [](const std::string& text) { return Tokenizer::from_json(text, "bad/tokenizer.json"); };
+  CHECK_ERROR(load("{\"model\": "), "bad/tokenizer.json: not valid JSON");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["type"] = "Unigram"; })), "model type \"Unigram\" is not supported");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"].push_back("zz qq"); })),
+              "references unknown token \"zz\"");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"].push_back("a q"); })),
+              "makes \"aq\", which is not in the vocabulary");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"].push_back("abc"); })), "is not two tokens separated by a space");
+  CHECK_ERROR(load(with([](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; })), "normalizer \"NFKC\" is not supported");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; })),
+              "behavior \"Removed\" is not supported");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed"; })),
+              "regex does not compile");
+  CHECK_ERROR(load(with([](auto& j) { j["decoder"] = nullptr; })), "disagree on ByteLevel");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"].erase(tokenizer::detail::to_byte_level("\x01")); })),
+              "lacks the token of byte 1");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["single_word"] = true; })), "single_word");
+  auto tok = tiny(test::tiny_tokenizer());
+  CHECK_ERROR(tok.decode(std::vector<int>{100000}), "token id 100000 is not in the vocabulary of tiny.json");
+  CHECK_ERROR(Tokenizer::load("/nonexistent/folder"), "cannot open");
+}
