@@ -8,6 +8,8 @@
 //   blockdiff loss     the loss and gradients of one explicit batch
 //   blockdiff eval     accuracy and speed on a task's held-out split
 //   blockdiff study    the ablation study (AR vs block diffusion over every axis)
+//   blockdiff chat     interactive chat, streamed block by block
+//   blockdiff tokenize / detokenize   text <-> ids with a tokenizer.json
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -17,6 +19,7 @@
 #include "cli_util.hpp"
 #include "eval_command.hpp"
 #include "generate_command.hpp"
+#include "text_command.hpp"
 #include "train_command.hpp"
 
 using namespace blockdiff;
@@ -49,22 +52,28 @@ int run_logits(const std::string& dir, const std::string& ids_text, const std::s
   return 0;
 }
 
-int run_ar(const std::string& dir, const std::string& ids_text, const std::string& prompt_file, int max_new,
-           std::optional<int> eos, bool ignore_eos, bool json) {
+int run_ar(const std::string& dir, const std::string& ids_text, const std::string& prompt_file,
+           const cli::PromptText& text, int max_new, std::optional<int> eos, bool ignore_eos, bool json) {
   auto model = model::Qwen2<backend::Host>::load(dir);
+  const auto tok = cli::folder_tokenizer(text.tokenizer_path, dir);
+  require(tok || !text.given(), dir, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
   std::vector<std::vector<int>> prompts;
   if (!prompt_file.empty())
     prompts = cli::read_prompt_file(prompt_file);
+  else if (text.given())
+    prompts.push_back(text.encode(*tok, dir));
   else
     prompts.push_back(cli::parse_ids(ids_text, "--prompt-ids"));
   decode::ArOptions options;
   options.max_new_tokens = max_new;
-  options.eos_id = ignore_eos ? std::nullopt : eos ? eos : model.config().eos_token_id;
+  options.eos_id = ignore_eos ? std::nullopt : eos ? eos : tokenizer::special_ids(model.config(), tok ? &*tok : nullptr).stop;
   auto results = decode::ar_generate(model, prompts, options);
-  auto to_json = [](const decode::ArResult& r) {
-    return nlohmann::json{{"tokens", r.tokens},
-                          {"nfe", {{"prefill", r.prefill_forwards}, {"decode", r.decode_forwards}}},
-                          {"seconds", r.seconds}};
+  auto to_json = [&](const decode::ArResult& r) {
+    nlohmann::json j{{"tokens", r.tokens},
+                     {"nfe", {{"prefill", r.prefill_forwards}, {"decode", r.decode_forwards}}},
+                     {"seconds", r.seconds}};
+    if (tok) j["text"] = cli::printable_text(*tok, r.tokens);
+    return j;
   };
   if (prompts.size() == 1) {
     std::cout << (json ? to_json(results[0]).dump() : to_json(results[0]).dump(2)) << "\n";
@@ -101,8 +110,11 @@ int main(int argc, char** argv) {
   auto* ar_ids = ar->add_option("--prompt-ids", ids, "comma-separated prompt token ids");
   auto* ar_file = ar->add_option("--prompt-file", prompt_file, "one JSON array of ids per line (a batch)");
   ar_ids->excludes(ar_file);
+  cli::PromptText ar_text;
+  ar_text.add_flags(ar, ar_ids);
+  ar_file->excludes("--prompt");
   ar->add_option("--max-new-tokens", max_new, "new tokens at most")->capture_default_str();
-  ar->add_option("--eos-id", eos, "stop token (default: eos_token_id of config.json)");
+  ar->add_option("--eos-id", eos, "stop token (default: the tokenizer's <|im_end|>, else eos_token_id of config.json)");
   bool ignore_eos = false;
   ar->add_flag("--ignore-eos", ignore_eos, "never stop at EOS (fixed-length runs for benchmarks)");
   ar->add_flag("--json", json, "compact JSON output");
@@ -122,6 +134,9 @@ int main(int argc, char** argv) {
   cli::LossCommand loss(app);
   cli::EvalCommand eval(app);
   cli::StudyCommand study(app);
+  cli::ChatCommand chat(app);
+  cli::TokenizeCommand tokenize(app);
+  cli::DetokenizeCommand detokenize(app);
 
   try {
     app.parse(argc, argv);
@@ -131,8 +146,8 @@ int main(int argc, char** argv) {
   try {
     if (*logits) return run_logits(model_dir, ids, mask_name, block);
     if (*ar) {
-      require(!ids.empty() || !prompt_file.empty(), "ar: give --prompt-ids or --prompt-file");
-      return run_ar(model_dir, ids, prompt_file, max_new, eos, ignore_eos, json);
+      require(!ids.empty() || !prompt_file.empty() || ar_text.given(), "ar: give --prompt, --prompt-ids or --prompt-file");
+      return run_ar(model_dir, ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);
     }
     if (*init) {
       const DType dtype = dtype_name == "f32" ? DType::f32 : dtype_name == "bf16" ? DType::bf16 : dtype_name == "f16" ? DType::f16
@@ -146,6 +161,9 @@ int main(int argc, char** argv) {
     if (loss.parsed()) return loss.run();
     if (eval.parsed()) return eval.run();
     if (study.parsed()) return study.run();
+    if (chat.parsed()) return chat.run();
+    if (tokenize.parsed()) return tokenize.run();
+    if (detokenize.parsed()) return detokenize.run();
   } catch (const Error& e) {
     std::fprintf(stderr, "blockdiff: error: %s\n", e.what());
     return 2;

@@ -14,6 +14,7 @@
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
 #include "compiled_set.hpp"
+#include "text_util.hpp"
 
 namespace blockdiff::cli {
 
@@ -40,6 +41,22 @@ struct DecoderSpec {
         ->capture_default_str();
     app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
     app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
+  }
+};
+
+//! --temperature, --top-p and --seed: the paper's sampling (shared by generate and chat).
+struct SamplingFlags {
+  float temperature = 0.0f, top_p = 1.0f;
+  std::uint64_t seed = 0;
+
+  void add_flags(CLI::App* app) {
+    app->add_option("--temperature", temperature, "0 = greedy")->capture_default_str();
+    app->add_option("--top-p", top_p, "nucleus mass when sampling")->capture_default_str();
+    app->add_option("--seed", seed, "sampling seed")->capture_default_str();
+  }
+  void apply(decode::DecodeOptions& o) const {
+    o.sampling = {temperature, top_p};
+    o.seed = seed;
   }
 };
 
@@ -174,13 +191,13 @@ class GenerateCommand {
     auto* ids = cmd_->add_option("--prompt-ids", ids_, "comma-separated prompt token ids");
     auto* file = cmd_->add_option("--prompt-file", prompt_file_, "one JSON array of ids per line (a batch)");
     ids->excludes(file);
+    text_.add_flags(cmd_, ids);
+    file->excludes("--prompt");
     spec_.add_flags(cmd_);
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most (exact)")->capture_default_str();
-    cmd_->add_option("--temperature", temperature_, "0 = greedy")->capture_default_str();
-    cmd_->add_option("--top-p", top_p_, "nucleus mass when sampling")->capture_default_str();
-    cmd_->add_option("--seed", seed_, "sampling seed")->capture_default_str();
-    cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: mask_token_id of config.json)");
-    cmd_->add_option("--eos-id", eos_id_, "stop id (default: eos_token_id of config.json)");
+    sampling_.add_flags(cmd_);
+    cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)");
+    cmd_->add_option("--eos-id", eos_id_, "stop id (default: the tokenizer's <|im_end|>, else config.json eos_token_id)");
     cmd_->add_flag("--ignore-eos", ignore_eos_, "never stop at EOS (fixed-length runs for benchmarks)");
     cmd_->add_flag("--trace", trace_, "include each forward's committed (position, token) pairs");
     cmd_->add_flag("--show-order", show_order_, "print each block's unmasking order to stderr");
@@ -190,33 +207,36 @@ class GenerateCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    require(!ids_.empty() || !prompt_file_.empty(), "generate: give --prompt-ids or --prompt-file");
+    require(!ids_.empty() || !prompt_file_.empty() || text_.given(),
+            "generate: give --prompt, --prompt-ids or --prompt-file");
     auto model = model::Qwen2<backend::Host>::load(model_dir_);
+    const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);
+    require(tok || !text_.given(), model_dir_, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
     std::vector<std::vector<int>> prompts;
     if (!prompt_file_.empty())
       prompts = read_prompt_file(prompt_file_);
+    else if (text_.given())
+      prompts.push_back(text_.encode(*tok, model_dir_));
     else
       prompts.push_back(parse_ids(ids_, "--prompt-ids"));
     decode::DecodeOptions options;
     options.max_new_tokens = max_new_;
-    const auto& config = model.config();
-    require(mask_id_ || config.mask_token_id, "no mask id: give --mask-id or set mask_token_id in config.json");
-    options.mask_id = mask_id_ ? *mask_id_ : *config.mask_token_id;
-    options.eos_id = ignore_eos_ ? std::nullopt : eos_id_ ? eos_id_ : config.eos_token_id;
-    options.sampling = {temperature_, top_p_};
-    options.seed = seed_;
+    const auto found = tokenizer::special_ids(model.config(), tok ? &*tok : nullptr);
+    require(mask_id_ || found.mask, "no mask id: give --mask-id, or set mask_token_id in config.json, or add |<MASK>| to the tokenizer");
+    options.mask_id = mask_id_ ? *mask_id_ : *found.mask;
+    options.eos_id = ignore_eos_ ? std::nullopt : eos_id_ ? eos_id_ : found.stop;
+    sampling_.apply(options);
     options.trace = trace_ || show_order_;
     const auto results = decode_batch(spec_, model, prompts, options);
     if (show_order_)
       for (std::size_t r = 0; r < results.size(); ++r)
         std::cerr << unmasking_order(results[r], static_cast<int>(prompts[r].size()), spec_.block);
-    nlohmann::json out;
-    if (results.size() == 1) {
-      out = result_json(results[0], trace_);
-    } else {
-      out = nlohmann::json::array();
-      for (auto& r : results) out.push_back(result_json(r, trace_));
+    nlohmann::json out = nlohmann::json::array();
+    for (auto& r : results) {
+      out.push_back(result_json(r, trace_));
+      if (tok) out.back()["text"] = printable_text(*tok, r.tokens);
     }
+    if (results.size() == 1) out = out[0];
     std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
     return 0;
   }
@@ -225,9 +245,9 @@ class GenerateCommand {
   CLI::App* cmd_ = nullptr;
   std::string model_dir_, ids_, prompt_file_;
   DecoderSpec spec_;
+  PromptText text_;
   int max_new_ = 128;
-  float temperature_ = 0.0f, top_p_ = 1.0f;
-  std::uint64_t seed_ = 0;
+  SamplingFlags sampling_;
   std::optional<int> mask_id_, eos_id_;
   bool trace_ = false, show_order_ = false, json_ = false, ignore_eos_ = false;
 };

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
@@ -21,6 +22,29 @@
 #include "blockdiff/io/safetensors.hpp"
 
 namespace blockdiff::io {
+
+//! The weight_map of a model.safetensors.index.json: tensor name -> shard file name. Names a
+//! missing or malformed map, and a shard that is not a plain file name inside the folder.
+inline std::map<std::string, std::string> parse_weight_map(std::string_view text, const std::string& origin) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(origin, ": not valid JSON (", e.what(), ")");
+  }
+  require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), origin,
+          ": missing object \"weight_map\"");
+  std::map<std::string, std::string> where;
+  for (auto& [name, file] : j["weight_map"].items()) {
+    require(file.is_string(), origin, ": weight_map[\"", name, "\"] is not a file name");
+    const auto f = file.get<std::string>();
+    require(!f.empty() && f.find('/') == std::string::npos && f.find('\\') == std::string::npos && f != "." && f != "..",
+            origin, ": weight_map[\"", name, "\"] names \"", f, "\", which is not a file inside the folder");
+    where[name] = f;
+  }
+  require(!where.empty(), origin, ": the weight_map is empty");
+  return where;
+}
 
 class Checkpoint {
  public:
@@ -52,6 +76,7 @@ class Checkpoint {
   void for_each_tensor(const std::function<void(const TensorEntry&, const SafetensorsFile&)>& visit) const {
     for (auto& shard : shards_) {
       SafetensorsFile f(shard);
+      f.populate();
       for (auto& e : f.entries()) visit(e, f);
     }
   }
@@ -62,23 +87,9 @@ class Checkpoint {
     require(in.good(), index.string(), ": cannot open");
     std::stringstream ss;
     ss << in.rdbuf();
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(ss.str());
-    } catch (const nlohmann::json::exception& e) {
-      fail(index.string(), ": not valid JSON (", e.what(), ")");
-    }
-    require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index.string(),
-            ": missing object \"weight_map\"");
+    where_ = parse_weight_map(ss.str(), index.string());
     std::set<std::string> files;
-    for (auto& [name, file] : j["weight_map"].items()) {
-      require(file.is_string(), index.string(), ": weight_map[\"", name, "\"] is not a file name");
-      const auto f = file.get<std::string>();
-      require(f.find('/') == std::string::npos && f.find("..") == std::string::npos, index.string(), ": weight_map[\"",
-              name, "\"] names \"", f, "\", which is not a file inside the folder");
-      where_[name] = f;
-      files.insert(f);
-    }
+    for (auto& [name, f] : where_) files.insert(f);
     // Every shard must exist; no tensor may be stored twice; shards and index must agree.
     std::map<std::string, std::string> seen;
     for (auto& f : files) {

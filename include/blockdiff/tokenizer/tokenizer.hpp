@@ -495,14 +495,15 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
     require(t == "NFC", origin, ": normalizer \"", t, "\" is not supported (blockdiff reads NFC or none)");
     m->nfc = true;
   };
-  if (j.contains("normalizer") && !j["normalizer"].is_null()) {
-    const auto& n = j["normalizer"];
-    if (type_of(n, "the normalizer") == "Sequence") {
-      for (auto& step : n.value("normalizers", nlohmann::json::array())) normalizer_step(step);
-    } else {
-      normalizer_step(n);
-    }
-  }
+  // A part is null, one step, or a Sequence of steps under `list`.
+  auto for_each_step = [&](const char* part, const char* list, auto&& step) {
+    if (!j.contains(part) || j[part].is_null()) return;
+    const auto& p = j[part];
+    if (type_of(p, part) != "Sequence") return step(p);
+    require(p.contains(list) && p[list].is_array(), origin, ": ", part, " Sequence has no array \"", list, "\"");
+    for (auto& s : p[list]) step(s);
+  };
+  for_each_step("normalizer", "normalizers", normalizer_step);
 
   // Pre-tokenizer: at most one regex split (Split in Isolated mode, or ByteLevel's own) and ByteLevel.
   std::string pattern;
@@ -538,14 +539,7 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
       fail(origin, ": pre_tokenizer \"", t, "\" is not supported (blockdiff reads Split, ByteLevel and Sequence)");
     }
   };
-  if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) {
-    const auto& p = j["pre_tokenizer"];
-    if (type_of(p, "the pre_tokenizer") == "Sequence") {
-      for (auto& step : p.value("pretokenizers", nlohmann::json::array())) pre_step(step);
-    } else {
-      pre_step(p);
-    }
-  }
+  for_each_step("pre_tokenizer", "pretokenizers", pre_step);
   if (!pattern.empty()) {
     // Hugging Face's regex engine counts U+0085 (NEL) as \s, as Unicode's White_Space does; PCRE2 does not.
     std::string widened;

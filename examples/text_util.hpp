@@ -1,0 +1,82 @@
+// Text helpers of the blockdiff program: finding a tokenizer, reading JSON lines, and the
+// --prompt flags of generate and ar.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "blockdiff/core/error.hpp"
+#include "blockdiff/tokenizer/chat.hpp"
+#include "blockdiff/tokenizer/tokenizer.hpp"
+
+namespace blockdiff::cli {
+
+//! A tokenizer from `path` (a tokenizer.json or a folder), or from the model folder when empty.
+inline tokenizer::Tokenizer load_tokenizer(const std::string& path, const std::string& model_dir) {
+  const std::filesystem::path p = path.empty() ? std::filesystem::path(model_dir) : std::filesystem::path(path);
+  const auto file = std::filesystem::is_directory(p) ? p / "tokenizer.json" : p;
+  require(std::filesystem::exists(file), file.string(), ": no tokenizer.json (give --tokenizer)");
+  return tokenizer::Tokenizer::load(file);
+}
+
+//! Reads one JSON value per non-empty line of `path`, checked by `ok`.
+template <class Check>
+std::vector<nlohmann::json> read_jsonl(const std::string& path, const char* what, Check&& ok) {
+  std::ifstream in(path, std::ios::binary);
+  require(in.good(), path, ": cannot open");
+  std::vector<nlohmann::json> out;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    require(!j.is_discarded() && ok(j), path, ": line ", number, " is not ", what);
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+//! `--prompt TEXT` and `--raw`: text prompts for generate and ar.
+struct PromptText {
+  std::string text, tokenizer_path, system;
+  bool raw = false;
+
+  void add_flags(CLI::App* app, CLI::Option* excludes) {
+    auto* p = app->add_option("--prompt", text, "prompt text; the chat template is applied unless --raw");
+    p->excludes(excludes);
+    app->add_flag("--raw", raw, "use --prompt as it is, without the chat template");
+    app->add_option("--system", system, "system prompt of the chat template (default: the folder's, or Fast-dLLM v2's)");
+    app->add_option("--tokenizer", tokenizer_path, "tokenizer.json or its folder (default: the model folder)");
+  }
+  bool given() const { return !text.empty(); }
+
+  std::vector<int> encode(const tokenizer::Tokenizer& tok, const std::string& model_dir) const {
+    if (raw) return tok.encode(text);
+    std::vector<tokenizer::Message> messages;
+    if (!system.empty()) messages.push_back({"system", system});
+    messages.push_back({"user", text});
+    return tok.encode(tokenizer::ChatTemplate::from_folder(model_dir).render(messages));
+  }
+};
+
+
+//! The tokenizer of a model folder, when it has a tokenizer.json (or --tokenizer names one).
+inline std::optional<tokenizer::Tokenizer> folder_tokenizer(const std::string& path, const std::string& model_dir) {
+  if (path.empty() && !std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) return std::nullopt;
+  return load_tokenizer(path, model_dir);
+}
+
+//! The text of generated ids, special tokens left out, ids past the tokenizer's vocabulary skipped.
+inline std::string printable_text(const tokenizer::Tokenizer& tok, std::span<const int> ids) {
+  std::vector<int> kept;
+  for (int id : ids)
+    if (tok.contains(id)) kept.push_back(id);
+  return tok.decode(kept, /*skip_special=*/true);
+}
+
+}  // namespace blockdiff::cli

@@ -1,0 +1,67 @@
+"""Text in, text out on the embedded model (a character vocabulary in tokenizer.json): tokenize and
+detokenize against the vocabulary read here, --prompt against --prompt-ids, the chat command's
+streamed reply against generate's text, and clear errors."""
+import json
+import subprocess
+import sys
+
+exe, models = sys.argv[1], sys.argv[2]
+model = f"{models}/tasks-fdllm2"
+vocab = json.load(open(f"{model}/tokenizer.json"))["model"]["vocab"]
+by_id = {v: k for k, v in vocab.items()}
+failures = []
+
+
+def run(*args, stdin=None, ok=True):
+    r = subprocess.run([exe, *args], capture_output=True, text=True, input=stdin)
+    if ok and r.returncode != 0:
+        print(r.stdout, r.stderr)
+        sys.exit(f"FAIL: blockdiff {' '.join(args)} exited {r.returncode}")
+    return r
+
+
+prompt = "a:47+8-5+9="
+ids = [vocab[c] for c in prompt]
+got = json.loads(run("tokenize", "--tokenizer", model, "--text", prompt).stdout)
+if got["ids"] != ids:
+    failures.append(f"tokenize: {got['ids']} != {ids}")
+text = json.loads(run("detokenize", "--tokenizer", model, "--ids", ",".join(map(str, ids))).stdout)["text"]
+if text != prompt:
+    failures.append(f"detokenize: {text!r} != {prompt!r}")
+
+flags = ["--block", "8", "--sub-block", "4", "--max-new-tokens", "24", "--json"]
+by_text = json.loads(run("generate", "--model", model, "--prompt", prompt, "--raw", *flags).stdout)
+by_ids = json.loads(run("generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), *flags).stdout)
+if by_text["tokens"] != by_ids["tokens"]:
+    failures.append(f"generate --prompt {by_text['tokens']} != --prompt-ids {by_ids['tokens']}")
+expected_text = "".join(by_id[t] for t in by_ids["tokens"] if t > 1)  # ids 0, 1: <|im_end|>, |<MASK>| (special)
+if by_text.get("text") != expected_text:
+    failures.append(f"generate text {by_text.get('text')!r} != {expected_text!r}")
+ar = json.loads(run("ar", "--model", f"{models}/tasks-ar", "--prompt", prompt, "--raw", "--json").stdout)
+if ar.get("text") != "".join(by_id[t] for t in ar["tokens"] if t > 1):
+    failures.append(f"ar text {ar.get('text')!r} does not match its tokens")
+
+# The chat command streams the same reply (greedy), one line per turn; /reset and /quit.
+chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4", "--max-new-tokens", "24",
+           stdin=f"{prompt}\n/reset\n{prompt}\n/quit\nnever read\n")
+replies = chat.stdout.split("\n")
+if replies[:2] != [expected_text, expected_text]:
+    failures.append(f"chat replies {replies[:2]!r} != generate's {expected_text!r}")
+if "(conversation cleared)" not in chat.stderr:
+    failures.append("chat did not acknowledge /reset")
+
+# Errors name what is wrong.
+r = run("generate", "--model", model, "--prompt", "hi", *flags, ok=False)
+if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr:
+    failures.append(f"the chat template on a character vocabulary: {r.stderr.strip()!r}")
+r = run("detokenize", "--tokenizer", model, "--ids", "5,999", ok=False)
+if r.returncode == 0 or "token id 999 is not in the vocabulary" not in r.stderr:
+    failures.append(f"detokenize of an unknown id: {r.stderr.strip()!r}")
+r = run("tokenize", "--tokenizer", "/nonexistent", "--text", "x", ok=False)
+if r.returncode == 0 or "no tokenizer.json" not in r.stderr:
+    failures.append(f"a missing tokenizer: {r.stderr.strip()!r}")
+
+for f in failures:
+    print("FAIL:", f)
+print(f"text commands: {len(failures)} failures")
+sys.exit(1 if failures else 0)
