@@ -53,13 +53,22 @@ inline float sum16(const Vec16& v) {
 //! held in L1, with R·N vector accumulators in registers (at most 24 of AVX-512's 32), so the
 //! product costs about what reading the weights costs. (Eigen's GEMM would first pack the
 //! weights, which costs as much again.)
+//!
+//! The body is compiled twice: for the build's own target, and for AVX-512 (chosen at run time
+//! when the CPU has it), so that a portable build still runs AVX-512 code on such a machine. A
+//! Vec16 is one AVX-512 register; in SSE registers (the portable x86-64 build) it is four, and
+//! the same kernel runs about nine times slower.
 template <int N>
-void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
-  constexpr int R = N <= 8 ? 3 : (N <= 12 ? 2 : 1);
+constexpr int few_rows_block = N <= 8 ? 3 : (N <= 12 ? 2 : 1);  // R: weight rows per register block
+
+// Output groups [g0, g1) of R weight rows each; no threading here (an OpenMP region's outlined
+// body would not inherit a target attribute), so the caller splits the groups over threads.
+template <int N>
+[[gnu::always_inline]] inline void few_rows_groups(const float* x, int k, const float* w, int m, const float* bias,
+                                                   float* y, bool accumulate, int g0, int g1) {
+  constexpr int R = few_rows_block<N>;
   const int k16 = k / 16 * 16;
-  const int groups = (m + R - 1) / R;
-#pragma omp parallel for schedule(static) if (static_cast<double>(N) * m * k >= 2e5)
-  for (int g = 0; g < groups; ++g) {
+  for (int g = g0; g < g1; ++g) {
     const int o0 = g * R, rows = std::min(R, m - o0);
     const float* wr[R];
     for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + std::min(r, rows - 1)) * k;
@@ -85,6 +94,52 @@ void few_rows_linear(const float* x, int k, const float* w, int m, const float* 
         out = accumulate ? out + v : v;
       }
     }
+  }
+}
+
+using FewRowsFn = void (*)(const float*, int, const float*, int, const float*, float*, bool, int, int);
+
+template <int N>
+void few_rows_groups_default(const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0,
+                             int g1) {
+  few_rows_groups<N>(x, k, w, m, b, y, acc, g0, g1);
+}
+
+// The same body compiled for AVX-512, chosen at run time, so that a portable build still runs
+// AVX-512 code on such a CPU: a Vec16 is one AVX-512 register but four SSE ones, and the SSE
+// build of this kernel runs about nine times slower.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__AVX512F__) && !defined(__CUDACC__)
+#define BLOCKDIFF_AVX512_CLONE 1
+template <int N>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
+    const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
+  few_rows_groups<N>(x, k, w, m, b, y, acc, g0, g1);
+}
+inline bool cpu_has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+template <int N>
+void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
+  FewRowsFn fn = &few_rows_groups_default<N>;
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N>;
+#endif
+  const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
+#pragma omp parallel if (static_cast<double>(N) * m * k >= 2e5)
+  {
+#if defined(_OPENMP)
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int t = 0, nt = 1;
+#endif
+    const int per = (groups + nt - 1) / nt;
+    const int g0 = std::min(groups, t * per), g1 = std::min(groups, g0 + per);
+    if (g0 < g1) fn(x, k, w, m, bias, y, accumulate, g0, g1);
   }
 }
 
