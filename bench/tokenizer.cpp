@@ -1,6 +1,7 @@
 // Text in, checkpoints in: encoding throughput on the test corpus beside @lenml/tokenizers (an
 // independent JavaScript implementation, run under node in the same run), and the time to load a
-// Qwen2.5-1.5B-shaped BF16 checkpoint in four shards beside the time to read its bytes.
+// Qwen2.5-1.5B-shaped BF16 checkpoint in four shards beside the time to read its bytes, from the
+// page cache and from disk (the shards' pages evicted with posix_fadvise before each iteration).
 //
 //   build/host/bench/bench_tokenizer [--benchmark_filter=...]
 //
@@ -110,6 +111,17 @@ fs::path checkpoint_1_5b() {
   return dir;
 }
 
+// Drops the shards' pages from the page cache (they are clean), so that the next read is from disk.
+void evict(const fs::path& dir) {
+  for (auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".safetensors") continue;
+    const int fd = ::open(e.path().c_str(), O_RDONLY);
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
 std::size_t shard_bytes(const fs::path& dir) {
   std::size_t n = 0;
   for (auto& e : fs::directory_iterator(dir))
@@ -117,14 +129,19 @@ std::size_t shard_bytes(const fs::path& dir) {
   return n;
 }
 
-// Reading every shard's bytes, page cache warm as for the load below: through one 64 MiB buffer
-// (`resident` false: what the kernel's copy costs) or into one buffer that holds them all
-// (`resident` true: allocated once, reused by every iteration).
-void read_bytes(benchmark::State& state, bool resident) {
+// Reading every shard's bytes through one 64 MiB buffer (`resident` false) or into one buffer
+// that holds them all (`resident` true: allocated once, reused by every iteration), from the
+// page cache (`cold` false, as the warm load below) or from disk (`cold` true).
+void read_bytes(benchmark::State& state, bool resident, bool cold) {
   const auto dir = checkpoint_1_5b();
   const std::size_t total = shard_bytes(dir), window = std::size_t(64) << 20;
   std::unique_ptr<char[]> buffer(new char[resident ? total : window]);
   for (auto _ : state) {
+    if (cold) {
+      state.PauseTiming();
+      evict(dir);
+      state.ResumeTiming();
+    }
     char* out = buffer.get();
     for (auto& e : fs::directory_iterator(dir)) {
       if (e.path().extension() != ".safetensors") continue;
@@ -153,9 +170,14 @@ void touch_f32(benchmark::State& state) {
 }
 
 // The whole load: config, index, every shard validated, BF16 converted into the f32 model.
-void load_checkpoint(benchmark::State& state) {
+void load_checkpoint(benchmark::State& state, bool cold) {
   const auto dir = checkpoint_1_5b();
   for (auto _ : state) {
+    if (cold) {
+      state.PauseTiming();
+      evict(dir);
+      state.ResumeTiming();
+    }
     auto m = model::Qwen2<backend::Host>::load(dir);
     benchmark::DoNotOptimize(m.parameters().data());
   }
@@ -169,10 +191,12 @@ void load_checkpoint(benchmark::State& state) {
 BENCHMARK_CAPTURE(encode, qwen_cold_cache, false)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(encode, qwen_warm_cache, true)->Unit(benchmark::kMillisecond);
 BENCHMARK(encode_javascript)->Iterations(1)->Unit(benchmark::kSecond);
-BENCHMARK_CAPTURE(read_bytes, streamed, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
-BENCHMARK_CAPTURE(read_bytes, resident, true)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(read_bytes, streamed_warm, false, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(read_bytes, resident_warm, true, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 BENCHMARK(touch_f32)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
-BENCHMARK(load_checkpoint)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, warm, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(read_bytes, streamed_cold, false, true)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, cold, true)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
