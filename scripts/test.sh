@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 jobs=$(nproc)
+mkdir -p .cache  # the test logs live here, wherever ccache keeps its cache
 
 # CI builds what the tests need and no benchmarks (its budget is compile time on two cores);
 # elsewhere the host build keeps compiling the benchmarks so that they cannot rot.
