@@ -18,15 +18,13 @@
 #include <span>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #if defined(BLOCKDIFF_HAVE_CBLAS)
 #include <cblas.h>
 #endif
 
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/dispatch.hpp"
+#include "blockdiff/core/threads.hpp"
 
 namespace blockdiff {
 
@@ -53,11 +51,6 @@ inline float sum16(const Vec16& v) {
 //! held in L1, with R·N vector accumulators in registers (at most 24 of AVX-512's 32), so the
 //! product costs about what reading the weights costs. (Eigen's GEMM would first pack the
 //! weights, which costs as much again.)
-//!
-//! The body is compiled twice: for the build's own target, and for AVX-512 (chosen at run time
-//! when the CPU has it), so that a portable build still runs AVX-512 code on such a machine. A
-//! Vec16 is one AVX-512 register; in SSE registers (the portable x86-64 build) it is four, and
-//! the same kernel runs about nine times slower.
 template <int N>
 constexpr int few_rows_block = N <= 8 ? 3 : (N <= 12 ? 2 : 1);  // R: weight rows per register block
 
@@ -132,24 +125,14 @@ void few_rows_linear(const float* x, int k, const float* w, int m, const float* 
   const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
 #pragma omp parallel if (static_cast<double>(N) * m * k >= 2e5)
   {
-#if defined(_OPENMP)
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const int t = 0, nt = 1;
-#endif
+    const int t = thread_index(), nt = thread_count();
     const int per = (groups + nt - 1) / nt;
     const int g0 = std::min(groups, t * per), g1 = std::min(groups, g0 + per);
     if (g0 < g1) fn(x, k, w, m, bias, y, accumulate, g0, g1);
   }
 }
 
-inline int host_threads() {
-#if defined(_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+inline int host_threads() { return max_threads(); }
 }  // namespace detail
 
 template <>

@@ -112,7 +112,6 @@ class SafetensorsFile {
     return *e;
   }
 
-  //! Tells the kernel that the pages of `entry` are no longer needed (for streaming loads).
   //! Maps every page of the file in one call (MADV_POPULATE_READ), so that reading the tensors
   //! takes no page fault per page: on a virtual machine those faults cost more than the copy.
   void populate() const {
@@ -123,6 +122,7 @@ class SafetensorsFile {
     ::madvise(const_cast<std::byte*>(base_), size_, MADV_WILLNEED);  // older kernels: read ahead at least
   }
 
+  //! Tells the kernel that the pages of `entry` are no longer needed (for streaming loads).
   void release(const TensorEntry& entry) const {
     if (entry.bytes.empty()) return;
     const long page = ::sysconf(_SC_PAGESIZE);

@@ -19,12 +19,11 @@
 #include <span>
 #include <type_traits>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #if defined(BLOCKDIFF_HAVE_CBLAS)
 #include <cblas.h>
 #endif
+
+#include "blockdiff/core/threads.hpp"
 
 namespace blockdiff::train::ops {
 
@@ -89,11 +88,7 @@ void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, cons
     const double flops = double(M) * double(N) * double(K);
 #pragma omp parallel if (flops > 4e6 && M >= 32)
     {
-      int tid = 0, threads = 1;
-#if defined(_OPENMP)
-      tid = omp_get_thread_num();
-      threads = omp_get_num_threads();
-#endif
+      const int tid = thread_index(), threads = thread_count();
       // Row ranges in multiples of 16, so every thread's slice stays aligned for the kernels.
       const std::int64_t per = (M + threads - 1) / threads;
       const std::int64_t chunk = threads == 1 ? M : (per + 15) / 16 * 16;
@@ -158,10 +153,7 @@ void rmsnorm_backward(const T* dy, const T* x, const T* rstd, std::int64_t n, in
   std::fill_n(dw_scratch, std::int64_t(threads) * H, T(0));
 #pragma omp parallel num_threads(threads) if (n * H > 32768)
   {
-    int tid = 0;
-#if defined(_OPENMP)
-    tid = omp_get_thread_num();
-#endif
+    const int tid = thread_index();
     T* dw_local = dw_scratch + std::int64_t(tid) * H;
 #pragma omp for schedule(static)
     for (std::int64_t t = 0; t < n; ++t) {
@@ -305,10 +297,7 @@ void attention_forward(const T* q, const T* k, const T* v, const AttentionDims& 
   const std::int64_t qd = dims.q_dim(), kvd = dims.kv_dim();
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t task = 0; task < std::int64_t(dims.rows) * dims.heads; ++task) {
-    int tid = 0;
-#if defined(_OPENMP)
-    tid = omp_get_thread_num();
-#endif
+    const int tid = thread_index();
     const int r = int(task / dims.heads), h = int(task % dims.heads), kh = h / group;
     const std::int64_t base = std::int64_t(r) * S;
     ConstMap<T> Q(q + base * qd + std::int64_t(h) * d, S, d, Eigen::OuterStride<>(qd));
@@ -334,10 +323,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
   const std::int64_t qd = dims.q_dim(), kvd = dims.kv_dim();
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t task = 0; task < std::int64_t(dims.rows) * dims.kv_heads; ++task) {
-    int tid = 0;
-#if defined(_OPENMP)
-    tid = omp_get_thread_num();
-#endif
+    const int tid = thread_index();
     const int r = int(task / dims.kv_heads), kh = int(task % dims.kv_heads);
     const std::int64_t base = std::int64_t(r) * S;
     ConstMap<T> K(k + base * kvd + std::int64_t(kh) * d, S, d, Eigen::OuterStride<>(kvd));
