@@ -73,6 +73,10 @@ TEST_CASE("the Qwen2 pre-tokenizer splits as its regex says") {
   CHECK(enc.pieces("hello!!! ok...\n") == Pieces{"hello", "!!!", " ok", "...\n"});
   CHECK(enc.pieces("end   ") == Pieces{"end", "   "});
   CHECK(enc.pieces("日本語 text") == Pieces{"日本語", " text"});
+  // U+0085 (NEL) is whitespace, as in Hugging Face's engine (Unicode's White_Space): it splits
+  // as spaces do; were it not, "\u0085\u0085" would be one punctuation piece and "b" another.
+  CHECK(enc.pieces("a  b") == Pieces{"a", " ", " b"});
+  CHECK(enc.pieces("a\u0085\u0085b") == Pieces{"a", "\u0085", "\u0085b"});
 }
 
 TEST_CASE("NFC: decomposed and composed text encode alike; added tokens are matched first and never split") {

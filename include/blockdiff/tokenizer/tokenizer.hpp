@@ -29,7 +29,6 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <queue>
 #include <span>
 #include <sstream>
 #include <string>
@@ -372,22 +371,26 @@ class Encoder {
     }
     const int n = static_cast<int>(syms_.size());
     syms_.back().next = -1;
-    heap_ = {};
+    heap_.clear();  // a binary heap in a vector that keeps its capacity across words
     auto push = [&](int left) {
       const int right = syms_[std::size_t(left)].next;
       if (right < 0) return;
-      auto it = m_->merges.find(TokenizerModel::key(syms_[std::size_t(left)].id, syms_[std::size_t(right)].id));
-      if (it != m_->merges.end()) heap_.push({it->second.first, left, syms_[std::size_t(left)].id, syms_[std::size_t(right)].id});
+      const int a = syms_[std::size_t(left)].id, b = syms_[std::size_t(right)].id;
+      auto it = m_->merges.find(TokenizerModel::key(a, b));
+      if (it == m_->merges.end()) return;
+      heap_.push_back({it->second.first, left, a, b, it->second.second});
+      std::push_heap(heap_.begin(), heap_.end());
     };
     for (int i = 0; i + 1 < n; ++i) push(i);
     while (!heap_.empty()) {
-      const Candidate c = heap_.top();
-      heap_.pop();
+      std::pop_heap(heap_.begin(), heap_.end());
+      const Candidate c = heap_.back();
+      heap_.pop_back();
       Symbol& l = syms_[std::size_t(c.left)];
       // Stale when either side has changed since the candidate was pushed.
       if (l.id != c.left_id || l.next < 0 || syms_[std::size_t(l.next)].id != c.right_id) continue;
       Symbol& r = syms_[std::size_t(l.next)];
-      l.id = m_->merges.find(TokenizerModel::key(c.left_id, c.right_id))->second.second;
+      l.id = c.merged;
       r.id = -1;  // removed
       l.next = r.next;
       if (r.next >= 0) syms_[std::size_t(r.next)].prev = c.left;
@@ -401,7 +404,7 @@ class Encoder {
     int id, prev, next;
   };
   struct Candidate {
-    int rank, left, left_id, right_id;
+    int rank, left, left_id, right_id, merged;
     // The heap's top is the lowest rank, then the leftmost.
     bool operator<(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
   };
@@ -412,7 +415,7 @@ class Encoder {
   std::unordered_map<std::string, std::vector<int>> cache_;
   std::string key_, normalized_, prefixed_;
   std::vector<Symbol> syms_;
-  std::priority_queue<Candidate> heap_;
+  std::vector<Candidate> heap_;
 };
 
 struct Tokenizer::Shared {
@@ -540,38 +543,8 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
     }
   };
   for_each_step("pre_tokenizer", "pretokenizers", pre_step);
-  if (!pattern.empty()) {
-    // Hugging Face's regex engine counts U+0085 (NEL) as \s, as Unicode's White_Space does; PCRE2 does not.
-    std::string widened;
-    for (std::size_t i = 0; i < pattern.size(); ++i) {
-      if (pattern[i] == '\\' && i + 1 < pattern.size()) {
-        const bool in_class = [&] {
-          int depth = 0;
-          for (std::size_t k = 0; k < i; ++k) {
-            if (pattern[k] == '\\') { ++k; continue; }
-            if (pattern[k] == '[') depth = 1;
-            else if (pattern[k] == ']') depth = 0;
-          }
-          return depth > 0;
-        }();
-        if (pattern[i + 1] == 's') {
-          widened += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
-          ++i;
-          continue;
-        }
-        if (pattern[i + 1] == 'S' && !in_class) {
-          widened += "[^\\s\\x{85}]";
-          ++i;
-          continue;
-        }
-        widened += pattern[i];
-        widened += pattern[++i];
-        continue;
-      }
-      widened += pattern[i];
-    }
-    m->split = std::make_unique<detail::Regex>(widened, origin);
-  }
+  // PCRE2 with Unicode properties counts U+0085 (NEL) as \s, as Hugging Face's engine does.
+  if (!pattern.empty()) m->split = std::make_unique<detail::Regex>(pattern, origin);
 
   // Decoder: ByteLevel maps the alphabet back to bytes; none concatenates the tokens' text.
   bool byte_level_decoder = false;
