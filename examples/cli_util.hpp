@@ -32,20 +32,24 @@ inline std::vector<int> parse_ids(const std::string& text, const std::string& fl
   return ids;
 }
 
-//! One JSON array of token ids per non-empty line.
-inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
-  std::ifstream in(path);
+//! Calls `f(line_number, value)` for the JSON value on each non-empty line of `path`.
+template <class F>
+void for_each_json_line(const std::string& path, F&& f) {
+  std::ifstream in(path, std::ios::binary);
   require(in.good(), path, ": cannot open");
-  std::vector<std::vector<int>> prompts;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
-      fail(path, ": line ", number, " is not valid JSON");
-    }
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    require(!j.is_discarded(), path, ": line ", number, " is not valid JSON");
+    f(number, j);
+  }
+}
+
+//! One JSON array of token ids per non-empty line.
+inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
+  std::vector<std::vector<int>> prompts;
+  for_each_json_line(path, [&](int number, const nlohmann::json& j) {
     require(j.is_array(), path, ": line ", number, " is not a JSON array of token ids");
     std::vector<int> ids;
     for (auto& v : j) {
@@ -53,7 +57,7 @@ inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
       ids.push_back(v.get<int>());
     }
     prompts.push_back(std::move(ids));
-  }
+  });
   require(!prompts.empty(), path, ": no prompts");
   return prompts;
 }

@@ -48,8 +48,10 @@ class TokenizeCommand {
     };
     if (!jsonl_.empty()) {
       tokenizer::Encoder enc(tok);
-      for (auto& j : read_jsonl(jsonl_, "a JSON string", [](auto& j) { return j.is_string(); }))
-        std::cout << nlohmann::json(enc.encode(prepare(j.template get<std::string>()))).dump() << "\n";
+      for_each_json_line(jsonl_, [&](int number, const nlohmann::json& j) {
+        require(j.is_string(), jsonl_, ": line ", number, " is not a JSON string");
+        std::cout << nlohmann::json(enc.encode(prepare(j.get<std::string>()))).dump() << "\n";
+      });
       return 0;
     }
     const auto ids = tok.encode(prepare(text_));
@@ -134,25 +136,24 @@ class ChatCommand {
         continue;
       }
       if (line.empty()) continue;
-      history.push_back({"user", line});
+      if (!raw_) history.push_back({"user", line});
       const std::vector<std::vector<int>> prompt{tok.encode(raw_ ? line : chat_template.render(history))};
-      if (raw_) history.resize(fresh);
       // A reply fits in what is left of the context (with a block of padding).
       const int room = model.config().max_position_embeddings - int(prompt[0].size()) - spec_.block;
       if (room <= 0) {
-        std::fprintf(stderr, "(the conversation fills the model's context of %d positions: /reset)\n",
-                     model.config().max_position_embeddings);
-        history.pop_back();
+        std::fprintf(stderr, "(the %s fills the model's context of %d positions%s)\n", raw_ ? "prompt" : "conversation",
+                     model.config().max_position_embeddings, raw_ ? "" : ": /reset");
+        if (!raw_) history.pop_back();
         continue;
       }
       options.max_new_tokens = std::min(max_new_, room);
       tokenizer::StreamDecoder stream(tok, /*skip_special=*/true);
       options.on_tokens = [&](std::size_t, std::span<const int> t) {
-        std::cout << stream.push(printable(tok, t)) << std::flush;
+        std::cout << stream.push(known_ids(tok, t)) << std::flush;
       };
       const auto result = decode_batch(spec_, model, prompt, options);
       std::cout << stream.flush() << "\n" << std::flush;
-      auto reply = printable(tok, result[0].tokens);
+      auto reply = known_ids(tok, result[0].tokens);
       if (!reply.empty() && ids.stop && reply.back() == *ids.stop) reply.pop_back();
       if (!raw_) history.push_back({"assistant", tok.decode(reply)});
       if (stats_)
@@ -164,14 +165,6 @@ class ChatCommand {
   }
 
  private:
-  // The ids the tokenizer can write (a model's vocabulary may be padded past the tokenizer's).
-  static std::vector<int> printable(const tokenizer::Tokenizer& tok, std::span<const int> ids) {
-    std::vector<int> out;
-    for (int id : ids)
-      if (tok.contains(id)) out.push_back(id);
-    return out;
-  }
-
   CLI::App* cmd_ = nullptr;
   std::string model_dir_, tokenizer_path_, system_;
   DecoderSpec spec_;

@@ -1,10 +1,9 @@
-// Text helpers of the blockdiff program: finding a tokenizer, reading JSON lines, and the
+// Text helpers of the blockdiff program: finding a tokenizer, the ids it can write, and the
 // --prompt flags of generate and ar.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
@@ -14,6 +13,7 @@
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/tokenizer/chat.hpp"
 #include "blockdiff/tokenizer/tokenizer.hpp"
+#include "cli_util.hpp"
 
 namespace blockdiff::cli {
 
@@ -23,22 +23,6 @@ inline tokenizer::Tokenizer load_tokenizer(const std::string& path, const std::s
   const auto file = std::filesystem::is_directory(p) ? p / "tokenizer.json" : p;
   require(std::filesystem::exists(file), file.string(), ": no tokenizer.json (give --tokenizer)");
   return tokenizer::Tokenizer::load(file);
-}
-
-//! Reads one JSON value per non-empty line of `path`, checked by `ok`.
-template <class Check>
-std::vector<nlohmann::json> read_jsonl(const std::string& path, const char* what, Check&& ok) {
-  std::ifstream in(path, std::ios::binary);
-  require(in.good(), path, ": cannot open");
-  std::vector<nlohmann::json> out;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    require(!j.is_discarded() && ok(j), path, ": line ", number, " is not ", what);
-    out.push_back(std::move(j));
-  }
-  return out;
 }
 
 //! `--prompt TEXT` and `--raw`: text prompts for generate and ar.
@@ -64,19 +48,23 @@ struct PromptText {
   }
 };
 
-
 //! The tokenizer of a model folder, when it has a tokenizer.json (or --tokenizer names one).
 inline std::optional<tokenizer::Tokenizer> folder_tokenizer(const std::string& path, const std::string& model_dir) {
   if (path.empty() && !std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.json")) return std::nullopt;
   return load_tokenizer(path, model_dir);
 }
 
-//! The text of generated ids, special tokens left out, ids past the tokenizer's vocabulary skipped.
-inline std::string printable_text(const tokenizer::Tokenizer& tok, std::span<const int> ids) {
+//! The ids the tokenizer can write: a model's vocabulary may be padded past the tokenizer's.
+inline std::vector<int> known_ids(const tokenizer::Tokenizer& tok, std::span<const int> ids) {
   std::vector<int> kept;
   for (int id : ids)
     if (tok.contains(id)) kept.push_back(id);
-  return tok.decode(kept, /*skip_special=*/true);
+  return kept;
+}
+
+//! The text of generated ids, special tokens and ids unknown to the tokenizer left out.
+inline std::string printable_text(const tokenizer::Tokenizer& tok, std::span<const int> ids) {
+  return tok.decode(known_ids(tok, ids), /*skip_special=*/true);
 }
 
 }  // namespace blockdiff::cli

@@ -4,6 +4,7 @@ streamed reply against generate's text, and clear errors."""
 import json
 import subprocess
 import sys
+import tempfile
 
 exe, models = sys.argv[1], sys.argv[2]
 model = f"{models}/tasks-fdllm2"
@@ -60,6 +61,24 @@ if r.returncode == 0 or "token id 999 is not in the vocabulary" not in r.stderr:
 r = run("tokenize", "--tokenizer", "/nonexistent", "--text", "x", ok=False)
 if r.returncode == 0 or "no tokenizer.json" not in r.stderr:
     failures.append(f"a missing tokenizer: {r.stderr.strip()!r}")
+
+bad = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+bad.write('"1+2"\n\n[1, 2]\n{oops\n')
+bad.close()
+r = run("tokenize", "--tokenizer", model, "--jsonl", bad.name, ok=False)
+if r.returncode == 0 or f"{bad.name}: line 3 is not a JSON string" not in r.stderr:
+    failures.append(f"tokenize --jsonl with a non-string line: {r.stderr.strip()!r}")
+with open(bad.name, "w") as f:
+    f.write('"1+2"\n{oops\n')
+r = run("tokenize", "--tokenizer", model, "--jsonl", bad.name, ok=False)
+if r.returncode == 0 or f"{bad.name}: line 2 is not valid JSON" not in r.stderr:
+    failures.append(f"tokenize --jsonl with a broken line: {r.stderr.strip()!r}")
+
+# A raw chat prompt longer than the context is refused, and the session goes on.
+chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4", "--max-new-tokens", "24",
+           stdin="1" * 300 + f"\n{prompt}\n/quit\n")
+if "the prompt fills the model's context" not in chat.stderr or chat.stdout.split("\n")[0] != expected_text:
+    failures.append(f"chat after an over-long prompt: {chat.stdout!r} {chat.stderr.strip()!r}")
 
 for f in failures:
     print("FAIL:", f)

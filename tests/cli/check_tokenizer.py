@@ -11,6 +11,7 @@ usage: check_tokenizer.py BLOCKDIFF CORPUS.jsonl CACHE_DIR
 """
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,6 @@ def main():
     # kinds, contractions, digits, combining marks, ZWJ, NFC-changing characters, special tokens).
     # U+0085 and U+FEFF are left out: Hugging Face's regex engine counts NEL as whitespace and not
     # the BOM, JavaScript's the other way round (blockdiff follows Hugging Face).
-    import random
     rng = random.Random(1)
     pool = [" ", "  ", "\t", "\n", "\r\n", "a", "Z", "'s", "'T", "'", "1", "23", "é", "e\u0301", "中", "ا", "👍",
             "🏽", "\u200d", "!", "?", ".", "-", "\u00a0", "\u3000", "\u2028", "ß", "ﬁ", "Ⅻ", "½", "\u0301", "_", "$",

@@ -153,4 +153,12 @@ TEST_CASE("broken checkpoint folders are errors that name the file and the entry
     std::ofstream(d / "model.safetensors.index.json") << "{\"weight_map\": 3}";
     CHECK_ERROR(io::Checkpoint{d}, "weight_map");
   }
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": "../x.safetensors"}})", "idx.json"),
+              "idx.json: weight_map[\"a\"] names \"../x.safetensors\", which is not a file inside the folder");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": ".."}})", "idx.json"), "not a file inside the folder");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": 7}})", "idx.json"), "weight_map[\"a\"] is not a file name");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {}})", "idx.json"), "the weight_map is empty");
+  CHECK_ERROR(io::parse_weight_map("{", "idx.json"), "idx.json: not valid JSON");
+  CHECK(io::parse_weight_map(R"({"weight_map": {"a": "s1", "b": "s2"}})", "idx.json") ==
+        std::map<std::string, std::string>{{"a", "s1"}, {"b", "s2"}});
 }
