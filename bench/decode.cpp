@@ -70,6 +70,11 @@ void BM_ForwardShapes(benchmark::State& state) {
   bench::forward<mask::BlockCausal<B>>(m, cache, prompt(context), 0, context, true, 1);
   const auto block = prompt(B);
   const std::vector<int> sub(block.begin() + S, block.begin() + 2 * S);
+  // One untimed round first: the prefill above ran on OpenBLAS, whose threads spin for a while
+  // after a call and would slow the first timed AR step by half.
+  bench::forward<mask::Causal>(m, cache, {block[0]}, context, context + 1, false, 1);
+  bench::forward<mask::BlockCausal<B>>(m, cache, block, context, context + B, false, S);
+  bench::forward<mask::Full>(m, cache, sub, context + S, context + B, false, S);
   double ar = 0, blk = 0, sb = 0;
   for (auto _ : state) {
     auto t0 = std::chrono::steady_clock::now();

@@ -30,7 +30,9 @@ double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
 }  // namespace
 
 TEST_CASE("Linear: y = x wT + b, and accumulation, against a naive loop") {
-  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {7, 33, 17}, {64, 96, 1000}, {3, 128, 5}, {8, 200, 1000}, {16, 64, 333}, {2, 512, 600}, {33, 40, 77}, {17, 48, 300}}) {
+  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {7, 33, 17}, {64, 96, 1000}, {3, 128, 5}, {8, 200, 1000}, {16, 64, 333}, {2, 512, 600}, {33, 40, 77}, {17, 48, 300},
+                        {4, 40, 2}, {8, 48, 3}, {8, 48, 9}, {12, 20, 7}, {5, 16, 1},
+                        {1, 40, 8}, {1, 33, 21}, {9, 40, 50}, {63, 24, 30}, {40, 100, 1000}}) {
     auto x = randn(static_cast<std::size_t>(n * k), 1), w = randn(static_cast<std::size_t>(m * k), 2), b = randn(static_cast<std::size_t>(m), 3);
     auto y0 = randn(static_cast<std::size_t>(n * m), 4);
     std::vector<double> ref(static_cast<std::size_t>(n * m)), ref_acc(ref.size());

@@ -2,17 +2,19 @@
 //
 // One row (the AR decode step) is a GEMV bound by memory bandwidth: it is split over output
 // features across OpenMP threads so that each thread streams its own slice of the weights
-// (Eigen does not thread GEMVs). Two to 16 rows (a sub-block forward) use a register-blocked
-// kernel that streams the weights once; 17 to 63 rows (a block forward) use Eigen's blocked
-// product on the same per-thread slices. Many rows (prefill,
-// training) go to OpenBLAS's SGEMM when blockdiff was configured with it (BLOCKDIFF_HAVE_CBLAS),
-// which is faster than Eigen's blocked product on AVX-512 machines; else to the same slicing. Attention is one (row, head) pair per task, with
-// the mask predicate evaluated per (query slot, key slot). Everything is f32.
+// (Eigen does not thread GEMVs). Two to 63 rows (sub-block and block forwards) go through a
+// register-blocked kernel that streams the weights once per pass of at most 8 rows (without
+// AVX-512: one pass up to 16 rows, Eigen's blocked product on per-thread slices above). Many rows
+// (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
+// (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
+// to the same slicing. Attention is one (row, head) pair per task, with the mask predicate
+// evaluated per (query slot, key slot). Everything is f32.
 #pragma once
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <span>
@@ -40,10 +42,15 @@ typedef float Vec16 __attribute__((vector_size(64)));
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
 inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+// A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers: a left-to-right scalar sum is a
+// dependent chain of 16 adds, which costs a few-row product a quarter of its time.
 inline float sum16(const Vec16& v) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
+  typedef float Vec8 __attribute__((vector_size(32)));
+  typedef float Vec4 __attribute__((vector_size(16)));
+  const Vec8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
 //! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block forward).
@@ -52,31 +59,53 @@ inline float sum16(const Vec16& v) {
 //! product costs about what reading the weights costs. (Eigen's GEMM would first pack the
 //! weights, which costs as much again.)
 template <int N>
-constexpr int few_rows_block = N <= 8 ? 3 : (N <= 12 ? 2 : 1);  // R: weight rows per register block
+constexpr int few_rows_block = N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1));  // R: weight rows per register block
+// Software prefetch, because R streams per thread are too few for the hardware prefetcher to keep
+// enough loads in flight: each weight row this many floats (8 cache lines) ahead, and the next
+// group's rows at the same column, so 2R streams are on their way (the 8-row product from memory:
+// ~30 → ~45 GB/s of weights on two cores).
+constexpr int few_rows_prefetch = 128;
+
+// GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
+// instead of one, and the loop becomes load-bound: 1.5x slower); an empty asm statement keeps the
+// vector in a register. Only where a Vec16 is one register (Wide): in SSE it is four.
+template <bool Wide>
+[[gnu::always_inline]] inline void in_register(Vec16& v) {
+  if constexpr (Wide) asm("" : "+v"(v));
+}
 
 // Output groups [g0, g1) of R weight rows each; no threading here (an OpenMP region's outlined
 // body would not inherit a target attribute), so the caller splits the groups over threads.
-template <int N>
+template <int N, bool Wide>
 [[gnu::always_inline]] inline void few_rows_groups(const float* x, int k, const float* w, int m, const float* bias,
                                                    float* y, bool accumulate, int g0, int g1) {
   constexpr int R = few_rows_block<N>;
   const int k16 = k / 16 * 16;
   for (int g = g0; g < g1; ++g) {
-    const int o0 = g * R, rows = std::min(R, m - o0);
+    // A short last group slides back to end at row m (m ≥ R, see few_rows_linear): its first
+    // R − fresh rows belong to the group before it and are recomputed, not stored. Every weight
+    // pointer is then base + r·k, with no clamping in the loop's set-up (a clamp costs GCC three
+    // vector registers across the loop, and the kernel 1.4x).
+    const int o0 = std::min(g * R, m - R), fresh = std::min(R, m - g * R);
     const float* wr[R];
-    for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + std::min(r, rows - 1)) * k;
+    for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + r) * k;
     Vec16 acc[R][N];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < N; ++i) acc[r][i] = Vec16{};
     for (int j = 0; j < k16; j += 16) {
       Vec16 a[R], xi;
-      for (int r = 0; r < R; ++r) load16(a[r], wr[r] + j);
+      for (int r = 0; r < R; ++r) {
+        load16(a[r], wr[r] + j);
+        __builtin_prefetch(wr[r] + j + few_rows_prefetch);
+        __builtin_prefetch(wr[r] + static_cast<std::int64_t>(R) * k + j);  // the next group's row r
+      }
       for (int i = 0; i < N; ++i) {
         load16(xi, x + static_cast<std::int64_t>(i) * k + j);
+        in_register<Wide>(xi);
         for (int r = 0; r < R; ++r) acc[r][i] += a[r] * xi;
       }
     }
-    for (int r = 0; r < rows; ++r) {
+    for (int r = R - fresh; r < R; ++r) {
       const int o = o0 + r;
       for (int i = 0; i < N; ++i) {
         const float* xi = x + static_cast<std::int64_t>(i) * k;
@@ -95,7 +124,11 @@ using FewRowsFn = void (*)(const float*, int, const float*, int, const float*, f
 template <int N>
 void few_rows_groups_default(const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
-  few_rows_groups<N>(x, k, w, m, b, y, acc, g0, g1);
+#if defined(__AVX512F__)
+  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
+#else
+  few_rows_groups<N, false>(x, k, w, m, b, y, acc, g0, g1);
+#endif
 }
 
 // The same body compiled for AVX-512, chosen at run time, so that a portable build still runs
@@ -106,16 +139,41 @@ void few_rows_groups_default(const float* x, int k, const float* w, int m, const
 template <int N>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
     const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
 }
+// BLOCKDIFF_NO_AVX512 set in the environment turns the clone off (to test or time the portable
+// path on an AVX-512 machine).
 inline bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+  static const bool yes = std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("fma");
   return yes;
 }
 #endif
 
+// Whether the few-row kernel runs in AVX-512 registers: built for them, or the clone on a CPU that
+// has them.
+inline bool few_rows_wide() {
+#if defined(__AVX512F__)
+  return true;
+#elif defined(BLOCKDIFF_AVX512_CLONE)
+  return cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+// Whether the one-row product should also take the few-row kernel: in a portable build on an
+// AVX-512 CPU, where Eigen's GEMV runs in SSE registers (45 → 65 GB/s of weights on two cores);
+// built with AVX-512, Eigen's GEMV is as fast.
+inline bool gemv_by_few_rows() {
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  return cpu_has_avx512();
+#else
+  return false;
+#endif
+}
+
+//! Requires m ≥ few_rows_block<N>.
 template <int N>
 void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
   FewRowsFn fn = &few_rows_groups_default<N>;
@@ -155,14 +213,35 @@ struct Kernel<backend::Host, op::Linear> {
       return;
     }
 #endif
-    if (n > 1 && n <= 16) {
-      dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
-        detail::few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
-      });
-      return;
+    if (m >= 8) {  // the few-row kernel needs a whole register block of weight rows
+      if (n == 1 && gemv_by_few_rows()) {
+        few_rows_linear<1>(x, k, w, m, bias, y, accumulate);
+        return;
+      }
+      if (n > 1 && few_rows_wide()) {
+        // 2 to 63 rows in passes of at most 8 (near-equal sizes), each streaming the weights once:
+        // the 8-row kernel keeps 24 accumulators in registers and, from memory, beats both its
+        // 16-row form (one weight row per block, load-bound) and Eigen's blocked product at 32
+        // rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
+        const std::int64_t passes = (n + 7) / 8;
+        for (std::int64_t p = 0, r0 = 0; p < passes; ++p) {
+          const std::int64_t rows = n / passes + (p < n % passes ? 1 : 0);
+          dispatch_value<2, 3, 4, 5, 6, 7, 8>(rows, [&]<int N>() {
+            few_rows_linear<N>(x + r0 * k, k, w, m, bias, y + r0 * m, accumulate);
+          });
+          r0 += rows;
+        }
+        return;
+      }
+      if (n > 1 && n <= 16) {
+        dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
+          few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
+        });
+        return;
+      }
     }
-    // One row, or 17 to 63: slices of output features, a multiple of 16 wide, one per thread,
-    // so each thread streams its own part of the weights.
+    // One row, or 17 to 63 without AVX-512: slices of output features, a multiple of 16 wide, one
+    // per thread, so each thread streams its own part of the weights.
     const int threads = host_threads();
     const int slices = (static_cast<double>(n) * m * k < 5e4) ? 1 : threads;
     const int width = ((m + slices - 1) / slices + 15) / 16 * 16;
