@@ -383,6 +383,78 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
   }
 };
 
+namespace detail {
+// The vocabulary passes of the policy step (151,936 logits a row at Qwen's size) in Vec16 lanes.
+typedef std::int32_t Vec16i __attribute__((vector_size(64)));
+inline void max_into(Vec16& acc, const Vec16& v) {
+  const Vec16i take = v > acc;
+  acc = (Vec16)(((Vec16i)v & take) | ((Vec16i)acc & ~take));
+}
+//! max of l[begin, end); −inf when empty.
+inline float max_of(const float* l, int begin, int end) {
+  constexpr float lowest = -std::numeric_limits<float>::infinity();
+  Vec16 acc, v;
+  for (int j = 0; j < 16; ++j) acc[j] = lowest;
+  int i = begin;
+  for (; i + 16 <= end; i += 16) {
+    load16(v, l + i);
+    max_into(acc, v);
+  }
+  float m = lowest;
+  for (int j = 0; j < 16; ++j) m = std::max(m, acc[j]);
+  for (; i < end; ++i) m = std::max(m, l[i]);
+  return m;
+}
+//! e^z for z ≤ 0, lane-wise: z = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial (about
+//! one ulp), 2^n put into the exponent bits; e^z underflows to 0 below −87 (a float's least normal
+//! is e^−87.3).
+inline void exp_nonpositive(Vec16& z) {
+  Vec16 t = z * 1.44269504f + 12582912.0f;  // round(z·log2 e) by the 1.5·2²³ trick
+  const Vec16 n = t - 12582912.0f;
+  const Vec16 r = (z - n * 0.693359375f) + n * 2.12194440e-4f;  // ln 2 in two parts
+  Vec16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const Vec16i scale = (__builtin_convertvector(n, Vec16i) + 127) << 23;
+  const Vec16i alive = z >= -87.0f;
+  z = (Vec16)(((Vec16i)(p * (Vec16)scale)) & alive);
+}
+struct ExpSums {
+  double sum = 0, weighted = 0;  // Σ e^(l−m) and Σ e^(l−m)·(l−m)
+};
+//! Lane sums in f32 over 1,024 logits at a time, then into f64, so that a row's sum keeps about
+//! f64's accuracy relative to the largest term (which is 1).
+template <bool Weighted>
+ExpSums exp_sums(const float* l, int vocab, float m) {
+  ExpSums out;
+  int i = 0;
+  while (i + 16 <= vocab) {
+    Vec16 sum{}, weighted{}, z;
+    for (const int chunk_end = std::min(vocab / 16 * 16, i + 1024); i < chunk_end; i += 16) {
+      load16(z, l + i);
+      z -= m;
+      Vec16 e = z;
+      exp_nonpositive(e);
+      sum += e;
+      if constexpr (Weighted) weighted += e * z;
+    }
+    for (int j = 0; j < 16; ++j) {
+      out.sum += sum[j];
+      if constexpr (Weighted) out.weighted += weighted[j];
+    }
+  }
+  for (; i < vocab; ++i) {
+    const double z = static_cast<double>(l[i]) - m, e = std::exp(z);
+    out.sum += e;
+    if constexpr (Weighted) out.weighted += e * z;
+  }
+  return out;
+}
+}  // namespace detail
+
 template <bool SecondProb, bool Entropy>
 struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
   //! logits: [rows, vocab] -> stats[rows]. Softmax at temperature 1, in f32 with an f64 sum.
@@ -392,30 +464,18 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
   }
 
   static PositionStats one_row(const float* l, int vocab) {
-    int best = 0;
-    float m = l[0];
-    float second = -std::numeric_limits<float>::infinity();
-    for (int i = 1; i < vocab; ++i) {
-      if (l[i] > m) {
-        if constexpr (SecondProb) second = m;
-        m = l[i];
-        best = i;
-      } else if constexpr (SecondProb) {
-        if (l[i] > second) second = l[i];
-      }
-    }
-    double sum = 0.0, weighted = 0.0;
-    for (int i = 0; i < vocab; ++i) {
-      const double z = static_cast<double>(l[i]) - m;
-      const double e = std::exp(z);
-      sum += e;
-      if constexpr (Entropy) weighted += e * z;
-    }
+    using namespace detail;
+    const float m = max_of(l, 0, vocab);
+    const int best = static_cast<int>(std::find(l, l + vocab, m) - l);  // the lowest index among equal maxima
+    const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     PositionStats s;
     s.token = best;
-    s.p1 = static_cast<float>(1.0 / sum);
-    if constexpr (SecondProb) s.p2 = static_cast<float>(std::exp(static_cast<double>(second) - m) / sum);
-    if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sum) - weighted / sum);
+    s.p1 = static_cast<float>(1.0 / sums.sum);
+    if constexpr (SecondProb) {
+      const float second = std::max(max_of(l, 0, best), max_of(l, best + 1, vocab));
+      s.p2 = static_cast<float>(std::exp(static_cast<double>(second) - m) / sums.sum);
+    }
+    if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sums.sum) - sums.weighted / sums.sum);
     return s;
   }
 };

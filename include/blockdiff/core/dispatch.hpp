@@ -23,10 +23,13 @@ std::string supported_values() {
   return s;
 }
 
+template <auto First, auto...>
+inline constexpr auto first_value = First;
+
 //! Calls `f.template operator()<V>()` for the V in Values equal to `value`; throws otherwise.
 template <auto... Values, class F>
 decltype(auto) dispatch_value(auto value, F&& f, std::string_view what = "value") {
-  using R = decltype(f.template operator()<(Values, ...)>());
+  using R = decltype(f.template operator()<first_value<Values...>>());
   if constexpr (std::is_void_v<R>) {
     const bool found = ((value == Values ? (f.template operator()<Values>(), true) : false) || ...);
     if (!found) fail(what, " ", value, " is not compiled in (supported: ", supported_values<Values...>(), ")");
