@@ -8,7 +8,7 @@ import tempfile
 
 exe, models = sys.argv[1], sys.argv[2]
 out = tempfile.mkdtemp()
-run = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "6",
+run = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "6", "--repeats", "2",
                       "--batch", "3", "--out", out, "--no-plot"], capture_output=True, text=True)
 failures = []
 if run.returncode != 0:
