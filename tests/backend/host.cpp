@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -169,7 +170,20 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops") {
   CHECK(s[1].token == 1000);
   CHECK(s[2].token == vocab - 1);
   CHECK(s[2].p1 == 1.0f);
+  std::vector<float> nan_row(40, std::numeric_limits<float>::quiet_NaN());
+  PositionStats n;
+  Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
+  CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
 }
+
+#if defined(BLOCKDIFF_AVX512_CLONE)
+TEST_CASE("BLOCKDIFF_NO_AVX512 turns the run-time AVX-512 kernels off") {
+  // ctest runs this binary twice, once with the variable set (test_model_no_avx512).
+  const bool off = std::getenv("BLOCKDIFF_NO_AVX512") != nullptr;
+  if (off) CHECK_FALSE(detail::few_rows_wide());
+  CHECK(detail::gemv_by_few_rows() == detail::few_rows_wide());
+}
+#endif
 
 TEST_CASE("VocabStats: max probability, argmax, second probability and entropy") {
   std::vector<float> l{1.0f, 3.0f, 3.0f, -2.0f, 0.5f};

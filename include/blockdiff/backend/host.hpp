@@ -42,8 +42,8 @@ typedef float Vec16 __attribute__((vector_size(64)));
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
 inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
-// A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers: a left-to-right scalar sum is a
-// dependent chain of 16 adds, which costs a few-row product a quarter of its time.
+// A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers, where a left-to-right scalar sum
+// is a dependent chain of 16 adds for each of a group's R·N accumulators.
 inline float sum16(const Vec16& v) {
   typedef float Vec8 __attribute__((vector_size(32)));
   typedef float Vec4 __attribute__((vector_size(16)));
@@ -466,7 +466,8 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
   static PositionStats one_row(const float* l, int vocab) {
     using namespace detail;
     const float m = max_of(l, 0, vocab);
-    const int best = static_cast<int>(std::find(l, l + vocab, m) - l);  // the lowest index among equal maxima
+    int best = static_cast<int>(std::find(l, l + vocab, m) - l);  // the lowest index among equal maxima
+    if (best == vocab) best = 0;                                   // every logit NaN: no maximum to find
     const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     PositionStats s;
     s.token = best;
