@@ -26,8 +26,8 @@ using namespace blockdiff;
 
 namespace {
 
-int run_logits(const std::string& dir, const std::string& ids_text, const std::string& mask_name, int block) {
-  auto model = model::Qwen2<backend::Host>::load(dir);
+int run_logits(const std::string& dir, DType weights, const std::string& ids_text, const std::string& mask_name, int block) {
+  auto model = model::Qwen2<backend::Host>::load(dir, weights);
   const auto ids = cli::parse_ids(ids_text, "--ids");
   decode::check_prompt(ids, 0, model.config(), 0, 1);
   auto cache = model.make_cache(static_cast<int>(ids.size()));
@@ -52,9 +52,9 @@ int run_logits(const std::string& dir, const std::string& ids_text, const std::s
   return 0;
 }
 
-int run_ar(const std::string& dir, const std::string& ids_text, const std::string& prompt_file,
+int run_ar(const std::string& dir, DType weights, const std::string& ids_text, const std::string& prompt_file,
            const cli::PromptText& text, int max_new, std::optional<int> eos, bool ignore_eos, bool json) {
-  auto model = model::Qwen2<backend::Host>::load(dir);
+  auto model = model::Qwen2<backend::Host>::load(dir, weights);
   const auto tok = cli::folder_tokenizer(text.tokenizer_path, dir);
   require(tok || !text.given(), dir, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
   std::vector<std::vector<int>> prompts;
@@ -95,9 +95,11 @@ int main(int argc, char** argv) {
   std::string model_dir, ids, mask_name = "causal", prompt_file;
   int block = 32;
   bool json = false;
+  cli::WeightsFlag weights;
 
   auto* logits = app.add_subcommand("logits", "One forward over --ids; prints every position's logits");
   logits->add_option("--model", model_dir, "checkpoint folder")->required();
+  weights.add(logits);
   logits->add_option("--ids", ids, "comma-separated token ids")->required();
   logits->add_option("--mask", mask_name, "causal | block-causal")->capture_default_str();
   logits->add_option("--block", block, "block size of the block-causal mask")->capture_default_str();
@@ -107,6 +109,7 @@ int main(int argc, char** argv) {
   std::optional<int> eos;
   auto* ar = app.add_subcommand("ar", "Greedy autoregressive decoding with the KV cache");
   ar->add_option("--model", model_dir, "checkpoint folder")->required();
+  weights.add(ar);
   auto* ar_ids = ar->add_option("--prompt-ids", ids, "comma-separated prompt token ids");
   auto* ar_file = ar->add_option("--prompt-file", prompt_file, "one JSON array of ids per line (a batch)");
   ar_ids->excludes(ar_file);
@@ -144,10 +147,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (*logits) return run_logits(model_dir, ids, mask_name, block);
+    if (*logits) return run_logits(model_dir, weights.dtype(), ids, mask_name, block);
     if (*ar) {
       require(!ids.empty() || !prompt_file.empty() || ar_text.given(), "ar: give --prompt, --prompt-ids or --prompt-file");
-      return run_ar(model_dir, ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);
+      return run_ar(model_dir, weights.dtype(), ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);
     }
     if (*init) {
       const DType dtype = dtype_name == "f32" ? DType::f32 : dtype_name == "bf16" ? DType::bf16 : dtype_name == "f16" ? DType::f16

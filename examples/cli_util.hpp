@@ -1,12 +1,14 @@
-// Helpers of the blockdiff program: parsing id lists and reading prompt files.
+// Helpers of the blockdiff program: parsing id lists, reading prompt files, the --weights flag.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <charconv>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/error.hpp"
 
 namespace blockdiff::cli {
@@ -61,5 +63,16 @@ inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
   require(!prompts.empty(), path, ": no prompts");
   return prompts;
 }
+
+//! --weights f32|bf16: the dtype the model holds its weight matrices in.
+struct WeightsFlag {
+  std::string name = "f32";
+  void add(CLI::App* cmd) {
+    cmd->add_option("--weights", name, "hold weight matrices in f32 or bf16 (half the memory and bytes per step; arithmetic stays f32)")
+        ->check(CLI::IsMember({"f32", "bf16"}))
+        ->capture_default_str();
+  }
+  DType dtype() const { return name == "bf16" ? DType::bf16 : DType::f32; }
+};
 
 }  // namespace blockdiff::cli

@@ -25,10 +25,10 @@ namespace blockdiff::cli {
 struct TaskModel {
   model::Qwen2<backend::Host> model;
   tokenizer::CharVocab vocab;
-  static TaskModel load(const std::string& dir) {
+  static TaskModel load(const std::string& dir, DType weights = DType::f32) {
     const auto tok = std::filesystem::path(dir) / "tokenizer.json";
     require(std::filesystem::exists(tok), dir, ": no tokenizer.json (task evaluation needs the model's vocabulary)");
-    TaskModel m{model::Qwen2<backend::Host>::load(dir), tokenizer::CharVocab::load(tok)};
+    TaskModel m{model::Qwen2<backend::Host>::load(dir, weights), tokenizer::CharVocab::load(tok)};
     require(m.model.config().vocab_size == m.vocab.size(), dir, ": config.json has vocab_size ",
             m.model.config().vocab_size, " but tokenizer.json ", m.vocab.size(), " tokens");
     return m;
@@ -80,6 +80,7 @@ class EvalCommand {
   explicit EvalCommand(CLI::App& app) {
     cmd_ = app.add_subcommand("eval", "Accuracy and speed of a decoder on a task's held-out split");
     cmd_->add_option("--model", model_, "checkpoint folder with tokenizer.json")->required();
+    weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
     cmd_->add_option("--n", n_, "held-out examples")->capture_default_str();
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
@@ -91,7 +92,7 @@ class EvalCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    auto m = TaskModel::load(model_);
+    auto m = TaskModel::load(model_, weights_.dtype());
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     const auto report =
         eval::evaluate(examples, m.vocab, batch_, ar_ ? ar_decoder(m, max_new_) : diffusion_decoder(m, spec_, max_new_));
@@ -114,6 +115,7 @@ class EvalCommand {
   int n_ = 200, batch_ = 1, max_new_ = 32;
   bool ar_ = false, json_ = false;
   DecoderSpec spec_;
+  WeightsFlag weights_;
 };
 
 class StudyCommand {
@@ -122,6 +124,7 @@ class StudyCommand {
     cmd_ = app.add_subcommand("study", "The ablation study: AR vs block-diffusion decoding over every axis");
     cmd_->add_option("--ar-model", ar_model_, "the AR base (the baseline)")->required();
     cmd_->add_option("--model", model_, "the block-diffusion model")->required();
+    weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
     cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str();
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
@@ -143,8 +146,8 @@ class StudyCommand {
   };
 
   int run() {
-    auto base = TaskModel::load(ar_model_);
-    auto diff = TaskModel::load(model_);
+    auto base = TaskModel::load(ar_model_, weights_.dtype());
+    auto diff = TaskModel::load(model_, weights_.dtype());
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     std::vector<Row> rows;
     auto add = [&](std::string group, DecoderSpec s, std::string decoder) {
@@ -285,6 +288,7 @@ class StudyCommand {
   std::string ar_model_, model_, task_ = "mix", out_ = "study";
   int n_ = 200, batch_ = 1, block_ = 8, sub_block_ = 4, repeats_ = 3;
   bool no_plot_ = false;
+  WeightsFlag weights_;
 };
 
 }  // namespace blockdiff::cli

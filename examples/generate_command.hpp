@@ -188,6 +188,7 @@ class GenerateCommand {
   explicit GenerateCommand(CLI::App& app) {
     cmd_ = app.add_subcommand("generate", "Fast-dLLM v2 block-diffusion decoding");
     cmd_->add_option("--model", model_dir_, "checkpoint folder")->required();
+    weights_.add(cmd_);
     auto* ids = cmd_->add_option("--prompt-ids", ids_, "comma-separated prompt token ids");
     auto* file = cmd_->add_option("--prompt-file", prompt_file_, "one JSON array of ids per line (a batch)");
     ids->excludes(file);
@@ -209,7 +210,7 @@ class GenerateCommand {
   int run() {
     require(!ids_.empty() || !prompt_file_.empty() || text_.given(),
             "generate: give --prompt, --prompt-ids or --prompt-file");
-    auto model = model::Qwen2<backend::Host>::load(model_dir_);
+    auto model = model::Qwen2<backend::Host>::load(model_dir_, weights_.dtype());
     const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);
     require(tok || !text_.given(), model_dir_, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
     std::vector<std::vector<int>> prompts;
@@ -245,6 +246,7 @@ class GenerateCommand {
   CLI::App* cmd_ = nullptr;
   std::string model_dir_, ids_, prompt_file_;
   DecoderSpec spec_;
+  WeightsFlag weights_;
   PromptText text_;
   int max_new_ = 128;
   SamplingFlags sampling_;

@@ -100,6 +100,7 @@ class ChatCommand {
   explicit ChatCommand(CLI::App& app) {
     cmd_ = app.add_subcommand("chat", "Interactive chat (Fast-dLLM v2 decoding, streamed per block); /reset, /quit");
     cmd_->add_option("--model", model_dir_, "checkpoint folder")->required();
+    weights_.add(cmd_);
     cmd_->add_option("--tokenizer", tokenizer_path_, "tokenizer.json or its folder (default: the model folder)");
     cmd_->add_option("--system", system_, "system prompt (default: the folder's, or Fast-dLLM v2's)");
     cmd_->add_flag("--raw", raw_, "each line is a whole prompt: no chat template, no history (models not tuned for chat)");
@@ -111,7 +112,7 @@ class ChatCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    auto model = model::Qwen2<backend::Host>::load(model_dir_);
+    auto model = model::Qwen2<backend::Host>::load(model_dir_, weights_.dtype());
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);
     const auto ids = tokenizer::special_ids(model.config(), &tok);
     require(ids.mask.has_value(), model_dir_, ": no mask id (no mask_token_id in config.json, no |<MASK>| token)");
@@ -167,6 +168,7 @@ class ChatCommand {
  private:
   CLI::App* cmd_ = nullptr;
   std::string model_dir_, tokenizer_path_, system_;
+  WeightsFlag weights_;
   DecoderSpec spec_;
   int max_new_ = 512;
   SamplingFlags sampling_;

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "blockdiff/backend/host.hpp"
@@ -30,26 +32,65 @@ double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
 }
 }  // namespace
 
-TEST_CASE("Linear: y = x wT + b, and accumulation, against a naive loop") {
-  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {7, 33, 17}, {64, 96, 1000}, {3, 128, 5}, {8, 200, 1000}, {16, 64, 333}, {2, 512, 600}, {33, 40, 77}, {17, 48, 300},
-                        {4, 40, 2}, {8, 48, 3}, {8, 48, 9}, {12, 20, 7}, {5, 16, 1},
-                        {1, 40, 8}, {1, 33, 21}, {9, 40, 50}, {63, 24, 30}, {40, 100, 1000}}) {
-    auto x = randn(static_cast<std::size_t>(n * k), 1), w = randn(static_cast<std::size_t>(m * k), 2), b = randn(static_cast<std::size_t>(m), 3);
-    auto y0 = randn(static_cast<std::size_t>(n * m), 4);
-    std::vector<double> ref(static_cast<std::size_t>(n * m)), ref_acc(ref.size());
-    for (int i = 0; i < n; ++i)
-      for (int o = 0; o < m; ++o) {
-        double s = 0;
-        for (int j = 0; j < k; ++j) s += static_cast<double>(x[i * k + j]) * w[o * k + j];
-        ref[i * m + o] = s + b[o];
-        ref_acc[i * m + o] = y0[i * m + o] + s;
-      }
-    std::vector<float> y(ref.size());
-    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
-    CHECK(rel_err(y, ref) < 1e-5);
-    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, nullptr, y0.data(), true);
-    CHECK(rel_err(y0, ref_acc) < 1e-5);
+// Weights stored as W (f32, or BF16 rounded from the same values); the reference multiplies the
+// stored values, widened, in f64.
+template <class W>
+void check_linear(int n, int k, int m) {
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(m);
+  auto x = randn(static_cast<std::size_t>(n * k), 1), b = randn(static_cast<std::size_t>(m), 3);
+  std::vector<W> w;
+  for (float v : randn(static_cast<std::size_t>(m * k), 2)) {
+    if constexpr (std::is_same_v<W, bf16>) w.push_back(to_bf16(v));
+    else w.push_back(v);
   }
+  auto y0 = randn(static_cast<std::size_t>(n * m), 4);
+  std::vector<double> ref(static_cast<std::size_t>(n * m)), ref_acc(ref.size());
+  for (int i = 0; i < n; ++i)
+    for (int o = 0; o < m; ++o) {
+      double s = 0;
+      for (int j = 0; j < k; ++j) s += static_cast<double>(x[i * k + j]) * to_float(w[static_cast<std::size_t>(o) * k + j]);
+      ref[i * m + o] = s + b[o];
+      ref_acc[i * m + o] = y0[i * m + o] + s;
+    }
+  std::vector<float> y(ref.size());
+  Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
+  CHECK(rel_err(y, ref) < 1e-5);
+  Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, nullptr, y0.data(), true);
+  CHECK(rel_err(y0, ref_acc) < 1e-5);
+}
+
+constexpr std::tuple<int, int, int> linear_shapes[] = {
+    {1, 64, 200}, {7, 33, 17}, {64, 96, 1000}, {3, 128, 5}, {8, 200, 1000}, {16, 64, 333}, {2, 512, 600},
+    {33, 40, 77}, {17, 48, 300}, {4, 40, 2},   {8, 48, 3},   {8, 48, 9},     {12, 20, 7},  {5, 16, 1},
+    {1, 40, 8},   {1, 33, 21},  {9, 40, 50},   {63, 24, 30}, {40, 100, 1000}, {1, 24, 5}, {70, 24, 7}};
+
+TEST_CASE("Linear: y = x wT + b, and accumulation, against a naive loop") {
+  for (auto [n, k, m] : linear_shapes) check_linear<float>(n, k, m);
+}
+
+TEST_CASE("Linear with BF16 weights: the same products of the stored values, in f32 arithmetic") {
+  for (auto [n, k, m] : linear_shapes) check_linear<bf16>(n, k, m);
+  // Many rows widen the weights a panel of rows at a time: three panels of 512 rows, the last short.
+  check_linear<bf16>(64, 2048, 1100);
+  check_linear<bf16>(70, 2049, 1030);
+}
+
+TEST_CASE("Embedding reads f32 and BF16 tables alike") {
+  const int v = 11, h = 37;
+  auto table = randn(static_cast<std::size_t>(v * h), 9);
+  std::vector<bf16> narrow;
+  for (float t : table) narrow.push_back(to_bf16(t));
+  const int ids[] = {3, 0, 10, 3};
+  std::vector<float> out(4 * h), out_narrow(4 * h);
+  Kernel<backend::Host, op::Embedding>::run(table.data(), ids, 4, h, out.data());
+  Kernel<backend::Host, op::Embedding>::run(narrow.data(), ids, 4, h, out_narrow.data());
+  for (int t = 0; t < 4; ++t)
+    for (int j = 0; j < h; ++j) {
+      CHECK(out[t * h + j] == table[ids[t] * h + j]);
+      CHECK(out_narrow[t * h + j] == to_float(narrow[static_cast<std::size_t>(ids[t] * h + j)]));
+    }
 }
 
 TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {

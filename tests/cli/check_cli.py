@@ -25,21 +25,23 @@ def read_safetensors(path):
     return json.loads(blob[8:8 + n]), blob[8 + n:]
 
 
-for model in ("f32-tied", "bf16-untied"):
+# The BF16 golden model also with --weights bf16: the same values held in BF16, the same logits.
+for model, weights in (("f32-tied", "f32"), ("bf16-untied", "f32"), ("bf16-untied", "bf16")):
     for mask in ("causal", "block-causal"):
         header, data = read_safetensors(f"{golden}/logits-{model}-{mask}.safetensors")
         ids = json.loads(header["__metadata__"]["ids"])
         begin, end = header["logits"]["data_offsets"]
         ref = array.array("f")
         ref.frombytes(data[begin:end])
-        args = ["logits", "--model", f"{golden}/model-{model}", "--ids", ",".join(map(str, ids)), "--mask", mask, "--json"]
+        args = ["logits", "--model", f"{golden}/model-{model}", "--weights", weights, "--ids", ",".join(map(str, ids)),
+                "--mask", mask, "--json"]
         if mask == "block-causal":
             args += ["--block", header["__metadata__"].get("block", "8")]
         out = run(*args)
         got = [x for row in json.loads(out.stdout)["logits"] for x in row]
         err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
         if len(got) != len(ref) or err > 2e-5:
-            failures.append(f"logits {model} {mask}: relative error {err}")
+            failures.append(f"logits {model} {mask} --weights {weights}: relative error {err}")
 
 for line in open(f"{golden}/ar.jsonl"):
     g = json.loads(line)
@@ -49,12 +51,13 @@ for line in open(f"{golden}/ar.jsonl"):
         failures.append(f"ar {g['prompt_ids'][:3]}...: {out['nfe']} vs {g['nfe']}")
 
 count = 0
-for line in open(f"{golden}/generate.jsonl"):
-    g = json.loads(line)
-    out = json.loads(run("generate", "--model", f"{golden}/{g['model']}", "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
-                         "--block", str(g["block"]), "--sub-block", str(g["sub_block"]), "--threshold", str(g["threshold"]),
-                         "--cache", g["cache"], "--eos-id", str(g["eos_id"]), "--max-new-tokens", str(g["max_new_tokens"]),
-                         "--json").stdout)
+generate_runs = [(json.loads(line), "f32") for line in open(f"{golden}/generate.jsonl")]
+generate_runs += [(g, "bf16") for g, _ in generate_runs if "bf16" in g["model"]]
+for g, weights in generate_runs:
+    out = json.loads(run("generate", "--model", f"{golden}/{g['model']}", "--weights", weights, "--prompt-ids",
+                         ",".join(map(str, g["prompt_ids"])), "--block", str(g["block"]), "--sub-block", str(g["sub_block"]),
+                         "--threshold", str(g["threshold"]), "--cache", g["cache"], "--eos-id", str(g["eos_id"]),
+                         "--max-new-tokens", str(g["max_new_tokens"]), "--json").stdout)
     count += 1
     nfe = dict(g["nfe"])
     # The golden counts include the last block's commit forward, whose token lies past max_new_tokens.
@@ -63,7 +66,7 @@ for line in open(f"{golden}/generate.jsonl"):
     denoise = out["nfe"]["block"] + out["nfe"]["sub_block"]
     ok = ok and abs(out["tokens_per_forward"] - len(out["tokens"]) / denoise) < 1e-9
     if not ok:
-        failures.append(f"generate case {count}: {out['nfe']} vs {nfe}")
+        failures.append(f"generate case {count} (--weights {weights}): {out['nfe']} vs {nfe}")
 
 # A batch file: each row as alone.
 with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
@@ -92,6 +95,7 @@ bad_cases = [
     (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,x"], "\"x\" is not an integer"),
     (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1", "--max-new-tokens", "5000"], "beyond the context"),
     (["logits", "--model", "/nonexistent", "--ids", "1"], "no such directory"),
+    (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1", "--weights", "f16"], "--weights: f16 not in"),
     (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "fdllm2",
       "--block", "12"], "--block 12 is not compiled in"),
     (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "ar",

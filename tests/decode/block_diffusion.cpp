@@ -17,10 +17,10 @@ using Host = backend::Host;
 using Qwen = model::Qwen2<Host>;
 
 namespace {
-Qwen& golden_model(const std::string& name) {
-  static std::map<std::string, Qwen> models;
-  auto it = models.find(name);
-  if (it == models.end()) it = models.emplace(name, Qwen::load(test::golden(name))).first;
+Qwen& golden_model(const std::string& name, DType weights = DType::f32) {
+  static std::map<std::pair<std::string, DType>, Qwen> models;
+  auto it = models.find({name, weights});
+  if (it == models.end()) it = models.emplace(std::pair{name, weights}, Qwen::load(test::golden(name), weights)).first;
   return it->second;
 }
 
@@ -54,44 +54,48 @@ std::vector<std::vector<std::pair<int, int>>> committed(const decode::GenerateRe
 
 TEST_CASE("golden Fast-dLLM v2 decodes: tokens, forward counts and the committed positions of every forward") {
   int checked = 0;
-  for (auto& g : test::read_jsonl(test::golden("generate.jsonl"))) {
-    auto& m = golden_model(g["model"].get<std::string>());
-    const auto prompt = g["prompt_ids"].get<std::vector<int>>();
-    const int block = g["block"], sub = g["sub_block"], max_new = g["max_new_tokens"];
-    const float thr = g["threshold"];
-    const std::string cache = g["cache"];
-    INFO(g["model"].get<std::string>(), " block ", block, "/", sub, " thr ", thr, " cache ", cache, " P ", prompt.size());
-    decode::GenerateResult r;
-    auto run = [&]<class Shape>() {
-      const unmask::Threshold policy{thr};
-      if (cache == "none") r = gen<Shape, unmask::Threshold, cache::None<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
-      if (cache == "block") r = gen<Shape, unmask::Threshold, cache::Block<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
-      if (cache == "hierarchical")
-        r = gen<Shape, unmask::Threshold, cache::Hierarchical<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
-    };
-    if (block == 32 && sub == 8) run.template operator()<BlockShape<32, 8>>();
-    else if (block == 16 && sub == 4) run.template operator()<BlockShape<16, 4>>();
-    else if (block == 16 && sub == 8) run.template operator()<BlockShape<16, 8>>();
-    else if (block == 8 && sub == 2) run.template operator()<BlockShape<8, 2>>();
-    else FAIL("golden shape not covered");
-    CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
-    // Every forward commits what the golden trace says; the golden trace may hold one more
-    // commit forward (of the last block, whose next token lies beyond max_new_tokens).
-    const auto& trace = g["trace"];
-    REQUIRE(r.trace.steps.size() <= trace.size());
-    CHECK(trace.size() - r.trace.steps.size() <= 1);
-    for (std::size_t i = 0; i < r.trace.steps.size(); ++i) {
-      CHECK(std::string(decode::name_of(r.trace.steps[i].kind)) == trace[i][0].get<std::string>());
-      std::vector<std::pair<int, int>> want;
-      for (auto& pt : trace[i][1]) want.emplace_back(pt[0].get<int>(), pt[1].get<int>());
-      CHECK(r.trace.steps[i].committed == want);
+  // Each BF16 golden checkpoint is decoded twice: weights widened to f32, and held in BF16.
+  for (auto& g : test::read_jsonl(test::golden("generate.jsonl")))
+    for (DType weights : {DType::f32, DType::bf16}) {
+      const auto name = g["model"].get<std::string>();
+      if (weights == DType::bf16 && name.find("bf16") == std::string::npos) continue;
+      auto& m = golden_model(name, weights);
+      const auto prompt = g["prompt_ids"].get<std::vector<int>>();
+      const int block = g["block"], sub = g["sub_block"], max_new = g["max_new_tokens"];
+      const float thr = g["threshold"];
+      const std::string cache = g["cache"];
+      INFO(name, " weights ", name_of(weights), " block ", block, "/", sub, " thr ", thr, " cache ", cache, " P ", prompt.size());
+      decode::GenerateResult r;
+      auto run = [&]<class Shape>() {
+        const unmask::Threshold policy{thr};
+        if (cache == "none") r = gen<Shape, unmask::Threshold, cache::None<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+        if (cache == "block") r = gen<Shape, unmask::Threshold, cache::Block<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+        if (cache == "hierarchical")
+          r = gen<Shape, unmask::Threshold, cache::Hierarchical<>>(m, prompt, max_new, policy, g["eos_id"].get<int>());
+      };
+      if (block == 32 && sub == 8) run.template operator()<BlockShape<32, 8>>();
+      else if (block == 16 && sub == 4) run.template operator()<BlockShape<16, 4>>();
+      else if (block == 16 && sub == 8) run.template operator()<BlockShape<16, 8>>();
+      else if (block == 8 && sub == 2) run.template operator()<BlockShape<8, 2>>();
+      else FAIL("golden shape not covered");
+      CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
+      // Every forward commits what the golden trace says; the golden trace may hold one more
+      // commit forward (of the last block, whose next token lies beyond max_new_tokens).
+      const auto& trace = g["trace"];
+      REQUIRE(r.trace.steps.size() <= trace.size());
+      CHECK(trace.size() - r.trace.steps.size() <= 1);
+      for (std::size_t i = 0; i < r.trace.steps.size(); ++i) {
+        CHECK(std::string(decode::name_of(r.trace.steps[i].kind)) == trace[i][0].get<std::string>());
+        std::vector<std::pair<int, int>> want;
+        for (auto& pt : trace[i][1]) want.emplace_back(pt[0].get<int>(), pt[1].get<int>());
+        CHECK(r.trace.steps[i].committed == want);
+      }
+      CHECK(r.trace.count(decode::ForwardKind::prefill) == g["nfe"]["prefill"].get<int>());
+      CHECK(r.trace.count(decode::ForwardKind::block) == g["nfe"]["block"].get<int>());
+      CHECK(r.trace.count(decode::ForwardKind::sub_block) == g["nfe"]["sub_block"].get<int>());
+      ++checked;
     }
-    CHECK(r.trace.count(decode::ForwardKind::prefill) == g["nfe"]["prefill"].get<int>());
-    CHECK(r.trace.count(decode::ForwardKind::block) == g["nfe"]["block"].get<int>());
-    CHECK(r.trace.count(decode::ForwardKind::sub_block) == g["nfe"]["sub_block"].get<int>());
-    ++checked;
-  }
-  CHECK(checked == 36);
+  CHECK(checked == 36 + 18);
 }
 
 TEST_CASE("the block cache is exact: Block and None commit the same tokens at the same positions, for every policy") {

@@ -86,7 +86,7 @@ TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model 
   REQUIRE(pa.size() == pb.size());
   for (std::size_t i = 0; i < pa.size(); ++i) {
     CHECK(pa[i].name == pb[i].name);
-    CHECK(std::memcmp(pa[i].data->data(), pb[i].data->data(), pa[i].data->bytes()) == 0);
+    CHECK(std::memcmp(pa[i].f32().data(), pb[i].f32().data(), pa[i].f32().bytes()) == 0);
   }
 }
 

@@ -64,12 +64,14 @@ TEST_CASE("the forward matches the naive model under the causal and block-causal
 }
 
 TEST_CASE("golden logits of an independent implementation, for both golden models and masks") {
-  for (const char* name : {"f32-tied", "bf16-untied"})
+  // The BF16 checkpoint also loads into BF16-held weights: the same values, so the same logits.
+  for (auto [name, weights] : {std::pair{"f32-tied", DType::f32}, {"bf16-untied", DType::f32}, {"bf16-untied", DType::bf16}})
     for (const char* mk : {"causal", "block-causal"}) {
-      INFO(name, " ", mk);
+      INFO(name, " ", mk, " weights ", name_of(weights));
       io::SafetensorsFile f(test::golden(std::string("logits-") + name + "-" + mk + ".safetensors"));
       const auto ids = nlohmann::json::parse(f.metadata().at("ids")).get<std::vector<int>>();
-      auto m = Qwen::load(test::golden(std::string("model-") + name));
+      auto m = Qwen::load(test::golden(std::string("model-") + name), weights);
+      CHECK(m.weight_dtype() == weights);
       auto cache = m.make_cache(static_cast<int>(ids.size()));
       std::vector<model::ForwardRow<Host>> rows(1);
       rows[0].tokens = ids;
@@ -86,6 +88,48 @@ TEST_CASE("golden logits of an independent implementation, for both golden model
       }
       CHECK(num / den < 2e-5);
     }
+}
+
+TEST_CASE("BF16 weights: an f32 checkpoint rounds to nearest even, and the forward is the naive model's on the stored values") {
+  for (bool tied : {true, false}) {
+    INFO("tied ", tied);
+    auto dir = test::temp_dir(tied ? "bf16-tied" : "bf16-untied");
+    auto cfg = model::preset_config("tiny");
+    cfg.tie_word_embeddings = tied;
+    model::write_random_checkpoint(dir, cfg, 21, DType::f32);
+    auto wide = Qwen::load(dir);
+    auto m = Qwen::load(dir, DType::bf16);
+    auto pw = wide.parameters(), pn = m.parameters();
+    REQUIRE(pw.size() == pn.size());
+    std::size_t matrices = 0;
+    for (std::size_t i = 0; i < pw.size(); ++i) {
+      INFO(pw[i].name);
+      const auto& f = pw[i].f32();
+      if (pw[i].shape.size() == 1) {  // norms and biases stay f32, exactly
+        CHECK(std::memcmp(pn[i].f32().data(), f.data(), f.bytes()) == 0);
+        continue;
+      }
+      REQUIRE(pn[i].dtype() == DType::bf16);
+      const auto& b = *std::get<1>(pn[i].storage);
+      std::int64_t wrong = 0;
+      for (std::int64_t j = 0; j < f.numel(); ++j) wrong += b[j].bits != to_bf16(f[j]).bits;
+      CHECK(wrong == 0);
+      ++matrices;
+    }
+    CHECK(matrices == 1 + 7 * static_cast<std::size_t>(cfg.num_hidden_layers) + (tied ? 0 : 1));
+    CHECK(m.weight_bytes() < wide.weight_bytes() * 6 / 10);
+    // One row (the AR step), a sub-block, and enough rows for several passes of the few-row kernel.
+    test::NaiveQwen2 naive(m);
+    for (int n : {1, 8, 21}) {
+      const auto toks = some_tokens(n, m.vocab_size(), 3);
+      auto cache = m.make_cache(n);
+      std::vector<model::ForwardRow<Host>> rows(1);
+      rows[0].tokens = toks;
+      rows[0].cache = &cache;
+      CHECK(rel_err(run<mask::Causal>(m, rows), 0, naive.forward(toks, [](int q, int k) { return k <= q; }), 0, n) < 1e-5);
+    }
+  }
+  CHECK_ERROR(Qwen(model::preset_config("tiny"), DType::f16), "weights are held in F32 or BF16, not F16");
 }
 
 TEST_CASE("KV cache: append in chunks, a read-only block forward and a sub-block overwrite equal recomputation") {
@@ -151,16 +195,23 @@ TEST_CASE("a batch of rows of different lengths gives each row's own logits") {
 }
 
 TEST_CASE("AR decoding reproduces the golden AR decodes") {
-  for (auto& g : test::read_jsonl(test::golden("ar.jsonl"))) {
-    auto m = Qwen::load(test::golden(g["model"].get<std::string>()));
-    decode::ArOptions o;
-    o.max_new_tokens = g["max_new_tokens"];
-    o.eos_id = m.config().eos_token_id;
-    auto r = decode::ar_generate(m, g["prompt_ids"].get<std::vector<int>>(), o);
-    CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
-    CHECK(r.prefill_forwards == g["nfe"]["prefill"].get<int>());
-    CHECK(r.decode_forwards == g["nfe"]["decode"].get<int>());
-  }
+  int bf16_held = 0;
+  for (auto& g : test::read_jsonl(test::golden("ar.jsonl")))
+    for (DType weights : {DType::f32, DType::bf16}) {  // a BF16 checkpoint also with BF16-held weights
+      const auto name = g["model"].get<std::string>();
+      if (weights == DType::bf16 && name.find("bf16") == std::string::npos) continue;
+      INFO(name, " weights ", name_of(weights));
+      auto m = Qwen::load(test::golden(name), weights);
+      bf16_held += weights == DType::bf16;
+      decode::ArOptions o;
+      o.max_new_tokens = g["max_new_tokens"];
+      o.eos_id = m.config().eos_token_id;
+      auto r = decode::ar_generate(m, g["prompt_ids"].get<std::vector<int>>(), o);
+      CHECK(r.tokens == g["tokens"].get<std::vector<int>>());
+      CHECK(r.prefill_forwards == g["nfe"]["prefill"].get<int>());
+      CHECK(r.decode_forwards == g["nfe"]["decode"].get<int>());
+    }
+  CHECK(bf16_held > 0);
 }
 
 TEST_CASE("AR decoding: a batch gives every row what it gives alone, and stops at EOS") {

@@ -22,7 +22,11 @@ class NaiveQwen2 {
   };
 
   explicit NaiveQwen2(model::Qwen2<backend::Host>& m) : c_(m.config()) {
-    for (auto& p : m.parameters()) w_[p.name] = std::vector<double>(p.data->data(), p.data->data() + p.data->numel());
+    for (auto& p : m.parameters())
+      p.visit([&](auto& b) {
+        auto& w = w_[p.name];
+        for (std::int64_t i = 0; i < b.numel(); ++i) w.push_back(static_cast<double>(to_float(b[i])));
+      });
     if (c_.tie_word_embeddings) w_["lm_head.weight"] = w_["model.embed_tokens.weight"];
   }
 

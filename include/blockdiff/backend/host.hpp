@@ -8,7 +8,8 @@
 // (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
 // (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
 // to the same slicing. Attention is one (row, head) pair per task, with the mask predicate
-// evaluated per (query slot, key slot). Everything is f32.
+// evaluated per (query slot, key slot). Arithmetic is f32 throughout; weight matrices may be held
+// in BF16, which the products widen as they read them.
 #pragma once
 
 #include <Eigen/Core>
@@ -26,6 +27,7 @@
 
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/dispatch.hpp"
+#include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/threads.hpp"
 
 namespace blockdiff {
@@ -42,6 +44,16 @@ typedef float Vec16 __attribute__((vector_size(64)));
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
 inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+// BF16 weights widen as they are loaded: a BF16 is the top half of an f32, so zero-extending each
+// word and shifting it up 16 bits is exact (one vpmovzxwd and one vpslld for 16 values).
+inline void load16(Vec16& v, const bf16* p) {
+  typedef std::uint16_t Half16 __attribute__((vector_size(32)));
+  typedef std::uint32_t Word16 __attribute__((vector_size(64)));
+  Half16 h;
+  std::memcpy(&h, p, sizeof h);
+  const Word16 w = __builtin_convertvector(h, Word16) << 16;
+  std::memcpy(&v, &w, sizeof v);
+}
 // A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers, where a left-to-right scalar sum
 // is a dependent chain of 16 adds for each of a group's R·N accumulators.
 inline float sum16(const Vec16& v) {
@@ -61,10 +73,10 @@ inline float sum16(const Vec16& v) {
 template <int N>
 constexpr int few_rows_block = N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1));  // R: weight rows per register block
 // Software prefetch, because R streams per thread are too few for the hardware prefetcher to keep
-// enough loads in flight: each weight row this many floats (8 cache lines) ahead, and the next
+// enough loads in flight: each weight row this many bytes (8 cache lines) ahead, and the next
 // group's rows at the same column, so 2R streams are on their way (the 8-row product from memory:
 // ~30 → ~45 GB/s of weights on two cores).
-constexpr int few_rows_prefetch = 128;
+constexpr int few_rows_prefetch_bytes = 512;
 
 // GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
 // instead of one, and the loop becomes load-bound: 1.5x slower); an empty asm statement keeps the
@@ -76,10 +88,12 @@ template <bool Wide>
 
 // Output groups [g0, g1) of R weight rows each; no threading here (an OpenMP region's outlined
 // body would not inherit a target attribute), so the caller splits the groups over threads.
-template <int N, bool Wide>
-[[gnu::always_inline]] inline void few_rows_groups(const float* x, int k, const float* w, int m, const float* bias,
+// W is the weights' storage type (float or bf16); arithmetic is f32 either way.
+template <int N, bool Wide, class W>
+[[gnu::always_inline]] inline void few_rows_groups(const float* x, int k, const W* w, int m, const float* bias,
                                                    float* y, bool accumulate, int g0, int g1) {
   constexpr int R = few_rows_block<N>;
+  constexpr int ahead = few_rows_prefetch_bytes / static_cast<int>(sizeof(W));
   const int k16 = k / 16 * 16;
   for (int g = g0; g < g1; ++g) {
     // A short last group slides back to end at row m (m ≥ R, see few_rows_linear): its first
@@ -87,7 +101,7 @@ template <int N, bool Wide>
     // pointer is then base + r·k, with no clamping in the loop's set-up (a clamp costs GCC three
     // vector registers across the loop, and the kernel 1.4x).
     const int o0 = std::min(g * R, m - R), fresh = std::min(R, m - g * R);
-    const float* wr[R];
+    const W* wr[R];
     for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + r) * k;
     Vec16 acc[R][N];
     for (int r = 0; r < R; ++r)
@@ -96,7 +110,7 @@ template <int N, bool Wide>
       Vec16 a[R], xi;
       for (int r = 0; r < R; ++r) {
         load16(a[r], wr[r] + j);
-        __builtin_prefetch(wr[r] + j + few_rows_prefetch);
+        __builtin_prefetch(wr[r] + j + ahead);
         __builtin_prefetch(wr[r] + static_cast<std::int64_t>(R) * k + j);  // the next group's row r
       }
       for (int i = 0; i < N; ++i) {
@@ -110,7 +124,7 @@ template <int N, bool Wide>
       for (int i = 0; i < N; ++i) {
         const float* xi = x + static_cast<std::int64_t>(i) * k;
         float v = sum16(acc[r][i]);
-        for (int j = k16; j < k; ++j) v += wr[r][j] * xi[j];
+        for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * xi[j];
         v += bias != nullptr ? bias[o] : 0.0f;
         float& out = y[static_cast<std::int64_t>(i) * m + o];
         out = accumulate ? out + v : v;
@@ -119,10 +133,11 @@ template <int N, bool Wide>
   }
 }
 
-using FewRowsFn = void (*)(const float*, int, const float*, int, const float*, float*, bool, int, int);
+template <class W>
+using FewRowsFn = void (*)(const float*, int, const W*, int, const float*, float*, bool, int, int);
 
-template <int N>
-void few_rows_groups_default(const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0,
+template <int N, class W>
+void few_rows_groups_default(const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
 #if defined(__AVX512F__)
   few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
@@ -136,9 +151,9 @@ void few_rows_groups_default(const float* x, int k, const float* w, int m, const
 // build of this kernel runs about nine times slower.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__AVX512F__) && !defined(__CUDACC__)
 #define BLOCKDIFF_AVX512_CLONE 1
-template <int N>
+template <int N, class W>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
-    const float* x, int k, const float* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
+    const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
   few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
 }
 // BLOCKDIFF_NO_AVX512 set in the environment turns the clone off (to test or time the portable
@@ -174,11 +189,11 @@ inline bool gemv_by_few_rows() {
 }
 
 //! Requires m ≥ few_rows_block<N>.
-template <int N>
-void few_rows_linear(const float* x, int k, const float* w, int m, const float* bias, float* y, bool accumulate) {
-  FewRowsFn fn = &few_rows_groups_default<N>;
+template <int N, class W>
+void few_rows_linear(const float* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
+  FewRowsFn<W> fn = &few_rows_groups_default<N, W>;
 #if defined(BLOCKDIFF_AVX512_CLONE)
-  if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N>;
+  if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N, W>;
 #endif
   const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
 #pragma omp parallel if (static_cast<double>(N) * m * k >= 2e5)
@@ -191,6 +206,38 @@ void few_rows_linear(const float* x, int k, const float* w, int m, const float* 
 }
 
 inline int host_threads() { return max_threads(); }
+
+//! The products the few-row kernel takes (it needs m ≥ 8, a whole register block of weight rows):
+//! one row when `one_row`; 2 or more rows in passes of at most 8 (near-equal sizes) where it runs
+//! in AVX-512 registers; 2 to 16 rows in one pass otherwise. False when none of these applies.
+template <class W>
+bool few_rows_product(const float* x, std::int64_t n, int k, const W* w, int m, const float* bias, float* y,
+                      bool accumulate, bool one_row) {
+  if (m < 8) return false;
+  if (n == 1) {
+    if (one_row) few_rows_linear<1>(x, k, w, m, bias, y, accumulate);
+    return one_row;
+  }
+  if (few_rows_wide()) {
+    // Each pass streams the weights once: the 8-row kernel keeps 24 accumulators in registers
+    // and, from memory, beats both its 16-row form (one weight row per block, load-bound) and
+    // Eigen's blocked product at 32 rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
+    const std::int64_t passes = (n + 7) / 8;
+    for (std::int64_t p = 0, r0 = 0; p < passes; ++p) {
+      const std::int64_t rows = n / passes + (p < n % passes ? 1 : 0);
+      dispatch_value<2, 3, 4, 5, 6, 7, 8>(rows, [&]<int N>() {
+        few_rows_linear<N>(x + r0 * k, k, w, m, bias, y + r0 * m, accumulate);
+      });
+      r0 += rows;
+    }
+    return true;
+  }
+  if (n > 16) return false;
+  dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
+    few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
+  });
+  return true;
+}
 }  // namespace detail
 
 template <>
@@ -213,33 +260,7 @@ struct Kernel<backend::Host, op::Linear> {
       return;
     }
 #endif
-    if (m >= 8) {  // the few-row kernel needs a whole register block of weight rows
-      if (n == 1 && gemv_by_few_rows()) {
-        few_rows_linear<1>(x, k, w, m, bias, y, accumulate);
-        return;
-      }
-      if (n > 1 && few_rows_wide()) {
-        // 2 to 63 rows in passes of at most 8 (near-equal sizes), each streaming the weights once:
-        // the 8-row kernel keeps 24 accumulators in registers and, from memory, beats both its
-        // 16-row form (one weight row per block, load-bound) and Eigen's blocked product at 32
-        // rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
-        const std::int64_t passes = (n + 7) / 8;
-        for (std::int64_t p = 0, r0 = 0; p < passes; ++p) {
-          const std::int64_t rows = n / passes + (p < n % passes ? 1 : 0);
-          dispatch_value<2, 3, 4, 5, 6, 7, 8>(rows, [&]<int N>() {
-            few_rows_linear<N>(x + r0 * k, k, w, m, bias, y + r0 * m, accumulate);
-          });
-          r0 += rows;
-        }
-        return;
-      }
-      if (n > 1 && n <= 16) {
-        dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
-          few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
-        });
-        return;
-      }
-    }
+    if (few_rows_product(x, n, k, w, m, bias, y, accumulate, /*one_row=*/gemv_by_few_rows())) return;
     // One row, or 17 to 63 without AVX-512: slices of output features, a multiple of 16 wide, one
     // per thread, so each thread streams its own part of the weights.
     const int threads = host_threads();
@@ -266,12 +287,52 @@ struct Kernel<backend::Host, op::Linear> {
       if (bias != nullptr) out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias + c0, cn);
     }
   }
+
+  //! The same product with BF16 weights, in f32 arithmetic. Few rows widen the weights in
+  //! registers as they stream them (half the bytes of f32 weights); otherwise the weights are
+  //! widened a panel of rows at a time into f32 and each panel takes the f32 path above, which
+  //! costs one pass over the panel against n rows of multiply-adds.
+  static void run(const float* x, std::int64_t n, int k, const bf16* w, int m, const float* bias, float* y,
+                  bool accumulate = false) {
+    if (n == 0 || m == 0) return;
+    if (n < 64 && detail::few_rows_product(x, n, k, w, m, bias, y, accumulate, /*one_row=*/true)) return;
+    // Panels of about 4 MB of f32, whole multiples of 16 rows.
+    const int panel = std::min(m, std::max(16, (1 << 20) / std::max(k, 1) / 16 * 16));
+    std::vector<float> wide(static_cast<std::size_t>(panel) * k);
+    std::vector<float> part(panel == m ? 0 : static_cast<std::size_t>(n) * panel);
+    for (int c0 = 0; c0 < m; c0 += panel) {
+      const int cn = std::min(panel, m - c0);
+      const bf16* src = w + static_cast<std::int64_t>(c0) * k;
+#pragma omp parallel for schedule(static) if (static_cast<std::int64_t>(cn) * k >= (1 << 16))
+      for (int r = 0; r < cn; ++r)
+        for (int j = 0; j < k; ++j)
+          wide[static_cast<std::size_t>(r) * k + j] = to_float(src[static_cast<std::int64_t>(r) * k + j]);
+      const float* b = bias != nullptr ? bias + c0 : nullptr;
+      if (cn == m) {  // one panel: straight into y
+        run(x, n, k, wide.data(), m, b, y, accumulate);
+        return;
+      }
+      run(x, n, k, wide.data(), cn, b, part.data(), false);
+#pragma omp parallel for schedule(static) if (n * cn >= (1 << 16))
+      for (std::int64_t i = 0; i < n; ++i) {
+        float* out = y + i * m + c0;
+        const float* in = part.data() + i * cn;
+        for (int j = 0; j < cn; ++j) out[j] = accumulate ? out[j] + in[j] : in[j];
+      }
+    }
+  }
 };
 
 template <>
 struct Kernel<backend::Host, op::Embedding> {
   static void run(const float* table, const int* ids, std::int64_t n, int h, float* out) {
     for (std::int64_t t = 0; t < n; ++t) std::copy_n(table + static_cast<std::int64_t>(ids[t]) * h, h, out + t * h);
+  }
+  static void run(const bf16* table, const int* ids, std::int64_t n, int h, float* out) {
+    for (std::int64_t t = 0; t < n; ++t) {
+      const bf16* row = table + static_cast<std::int64_t>(ids[t]) * h;
+      std::transform(row, row + h, out + t * h, [](bf16 v) { return to_float(v); });
+    }
   }
 };
 

@@ -27,6 +27,9 @@ struct f16 {
   std::uint16_t bits = 0;
 };
 
+//! The identity, so that generic code can widen any floating-point storage type with to_float.
+BLOCKDIFF_HOST_DEVICE inline float to_float(float x) { return x; }
+
 BLOCKDIFF_HOST_DEVICE inline float to_float(bf16 x) {
   return std::bit_cast<float>(static_cast<std::uint32_t>(x.bits) << 16);
 }
@@ -124,40 +127,69 @@ template <> constexpr DType dtype_of<std::int32_t>() { return DType::i32; }
 template <> constexpr DType dtype_of<std::int64_t>() { return DType::i64; }
 template <> constexpr DType dtype_of<std::uint8_t>() { return DType::u8; }
 
+namespace detail {
+// Runs body(begin, end) over [0, n) in chunks of 2^20 values, split over the OpenMP threads.
+template <class Body>
+void for_chunks(std::size_t n, Body&& body) {
+  constexpr std::size_t chunk = std::size_t{1} << 20;
+  const auto chunks = static_cast<std::int64_t>((n + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::size_t begin = std::size_t(c) * chunk;
+    body(begin, std::min(begin + chunk, n));
+  }
+}
+// The i-th 16-bit little-endian word at `s` (any alignment).
+inline std::uint16_t word_at(const unsigned char* s, std::size_t i) {
+  return static_cast<std::uint16_t>(s[2 * i] | (s[2 * i + 1] << 8));
+}
+}  // namespace detail
+
 //! Widens `n` floating-point values of dtype `from` (raw little-endian bytes, any alignment)
 //! into f32. BF16 is a shift (vectorised); large conversions are split over the OpenMP threads.
 inline void convert_to_f32(DType from, const void* src, float* dst, std::size_t n) {
   const auto* s = static_cast<const unsigned char*>(src);
-  auto bits = [s](std::size_t i) { return static_cast<std::uint16_t>(s[2 * i] | (s[2 * i + 1] << 8)); };
-  constexpr std::size_t chunk = std::size_t{1} << 20;
-  const auto chunks = static_cast<std::int64_t>((n + chunk - 1) / chunk);
   switch (from) {
     case DType::f32:
-#pragma omp parallel for schedule(static) if (chunks > 1)
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::size_t begin = std::size_t(c) * chunk, count = std::min(chunk, n - begin);
-        std::memcpy(dst + begin, s + 4 * begin, 4 * count);
-      }
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, s + 4 * b, 4 * (e - b)); });
       return;
     case DType::bf16:
-#pragma omp parallel for schedule(static) if (chunks > 1)
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::size_t begin = std::size_t(c) * chunk, end = std::min(begin + chunk, n);
-        for (std::size_t i = begin; i < end; ++i) dst[i] = std::bit_cast<float>(std::uint32_t{bits(i)} << 16);
-      }
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) dst[i] = std::bit_cast<float>(std::uint32_t{detail::word_at(s, i)} << 16);
+      });
       return;
     case DType::f16:
-#pragma omp parallel for schedule(static) if (chunks > 1)
-      for (std::int64_t c = 0; c < chunks; ++c) {
-        const std::size_t begin = std::size_t(c) * chunk, end = std::min(begin + chunk, n);
-        for (std::size_t i = begin; i < end; ++i) {
-          f16 h;
-          h.bits = bits(i);
-          dst[i] = to_float(h);
-        }
-      }
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) dst[i] = to_float(f16{detail::word_at(s, i)});
+      });
       return;
     default: fail("convert_to_f32: dtype ", name_of(from), " is not a floating-point dtype");
+  }
+}
+
+//! Stores `n` floating-point values of dtype `from` (raw little-endian bytes, any alignment) as
+//! BF16: BF16 is copied exactly; F32 and F16 round to nearest, ties to even, as to_bf16 does.
+inline void convert_to_bf16(DType from, const void* src, bf16* dst, std::size_t n) {
+  const auto* s = static_cast<const unsigned char*>(src);
+  switch (from) {
+    case DType::bf16:
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, s + 2 * b, 2 * (e - b)); });
+      return;
+    case DType::f32:
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) {
+          float v;
+          std::memcpy(&v, s + 4 * i, 4);
+          dst[i] = to_bf16(v);
+        }
+      });
+      return;
+    case DType::f16:
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) dst[i] = to_bf16(to_float(f16{detail::word_at(s, i)}));
+      });
+      return;
+    default: fail("convert_to_bf16: dtype ", name_of(from), " is not a floating-point dtype");
   }
 }
 

@@ -82,24 +82,31 @@ void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, 
   }
 }
 
-//! A model of `config` with random weights generated in place (no staging copy on the host).
+//! A model of `config` with random weights, matrices held in `weights` (f32: generated in place,
+//! with no staging copy on the host; BF16: generated in f32 and rounded to nearest even).
 template <class Backend = backend::Host>
-Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, bool peaked = true) {
-  Qwen2<Backend> m(config);
+Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, bool peaked = true,
+                            DType weights = DType::f32) {
+  Qwen2<Backend> m(config, weights);
   auto params = m.parameters();
   std::size_t next = 0;
   std::vector<float> staging;
+  constexpr bool host = std::is_same_v<Backend, backend::Host>;
   generate_random_weights(
       config, seed, peaked,
       [&](const std::string&, const std::vector<std::int64_t>&) {
-        auto* b = params[next].data;
-        if constexpr (std::is_same_v<Backend, backend::Host>) return std::span<float>(b->data(), static_cast<std::size_t>(b->numel()));
-        staging.resize(static_cast<std::size_t>(b->numel()));
+        const auto& p = params[next];
+        if constexpr (host)
+          if (p.dtype() == DType::f32) return p.f32().span();
+        staging.resize(static_cast<std::size_t>(p.numel()));
         return std::span<float>(staging);
       },
       [&](const std::string&, const std::vector<std::int64_t>&, std::span<const float> values) {
-        if constexpr (!std::is_same_v<Backend, backend::Host>) Backend::upload(params[next].data->data(), values.data(), values.size());
-        ++next;
+        const auto& p = params[next++];
+        if constexpr (!host)
+          Backend::upload(p.f32().data(), values.data(), values.size());
+        else if (p.dtype() == DType::bf16)
+          convert_to_bf16(DType::f32, values.data(), std::get<1>(p.storage)->data(), values.size());
       });
   return m;
 }

@@ -3,7 +3,9 @@
 // Pre-norm RMSNorm, attention with q/k/v bias and GQA, residual; RMSNorm, SwiGLU MLP, residual;
 // final RMSNorm; lm_head (tied to the embedding or not). RoPE is the non-interleaved half
 // rotation with inv_freq = theta^(-2i/d), angles and cos/sin in f32 as Hugging Face computes
-// them. Weights are held in f32 whatever their dtype on disk.
+// them. Arithmetic is f32. Weight matrices are held in f32, or, chosen when the model is made or
+// loaded, in BF16 on the host: half the memory, and half the bytes each decoding step streams (a
+// BF16 checkpoint loads exactly; an f32 one is rounded to nearest even). Norms and biases are f32.
 //
 // One `forward` serves every path of AR and block-diffusion decoding: a batch of rows, each a
 // run of tokens written into its own cache at `first_slot`, attending cache slots [0, kv_end)
@@ -18,6 +20,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "blockdiff/backend/host.hpp"
@@ -54,11 +57,15 @@ class Qwen2 {
   template <class T>
   using buffer = typename Backend::template buffer<T>;
 
+  //! A weight matrix in the model's weight dtype.
+  using Matrix = std::variant<buffer<float>, buffer<bf16>>;
+
   struct Layer {
-    buffer<float> input_norm, post_norm;   // [H]
-    buffer<float> wq, bq, wk, bk, wv, bv;  // [qd, H], [qd], [kvd, H], [kvd], ...
-    buffer<float> wo;                      // [H, qd]
-    buffer<float> w_gate, w_up, w_down;    // [I, H], [I, H], [H, I]
+    buffer<float> input_norm, post_norm;  // [H]
+    Matrix wq, wk, wv;                    // [qd, H], [kvd, H], [kvd, H]
+    buffer<float> bq, bk, bv;             // [qd], [kvd], [kvd]
+    Matrix wo;                            // [H, qd]
+    Matrix w_gate, w_up, w_down;          // [I, H], [I, H], [H, I]
   };
 
   //! A parameter's Hugging Face name and shape.
@@ -66,41 +73,62 @@ class Qwen2 {
     std::string name;
     std::vector<std::int64_t> shape;
   };
-  //! A parameter's name, shape and storage.
+  //! A parameter's name, shape and storage (f32, or BF16 for a matrix of a BF16-weight model).
   struct Parameter {
     std::string name;
     std::vector<std::int64_t> shape;
-    buffer<float>* data;
+    std::variant<buffer<float>*, buffer<bf16>*> storage;
+
+    DType dtype() const { return storage.index() == 0 ? DType::f32 : DType::bf16; }
+    std::int64_t numel() const {
+      return std::visit([](auto* b) { return b->numel(); }, storage);
+    }
+    //! The f32 storage: every parameter of an f32 model, and the norms and biases of a BF16 one.
+    buffer<float>& f32() const {
+      require(storage.index() == 0, "parameter \"", name, "\" is held in BF16, not f32");
+      return *std::get<0>(storage);
+    }
+    //! f(buffer) with the storage in its own type.
+    template <class F>
+    decltype(auto) visit(F&& f) const {
+      return std::visit([&](auto* b) -> decltype(auto) { return f(*b); }, storage);
+    }
   };
 
-  explicit Qwen2(io::ModelConfig config) : config_(std::move(config)) {
+  //! A model of `config` with zeroed weights, matrices held in `weights` (f32, or BF16 on the host).
+  explicit Qwen2(io::ModelConfig config, DType weights = DType::f32) : config_(std::move(config)), weights_(weights) {
     config_.validate("Qwen2");
+    require(weights == DType::f32 || weights == DType::bf16, "Qwen2: weights are held in F32 or BF16, not ",
+            name_of(weights));
+    require(weights == DType::f32 || std::is_same_v<Backend, backend::Host>,
+            "Qwen2: BF16 weights are a host-backend option; the ", Backend::name, " backend holds f32 weights");
     const std::int64_t h = config_.hidden_size, v = config_.vocab_size, i = config_.intermediate_size;
     const std::int64_t qd = config_.q_dim(), kvd = config_.kv_dim();
-    embed_.resize({v, h});
+    embed_ = matrix(v, h);
     final_norm_.resize({h});
-    if (!config_.tie_word_embeddings) lm_head_.resize({v, h});
+    if (!config_.tie_word_embeddings) lm_head_ = matrix(v, h);
     layers_.resize(static_cast<std::size_t>(config_.num_hidden_layers));
     for (auto& l : layers_) {
       l.input_norm.resize({h});
       l.post_norm.resize({h});
-      l.wq.resize({qd, h});
+      l.wq = matrix(qd, h);
       l.bq.resize({qd});
-      l.wk.resize({kvd, h});
+      l.wk = matrix(kvd, h);
       l.bk.resize({kvd});
-      l.wv.resize({kvd, h});
+      l.wv = matrix(kvd, h);
       l.bv.resize({kvd});
-      l.wo.resize({h, qd});
-      l.w_gate.resize({i, h});
-      l.w_up.resize({i, h});
-      l.w_down.resize({h, i});
+      l.wo = matrix(h, qd);
+      l.w_gate = matrix(i, h);
+      l.w_up = matrix(i, h);
+      l.w_down = matrix(h, i);
     }
   }
 
-  //! Loads a checkpoint folder, converting each tensor to f32 one shard at a time.
-  static Qwen2 load(const std::filesystem::path& dir) {
+  //! Loads a checkpoint folder one shard at a time, each tensor converted into the model's
+  //! storage (`weights`: f32, or BF16 matrices on the host).
+  static Qwen2 load(const std::filesystem::path& dir, DType weights = DType::f32) {
     io::Checkpoint ckpt(dir);
-    Qwen2 model(ckpt.config());
+    Qwen2 model(ckpt.config(), weights);
     auto params = model.parameters();
     std::vector<bool> filled(params.size(), false);
     std::vector<float> staging;  // one tensor at a time, for backends whose memory is elsewhere
@@ -116,11 +144,11 @@ class Qwen2 {
       require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file.path(), ": tensor \"",
               e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
       if constexpr (std::is_same_v<Backend, backend::Host>) {
-        convert_to_f32(e.dtype, e.bytes.data(), it->data->data(), static_cast<std::size_t>(e.numel()));
+        it->visit([&](auto& b) { convert(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
       } else {
         staging.resize(static_cast<std::size_t>(e.numel()));
         convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
-        Backend::upload(it->data->data(), staging.data(), staging.size());
+        Backend::upload(it->f32().data(), staging.data(), staging.size());
       }
       file.release(e);
       filled[static_cast<std::size_t>(it - params.begin())] = true;
@@ -133,6 +161,8 @@ class Qwen2 {
 
   const io::ModelConfig& config() const { return config_; }
   int vocab_size() const { return config_.vocab_size; }
+  //! The dtype the weight matrices are held in (f32 or BF16).
+  DType weight_dtype() const { return weights_; }
 
   //! Names and shapes of every parameter of `config`, in checkpoint order (no allocation).
   static std::vector<ParameterSpec> parameter_specs(const io::ModelConfig& c) {
@@ -163,13 +193,16 @@ class Qwen2 {
   std::vector<Parameter> parameters() {
     std::vector<Parameter> p;
     auto specs = parameter_specs(config_);
-    std::vector<buffer<float>*> storage{&embed_};
-    for (auto& L : layers_)
-      for (auto* b : {&L.input_norm, &L.wq, &L.bq, &L.wk, &L.bk, &L.wv, &L.bv, &L.wo, &L.post_norm, &L.w_gate, &L.w_up,
-                      &L.w_down})
-        storage.push_back(b);
+    using Storage = std::variant<buffer<float>*, buffer<bf16>*>;
+    auto of = [](Matrix& m) { return std::visit([](auto& b) -> Storage { return &b; }, m); };
+    std::vector<Storage> storage{of(embed_)};
+    for (auto& L : layers_) {
+      for (Storage s : {Storage(&L.input_norm), of(L.wq), Storage(&L.bq), of(L.wk), Storage(&L.bk), of(L.wv),
+                        Storage(&L.bv), of(L.wo), Storage(&L.post_norm), of(L.w_gate), of(L.w_up), of(L.w_down)})
+        storage.push_back(s);
+    }
     storage.push_back(&final_norm_);
-    if (!config_.tie_word_embeddings) storage.push_back(&lm_head_);
+    if (!config_.tie_word_embeddings) storage.push_back(of(lm_head_));
     for (std::size_t k = 0; k < specs.size(); ++k) p.push_back({specs[k].name, specs[k].shape, storage[k]});
     return p;
   }
@@ -183,10 +216,11 @@ class Qwen2 {
 
   //! Bytes of weights held in memory.
   std::size_t weight_bytes() const {
-    std::size_t n = embed_.bytes() + final_norm_.bytes() + lm_head_.bytes();
+    auto of = [](const Matrix& m) { return std::visit([](auto& b) { return b.bytes(); }, m); };
+    std::size_t n = of(embed_) + final_norm_.bytes() + of(lm_head_);
     for (auto& l : layers_)
-      n += l.input_norm.bytes() + l.post_norm.bytes() + l.wq.bytes() + l.bq.bytes() + l.wk.bytes() + l.bk.bytes() +
-           l.wv.bytes() + l.bv.bytes() + l.wo.bytes() + l.w_gate.bytes() + l.w_up.bytes() + l.w_down.bytes();
+      n += l.input_norm.bytes() + l.post_norm.bytes() + of(l.wq) + l.bq.bytes() + of(l.wk) + l.bk.bytes() + of(l.wv) +
+           l.bv.bytes() + of(l.wo) + of(l.w_gate) + of(l.w_up) + of(l.w_down);
     return n;
   }
 
@@ -248,7 +282,10 @@ class Qwen2 {
     pos_.resize({T});
     Backend::upload(ids_.data(), tokens_.data(), tokens_.size());
     Backend::upload(pos_.data(), positions_.data(), positions_.size());
-    Kernel<Backend, op::Embedding>::run(embed_.data(), ids_.data(), T, H, x_.data());
+    if constexpr (std::is_same_v<Backend, backend::Host>)
+      std::visit([&](auto& e) { Kernel<Backend, op::Embedding>::run(e.data(), ids_.data(), T, H, x_.data()); }, embed_);
+    else
+      Kernel<Backend, op::Embedding>::run(std::get<buffer<float>>(embed_).data(), ids_.data(), T, H, x_.data());
 
     attention_rows_.resize(rows.size());
     const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
@@ -256,9 +293,9 @@ class Qwen2 {
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       auto& L = layers_[static_cast<std::size_t>(l)];
       Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.input_norm.data(), eps, xn_.data());
-      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wq.data(), qd, L.bq.data(), q_.data());
-      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wk.data(), kvd, L.bk.data(), k_.data());
-      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.wv.data(), kvd, L.bv.data(), v_.data());
+      linear(xn_.data(), T, H, L.wq, qd, L.bq.data(), q_.data());
+      linear(xn_.data(), T, H, L.wk, kvd, L.bk.data(), k_.data());
+      linear(xn_.data(), T, H, L.wv, kvd, L.bv.data(), v_.data());
       Kernel<Backend, op::Rope>::run(q_.data(), T, c.num_attention_heads, d, pos_.data(), cos_.data(), sin_.data());
       Kernel<Backend, op::Rope>::run(k_.data(), T, c.num_key_value_heads, d, pos_.data(), cos_.data(), sin_.data());
       for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -271,12 +308,12 @@ class Qwen2 {
                                           row.cache->v(l),     row.cache->capacity()};
       }
       Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), attention_rows_, shape, mask);
-      Kernel<Backend, op::Linear>::run(att_.data(), T, qd, L.wo.data(), H, nullptr, x_.data(), /*accumulate=*/true);
+      linear(att_.data(), T, qd, L.wo, H, nullptr, x_.data(), /*accumulate=*/true);
       Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.post_norm.data(), eps, xn_.data());
-      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.w_gate.data(), I, nullptr, gate_.data());
-      Kernel<Backend, op::Linear>::run(xn_.data(), T, H, L.w_up.data(), I, nullptr, up_.data());
+      linear(xn_.data(), T, H, L.w_gate, I, nullptr, gate_.data());
+      linear(xn_.data(), T, H, L.w_up, I, nullptr, up_.data());
       Kernel<Backend, op::SwiGlu>::run(gate_.data(), up_.data(), T * I);
-      Kernel<Backend, op::Linear>::run(gate_.data(), T, I, L.w_down.data(), H, nullptr, x_.data(), /*accumulate=*/true);
+      linear(gate_.data(), T, I, L.w_down, H, nullptr, x_.data(), /*accumulate=*/true);
     }
     for (auto& row : rows)
       if (row.advance) row.cache->set_committed(row.first_slot + static_cast<int>(row.tokens.size()));
@@ -288,8 +325,7 @@ class Qwen2 {
                     static_cast<std::size_t>(rows[r].logits_end - rows[r].logits_begin) * H);
     Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
     logits_.resize({n_logits, c.vocab_size});
-    const float* head = c.tie_word_embeddings ? embed_.data() : lm_head_.data();
-    Kernel<Backend, op::Linear>::run(xn_.data(), n_logits, H, head, c.vocab_size, nullptr, logits_.data());
+    linear(xn_.data(), n_logits, H, c.tie_word_embeddings ? embed_ : lm_head_, c.vocab_size, nullptr, logits_.data());
     return logits_.view();
   }
 
@@ -297,6 +333,26 @@ class Qwen2 {
   std::int64_t logit_offset(std::size_t r) const { return logit_begin_[r]; }
 
  private:
+  Matrix matrix(std::int64_t rows, std::int64_t cols) const {
+    Matrix m;
+    if (weights_ == DType::bf16) m.template emplace<buffer<bf16>>();
+    std::visit([&](auto& b) { b.resize({rows, cols}); }, m);
+    return m;
+  }
+
+  //! y = x · wᵀ (+ bias) with w in whichever dtype it is held.
+  static void linear(const float* x, std::int64_t n, int k, const Matrix& w, int m, const float* bias, float* y,
+                     bool accumulate = false) {
+    if constexpr (std::is_same_v<Backend, backend::Host>)
+      std::visit([&](auto& b) { Kernel<Backend, op::Linear>::run(x, n, k, b.data(), m, bias, y, accumulate); }, w);
+    else
+      Kernel<Backend, op::Linear>::run(x, n, k, std::get<buffer<float>>(w).data(), m, bias, y, accumulate);
+  }
+
+  //! Writes n values of dtype `from` (raw checkpoint bytes) into f32 or BF16 storage.
+  static void convert(DType from, const void* src, float* dst, std::size_t n) { convert_to_f32(from, src, dst, n); }
+  static void convert(DType from, const void* src, bf16* dst, std::size_t n) { convert_to_bf16(from, src, dst, n); }
+
   static std::string shape_string(const std::vector<std::int64_t>& s) {
     std::string out = "[";
     for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -327,7 +383,9 @@ class Qwen2 {
   }
 
   io::ModelConfig config_;
-  buffer<float> embed_, final_norm_, lm_head_;
+  DType weights_ = DType::f32;
+  Matrix embed_, lm_head_;
+  buffer<float> final_norm_;
   std::vector<Layer> layers_;
   // Workspace, grown on demand and reused by every forward.
   buffer<float> x_, xn_, q_, k_, v_, att_, gate_, up_, hidden_out_, logits_, cos_, sin_;

@@ -67,10 +67,21 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   config.save(dir / "config.json");
 }
 
-template <class Backend>
-void save_checkpoint(Qwen2<Backend>& model, const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
+//! Writes a host model. BF16-held matrices are widened (exactly) to f32 copies first, and then
+//! stored in `dtype` like any other tensor.
+inline void save_checkpoint(Qwen2<backend::Host>& model, const std::filesystem::path& dir, DType dtype = DType::f32,
+                            int shards = 1) {
   std::vector<NamedTensor> tensors;
-  for (auto& p : model.parameters()) tensors.push_back({p.name, p.shape, p.data->span()});
+  std::vector<std::vector<float>> widened;
+  for (auto& p : model.parameters()) {
+    if (p.dtype() == DType::f32) {
+      tensors.push_back({p.name, p.shape, p.f32().span()});
+      continue;
+    }
+    auto& w = widened.emplace_back(static_cast<std::size_t>(p.numel()));
+    convert_to_f32(DType::bf16, std::get<1>(p.storage)->data(), w.data(), w.size());
+    tensors.push_back({p.name, p.shape, std::span<const float>(w)});
+  }
   save_checkpoint(model.config(), tensors, dir, dtype, shards);
 }
 

@@ -59,14 +59,15 @@ class TrainableQwen2 {
     bind();
   }
 
-  //! Copies the weights of an inference model (f32) into a trainable one.
+  //! Copies the weights of an inference model (f32 or BF16 weights) into a trainable one.
   static TrainableQwen2 from(model::Qwen2<backend::Host>& source) {
     TrainableQwen2 out(source.config());
     auto params = source.parameters();
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      const float* src = params[i].data->data();
-      std::copy(src, src + out.tensors_[i].numel, out.params_.data() + out.tensors_[i].offset);
-    }
+    for (std::size_t i = 0; i < params.size(); ++i)
+      params[i].visit([&](auto& b) {
+        std::transform(b.data(), b.data() + out.tensors_[i].numel, out.params_.data() + out.tensors_[i].offset,
+                       [](auto v) { return static_cast<T>(to_float(v)); });
+      });
     return out;
   }
   static TrainableQwen2 load(const std::filesystem::path& dir) {
@@ -80,7 +81,7 @@ class TrainableQwen2 {
     auto params = out.parameters();
     for (std::size_t i = 0; i < params.size(); ++i) {
       const T* src = params_.data() + tensors_[i].offset;
-      std::transform(src, src + tensors_[i].numel, params[i].data->data(), [](T v) { return static_cast<float>(v); });
+      std::transform(src, src + tensors_[i].numel, params[i].f32().data(), [](T v) { return static_cast<float>(v); });
     }
     return out;
   }
