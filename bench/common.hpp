@@ -14,10 +14,11 @@
 
 namespace blockdiff::bench {
 
-//! A Qwen2 of a named preset with random weights, generated straight into the model.
+//! A Qwen2 of a named preset with random weights, generated straight into the model, its weight
+//! matrices held in `weights`.
 template <class Backend = backend::Host>
-model::Qwen2<Backend> random_model(const std::string& preset, std::uint64_t seed = 1) {
-  return model::random_model<Backend>(model::preset_config(preset), seed);
+model::Qwen2<Backend> random_model(const std::string& preset, std::uint64_t seed = 1, DType weights = DType::f32) {
+  return model::random_model<Backend>(model::preset_config(preset), seed, true, weights);
 }
 
 //! One forward of `tokens` at cache slot `first`, attending [0, kv_end), logits for the last

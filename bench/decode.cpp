@@ -1,4 +1,5 @@
-// Decoding on the host, for a Qwen2.5-0.5B-shaped random f32 model, in one run:
+// Decoding on the host, for a Qwen2.5-0.5B-shaped random model (weight matrices in f32, or in
+// BF16 with BLOCKDIFF_BENCH_WEIGHTS=bf16; one dtype a run, so that peak memory is that model's), in one run:
 //  - the AR decode step as a fraction of the memory-bandwidth limit (weight bytes per token over
 //    the copy bandwidth measured in the same run), and peak memory beside weights + KV cache;
 //  - a 32-token block forward and an 8-token sub-block forward against the cache, each over the
@@ -24,8 +25,14 @@ const char* preset() {
   const char* p = std::getenv("BLOCKDIFF_BENCH_PRESET");
   return p ? p : "qwen2.5-0.5b";
 }
+DType weights() {
+  const char* w = std::getenv("BLOCKDIFF_BENCH_WEIGHTS");
+  if (w == nullptr || std::string(w) == "f32") return DType::f32;
+  require(std::string(w) == "bf16", "BLOCKDIFF_BENCH_WEIGHTS must be f32 or bf16, got \"", w, "\"");
+  return DType::bf16;
+}
 Model& shared_model() {
-  static Model m = bench::random_model(preset());
+  static Model m = bench::random_model(preset(), 1, weights());
   return m;
 }
 std::vector<int> prompt(int n) {
@@ -181,6 +188,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   bench::add_context();
   benchmark::AddCustomContext("model", preset());
+  benchmark::AddCustomContext("weights", std::string(name_of(weights())));
   copy_bandwidth = bench::copy_bandwidth_gbs();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

@@ -169,8 +169,9 @@ void touch_f32(benchmark::State& state) {
   state.counters["GB/s"] = benchmark::Counter(4.0 * double(n) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
 }
 
-// The whole load: config, index, every shard validated, BF16 converted into the f32 model.
-void load_checkpoint(benchmark::State& state, bool cold) {
+// The whole load: config, index, every shard validated, each tensor converted into the model's
+// storage (`weights` f32: BF16 widened; bf16: matrices copied as they are).
+void load_checkpoint(benchmark::State& state, bool cold, DType weights) {
   const auto dir = checkpoint_1_5b();
   for (auto _ : state) {
     if (cold) {
@@ -178,7 +179,7 @@ void load_checkpoint(benchmark::State& state, bool cold) {
       evict(dir);
       state.ResumeTiming();
     }
-    auto m = model::Qwen2<backend::Host>::load(dir);
+    auto m = model::Qwen2<backend::Host>::load(dir, weights);
     benchmark::DoNotOptimize(m.parameters().data());
   }
   state.counters["GB/s"] = benchmark::Counter(double(shard_bytes(dir)) * double(state.iterations()) / 1e9,
@@ -194,9 +195,11 @@ BENCHMARK(encode_javascript)->Iterations(1)->Unit(benchmark::kSecond);
 BENCHMARK_CAPTURE(read_bytes, streamed_warm, false, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 BENCHMARK_CAPTURE(read_bytes, resident_warm, true, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 BENCHMARK(touch_f32)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
-BENCHMARK_CAPTURE(load_checkpoint, warm, false)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, warm, false, DType::f32)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, warm_bf16_weights, false, DType::bf16)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 BENCHMARK_CAPTURE(read_bytes, streamed_cold, false, true)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
-BENCHMARK_CAPTURE(load_checkpoint, cold, true)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, cold, true, DType::f32)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
+BENCHMARK_CAPTURE(load_checkpoint, cold_bf16_weights, true, DType::bf16)->Unit(benchmark::kMillisecond)->Iterations(3)->UseRealTime();
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);

@@ -132,6 +132,57 @@ TEST_CASE("BF16 weights: an f32 checkpoint rounds to nearest even, and the forwa
   CHECK_ERROR(Qwen(model::preset_config("tiny"), DType::f16), "weights are held in F32 or BF16, not F16");
 }
 
+TEST_CASE("BF16 matrices of a BF16 checkpoint are used in place; writing one never changes the file") {
+  auto dir = test::temp_dir("bf16-in-place");
+  auto cfg = model::preset_config("tiny");
+  cfg.tie_word_embeddings = false;
+  model::write_random_checkpoint(dir, cfg, 23, DType::bf16);
+  auto widened = Qwen::load(dir);
+  Qwen m = [&] {
+    auto loaded = Qwen::load(dir, DType::bf16);
+    return loaded;  // the model outlives the load's Checkpoint, and survives a move
+  }();
+  auto pm = m.parameters(), pw = widened.parameters();
+  int in_place = 0;
+  for (std::size_t i = 0; i < pm.size(); ++i) {
+    INFO(pm[i].name);
+    if (pm[i].dtype() == DType::f32) {
+      CHECK(!pm[i].f32().borrowed());
+      continue;
+    }
+    const auto& b = *std::get<1>(pm[i].storage);
+    in_place += b.borrowed();
+    std::int64_t wrong = 0;
+    for (std::int64_t j = 0; j < b.numel(); ++j) wrong += to_float(b[j]) != pw[i].f32()[j];
+    CHECK(wrong == 0);
+  }
+  CHECK(in_place == 2 + 7 * cfg.num_hidden_layers);
+  // The same values as the widened model, so the same logits.
+  const auto toks = some_tokens(9, m.vocab_size(), 4);
+  auto c1 = m.make_cache(9), c2 = widened.make_cache(9);
+  std::vector<model::ForwardRow<Host>> r1(1), r2(1);
+  r1[0].tokens = r2[0].tokens = toks;
+  r1[0].cache = &c1;
+  r2[0].cache = &c2;
+  auto a = run<mask::Causal>(m, r1);
+  auto b = run<mask::Causal>(widened, r2);
+  double err = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) err = std::max(err, static_cast<double>(std::fabs(a.data()[i] - b.data()[i])));
+  CHECK(err < 1e-5);
+  // A write lands in the process's own copy of the page: the model sees it, the file does not.
+  auto q_of = [](Qwen& q) -> Buffer<bf16>& {
+    for (auto& p : q.parameters())
+      if (p.name == "model.layers.0.self_attn.q_proj.weight") return *std::get<1>(p.storage);
+    FAIL("no q_proj");
+    throw;
+  };
+  const std::uint16_t before = q_of(m)[5].bits;
+  q_of(m)[5] = to_bf16(123.0f);
+  CHECK(to_float(q_of(m)[5]) == 123.0f);
+  auto again = Qwen::load(dir, DType::bf16);
+  CHECK(q_of(again)[5].bits == before);
+}
+
 TEST_CASE("KV cache: append in chunks, a read-only block forward and a sub-block overwrite equal recomputation") {
   auto m = random_model(true, "kv-paths");
   test::NaiveQwen2 naive(m);

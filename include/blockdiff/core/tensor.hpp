@@ -105,18 +105,34 @@ inline void* allocate_host(std::size_t bytes) {
 
 struct AlignedFree {
   std::size_t bytes = 0;
+  bool owned = true;  // false: borrowed memory, kept alive by the buffer's owner
   void operator()(void* p) const {
-    ::operator delete(p, std::align_val_t{bytes < huge_page ? std::size_t{64} : huge_page});
+    if (owned) ::operator delete(p, std::align_val_t{bytes < huge_page ? std::size_t{64} : huge_page});
   }
 };
 }  // namespace detail
 
-//! Owning, 64-byte-aligned, zero-initialised storage for host tensors.
+//! Owning, 64-byte-aligned, zero-initialised storage for host tensors; or, made by `borrow`, a
+//! view of memory that a shared owner keeps alive (weights used in place from a mapped file).
 template <class T>
 class Buffer {
  public:
   Buffer() = default;
   explicit Buffer(Shape shape) { reset(shape); }
+
+  //! A buffer over shape.numel() elements at `data`, which it does not own: `owner` keeps them
+  //! alive as long as any buffer made from it lives. Alignment is T's only. Growing it
+  //! (reset/resize to more elements) allocates owned storage as usual.
+  static Buffer borrow(T* data, Shape shape, std::shared_ptr<const void> owner) {
+    Buffer b;
+    b.data_ = {data, detail::AlignedFree{0, false}};
+    b.capacity_ = static_cast<std::size_t>(shape.numel());
+    b.shape_ = shape;
+    b.owner_ = std::move(owner);
+    return b;
+  }
+  //! Whether the elements are borrowed (see `borrow`) rather than owned.
+  bool borrowed() const { return owner_ != nullptr; }
 
   //! Reallocates only when the new shape needs more elements than the current capacity.
   void reset(Shape shape) {
@@ -150,11 +166,13 @@ class Buffer {
     if (n <= capacity_) return;
     data_ = {static_cast<T*>(detail::allocate_host(n * sizeof(T))), detail::AlignedFree{n * sizeof(T)}};
     capacity_ = n;
+    owner_.reset();
   }
 
   std::unique_ptr<T, detail::AlignedFree> data_;
   std::size_t capacity_ = 0;
   Shape shape_{};
+  std::shared_ptr<const void> owner_;  // set for borrowed elements
 };
 
 }  // namespace blockdiff

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -74,10 +75,17 @@ class Checkpoint {
 
   //! Calls `visit(entry, file)` for every tensor, one shard open at a time.
   void for_each_tensor(const std::function<void(const TensorEntry&, const SafetensorsFile&)>& visit) const {
+    for_each_shard(false, [&](const std::shared_ptr<SafetensorsFile>& f) {
+      for (auto& e : f->entries()) visit(e, *f);
+    });
+  }
+  //! Calls `visit(file)` for every shard, each mapped and populated in turn (`writable`: see
+  //! SafetensorsFile); a visitor that keeps the pointer keeps that shard mapped.
+  void for_each_shard(bool writable, const std::function<void(const std::shared_ptr<SafetensorsFile>&)>& visit) const {
     for (auto& shard : shards_) {
-      SafetensorsFile f(shard);
-      f.populate();
-      for (auto& e : f.entries()) visit(e, f);
+      auto f = std::make_shared<SafetensorsFile>(shard, writable);
+      f->populate();
+      visit(f);
     }
   }
 

@@ -49,13 +49,15 @@ struct TensorEntry {
   }
 };
 
-//! A memory-mapped, fully validated safetensors file. Move-only.
+//! A memory-mapped, fully validated safetensors file. Move-only. The mapping is private: with
+//! `writable`, its pages may be written, and each page written becomes the process's own copy
+//! (the file never changes), so tensors can be used in place as ordinary mutable storage.
 class SafetensorsFile {
  public:
   //! The largest header accepted (the format's own limit is 100 MB).
   static constexpr std::uint64_t max_header_bytes = 100u << 20;
 
-  explicit SafetensorsFile(const std::filesystem::path& path) : path_(path.string()) {
+  explicit SafetensorsFile(const std::filesystem::path& path, bool writable = false) : path_(path.string()) {
     fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     require(fd_ >= 0, path_, ": cannot open (", std::strerror(errno), ")");
     struct stat st {};
@@ -65,7 +67,7 @@ class SafetensorsFile {
     }
     size_ = static_cast<std::size_t>(st.st_size);
     if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+      void* p = ::mmap(nullptr, size_, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_PRIVATE, fd_, 0);
       if (p == MAP_FAILED) {
         close_all();
         fail(path_, ": mmap failed (", std::strerror(errno), ")");

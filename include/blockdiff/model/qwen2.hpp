@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -125,33 +126,47 @@ class Qwen2 {
   }
 
   //! Loads a checkpoint folder one shard at a time, each tensor converted into the model's
-  //! storage (`weights`: f32, or BF16 matrices on the host).
+  //! storage (`weights`: f32, or BF16 matrices on the host). A BF16 matrix loaded into BF16 is
+  //! not copied: the model uses it in place in the shard's private mapping, which it keeps open
+  //! (writing to such a weight copies that page; the file never changes). The checkpoint's files
+  //! must then not be changed while the model lives.
   static Qwen2 load(const std::filesystem::path& dir, DType weights = DType::f32) {
     io::Checkpoint ckpt(dir);
     Qwen2 model(ckpt.config(), weights);
     auto params = model.parameters();
     std::vector<bool> filled(params.size(), false);
     std::vector<float> staging;  // one tensor at a time, for backends whose memory is elsewhere
-    ckpt.for_each_tensor([&](const io::TensorEntry& e, const io::SafetensorsFile& file) {
-      auto it = std::find_if(params.begin(), params.end(), [&](const Parameter& p) { return p.name == e.name; });
-      if (it == params.end()) {
-        // An lm_head beside a tied config is ignored, as transformers does; anything else unknown is an error.
-        require(e.name == "lm_head.weight", file.path(), ": unexpected tensor \"", e.name, "\" for a Qwen2 model");
-        return;
+    constexpr bool host = std::is_same_v<Backend, backend::Host>;
+    const bool in_place = host && weights == DType::bf16;
+    ckpt.for_each_shard(in_place, [&](const std::shared_ptr<io::SafetensorsFile>& file) {
+      for (const auto& e : file->entries()) {
+        auto it = std::find_if(params.begin(), params.end(), [&](const Parameter& p) { return p.name == e.name; });
+        if (it == params.end()) {
+          // An lm_head beside a tied config is ignored, as transformers does; anything else unknown is an error.
+          require(e.name == "lm_head.weight", file->path(), ": unexpected tensor \"", e.name, "\" for a Qwen2 model");
+          continue;
+        }
+        require(e.shape == it->shape, file->path(), ": tensor \"", e.name, "\" has shape ", e.shape_str(),
+                " but config.json implies ", shape_string(it->shape));
+        require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file->path(), ": tensor \"",
+                e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
+        filled[static_cast<std::size_t>(it - params.begin())] = true;
+        if constexpr (host) {
+          auto* data = const_cast<std::byte*>(e.bytes.data());  // the mapping is private and writable
+          if (in_place && e.dtype == DType::bf16 && it->dtype() == DType::bf16 &&
+              reinterpret_cast<std::uintptr_t>(data) % alignof(bf16) == 0) {
+            *std::get<1>(it->storage) =
+                buffer<bf16>::borrow(reinterpret_cast<bf16*>(data), Shape{it->shape[0], it->shape[1]}, file);
+            continue;
+          }
+          it->visit([&](auto& b) { convert(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
+        } else {
+          staging.resize(static_cast<std::size_t>(e.numel()));
+          convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
+          Backend::upload(it->f32().data(), staging.data(), staging.size());
+        }
+        file->release(e);
       }
-      require(e.shape == it->shape, file.path(), ": tensor \"", e.name, "\" has shape ", e.shape_str(),
-              " but config.json implies ", shape_string(it->shape));
-      require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file.path(), ": tensor \"",
-              e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
-      if constexpr (std::is_same_v<Backend, backend::Host>) {
-        it->visit([&](auto& b) { convert(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
-      } else {
-        staging.resize(static_cast<std::size_t>(e.numel()));
-        convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
-        Backend::upload(it->f32().data(), staging.data(), staging.size());
-      }
-      file.release(e);
-      filled[static_cast<std::size_t>(it - params.begin())] = true;
     });
     for (std::size_t p = 0; p < params.size(); ++p)
       require(filled[p], dir.string(), ": missing tensor \"", params[p].name, "\"",
