@@ -152,11 +152,10 @@ class Qwen2 {
                 e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
         filled[static_cast<std::size_t>(it - params.begin())] = true;
         if constexpr (host) {
-          auto* data = const_cast<std::byte*>(e.bytes.data());  // the mapping is private and writable
           if (in_place && e.dtype == DType::bf16 && it->dtype() == DType::bf16 &&
-              reinterpret_cast<std::uintptr_t>(data) % alignof(bf16) == 0) {
-            *std::get<1>(it->storage) =
-                buffer<bf16>::borrow(reinterpret_cast<bf16*>(data), Shape{it->shape[0], it->shape[1]}, file);
+              reinterpret_cast<std::uintptr_t>(e.bytes.data()) % alignof(bf16) == 0) {
+            auto* data = reinterpret_cast<bf16*>(const_cast<std::byte*>(e.bytes.data()));  // private, writable
+            *std::get<1>(it->storage) = buffer<bf16>::borrow(data, Shape{it->shape[0], it->shape[1]}, file);
             continue;
           }
           it->visit([&](auto& b) { convert(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
