@@ -45,7 +45,8 @@ typedef float Vec16 __attribute__((vector_size(64)));
 // and without AVX-512.
 inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 // BF16 weights widen as they are loaded: a BF16 is the top half of an f32, so zero-extending each
-// word and shifting it up 16 bits is exact (one vpmovzxwd and one vpslld for 16 values).
+// word and shifting it up 16 bits is exact. (GCC emits the 16-lane extension as two 8-lane ones,
+// an extract and an insert; still cheaper than the bytes saved, see docs/performance.md.)
 inline void load16(Vec16& v, const bf16* p) {
   typedef std::uint16_t Half16 __attribute__((vector_size(32)));
   typedef std::uint32_t Word16 __attribute__((vector_size(64)));
