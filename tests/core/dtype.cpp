@@ -10,6 +10,7 @@
 #include <limits>
 #include <vector>
 
+#include "../support/check_error.hpp"
 #include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/rng.hpp"
 
@@ -99,6 +100,38 @@ TEST_CASE("f32 -> bf16 and f16 round to nearest, ties to even, against a search 
   CHECK(std::isinf(to_float(to_bf16(std::numeric_limits<float>::infinity()))));
   CHECK(std::isnan(to_float(to_bf16(std::numeric_limits<float>::quiet_NaN()))));
   CHECK(std::isnan(to_float(to_f16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST_CASE("convert_to: raw F32, BF16 and F16 bytes into f32 and BF16, as the scalar conversions do, over several chunks") {
+  const std::size_t n = (std::size_t{5} << 19) + 3;  // two and a half chunks of 2^20
+  std::vector<float> f32(n);
+  std::vector<bf16> b16(n);
+  std::vector<f16> h16(n);
+  std::uint32_t state = 12345;
+  for (std::size_t i = 0; i < n; ++i) {
+    state = state * 1664525u + 1013904223u;
+    f32[i] = static_cast<float>(static_cast<std::int32_t>(state)) * 1e-7f;
+    b16[i] = to_bf16(f32[i] * 0.75f);
+    h16[i] = to_f16(f32[i] * 0.001f);
+  }
+  std::vector<bf16> out(n);
+  std::vector<float> wide(n);
+  auto mismatches = [&](auto expect) {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) bad += out[i].bits != expect(i).bits;
+    return bad;
+  };
+  convert_to(DType::f32, f32.data(), out.data(), n);
+  CHECK(mismatches([&](std::size_t i) { return to_bf16(f32[i]); }) == 0);
+  convert_to(DType::bf16, b16.data(), out.data(), n);
+  CHECK(mismatches([&](std::size_t i) { return b16[i]; }) == 0);
+  convert_to(DType::f16, h16.data(), out.data(), n);
+  CHECK(mismatches([&](std::size_t i) { return to_bf16(to_float(h16[i])); }) == 0);
+  convert_to(DType::bf16, b16.data(), wide.data(), n);
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < n; ++i) bad += wide[i] != to_float(b16[i]);
+  CHECK(bad == 0);
+  CHECK_ERROR(convert_to(DType::i32, f32.data(), out.data(), 4), "convert_to BF16: dtype I32 is not a floating-point dtype");
 }
 
 TEST_CASE("dtype names parse, and an unknown one is named in the error") {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/macros.hpp"
@@ -145,52 +146,47 @@ inline std::uint16_t word_at(const unsigned char* s, std::size_t i) {
 }
 }  // namespace detail
 
-//! Widens `n` floating-point values of dtype `from` (raw little-endian bytes, any alignment)
-//! into f32. BF16 is a shift (vectorised); large conversions are split over the OpenMP threads.
-inline void convert_to_f32(DType from, const void* src, float* dst, std::size_t n) {
+//! Converts `n` floating-point values of dtype `from` (raw little-endian bytes, any alignment)
+//! into T, f32 or BF16: the same dtype is copied, widening is exact (BF16 to f32 is a shift,
+//! vectorised), and narrowing to BF16 rounds to nearest, ties to even, as to_bf16 does. Large
+//! conversions are split over the OpenMP threads.
+template <class T>
+void convert_to(DType from, const void* src, T* dst, std::size_t n) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "convert_to: T is float or bf16");
   const auto* s = static_cast<const unsigned char*>(src);
-  switch (from) {
-    case DType::f32:
-      detail::for_chunks(n, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, s + 4 * b, 4 * (e - b)); });
-      return;
-    case DType::bf16:
-      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
-        for (std::size_t i = b; i < e; ++i) dst[i] = std::bit_cast<float>(std::uint32_t{detail::word_at(s, i)} << 16);
-      });
-      return;
-    case DType::f16:
-      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
-        for (std::size_t i = b; i < e; ++i) dst[i] = to_float(f16{detail::word_at(s, i)});
-      });
-      return;
-    default: fail("convert_to_f32: dtype ", name_of(from), " is not a floating-point dtype");
+  auto store = [](float v) {
+    if constexpr (std::is_same_v<T, float>) return v;
+    else return to_bf16(v);
+  };
+  if (from == dtype_of<T>()) {
+    detail::for_chunks(n, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, s + sizeof(T) * b, sizeof(T) * (e - b)); });
+    return;
   }
-}
-
-//! Stores `n` floating-point values of dtype `from` (raw little-endian bytes, any alignment) as
-//! BF16: BF16 is copied exactly; F32 and F16 round to nearest, ties to even, as to_bf16 does.
-inline void convert_to_bf16(DType from, const void* src, bf16* dst, std::size_t n) {
-  const auto* s = static_cast<const unsigned char*>(src);
   switch (from) {
-    case DType::bf16:
-      detail::for_chunks(n, [&](std::size_t b, std::size_t e) { std::memcpy(dst + b, s + 2 * b, 2 * (e - b)); });
-      return;
     case DType::f32:
       detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
         for (std::size_t i = b; i < e; ++i) {
           float v;
           std::memcpy(&v, s + 4 * i, 4);
-          dst[i] = to_bf16(v);
+          dst[i] = store(v);
         }
+      });
+      return;
+    case DType::bf16:
+      detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
+        for (std::size_t i = b; i < e; ++i) dst[i] = store(to_float(bf16{detail::word_at(s, i)}));
       });
       return;
     case DType::f16:
       detail::for_chunks(n, [&](std::size_t b, std::size_t e) {
-        for (std::size_t i = b; i < e; ++i) dst[i] = to_bf16(to_float(f16{detail::word_at(s, i)}));
+        for (std::size_t i = b; i < e; ++i) dst[i] = store(to_float(f16{detail::word_at(s, i)}));
       });
       return;
-    default: fail("convert_to_bf16: dtype ", name_of(from), " is not a floating-point dtype");
+    default: fail("convert_to ", name_of(dtype_of<T>()), ": dtype ", name_of(from), " is not a floating-point dtype");
   }
 }
+
+//! convert_to<float>: the widening every f32 load does.
+inline void convert_to_f32(DType from, const void* src, float* dst, std::size_t n) { convert_to<float>(from, src, dst, n); }
 
 }  // namespace blockdiff

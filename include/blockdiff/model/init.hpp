@@ -106,7 +106,7 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
         if constexpr (!host)
           Backend::upload(p.f32().data(), values.data(), values.size());
         else if (p.dtype() == DType::bf16)
-          convert_to_bf16(DType::f32, values.data(), std::get<1>(p.storage)->data(), values.size());
+          convert_to(DType::f32, values.data(), std::get<1>(p.storage)->data(), values.size());
       });
   return m;
 }

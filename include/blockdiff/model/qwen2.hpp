@@ -158,7 +158,7 @@ class Qwen2 {
             *std::get<1>(it->storage) = buffer<bf16>::borrow(data, Shape{it->shape[0], it->shape[1]}, file);
             continue;
           }
-          it->visit([&](auto& b) { convert(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
+          it->visit([&](auto& b) { convert_to(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
         } else {
           staging.resize(static_cast<std::size_t>(e.numel()));
           convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
@@ -362,10 +362,6 @@ class Qwen2 {
     else
       Kernel<Backend, op::Linear>::run(x, n, k, std::get<buffer<float>>(w).data(), m, bias, y, accumulate);
   }
-
-  //! Writes n values of dtype `from` (raw checkpoint bytes) into f32 or BF16 storage.
-  static void convert(DType from, const void* src, float* dst, std::size_t n) { convert_to_f32(from, src, dst, n); }
-  static void convert(DType from, const void* src, bf16* dst, std::size_t n) { convert_to_bf16(from, src, dst, n); }
 
   static std::string shape_string(const std::vector<std::int64_t>& s) {
     std::string out = "[";
