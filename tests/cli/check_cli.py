@@ -43,6 +43,18 @@ for model, weights in (("f32-tied", "f32"), ("bf16-untied", "f32"), ("bf16-untie
         if len(got) != len(ref) or err > 2e-5:
             failures.append(f"logits {model} {mask} --weights {weights}: relative error {err}")
 
+# --weights bf16 takes effect: the f32 golden model's weights are rounded to BF16, so its logits
+# move away from the golden ones (by about 3% of their range), but not far.
+header, data = read_safetensors(f"{golden}/logits-f32-tied-causal.safetensors")
+ids = json.loads(header["__metadata__"]["ids"])
+ref = array.array("f")
+ref.frombytes(data[header["logits"]["data_offsets"][0]:header["logits"]["data_offsets"][1]])
+out = run("logits", "--model", f"{golden}/model-f32-tied", "--weights", "bf16", "--ids", ",".join(map(str, ids)), "--json")
+got = [x for row in json.loads(out.stdout)["logits"] for x in row]
+err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+if len(got) != len(ref) or not 1e-3 < err < 0.1:
+    failures.append(f"logits f32-tied --weights bf16: relative error {err}, expected the BF16 rounding's (1e-3 to 0.1)")
+
 for line in open(f"{golden}/ar.jsonl"):
     g = json.loads(line)
     out = json.loads(run("ar", "--model", f"{golden}/{g['model']}", "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
