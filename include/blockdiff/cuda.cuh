@@ -4,6 +4,7 @@
 
 #include "blockdiff/backend/cuda/attention.cuh"
 #include "blockdiff/backend/cuda/elementwise.cuh"
+#include "blockdiff/backend/cuda/linear.cuh"
 #include "blockdiff/backend/cuda/runtime.cuh"
 #include "blockdiff/backend/cuda/vocab_stats.cuh"
 #include "blockdiff/blockdiff.hpp"

@@ -24,14 +24,97 @@ std::vector<T> down(const DeviceBuffer<T>& b, std::size_t n) {
 int device_count() { return Cuda::device_count(); }
 
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
-                          const std::vector<float>* bias, const std::vector<float>* accumulate_into) {
-  auto dx = up(x), dw = up(w);
+                          const std::vector<float>* bias, const std::vector<float>* accumulate_into,
+                          bool bf16_weights) {
+  auto dx = up(x);
   DeviceBuffer<float> db, dy(Shape{std::int64_t{n} * m});
   if (bias) db = up(*bias);
   if (accumulate_into) dy = up(*accumulate_into);
-  Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, bias ? db.data() : nullptr, dy.data(),
-                                accumulate_into != nullptr);
+  const float* b = bias ? db.data() : nullptr;
+  if (bf16_weights) {
+    std::vector<bf16> wb(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
+    auto dw = up(wb);
+    Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate_into != nullptr);
+  } else {
+    auto dw = up(w);
+    Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate_into != nullptr);
+  }
   return down(dy, static_cast<std::size_t>(n) * m);
+}
+
+std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
+                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias) {
+  auto dx = up(x);
+  std::vector<DeviceBuffer<float>> dw, db, dy;
+  std::vector<LinearOut<float>> outs;
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    dw.push_back(up(w[i]));
+    db.push_back(up(bias[i]));
+    dy.emplace_back(Shape{std::int64_t{n} * m[i]});
+  }
+  for (std::size_t i = 0; i < w.size(); ++i) outs.push_back({dw[i].data(), m[i], db[i].data(), dy[i].data()});
+  Kernel<Cuda, op::Linears>::run(dx.data(), n, k, std::span<const LinearOut<float>>(outs));
+  std::vector<float> all;
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    auto part = down(dy[i], static_cast<std::size_t>(n) * m[i]);
+    all.insert(all.end(), part.begin(), part.end());
+  }
+  return all;
+}
+
+std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
+                                 const std::vector<float>& w_up, int m, bool bf16_weights) {
+  auto dx = up(x);
+  DeviceBuffer<float> out(Shape{std::int64_t{n} * m}), scratch(Shape{std::int64_t{n} * m});
+  auto run = [&]<class W>(const std::vector<W>& g, const std::vector<W>& u) {
+    auto dg = up(g), du = up(u);
+    Kernel<Cuda, op::SwiGluLinear>::run(dx.data(), n, k, dg.data(), du.data(), m, out.data(), scratch.data());
+  };
+  if (bf16_weights) {
+    std::vector<bf16> g(w_gate.size()), u(w_up.size());
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = to_bf16(w_gate[i]), u[i] = to_bf16(w_up[i]);
+    run(g, u);
+  } else {
+    run(w_gate, w_up);
+  }
+  return down(out, static_cast<std::size_t>(n) * m);
+}
+
+std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                 const std::vector<int>& positions, const std::vector<float>& cos_t,
+                                 const std::vector<float>& sin_t, const std::vector<int>& row_tokens,
+                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity) {
+  auto dq = up(q), dk = up(k), dv = up(v), dc = up(cos_t), ds = up(sin_t);
+  auto dp = up(positions);
+  std::vector<DeviceBuffer<float>> ck, cv;
+  std::vector<AttentionRow> rows;
+  std::int64_t begin = 0;
+  int max_q = 0;
+  for (std::size_t r = 0; r < row_tokens.size(); ++r) {
+    ck.push_back(up(std::vector<float>(static_cast<std::size_t>(kv_heads) * capacity * d, 0.0f)));
+    cv.push_back(up(std::vector<float>(static_cast<std::size_t>(kv_heads) * capacity * d, 0.0f)));
+  }
+  for (std::size_t r = 0; r < row_tokens.size(); ++r) {
+    rows.push_back({begin, row_tokens[r], first_slot[r], first_slot[r] + row_tokens[r], ck[r].data(), cv[r].data(),
+                    capacity});
+    begin += row_tokens[r];
+    max_q = std::max(max_q, row_tokens[r]);
+  }
+  auto drows = up(rows);
+  const AttentionShape shape{heads, kv_heads, d, 1.0f, max_q, capacity};
+  Kernel<Cuda, op::RopeKvWrite>::run(dq.data(), dk.data(), dv.data(), begin, dp.data(), dc.data(), ds.data(),
+                                     std::span<const AttentionRow>(drows.data(), rows.size()), shape);
+  auto all = down(dq, q.size());
+  auto kk = down(dk, k.size());
+  all.insert(all.end(), kk.begin(), kk.end());
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    auto a = down(ck[r], static_cast<std::size_t>(kv_heads) * capacity * d);
+    auto b = down(cv[r], a.size());
+    all.insert(all.end(), a.begin(), a.end());
+    all.insert(all.end(), b.begin(), b.end());
+  }
+  return all;
 }
 
 std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps) {
@@ -60,9 +143,10 @@ std::vector<float> attention(const std::string& mask_name, const std::vector<flo
                              int kv_heads, int d, int capacity) {
   auto dq = up(q), dk = up(k), dv = up(v);
   DeviceBuffer<float> dout(Shape{static_cast<std::int64_t>(q.size())});
-  AttentionRow row{0, n_q, first_slot, kv_end, dk.data(), dv.data(), capacity};
-  const AttentionShape shape{heads, kv_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
-  std::span<const AttentionRow> rows(&row, 1);
+  const AttentionRow row{0, n_q, first_slot, kv_end, dk.data(), dv.data(), capacity};
+  const AttentionShape shape{heads, kv_heads, d, 1.0f / std::sqrt(static_cast<float>(d)), n_q, capacity};
+  auto drow = up(std::vector<AttentionRow>{row});
+  std::span<const AttentionRow> rows(drow.data(), 1);  // rows live in device memory
   if (mask_name == "causal") Kernel<Cuda, op::Attention<mask::Causal>>::run(dq.data(), dout.data(), rows, shape, {});
   else if (mask_name == "block-causal") Kernel<Cuda, op::Attention<mask::BlockCausal<8>>>::run(dq.data(), dout.data(), rows, shape, {});
   else if (mask_name == "full") Kernel<Cuda, op::Attention<mask::Full>>::run(dq.data(), dout.data(), rows, shape, {});
@@ -80,8 +164,9 @@ std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vec
   return out;
 }
 
-std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask_name) {
-  auto m = model::Qwen2<Cuda>::load(model_dir);
+std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask_name,
+                          bool bf16_weights) {
+  auto m = model::Qwen2<Cuda>::load(model_dir, bf16_weights ? DType::bf16 : DType::f32);
   auto cache = m.make_cache(static_cast<int>(ids.size()));
   std::vector<model::ForwardRow<Cuda>> rows(1);
   rows[0].tokens = ids;
@@ -137,6 +222,18 @@ std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector
   std::vector<std::vector<int>> out;
   for (auto& r : decode::ar_generate(m, prompts, o)) out.push_back(r.tokens);
   return out;
+}
+
+std::pair<std::vector<int>, long> ar_graphs(const std::string& model_dir, const std::vector<int>& prompt, int max_new,
+                                            bool graphs) {
+  const bool before = Cuda::graphs();
+  Cuda::use_graphs(graphs);
+  auto m = model::Qwen2<Cuda>::load(model_dir);
+  decode::ArOptions o;
+  o.max_new_tokens = max_new;
+  auto r = decode::ar_generate(m, std::vector<std::vector<int>>{prompt}, o);
+  Cuda::use_graphs(before);
+  return {r.at(0).tokens, m.replays().launches()};
 }
 
 }  // namespace blockdiff::test::cuda

@@ -13,8 +13,22 @@ namespace blockdiff::test::cuda {
 
 int device_count();
 
+//! w is uploaded as f32, or as BF16 (bf16_weights: the caller passes BF16-representable values).
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
-                          const std::vector<float>* bias, const std::vector<float>* accumulate_into);
+                          const std::vector<float>* bias, const std::vector<float>* accumulate_into,
+                          bool bf16_weights = false);
+//! op::Linears over three products of x (f32 weights); returns the three outputs one after another.
+std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
+                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias);
+//! op::SwiGluLinear; weights uploaded as BF16 when bf16_weights (BF16-representable values).
+std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
+                                 const std::vector<float>& w_up, int m, bool bf16_weights);
+//! op::RopeKvWrite for rows of the given token counts, each writing its cache at first_slot[r];
+//! returns q and k rotated and both caches, one after another.
+std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                 const std::vector<int>& positions, const std::vector<float>& cos_t,
+                                 const std::vector<float>& sin_t, const std::vector<int>& row_tokens,
+                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity);
 std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps);
 std::vector<float> rope(const std::vector<float>& x, int n, int heads, int d, const std::vector<int>& positions,
                         const std::vector<float>& cos_t, const std::vector<float>& sin_t);
@@ -25,7 +39,8 @@ std::vector<float> attention(const std::string& mask, const std::vector<float>& 
                              int capacity);
 std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab);
 
-std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask);
+std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask,
+                          bool bf16_weights = false);
 
 struct Decoded {
   std::vector<int> tokens;
@@ -38,5 +53,10 @@ std::vector<Decoded> generate(const std::string& model_dir, const std::vector<st
                               const std::string& shape, const std::string& policy, const std::string& cache,
                               float knob, int max_new, int eos, int mask_id);
 std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector<std::vector<int>>& prompts, int max_new);
+
+//! AR decoding of one prompt with CUDA graphs on or off: its tokens, and how many forwards ran
+//! as a replayed graph.
+std::pair<std::vector<int>, long> ar_graphs(const std::string& model_dir, const std::vector<int>& prompt, int max_new,
+                                            bool graphs);
 
 }  // namespace blockdiff::test::cuda

@@ -59,9 +59,101 @@ TEST_CASE("Linear, RmsNorm, Rope and SwiGlu: CUDA == host") {
   CHECK(rel(gpu::swiglu(gate, up), hg) < kTol);
 }
 
+TEST_CASE("Linear with BF16 weights: CUDA == host, within the rounding of the activations when they are rounded") {
+  // Up to 8 rows run on the CUDA cores in f32 (the host's arithmetic, another summation order);
+  // more rows run on the tensor cores with the activations rounded to BF16, whose error is
+  // bounded per output by 2^-8 * sum_j |w_ij x_j| (one rounding of each x_j, relative 2^-8 at most).
+  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {2, 1536, 70}, {5, 40, 33}, {7, 33, 17}, {8, 96, 1000},
+                         {8, 2000, 24}, {9, 64, 50}, {64, 96, 1000}}) {
+    auto x = randn(static_cast<std::size_t>(n * k), 21), w = randn(static_cast<std::size_t>(m * k), 22);
+    for (auto& v : w) v = to_float(to_bf16(v));  // BF16-representable: the device holds these exactly
+    std::vector<bf16> wb(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
+    auto b = randn(static_cast<std::size_t>(m), 23), y0 = randn(static_cast<std::size_t>(n * m), 24);
+    std::vector<float> host(static_cast<std::size_t>(n * m)), acc = y0;
+    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, wb.data(), m, b.data(), host.data());
+    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, wb.data(), m, nullptr, acc.data(), true);
+    auto dev = gpu::linear(x, n, k, w, m, &b, nullptr, true);
+    auto dev_acc = gpu::linear(x, n, k, w, m, nullptr, &y0, true);
+    INFO("n ", n, " k ", k, " m ", m);
+    if (n <= 8) {
+      CHECK(rel(dev, host) < kTol);
+      CHECK(rel(dev_acc, acc) < kTol);
+      continue;
+    }
+    int outside = 0;
+    for (int r = 0; r < n; ++r)
+      for (int f = 0; f < m; ++f) {
+        double bound = 0;
+        for (int j = 0; j < k; ++j)
+          bound += std::fabs(static_cast<double>(w[static_cast<std::size_t>(f * k + j)]) * x[static_cast<std::size_t>(r * k + j)]);
+        bound = bound * std::ldexp(1.0, -8) + 1e-5 * (1 + std::fabs(host[static_cast<std::size_t>(r * m + f)]));
+        const auto i = static_cast<std::size_t>(r * m + f);
+        outside += std::fabs(dev[i] - host[i]) > bound || std::fabs(dev_acc[i] - acc[i]) > bound;
+      }
+    CHECK(outside == 0);
+    CHECK(rel(dev, host) > 0);  // the activations really were rounded: this path is not the f32 one
+  }
+}
+
+TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite): CUDA == the host's parts") {
+  // On the host these run as their parts; on the device as one launch each up to 8 rows.
+  for (int n : {1, 3, 8, 12}) {
+    const int k = 72, m[3] = {40, 8, 8};
+    auto x = randn(static_cast<std::size_t>(n * k), 31);
+    std::vector<std::vector<float>> w, b;
+    std::vector<float> host;
+    for (int i = 0; i < 3; ++i) {
+      w.push_back(randn(static_cast<std::size_t>(m[i] * k), 32 + i));
+      b.push_back(randn(static_cast<std::size_t>(m[i]), 35 + i));
+      std::vector<float> y(static_cast<std::size_t>(n * m[i]));
+      Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w[i].data(), m[i], b[i].data(), y.data());
+      host.insert(host.end(), y.begin(), y.end());
+    }
+    INFO(n, " rows");
+    CHECK(rel(gpu::linears(x, n, k, w, {m[0], m[1], m[2]}, b), host) < kTol);
+    for (bool bf16_weights : {false, true}) {
+      auto g = randn(static_cast<std::size_t>(37 * k), 38), u = randn(static_cast<std::size_t>(37 * k), 39);
+      if (bf16_weights)
+        for (auto* v : {&g, &u})
+          for (auto& e : *v) e = to_float(to_bf16(e));
+      std::vector<float> hg(static_cast<std::size_t>(n * 37)), hu(hg.size());
+      Kernel<backend::Host, op::Linear>::run(x.data(), n, k, g.data(), 37, nullptr, hg.data());
+      Kernel<backend::Host, op::Linear>::run(x.data(), n, k, u.data(), 37, nullptr, hu.data());
+      Kernel<backend::Host, op::SwiGlu>::run(hg.data(), hu.data(), n * 37);
+      const double tol = bf16_weights && n > 8 ? 0.05 : kTol;  // more than 8 rows: BF16 activations
+      CHECK(rel(gpu::swiglu_linear(x, n, k, g, u, 37, bf16_weights), hg) < tol);
+    }
+  }
+  // Three rows of 2, 5 and 1 tokens writing their caches at different slots.
+  const int heads = 4, kvh = 2, d = 16, cap = 12, T = 8;
+  auto q = randn(static_cast<std::size_t>(T * heads * d), 40), k = randn(static_cast<std::size_t>(T * kvh * d), 41);
+  auto v = randn(k.size(), 42), cos_t = randn(20 * 8, 43), sin_t = randn(20 * 8, 44);
+  std::vector<int> pos{3, 4, 0, 1, 2, 3, 4, 11}, tokens{2, 5, 1}, first{3, 0, 11};
+  auto hq = q, hk = k;
+  Kernel<backend::Host, op::Rope>::run(hq.data(), T, heads, d, pos.data(), cos_t.data(), sin_t.data());
+  Kernel<backend::Host, op::Rope>::run(hk.data(), T, kvh, d, pos.data(), cos_t.data(), sin_t.data());
+  std::vector<float> host = hq;
+  host.insert(host.end(), hk.begin(), hk.end());
+  std::int64_t begin = 0;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<float> ck(static_cast<std::size_t>(kvh * cap * d), 0.0f), cv(ck.size(), 0.0f);
+    AttentionRow row{begin, tokens[r], first[r], first[r] + tokens[r], ck.data(), cv.data(), cap};
+    Kernel<backend::Host, op::KvWrite>::run(hk.data(), v.data(), std::span<const AttentionRow>(&row, 1),
+                                            AttentionShape{heads, kvh, d, 1.0f, tokens[r], cap});
+    host.insert(host.end(), ck.begin(), ck.end());
+    host.insert(host.end(), cv.begin(), cv.end());
+    begin += tokens[r];
+  }
+  CHECK(rel(gpu::rope_kv_write(q, k, v, pos, cos_t, sin_t, tokens, first, heads, kvh, d, cap), host) < kTol);
+}
+
 TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
-  const int heads = 4, kvh = 2, d = 64, cap = 80;
-  auto k = randn(static_cast<std::size_t>(kvh * cap * d), 12), v = randn(static_cast<std::size_t>(kvh * cap * d), 13);
+  // A cache of 80 slots is one pass of a block; one of 1000 splits each query's keys over 8
+  // blocks and merges them (fewer than 128 queries), or not (128 and more).
+  const int heads = 4, kvh = 2, d = 64;
+  int cap = 80;
+  std::vector<float> k, v;
   auto check = [&]<class Mask>(const std::string& name, Mask mask, int n_q, int first, int kv_end) {
     auto q = randn(static_cast<std::size_t>(n_q * heads * d), static_cast<std::uint64_t>(n_q + first));
     std::vector<float> host(q.size());
@@ -71,12 +163,20 @@ TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
     INFO(name, " n_q ", n_q, " first ", first, " kv_end ", kv_end);
     CHECK(rel(gpu::attention(name, q, n_q, first, kv_end, k, v, heads, kvh, d, cap), host) < kTol);
   };
-  check("causal", mask::Causal{}, 37, 0, 37);
-  check("causal", mask::Causal{}, 1, 70, 71);            // decode: one query, long cache
-  check("block-causal", mask::BlockCausal<8>{}, 21, 0, 21);
-  check("block-causal", mask::BlockCausal<8>{}, 8, 64, 72);
-  check("full", mask::Full{}, 4, 68, 72);                // sub-block against [committed ; scratch]
-  check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
+  for (int c : {80, 1000}) {
+    cap = c;
+    k = randn(static_cast<std::size_t>(kvh * cap * d), 12 + c);
+    v = randn(static_cast<std::size_t>(kvh * cap * d), 13 + c);
+    const int at = cap - 80;  // the same cases near the end of the cache
+    check("causal", mask::Causal{}, 37, 0, 37);
+    check("causal", mask::Causal{}, 1, at + 70, at + 71);     // decode: one query, long cache
+    check("block-causal", mask::BlockCausal<8>{}, 21, 0, 21);
+    check("block-causal", mask::BlockCausal<8>{}, 8, at + 64, at + 72);
+    check("full", mask::Full{}, 4, at + 68, at + 72);         // sub-block against [committed ; scratch]
+    check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
+  }
+  check("causal", mask::Causal{}, 200, 700, 900);             // many queries: one block each
+  check("full", mask::Full{}, 3, 0, 0);                       // no key at all: zeros
 }
 
 TEST_CASE("VocabStats, each trait combination: CUDA == host") {
@@ -115,6 +215,41 @@ TEST_CASE("whole-model logits: CUDA == host on both golden models") {
       CHECK(rel(gpu::logits(dir, ids, mk), host) < kTol);
     }
   }
+}
+
+TEST_CASE("whole-model logits with BF16 weights: CUDA == host") {
+  // The BF16 golden model held in BF16 on both backends. Up to 8 tokens every product runs in
+  // f32 on both; 37 tokens take the tensor-core path, which rounds the input of each of the 15
+  // products to BF16 (2^-9 relative each). Those errors add up through two layers; 2^-4 of the
+  // largest logit bounds them (seen: 0.040).
+  const auto dir = test::golden("model-bf16-untied").string();
+  auto m = model::Qwen2<backend::Host>::load(dir, DType::bf16);
+  for (int n : {1, 5, 8, 37}) {
+    std::vector<int> ids;
+    for (int i = 0; i < n; ++i) ids.push_back((i * 13 + 5) % 300);
+    auto cache = m.make_cache(n);
+    std::vector<model::ForwardRow<backend::Host>> rows(1);
+    rows[0].tokens = ids;
+    rows[0].cache = &cache;
+    auto l = m.forward<mask::BlockCausal<8>>(rows);
+    std::vector<float> host(l.data(), l.data() + l.numel());
+    const double err = rel(gpu::logits(dir, ids, "block-causal", true), host);
+    INFO(n, " tokens: relative error ", err);
+    CHECK(err < (n <= 8 ? kTol : std::ldexp(1.0, -4)));
+  }
+}
+
+TEST_CASE("CUDA graphs: a replayed decode equals the directly launched one, and replays happen") {
+  const auto dir = test::golden("model-f32-tied").string();
+  std::vector<int> prompt{7, 20, 33, 46, 59, 72, 85, 98, 111};
+  auto [direct, none] = gpu::ar_graphs(dir, prompt, 24, false);
+  auto [replayed, launches] = gpu::ar_graphs(dir, prompt, 24, true);
+  CHECK(none == 0);
+  REQUIRE(direct.size() == 24);
+  CHECK(replayed == direct);
+  // A prefill, then 23 one-token steps that share one key: the first runs directly, the second
+  // is recorded and launched, and the other 21 are launched.
+  CHECK(launches == 22);
 }
 
 TEST_CASE("whole decodes: CUDA == host tokens and committed positions, policy x shape x cache, batched") {

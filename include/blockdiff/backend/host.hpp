@@ -339,16 +339,18 @@ struct Kernel<backend::Host, op::Embedding> {
 
 template <>
 struct Kernel<backend::Host, op::KvWrite> {
-  //! k, v: [n, kv_heads, d] -> cache [kv_heads, capacity, d] at slots first..first+n-1.
-  static void run(const float* k, const float* v, int n, int kv_heads, int d, float* cache_k, float* cache_v,
-                  int capacity, int first) {
-    for (int t = 0; t < n; ++t)
-      for (int h = 0; h < kv_heads; ++h) {
-        const std::int64_t src = (static_cast<std::int64_t>(t) * kv_heads + h) * d;
-        const std::int64_t dst = (static_cast<std::int64_t>(h) * capacity + first + t) * d;
-        std::copy_n(k + src, d, cache_k + dst);
-        std::copy_n(v + src, d, cache_v + dst);
-      }
+  //! k, v: [tokens, kv_heads, d]; row r's tokens go to its cache [kv_heads, capacity, d] at
+  //! slots first_slot, first_slot + 1, ...
+  static void run(const float* k, const float* v, std::span<const AttentionRow> rows, const AttentionShape& shape) {
+    const int kv_heads = shape.kv_heads, d = shape.head_dim;
+    for (const AttentionRow& row : rows)
+      for (int t = 0; t < row.n_q; ++t)
+        for (int h = 0; h < kv_heads; ++h) {
+          const std::int64_t src = ((row.q_begin + t) * kv_heads + h) * d;
+          const std::int64_t dst = (static_cast<std::int64_t>(h) * row.capacity + row.first_slot + t) * d;
+          std::copy_n(k + src, d, row.k + dst);
+          std::copy_n(v + src, d, row.v + dst);
+        }
   }
 };
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "blockdiff/core/macros.hpp"
@@ -17,11 +18,21 @@
 namespace blockdiff {
 
 namespace backend {
+//! Runs a forward's kernel sequence. The host runs it as it is; a device backend may record it
+//! once per `key` (every shape and pointer its kernels are given) and replay the recording.
+struct Immediate {
+  template <class F>
+  void run(std::span<const std::int64_t>, F&& enqueue) {
+    enqueue();
+  }
+  long launches() const { return 0; }
+};
 //! The CPU backend: f32 compute, Eigen GEMMs, OpenMP threads. Memory is ordinary host memory,
 //! so the transfers below are plain copies (or nothing, for to_host).
 struct Host {
   template <class T>
   using buffer = ::blockdiff::Buffer<T>;
+  using Replay = Immediate;
   static constexpr const char* name = "host";
 
   template <class T>
@@ -47,7 +58,8 @@ namespace op {
 struct Linear {};
 //! out[t, :] = table[ids[t], :]: the embedding lookup (ids in device memory).
 struct Embedding {};
-//! Writes n tokens' K and V ([n, kv_heads, head_dim]) into cache slots [first, first + n).
+//! Writes each row's new K and V (packed [tokens, kv_heads, head_dim] from row q_begin) into its
+//! cache at slots [first_slot, first_slot + n_q): one call for a whole batch.
 struct KvWrite {};
 //! y[n, h] = x · rsqrt(mean(x²) + eps) · weight, in f32.
 struct RmsNorm {};
@@ -55,6 +67,15 @@ struct RmsNorm {};
 struct Rope {};
 //! out[n, i] = silu(gate[n, i]) · up[n, i], written over gate.
 struct SwiGlu {};
+//! Several products of one input, y_i = x · w_iᵀ + b_i (a layer's q, k and v). Composite: a
+//! backend that does not specialise it runs one Linear per product.
+struct Linears {};
+//! out[n, m] = silu(x · w_gateᵀ) · (x · w_upᵀ), the first half of the MLP. Composite: two
+//! Linears and a SwiGlu where not specialised.
+struct SwiGluLinear {};
+//! RoPE on q and k, then each row's k and v into its cache. Composite: two Ropes and a KvWrite
+//! where not specialised.
+struct RopeKvWrite {};
 //! Scaled dot-product attention of each row's queries against its cache, under Mask.
 template <class Mask>
 struct Attention {};
@@ -72,14 +93,16 @@ struct Kernel {
                 "(host kernels live in blockdiff/backend/host.hpp, CUDA kernels in blockdiff/backend/cuda/*.cuh)");
 };
 
-//! One row of a batched attention call: its queries and the cache they attend.
+//! One row of a batched attention (or KV-write) call: its queries and the cache they attend. The
+//! rows of a call live in the backend's memory (on the device for CUDA), so that a forward
+//! uploads them once and a captured sequence of kernels reads the current ones.
 struct AttentionRow {
   std::int64_t q_begin = 0;  //!< first query row in the packed [tokens, heads, head_dim] input
   int n_q = 0;               //!< number of queries
   int first_slot = 0;        //!< cache slot of the first query (what the mask sees)
   int kv_end = 0;            //!< the queries attend cache slots [0, kv_end)
-  const float* k = nullptr;  //!< [kv_heads, capacity, head_dim] for this layer
-  const float* v = nullptr;
+  float* k = nullptr;  //!< [kv_heads, capacity, head_dim] for this layer (KvWrite writes it)
+  float* v = nullptr;
   int capacity = 0;
 };
 
@@ -89,6 +112,47 @@ struct AttentionShape {
   int kv_heads = 0;
   int head_dim = 0;
   float scale = 1.0f;
+  int max_queries = 0;  //!< the largest n_q of the call's rows (a device grid is sized by it)
+  int max_keys = 0;     //!< the largest cache capacity of the call's rows (bounds every kv_end)
+};
+
+
+//! One product of an op::Linears call.
+template <class W>
+struct LinearOut {
+  const W* w = nullptr;  //!< [m, k]
+  int m = 0;
+  const float* bias = nullptr;  //!< [m] or null
+  float* y = nullptr;           //!< [n, m]
+};
+
+//! The composite operations as their parts: what a backend runs unless it specialises them.
+template <class Backend>
+struct Kernel<Backend, op::Linears> {
+  template <class W>
+  static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs) {
+    for (const auto& o : outs) Kernel<Backend, op::Linear>::run(x, n, k, o.w, o.m, o.bias, o.y);
+  }
+};
+template <class Backend>
+struct Kernel<Backend, op::SwiGluLinear> {
+  //! `up` is [n, m] of scratch for the second product.
+  template <class W>
+  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up) {
+    Kernel<Backend, op::Linear>::run(x, n, k, w_gate, m, nullptr, out);
+    Kernel<Backend, op::Linear>::run(x, n, k, w_up, m, nullptr, up);
+    Kernel<Backend, op::SwiGlu>::run(out, up, n * m);
+  }
+};
+template <class Backend>
+struct Kernel<Backend, op::RopeKvWrite> {
+  //! q: [n, heads, d], k and v: [n, kv_heads, d]; `rows` as for op::KvWrite.
+  static void run(float* q, float* k, const float* v, std::int64_t n, const int* positions, const float* cos_t,
+                  const float* sin_t, std::span<const AttentionRow> rows, const AttentionShape& shape) {
+    Kernel<Backend, op::Rope>::run(q, n, shape.heads, shape.head_dim, positions, cos_t, sin_t);
+    Kernel<Backend, op::Rope>::run(k, n, shape.kv_heads, shape.head_dim, positions, cos_t, sin_t);
+    Kernel<Backend, op::KvWrite>::run(k, v, rows, shape);
+  }
 };
 
 //! What the vocabulary reduction computes for one logit row.

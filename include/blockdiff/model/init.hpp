@@ -91,6 +91,7 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
   auto params = m.parameters();
   std::size_t next = 0;
   std::vector<float> staging;
+  std::vector<bf16> narrow;
   constexpr bool host = std::is_same_v<Backend, backend::Host>;
   generate_random_weights(
       config, seed, peaked,
@@ -103,10 +104,14 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
       },
       [&](const std::string&, const std::vector<std::int64_t>&, std::span<const float> values) {
         const auto& p = params[next++];
-        if constexpr (!host)
+        if (p.dtype() == DType::bf16) {
+          bf16* out = std::get<1>(p.storage)->data();
+          if constexpr (!host) narrow.resize(values.size()), out = narrow.data();
+          convert_to(DType::f32, values.data(), out, values.size());
+          if constexpr (!host) Backend::upload(std::get<1>(p.storage)->data(), narrow.data(), narrow.size());
+        } else if constexpr (!host) {
           Backend::upload(p.f32().data(), values.data(), values.size());
-        else if (p.dtype() == DType::bf16)
-          convert_to(DType::f32, values.data(), std::get<1>(p.storage)->data(), values.size());
+        }
       });
   return m;
 }

@@ -4,8 +4,8 @@
 // final RMSNorm; lm_head (tied to the embedding or not). RoPE is the non-interleaved half
 // rotation with inv_freq = theta^(-2i/d), angles and cos/sin in f32 as Hugging Face computes
 // them. Arithmetic is f32. Weight matrices are held in f32, or, chosen when the model is made or
-// loaded, in BF16 on the host: half the memory, and half the bytes each decoding step streams (a
-// BF16 checkpoint loads exactly; an f32 one is rounded to nearest even). Norms and biases are f32.
+// loaded, in BF16: half the memory, and half the bytes each decoding step streams (a BF16
+// checkpoint loads exactly; an f32 one is rounded to nearest even). Norms and biases are f32.
 //
 // One `forward` serves every path of AR and block-diffusion decoding: a batch of rows, each a
 // run of tokens written into its own cache at `first_slot`, attending cache slots [0, kv_end)
@@ -14,12 +14,15 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -45,6 +48,10 @@ struct ForwardRow {
   std::span<const int> positions;  //!< RoPE positions; empty means position = slot
   KvCache<Backend>* cache = nullptr;
 };
+
+//! One address per mask type, so that a recorded forward's key names its mask.
+template <class Mask>
+inline constexpr char mask_tag = 0;
 
 //! Names of a layer's tensors in a Hugging Face checkpoint.
 inline std::string layer_tensor(int layer, const char* suffix) {
@@ -96,13 +103,11 @@ class Qwen2 {
     }
   };
 
-  //! A model of `config` with zeroed weights, matrices held in `weights` (f32, or BF16 on the host).
+  //! A model of `config` with zeroed weights, matrices held in `weights` (f32 or BF16).
   explicit Qwen2(io::ModelConfig config, DType weights = DType::f32) : config_(std::move(config)), weights_(weights) {
     config_.validate("Qwen2");
     require(weights == DType::f32 || weights == DType::bf16, "Qwen2: weights are held in F32 or BF16, not ",
             name_of(weights));
-    require(weights == DType::f32 || std::is_same_v<Backend, backend::Host>,
-            "Qwen2: BF16 weights are a host-backend option; the ", Backend::name, " backend holds f32 weights");
     const std::int64_t h = config_.hidden_size, v = config_.vocab_size, i = config_.intermediate_size;
     const std::int64_t qd = config_.q_dim(), kvd = config_.kv_dim();
     embed_ = matrix(v, h);
@@ -126,16 +131,17 @@ class Qwen2 {
   }
 
   //! Loads a checkpoint folder one shard at a time, each tensor converted into the model's
-  //! storage (`weights`: f32, or BF16 matrices on the host). A BF16 matrix loaded into BF16 is
+  //! storage (`weights`: f32, or BF16 matrices). On the host a BF16 matrix loaded into BF16 is
   //! not copied: the model uses it in place in the shard's private mapping, which it keeps open
   //! (writing to such a weight copies that page; the file never changes). The checkpoint's files
-  //! must then not be changed while the model lives.
+  //! must then not be changed while the model lives. Other backends convert each tensor on the
+  //! host and upload it.
   static Qwen2 load(const std::filesystem::path& dir, DType weights = DType::f32) {
     io::Checkpoint ckpt(dir);
     Qwen2 model(ckpt.config(), weights);
     auto params = model.parameters();
     std::vector<bool> filled(params.size(), false);
-    std::vector<float> staging;  // one tensor at a time, for backends whose memory is elsewhere
+    std::tuple<std::vector<float>, std::vector<bf16>> staging;  // one tensor at a time, for device backends
     constexpr bool host = std::is_same_v<Backend, backend::Host>;
     const bool in_place = host && weights == DType::bf16;
     ckpt.for_each_shard(in_place, [&](const std::shared_ptr<io::SafetensorsFile>& file) {
@@ -160,9 +166,12 @@ class Qwen2 {
           }
           it->visit([&](auto& b) { convert_to(e.dtype, e.bytes.data(), b.data(), static_cast<std::size_t>(e.numel())); });
         } else {
-          staging.resize(static_cast<std::size_t>(e.numel()));
-          convert_to_f32(e.dtype, e.bytes.data(), staging.data(), staging.size());
-          Backend::upload(it->f32().data(), staging.data(), staging.size());
+          it->visit([&]<class T>(buffer<T>& b) {
+            auto& host_copy = std::get<std::vector<T>>(staging);
+            host_copy.resize(static_cast<std::size_t>(e.numel()));
+            convert_to(e.dtype, e.bytes.data(), host_copy.data(), host_copy.size());
+            Backend::upload(b.data(), host_copy.data(), host_copy.size());
+          });
         }
         file->release(e);
       }
@@ -284,6 +293,7 @@ class Qwen2 {
     }
     ensure_rope(max_position + 1);
 
+    // Every workspace at its final size, so that the pointers below are the ones the kernels get.
     x_.resize({T, H});
     xn_.resize({T, H});
     q_.resize({T, qd});
@@ -294,54 +304,102 @@ class Qwen2 {
     up_.resize({T, I});
     ids_.resize({T});
     pos_.resize({T});
+    hidden_out_.resize({n_logits, H});
+    logits_.resize({n_logits, c.vocab_size});
+
+    // What changes from step to step goes to backend memory in three uploads: token ids,
+    // positions, and every layer's attention rows (queries, cache slots, cache pointers).
+    const int L = c.num_hidden_layers, R = static_cast<int>(rows.size());
+    int max_queries = 0, max_keys = 0;
+    attention_rows_.resize(static_cast<std::size_t>(L) * rows.size());
+    for (int l = 0; l < L; ++l)
+      for (int r = 0; r < R; ++r) {
+        auto& row = rows[static_cast<std::size_t>(r)];
+        const int n = static_cast<int>(row.tokens.size());
+        max_queries = std::max(max_queries, n);
+        max_keys = std::max(max_keys, row.cache->capacity());
+        attention_rows_[static_cast<std::size_t>(l * R + r)] =
+            AttentionRow{row_begin_[static_cast<std::size_t>(r)], n, row.first_slot, row.kv_end, row.cache->k(l),
+                         row.cache->v(l), row.cache->capacity()};
+      }
+    rows_.resize({static_cast<std::int64_t>(attention_rows_.size())});
     Backend::upload(ids_.data(), tokens_.data(), tokens_.size());
     Backend::upload(pos_.data(), positions_.data(), positions_.size());
-    if constexpr (std::is_same_v<Backend, backend::Host>)
-      std::visit([&](auto& e) { Kernel<Backend, op::Embedding>::run(e.data(), ids_.data(), T, H, x_.data()); }, embed_);
-    else
-      Kernel<Backend, op::Embedding>::run(std::get<buffer<float>>(embed_).data(), ids_.data(), T, H, x_.data());
+    Backend::upload(rows_.data(), attention_rows_.data(), attention_rows_.size());
 
-    attention_rows_.resize(rows.size());
-    const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d, 1.0f / std::sqrt(static_cast<float>(d))};
+    const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d,
+                               1.0f / std::sqrt(static_cast<float>(d)), max_queries, max_keys};
     const float eps = static_cast<float>(c.rms_norm_eps);
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
-      auto& L = layers_[static_cast<std::size_t>(l)];
-      Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.input_norm.data(), eps, xn_.data());
-      linear(xn_.data(), T, H, L.wq, qd, L.bq.data(), q_.data());
-      linear(xn_.data(), T, H, L.wk, kvd, L.bk.data(), k_.data());
-      linear(xn_.data(), T, H, L.wv, kvd, L.bv.data(), v_.data());
-      Kernel<Backend, op::Rope>::run(q_.data(), T, c.num_attention_heads, d, pos_.data(), cos_.data(), sin_.data());
-      Kernel<Backend, op::Rope>::run(k_.data(), T, c.num_key_value_heads, d, pos_.data(), cos_.data(), sin_.data());
-      for (std::size_t r = 0; r < rows.size(); ++r) {
-        auto& row = rows[r];
-        Kernel<Backend, op::KvWrite>::run(k_.data() + row_begin_[r] * kvd, v_.data() + row_begin_[r] * kvd,
-                                          static_cast<int>(row.tokens.size()), c.num_key_value_heads, d,
-                                          row.cache->k(l), row.cache->v(l), row.cache->capacity(), row.first_slot);
-        attention_rows_[r] = AttentionRow{row_begin_[r],       static_cast<int>(row.tokens.size()), row.first_slot,
-                                          row.kv_end,          row.cache->k(l),
-                                          row.cache->v(l),     row.cache->capacity()};
-      }
-      Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), attention_rows_, shape, mask);
-      linear(att_.data(), T, qd, L.wo, H, nullptr, x_.data(), /*accumulate=*/true);
-      Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, L.post_norm.data(), eps, xn_.data());
-      linear(xn_.data(), T, H, L.w_gate, I, nullptr, gate_.data());
-      linear(xn_.data(), T, H, L.w_up, I, nullptr, up_.data());
-      Kernel<Backend, op::SwiGlu>::run(gate_.data(), up_.data(), T * I);
-      linear(gate_.data(), T, I, L.w_down, H, nullptr, x_.data(), /*accumulate=*/true);
+    // The kernel sequence depends on nothing else than this key: the shapes, the row layout,
+    // the mask, and the workspace pointers.
+    replay_key_.assign({T, n_logits, R, max_queries, max_keys, rope_positions_});
+    for (int r = 0; r < R; ++r) {
+      replay_key_.push_back(row_begin_[static_cast<std::size_t>(r)]);
+      replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_begin);
+      replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_end);
     }
+    for (const void* p : {static_cast<const void*>(x_.data()), static_cast<const void*>(xn_.data()),
+                          static_cast<const void*>(q_.data()), static_cast<const void*>(k_.data()),
+                          static_cast<const void*>(v_.data()), static_cast<const void*>(att_.data()),
+                          static_cast<const void*>(gate_.data()), static_cast<const void*>(up_.data()),
+                          static_cast<const void*>(ids_.data()), static_cast<const void*>(pos_.data()),
+                          static_cast<const void*>(rows_.data()), static_cast<const void*>(hidden_out_.data()),
+                          static_cast<const void*>(logits_.data()), static_cast<const void*>(cos_.data()),
+                          static_cast<const void*>(sin_.data())})
+      replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p)));
+    replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(&mask_tag<Mask>)));
+    if constexpr (!std::is_empty_v<Mask>) {  // a mask with state (the training mask's length)
+      static_assert(std::is_trivially_copyable_v<Mask>);
+      std::array<std::int64_t, (sizeof(Mask) + 7) / 8> words{};
+      std::memcpy(words.data(), &mask, sizeof(Mask));
+      replay_key_.insert(replay_key_.end(), words.begin(), words.end());
+    }
+
+    replay_.run(replay_key_, [&] {
+      std::visit([&](auto& e) { Kernel<Backend, op::Embedding>::run(e.data(), ids_.data(), T, H, x_.data()); }, embed_);
+      for (int l = 0; l < L; ++l) {
+        auto& Lw = layers_[static_cast<std::size_t>(l)];
+        const std::span<const AttentionRow> layer_rows(rows_.data() + static_cast<std::int64_t>(l) * R,
+                                                       static_cast<std::size_t>(R));
+        Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, Lw.input_norm.data(), eps, xn_.data());
+        std::visit(
+            [&]<class W>(const buffer<W>& wq) {
+              const LinearOut<W> qkv[] = {{wq.data(), qd, Lw.bq.data(), q_.data()},
+                                          {std::get<buffer<W>>(Lw.wk).data(), kvd, Lw.bk.data(), k_.data()},
+                                          {std::get<buffer<W>>(Lw.wv).data(), kvd, Lw.bv.data(), v_.data()}};
+              Kernel<Backend, op::Linears>::run(xn_.data(), T, H, std::span<const LinearOut<W>>(qkv));
+            },
+            Lw.wq);
+        Kernel<Backend, op::RopeKvWrite>::run(q_.data(), k_.data(), v_.data(), T, pos_.data(), cos_.data(), sin_.data(),
+                                              layer_rows, shape);
+        Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), layer_rows, shape, mask);
+        linear(att_.data(), T, qd, Lw.wo, H, nullptr, x_.data(), /*accumulate=*/true);
+        Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, Lw.post_norm.data(), eps, xn_.data());
+        std::visit(
+            [&]<class W>(const buffer<W>& wg) {
+              Kernel<Backend, op::SwiGluLinear>::run(xn_.data(), T, H, wg.data(), std::get<buffer<W>>(Lw.w_up).data(), I,
+                                                     gate_.data(), up_.data());
+            },
+            Lw.w_gate);
+        linear(gate_.data(), T, I, Lw.w_down, H, nullptr, x_.data(), /*accumulate=*/true);
+      }
+      // Final norm and lm_head on the requested rows only.
+      for (int r = 0; r < R; ++r) {
+        const auto& row = rows[static_cast<std::size_t>(r)];
+        Backend::copy(hidden_out_.data() + logit_begin_[static_cast<std::size_t>(r)] * H,
+                      x_.data() + (row_begin_[static_cast<std::size_t>(r)] + row.logits_begin) * H,
+                      static_cast<std::size_t>(row.logits_end - row.logits_begin) * H);
+      }
+      Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
+      linear(xn_.data(), n_logits, H, c.tie_word_embeddings ? embed_ : lm_head_, c.vocab_size, nullptr, logits_.data());
+    });
     for (auto& row : rows)
       if (row.advance) row.cache->set_committed(row.first_slot + static_cast<int>(row.tokens.size()));
-
-    // Final norm and lm_head on the requested rows only.
-    hidden_out_.resize({n_logits, H});
-    for (std::size_t r = 0; r < rows.size(); ++r)
-      Backend::copy(hidden_out_.data() + logit_begin_[r] * H, x_.data() + (row_begin_[r] + rows[r].logits_begin) * H,
-                    static_cast<std::size_t>(rows[r].logits_end - rows[r].logits_begin) * H);
-    Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
-    logits_.resize({n_logits, c.vocab_size});
-    linear(xn_.data(), n_logits, H, c.tie_word_embeddings ? embed_ : lm_head_, c.vocab_size, nullptr, logits_.data());
     return logits_.view();
   }
+
+  //! How the backend runs a forward's kernels: on CUDA, the recorded graphs and their launch count.
+  const typename Backend::Replay& replays() const { return replay_; }
 
   //! First logit row of batch row `r` in the last forward's output.
   std::int64_t logit_offset(std::size_t r) const { return logit_begin_[r]; }
@@ -357,10 +415,7 @@ class Qwen2 {
   //! y = x · wᵀ (+ bias) with w in whichever dtype it is held.
   static void linear(const float* x, std::int64_t n, int k, const Matrix& w, int m, const float* bias, float* y,
                      bool accumulate = false) {
-    if constexpr (std::is_same_v<Backend, backend::Host>)
-      std::visit([&](auto& b) { Kernel<Backend, op::Linear>::run(x, n, k, b.data(), m, bias, y, accumulate); }, w);
-    else
-      Kernel<Backend, op::Linear>::run(x, n, k, std::get<buffer<float>>(w).data(), m, bias, y, accumulate);
+    std::visit([&](auto& b) { Kernel<Backend, op::Linear>::run(x, n, k, b.data(), m, bias, y, accumulate); }, w);
   }
 
   static std::string shape_string(const std::vector<std::int64_t>& s) {
@@ -402,7 +457,10 @@ class Qwen2 {
   buffer<int> ids_, pos_;
   std::vector<int> positions_, tokens_;
   std::vector<std::int64_t> row_begin_, logit_begin_;
-  std::vector<AttentionRow> attention_rows_;
+  std::vector<AttentionRow> attention_rows_;  // [layer][row], uploaded into rows_ by each forward
+  buffer<AttentionRow> rows_;
+  std::vector<std::int64_t> replay_key_;
+  typename Backend::Replay replay_;
   int rope_positions_ = 0;
 };
 

@@ -1,4 +1,4 @@
-// Small CUDA kernels: embedding lookup, KV-cache writes, RMSNorm, RoPE, SwiGLU, bias broadcast.
+// Small CUDA kernels: embedding lookup, KV-cache writes, RMSNorm, RoPE, SwiGLU.
 //
 // Each is the device twin of a host kernel in backend/host.hpp and is checked against it by
 // tests/cuda. RMSNorm reduces each row with a CUB block reduction; the others are one thread
@@ -7,32 +7,65 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include "blockdiff/backend/cuda/linear.cuh"
 #include "blockdiff/backend/cuda/runtime.cuh"
 
 namespace blockdiff {
 namespace detail::cuda {
 
-inline unsigned blocks_for(std::int64_t n, int threads = 256) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
-}
-
-__global__ void embedding_kernel(const float* table, const int* ids, std::int64_t n, int h, float* out) {
+template <class T>
+__global__ void embedding_kernel(const T* table, const int* ids, std::int64_t n, int h, float* out) {
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * h) return;
   const std::int64_t t = i / h;
-  out[i] = table[static_cast<std::int64_t>(ids[t]) * h + i % h];
+  out[i] = to_float(table[static_cast<std::int64_t>(ids[t]) * h + i % h]);
 }
 
-__global__ void kv_write_kernel(const float* k, const float* v, int n, int kv_heads, int d, float* ck, float* cv,
-                                int capacity, int first) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= static_cast<std::int64_t>(n) * kv_heads * d) return;
-  const int e = static_cast<int>(i % d);
-  const int h = static_cast<int>((i / d) % kv_heads);
-  const int t = static_cast<int>(i / (static_cast<std::int64_t>(d) * kv_heads));
-  const std::int64_t dst = (static_cast<std::int64_t>(h) * capacity + first + t) * d + e;
-  ck[dst] = k[i];
-  cv[dst] = v[i];
+//! Grid (max_queries, rows); the threads of a block copy one token's kv_heads x d values.
+__global__ void kv_write_kernel(const float* k, const float* v, const AttentionRow* rows, int kv_heads, int d) {
+  const AttentionRow row = rows[blockIdx.y];
+  const int t = blockIdx.x;
+  if (t >= row.n_q) return;
+  const std::int64_t src = (row.q_begin + t) * kv_heads * static_cast<std::int64_t>(d);
+  for (int i = threadIdx.x; i < kv_heads * d; i += blockDim.x) {
+    const int h = i / d, e = i % d;
+    const std::int64_t dst = (static_cast<std::int64_t>(h) * row.capacity + row.first_slot + t) * d + e;
+    row.k[dst] = k[src + i];
+    row.v[dst] = v[src + i];
+  }
+}
+
+//! Grid (tokens, heads + kv_heads): a block rotates one head of q, or one head of k and then
+//! writes it and the same head of v into the cache slot of its token's row.
+__global__ void rope_kv_write_kernel(float* q, float* k, const float* v, const int* positions, const float* cos_t,
+                                     const float* sin_t, const AttentionRow* rows, int n_rows, int heads, int kv_heads,
+                                     int d) {
+  const int t = static_cast<int>(blockIdx.x), hh = static_cast<int>(blockIdx.y), half = d / 2;
+  const bool is_q = hh < heads;
+  float* x = is_q ? q + (static_cast<std::int64_t>(t) * heads + hh) * d
+                  : k + (static_cast<std::int64_t>(t) * kv_heads + (hh - heads)) * d;
+  const std::int64_t p = static_cast<std::int64_t>(positions[t]) * half;
+  float* ck = nullptr;
+  float* cv = nullptr;
+  const float* vh = nullptr;
+  if (!is_q) {
+    int r = 0;
+    while (r + 1 < n_rows && t >= rows[r + 1].q_begin) ++r;  // rows lie in token order
+    const AttentionRow& row = rows[r];
+    const int kh = hh - heads;
+    const std::int64_t dst = (static_cast<std::int64_t>(kh) * row.capacity + row.first_slot + (t - row.q_begin)) * d;
+    ck = row.k + dst, cv = row.v + dst;
+    vh = v + (static_cast<std::int64_t>(t) * kv_heads + kh) * d;
+  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = x[i], b = x[i + half], c = cos_t[p + i], s = sin_t[p + i];
+    const float ra = a * c - b * s, rb = b * c + a * s;  // as op::Rope computes them
+    x[i] = ra, x[i + half] = rb;
+    if (!is_q) {
+      ck[i] = ra, ck[i + half] = rb;
+      cv[i] = vh[i], cv[i + half] = vh[i + half];
+    }
+  }
 }
 
 template <int Threads>
@@ -72,29 +105,28 @@ __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
   gate[i] = g / (1.0f + expf(-g)) * up[i];
 }
 
-__global__ void broadcast_rows_kernel(const float* bias, std::int64_t n, int m, float* y) {
-  const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n * m) y[i] = bias[i % m];
-}
-
 }  // namespace detail::cuda
 
 template <>
 struct Kernel<backend::Cuda, op::Embedding> {
-  static void run(const float* table, const int* ids, std::int64_t n, int h, float* out) {
+  //! The table in f32 or BF16; rows come out f32.
+  template <class T>
+  static void run(const T* table, const int* ids, std::int64_t n, int h, float* out) {
     if (n == 0) return;
-    detail::cuda::embedding_kernel<<<detail::cuda::blocks_for(n * h), 256>>>(table, ids, n, h, out);
+    detail::cuda::embedding_kernel<<<detail::cuda::blocks_for(n * h), 256, 0, backend::Cuda::stream()>>>(table, ids, n,
+                                                                                                          h, out);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 };
 
 template <>
 struct Kernel<backend::Cuda, op::KvWrite> {
-  static void run(const float* k, const float* v, int n, int kv_heads, int d, float* ck, float* cv, int capacity,
-                  int first) {
-    if (n == 0) return;
-    detail::cuda::kv_write_kernel<<<detail::cuda::blocks_for(std::int64_t{n} * kv_heads * d), 256>>>(
-        k, v, n, kv_heads, d, ck, cv, capacity, first);
+  //! `rows` in device memory; one launch for the whole batch.
+  static void run(const float* k, const float* v, std::span<const AttentionRow> rows, const AttentionShape& shape) {
+    if (rows.empty() || shape.max_queries == 0) return;
+    const dim3 grid(static_cast<unsigned>(shape.max_queries), static_cast<unsigned>(rows.size()));
+    detail::cuda::kv_write_kernel<<<grid, 256, 0, backend::Cuda::stream()>>>(k, v, rows.data(), shape.kv_heads,
+                                                                             shape.head_dim);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 };
@@ -103,7 +135,7 @@ template <>
 struct Kernel<backend::Cuda, op::RmsNorm> {
   static void run(const float* x, std::int64_t n, int h, const float* w, float eps, float* y) {
     if (n == 0) return;
-    detail::cuda::rmsnorm_kernel<256><<<static_cast<unsigned>(n), 256>>>(x, h, w, eps, y);
+    detail::cuda::rmsnorm_kernel<256><<<static_cast<unsigned>(n), 256, 0, backend::Cuda::stream()>>>(x, h, w, eps, y);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 };
@@ -113,7 +145,7 @@ struct Kernel<backend::Cuda, op::Rope> {
   static void run(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_t,
                   const float* sin_t) {
     if (n == 0) return;
-    detail::cuda::rope_kernel<<<detail::cuda::blocks_for(n * heads * (d / 2)), 256>>>(x, n, heads, d, positions, cos_t,
+    detail::cuda::rope_kernel<<<detail::cuda::blocks_for(n * heads * (d / 2)), 256, 0, backend::Cuda::stream()>>>(x, n, heads, d, positions, cos_t,
                                                                                          sin_t);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
@@ -123,33 +155,47 @@ template <>
 struct Kernel<backend::Cuda, op::SwiGlu> {
   static void run(float* gate, const float* up, std::int64_t n) {
     if (n == 0) return;
-    detail::cuda::swiglu_kernel<<<detail::cuda::blocks_for(n), 256>>>(gate, up, n);
+    detail::cuda::swiglu_kernel<<<detail::cuda::blocks_for(n), 256, 0, backend::Cuda::stream()>>>(gate, up, n);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 };
 
 template <>
-struct Kernel<backend::Cuda, op::Linear> {
-  //! y[n, m] (=|+=) x[n, k] · w[m, k]ᵀ (+ bias): one cuBLAS SGEMM on the row-major operands
-  //! (y as column-major yᵀ = w · xᵀ); the bias is broadcast into y first and accumulated (beta = 1).
-  static void run(const float* x, std::int64_t n, int k, const float* w, int m, const float* bias, float* y,
-                  bool accumulate = false) {
+struct Kernel<backend::Cuda, op::RopeKvWrite> {
+  //! One launch for RoPE on q and k and the cache writes of the whole batch (`rows` on the device).
+  static void run(float* q, float* k, const float* v, std::int64_t n, const int* positions, const float* cos_t,
+                  const float* sin_t, std::span<const AttentionRow> rows, const AttentionShape& shape) {
+    if (n == 0 || rows.empty()) return;
+    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(shape.heads + shape.kv_heads));
+    detail::cuda::rope_kv_write_kernel<<<grid, 64, 0, backend::Cuda::stream()>>>(
+        q, k, v, positions, cos_t, sin_t, rows.data(), static_cast<int>(rows.size()), shape.heads, shape.kv_heads,
+        shape.head_dim);
+    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+  }
+};
+
+template <>
+struct Kernel<backend::Cuda, op::SwiGluLinear> {
+  //! Up to 8 rows: one launch that stores silu(gate) · up (`up` unused). More: two cuBLAS
+  //! products into `out` and `up`, then SwiGlu.
+  template <class W>
+  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up) {
     if (n == 0 || m == 0) return;
-    require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
-    float beta = accumulate ? 1.0f : 0.0f;
-    if (bias != nullptr && !accumulate) {
-      detail::cuda::broadcast_rows_kernel<<<detail::cuda::blocks_for(n * m), 256>>>(bias, n, m, y);
-      BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
-      beta = 1.0f;
+    if (n > detail::cuda::few_rows_max) {
+      const void* input = detail::cuda::blas_input<W>(x, n, k);
+      detail::cuda::blas_product(input, n, k, w_gate, m, nullptr, out, false);
+      detail::cuda::blas_product(input, n, k, w_up, m, nullptr, up, false);
+      Kernel<backend::Cuda, op::SwiGlu>::run(out, up, n * m);
+      return;
     }
-    const float alpha = 1.0f;
-    if (n == 1) {
-      // The decode step: a GEMV (y = W x), which cuBLAS runs at memory bandwidth.
-      BLOCKDIFF_CUBLAS_CHECK(cublasSgemv(backend::Cuda::blas(), CUBLAS_OP_T, k, m, &alpha, w, k, x, 1, &beta, y, 1));
-        return;
-    }
-    BLOCKDIFF_CUBLAS_CHECK(cublasSgemm(backend::Cuda::blas(), CUBLAS_OP_T, CUBLAS_OP_N, m, static_cast<int>(n), k,
-                                       &alpha, w, k, x, k, &beta, y, m));
+    detail::cuda::few_rows_dispatch<W, detail::cuda::SwiGluPlan>(
+        x, static_cast<int>(n), k, detail::cuda::few_rows_aligned<W>(x, k, {w_gate, w_up}),
+        [&]<class P>() {
+          P p;
+          p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
+          return p;
+        },
+        backend::Cuda::stream());
   }
 };
 

@@ -2,14 +2,20 @@
 //
 // Every CUDA call is checked; a failure throws blockdiff::Error naming the call and the CUDA
 // error string. Device buffers own cudaMalloc'd memory (plain allocations, never managed
-// memory) and, like host Buffers, only reallocate when they must grow. Work runs on the default
-// stream, so a host read after a kernel is ordered by the synchronous copies below.
+// memory) and, like host Buffers, only reallocate when they must grow. All work runs in order on
+// one stream of the backend's (`Cuda::stream()`, which also orders itself with the legacy default
+// stream); a download waits for that stream, so a host read after a kernel sees its result.
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -83,23 +89,46 @@ class DeviceBuffer {
 
 namespace backend {
 
-//! The CUDA backend: f32 activations and weights on the device, cuBLAS GEMMs, own kernels.
+class GraphReplay;
+
+//! The CUDA backend: f32 activations, f32 or BF16 weights on the device, cuBLAS GEMMs for
+//! many rows and our own kernels for the rest.
 struct Cuda {
   template <class T>
   using buffer = DeviceBuffer<T>;
+  using Replay = GraphReplay;
   static constexpr const char* name = "cuda";
 
+  //! Whether forwards are recorded as CUDA graphs and replayed (default on; the environment
+  //! variable BLOCKDIFF_CUDA_GRAPHS=0 turns it off, and so does use_graphs(false)).
+  static bool graphs() { return graphs_flag(); }
+  static void use_graphs(bool on) { graphs_flag() = on; }
+
+  //! The stream every kernel, copy and cuBLAS call of the backend runs on.
+  static cudaStream_t stream() {
+    static cudaStream_t s = [] {
+      cudaStream_t created = nullptr;
+      BLOCKDIFF_CUDA_CHECK(cudaStreamCreate(&created));  // blocking: ordered with the legacy default stream
+      return created;
+    }();
+    return s;
+  }
+
+  //! Host to device. The source may be reused as soon as this returns (pageable memory is staged).
   template <class T>
   static void upload(T* dst, const T* src, std::size_t n) {
-    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpy(dst, src, n * sizeof(T), cudaMemcpyHostToDevice));
+    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, stream()));
   }
+  //! Device to host, after all work queued before it.
   template <class T>
   static void download(T* dst, const T* src, std::size_t n) {
-    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpy(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost));
+    if (!n) return;
+    BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, stream()));
+    BLOCKDIFF_CUDA_CHECK(cudaStreamSynchronize(stream()));
   }
   template <class T>
   static void copy(T* dst, const T* src, std::size_t n) {
-    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice));
+    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, stream()));
   }
   template <class T>
   static const T* to_host(const T* src, std::size_t n, std::vector<T>& staging) {
@@ -109,15 +138,45 @@ struct Cuda {
   }
   static void synchronize() { BLOCKDIFF_CUDA_CHECK(cudaDeviceSynchronize()); }
 
-  //! The process's cuBLAS handle (created on first use, full-f32 math: no TF32).
+  //! The process's cuBLAS handle (created on first use): full-f32 math (no TF32), on `stream()`,
+  //! with a workspace of its own so that cuBLAS allocates nothing while a graph is captured.
   static cublasHandle_t blas() {
+    static DeviceBuffer<char> space(Shape{32 << 20});
     static cublasHandle_t handle = [] {
       cublasHandle_t h = nullptr;
       BLOCKDIFF_CUBLAS_CHECK(cublasCreate(&h));
       BLOCKDIFF_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+      BLOCKDIFF_CUBLAS_CHECK(cublasSetStream(h, stream()));
+      BLOCKDIFF_CUBLAS_CHECK(cublasSetWorkspace(h, space.data(), space.bytes()));
       return h;
     }();
     return handle;
+  }
+
+  //! Scratch memory for at least n values of T, for kernels that stage an operand or keep
+  //! partial results (one buffer per type and thread; it only grows). A recorded graph holds the
+  //! pointer, so growing it counts in scratch_generation() and GraphReplay drops its graphs.
+  template <class T>
+  static T* scratch(std::size_t n) {
+    static thread_local DeviceBuffer<T> buffer;
+    if (n > buffer.bytes() / sizeof(T)) {
+      buffer.resize(Shape{static_cast<std::int64_t>(n)});
+      ++scratch_generation_ref();
+    }
+    return buffer.data();
+  }
+  static long scratch_generation() { return scratch_generation_ref(); }
+
+  static long& scratch_generation_ref() {
+    static thread_local long generation = 0;
+    return generation;
+  }
+  static bool& graphs_flag() {
+    static bool on = [] {
+      const char* e = std::getenv("BLOCKDIFF_CUDA_GRAPHS");
+      return e == nullptr || std::string_view(e) != "0";
+    }();
+    return on;
   }
 
   //! Number of visible CUDA devices (0 when there is no GPU or no driver).
@@ -129,6 +188,87 @@ struct Cuda {
     }
     return n;
   }
+};
+
+//! A model's recorded forwards. The first time a key is seen the kernel sequence runs as it is
+//! (it may size workspaces); the second time it is captured from the stream into a CUDA graph,
+//! which is launched from then on. The key holds every shape and pointer the kernels are given;
+//! what changes from one decoding step to the next (token ids, positions, the rows' cache
+//! slots) lives in device memory that the caller uploads before `run`. A decode step of L layers
+//! is then one launch instead of about 15 L.
+class GraphReplay {
+ public:
+  GraphReplay() = default;
+  GraphReplay(const GraphReplay&) = delete;
+  GraphReplay& operator=(const GraphReplay&) = delete;
+  GraphReplay(GraphReplay&& o) noexcept
+      : graphs_(std::move(o.graphs_)), seen_(std::move(o.seen_)), launches_(o.launches_), generation_(o.generation_) {
+    o.graphs_.clear();
+  }
+  GraphReplay& operator=(GraphReplay&& o) noexcept {
+    if (this != &o) {
+      clear();
+      graphs_ = std::move(o.graphs_);
+      seen_ = std::move(o.seen_);
+      launches_ = o.launches_;
+      generation_ = o.generation_;
+      o.graphs_.clear();
+    }
+    return *this;
+  }
+  ~GraphReplay() { clear(); }
+
+  template <class F>
+  void run(std::span<const std::int64_t> key, F&& enqueue) {
+    if (!Cuda::graphs()) return enqueue();
+    if (generation_ != Cuda::scratch_generation()) {  // a graph may hold scratch that has moved
+      clear();
+      generation_ = Cuda::scratch_generation();
+    }
+    std::vector<std::int64_t> k(key.begin(), key.end());
+    if (auto it = graphs_.find(k); it != graphs_.end()) {
+      BLOCKDIFF_CUDA_CHECK(cudaGraphLaunch(it->second, Cuda::stream()));
+      ++launches_;
+      return;
+    }
+    if (seen_.size() >= max_seen) seen_.clear();
+    if (seen_.insert(k).second) return enqueue();
+    if (graphs_.size() >= max_graphs) clear();
+    const cudaStream_t stream = Cuda::stream();
+    BLOCKDIFF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t graph = nullptr;
+    try {
+      enqueue();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      throw;
+    }
+    BLOCKDIFF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    BLOCKDIFF_CUDA_CHECK(made);
+    graphs_.emplace(std::move(k), exec);
+    BLOCKDIFF_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    ++launches_;
+  }
+
+  //! Graphs held, and forwards that ran as a graph launch so far.
+  std::size_t size() const { return graphs_.size(); }
+  long launches() const { return launches_; }
+
+  void clear() {
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+    seen_.clear();
+  }
+
+ private:
+  static constexpr std::size_t max_graphs = 256, max_seen = 4096;
+  std::map<std::vector<std::int64_t>, cudaGraphExec_t> graphs_;
+  std::set<std::vector<std::int64_t>> seen_;
+  long launches_ = 0, generation_ = 0;
 };
 
 }  // namespace backend

@@ -77,7 +77,7 @@ struct Kernel<backend::Cuda, op::VocabStats<SecondProb, Entropy>> {
     static thread_local DeviceBuffer<PositionStats> device_stats;
     device_stats.resize({rows});
     detail::cuda::vocab_stats_kernel<256, SecondProb, Entropy>
-        <<<static_cast<unsigned>(rows), 256>>>(logits, vocab, device_stats.data());
+        <<<static_cast<unsigned>(rows), 256, 0, backend::Cuda::stream()>>>(logits, vocab, device_stats.data());
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
     backend::Cuda::download(stats, device_stats.data(), static_cast<std::size_t>(rows));
   }
