@@ -69,9 +69,14 @@ double d2d_bandwidth_gbs() {
   return best;
 }
 
-std::vector<int> prompt(int n, int seed = 0) {
+//! n token ids below `vocab`: by default the timed model's ordinary tokens, below its mask id.
+std::vector<int> prompt(int n, int seed = 0, int vocab = 0) {
+  if (vocab == 0) {
+    const auto c = model::preset_config(preset());
+    vocab = c.mask_token_id ? std::min(*c.mask_token_id, c.vocab_size) : c.vocab_size;
+  }
   std::vector<int> p(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = (i * 7919 + 13 + seed * 101) % 150000;
+  for (int i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = (i * 7919 + 13 + seed * 101) % vocab;
   return p;
 }
 
@@ -83,8 +88,7 @@ void validate_against_host(benchmark::State& state) {
   auto host = bench::random_model<backend::Host>("tiny", 5, weights());
   auto dev = bench::random_model<Cuda>("tiny", 5, weights());
   for (int n : {8, 40}) {
-    auto ids = prompt(n);
-    for (auto& t : ids) t %= 300;
+    const auto ids = prompt(n, 0, 300);
     auto hc = host.make_cache(n);
     auto dc = dev.make_cache(n);
     std::vector<model::ForwardRow<backend::Host>> hr(1);

@@ -150,8 +150,10 @@ TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite): CUDA =
 
 TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
   // A cache of 80 slots is one pass of a block; one of 1000 splits each query's keys over 8
-  // blocks and merges them (fewer than 128 queries), or not (128 and more).
-  const int heads = 4, kvh = 2, d = 64;
+  // blocks and merges them (fewer than 128 queries), or not (128 and more). head_dim 128 runs
+  // the kernel compiled for it, 64 the one for any head_dim.
+  const int heads = 4, kvh = 2;
+  int d = 64;
   int cap = 80;
   std::vector<float> k, v;
   auto check = [&]<class Mask>(const std::string& name, Mask mask, int n_q, int first, int kv_end) {
@@ -177,6 +179,14 @@ TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
   }
   check("causal", mask::Causal{}, 200, 700, 900);             // many queries: one block each
   check("full", mask::Full{}, 3, 0, 0);                       // no key at all: zeros
+  d = 128;
+  k = randn(static_cast<std::size_t>(kvh * cap * d), 50);
+  v = randn(static_cast<std::size_t>(kvh * cap * d), 51);
+  check("causal", mask::Causal{}, 1, 900, 901);
+  check("full", mask::Full{}, 8, 904, 928);
+  check("block-causal", mask::BlockCausal<8>{}, 32, 896, 928);
+  check("causal", mask::Causal{}, 40, 0, 40);
+  check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
 }
 
 TEST_CASE("VocabStats, each trait combination: CUDA == host") {

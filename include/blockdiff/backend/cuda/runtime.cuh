@@ -114,10 +114,14 @@ struct Cuda {
     return s;
   }
 
-  //! Host to device. The source may be reused as soon as this returns (pageable memory is staged).
+  //! Host to device, after all work queued before it; the source may be freed as soon as this
+  //! returns. (A copy from pageable memory waits for the stream anyway, so waiting for the copy
+  //! itself costs only the copy; it also keeps tools that model the copy as asynchronous honest.)
   template <class T>
   static void upload(T* dst, const T* src, std::size_t n) {
-    if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, stream()));
+    if (!n) return;
+    BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, stream()));
+    BLOCKDIFF_CUDA_CHECK(cudaStreamSynchronize(stream()));
   }
   //! Device to host, after all work queued before it.
   template <class T>
@@ -156,11 +160,13 @@ struct Cuda {
   //! Scratch memory for at least n values of T, for kernels that stage an operand or keep
   //! partial results (one buffer per type and thread; it only grows). A recorded graph holds the
   //! pointer, so growing it counts in scratch_generation() and GraphReplay drops its graphs.
+  //! With `zeroed`, the buffer is all zeros when it is made or grown (its users keep it so).
   template <class T>
-  static T* scratch(std::size_t n) {
+  static T* scratch(std::size_t n, bool zeroed = false) {
     static thread_local DeviceBuffer<T> buffer;
     if (n > buffer.bytes() / sizeof(T)) {
       buffer.resize(Shape{static_cast<std::int64_t>(n)});
+      if (zeroed) BLOCKDIFF_CUDA_CHECK(cudaMemsetAsync(buffer.data(), 0, buffer.bytes(), stream()));
       ++scratch_generation_ref();
     }
     return buffer.data();
@@ -177,6 +183,17 @@ struct Cuda {
       return e == nullptr || std::string_view(e) != "0";
     }();
     return on;
+  }
+
+  //! Multiprocessors of the current device (read once).
+  static int multiprocessors() {
+    static const int n = [] {
+      int device = 0, count = 0;
+      BLOCKDIFF_CUDA_CHECK(cudaGetDevice(&device));
+      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+      return count;
+    }();
+    return n;
   }
 
   //! Number of visible CUDA devices (0 when there is no GPU or no driver).
