@@ -331,22 +331,18 @@ class Qwen2 {
                                1.0f / std::sqrt(static_cast<float>(d)), max_queries, max_keys};
     const float eps = static_cast<float>(c.rms_norm_eps);
     // The kernel sequence depends on nothing else than this key: the shapes, the row layout,
-    // the mask, and the workspace pointers.
+    // the mask, and the workspace pointers (the weights keep theirs for the model's life).
     replay_key_.assign({T, n_logits, R, max_queries, max_keys, rope_positions_});
     for (int r = 0; r < R; ++r) {
       replay_key_.push_back(row_begin_[static_cast<std::size_t>(r)]);
       replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_begin);
       replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_end);
     }
-    for (const void* p : {static_cast<const void*>(x_.data()), static_cast<const void*>(xn_.data()),
-                          static_cast<const void*>(q_.data()), static_cast<const void*>(k_.data()),
-                          static_cast<const void*>(v_.data()), static_cast<const void*>(att_.data()),
-                          static_cast<const void*>(gate_.data()), static_cast<const void*>(up_.data()),
-                          static_cast<const void*>(ids_.data()), static_cast<const void*>(pos_.data()),
-                          static_cast<const void*>(rows_.data()), static_cast<const void*>(hidden_out_.data()),
-                          static_cast<const void*>(logits_.data()), static_cast<const void*>(cos_.data()),
-                          static_cast<const void*>(sin_.data())})
-      replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(p)));
+    auto address = [](const auto& b) { return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data())); };
+    for (std::int64_t a : {address(x_), address(xn_), address(q_), address(k_), address(v_), address(att_),
+                           address(gate_), address(up_), address(ids_), address(pos_), address(rows_),
+                           address(hidden_out_), address(logits_), address(cos_), address(sin_)})
+      replay_key_.push_back(a);
     replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(&mask_tag<Mask>)));
     if constexpr (!std::is_empty_v<Mask>) {  // a mask with state (the training mask's length)
       static_assert(std::is_trivially_copyable_v<Mask>);

@@ -158,12 +158,13 @@ struct Cuda {
   }
 
   //! Scratch memory for at least n values of T, for kernels that stage an operand or keep
-  //! partial results (one buffer per type and thread; it only grows). A recorded graph holds the
-  //! pointer, so growing it counts in scratch_generation() and GraphReplay drops its graphs.
+  //! partial results (one buffer per type for the process, like the stream that orders its
+  //! users; it only grows). A recorded graph holds the pointer, so growing it counts in
+  //! scratch_generation() and GraphReplay drops its graphs.
   //! With `zeroed`, the buffer is all zeros when it is made or grown (its users keep it so).
   template <class T>
   static T* scratch(std::size_t n, bool zeroed = false) {
-    static thread_local DeviceBuffer<T> buffer;
+    static DeviceBuffer<T> buffer;
     if (n > buffer.bytes() / sizeof(T)) {
       buffer.resize(Shape{static_cast<std::int64_t>(n)});
       if (zeroed) BLOCKDIFF_CUDA_CHECK(cudaMemsetAsync(buffer.data(), 0, buffer.bytes(), stream()));
@@ -174,7 +175,7 @@ struct Cuda {
   static long scratch_generation() { return scratch_generation_ref(); }
 
   static long& scratch_generation_ref() {
-    static thread_local long generation = 0;
+    static long generation = 0;
     return generation;
   }
   static bool& graphs_flag() {

@@ -74,12 +74,11 @@ struct Kernel<backend::Cuda, op::VocabStats<SecondProb, Entropy>> {
   //! logits on the device; stats written to host memory.
   static void run(const float* logits, std::int64_t rows, int vocab, PositionStats* stats) {
     if (rows == 0) return;
-    static thread_local DeviceBuffer<PositionStats> device_stats;
-    device_stats.resize({rows});
+    PositionStats* device_stats = backend::Cuda::scratch<PositionStats>(static_cast<std::size_t>(rows));
     detail::cuda::vocab_stats_kernel<256, SecondProb, Entropy>
-        <<<static_cast<unsigned>(rows), 256, 0, backend::Cuda::stream()>>>(logits, vocab, device_stats.data());
+        <<<static_cast<unsigned>(rows), 256, 0, backend::Cuda::stream()>>>(logits, vocab, device_stats);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
-    backend::Cuda::download(stats, device_stats.data(), static_cast<std::size_t>(rows));
+    backend::Cuda::download(stats, device_stats, static_cast<std::size_t>(rows));
   }
 };
 
