@@ -19,10 +19,11 @@ namespace blockdiff {
 
 namespace backend {
 //! Runs a forward's kernel sequence. The host runs it as it is; a device backend may record it
-//! once per `key` (every shape and pointer its kernels are given) and replay the recording.
+//! once per key (every shape and pointer its kernels are given; `key()` makes it) and replay
+//! the recording.
 struct Immediate {
-  template <class F>
-  void run(std::span<const std::int64_t>, F&& enqueue) {
+  template <class Key, class F>
+  void run(Key&&, F&& enqueue) {
     enqueue();
   }
   long launches() const { return 0; }
@@ -115,7 +116,6 @@ struct AttentionShape {
   int max_queries = 0;  //!< the largest n_q of the call's rows (a device grid is sized by it)
   int max_keys = 0;     //!< the largest cache capacity of the call's rows (bounds every kv_end)
 };
-
 
 //! One product of an op::Linears call.
 template <class W>

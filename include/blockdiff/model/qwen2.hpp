@@ -255,7 +255,7 @@ class Qwen2 {
     const int H = c.hidden_size, I = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim(), d = c.head_dim();
     // Validate and lay the rows out one after another.
     std::int64_t T = 0, n_logits = 0;
-    int max_position = 0;
+    int max_position = 0, max_queries = 0, max_keys = 0;
     row_begin_.assign(rows.size() + 1, 0);
     logit_begin_.assign(rows.size() + 1, 0);
     for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -275,6 +275,8 @@ class Qwen2 {
         require(t >= 0 && t < c.vocab_size, "token id ", t, " is outside the vocabulary [0, ", c.vocab_size, ")");
       T += n;
       n_logits += row.logits_end - row.logits_begin;
+      max_queries = std::max(max_queries, n);
+      max_keys = std::max(max_keys, row.cache->capacity());
       row_begin_[r + 1] = T;
       logit_begin_[r + 1] = n_logits;
     }
@@ -310,17 +312,14 @@ class Qwen2 {
     // What changes from step to step goes to backend memory in three uploads: token ids,
     // positions, and every layer's attention rows (queries, cache slots, cache pointers).
     const int L = c.num_hidden_layers, R = static_cast<int>(rows.size());
-    int max_queries = 0, max_keys = 0;
     attention_rows_.resize(static_cast<std::size_t>(L) * rows.size());
     for (int l = 0; l < L; ++l)
       for (int r = 0; r < R; ++r) {
         auto& row = rows[static_cast<std::size_t>(r)];
-        const int n = static_cast<int>(row.tokens.size());
-        max_queries = std::max(max_queries, n);
-        max_keys = std::max(max_keys, row.cache->capacity());
         attention_rows_[static_cast<std::size_t>(l * R + r)] =
-            AttentionRow{row_begin_[static_cast<std::size_t>(r)], n, row.first_slot, row.kv_end, row.cache->k(l),
-                         row.cache->v(l), row.cache->capacity()};
+            AttentionRow{row_begin_[static_cast<std::size_t>(r)], static_cast<int>(row.tokens.size()), row.first_slot,
+                         row.kv_end,                              row.cache->k(l),
+                         row.cache->v(l),                         row.cache->capacity()};
       }
     rows_.resize({static_cast<std::int64_t>(attention_rows_.size())});
     Backend::upload(ids_.data(), tokens_.data(), tokens_.size());
@@ -331,27 +330,30 @@ class Qwen2 {
                                1.0f / std::sqrt(static_cast<float>(d)), max_queries, max_keys};
     const float eps = static_cast<float>(c.rms_norm_eps);
     // The kernel sequence depends on nothing else than this key: the shapes, the row layout,
-    // the mask, and the workspace pointers (the weights keep theirs for the model's life).
-    replay_key_.assign({T, n_logits, R, max_queries, max_keys, rope_positions_});
-    for (int r = 0; r < R; ++r) {
-      replay_key_.push_back(row_begin_[static_cast<std::size_t>(r)]);
-      replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_begin);
-      replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_end);
-    }
-    auto address = [](const auto& b) { return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data())); };
-    for (std::int64_t a : {address(x_), address(xn_), address(q_), address(k_), address(v_), address(att_),
-                           address(gate_), address(up_), address(ids_), address(pos_), address(rows_),
-                           address(hidden_out_), address(logits_), address(cos_), address(sin_)})
-      replay_key_.push_back(a);
-    replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(&mask_tag<Mask>)));
-    if constexpr (!std::is_empty_v<Mask>) {  // a mask with state (the training mask's length)
-      static_assert(std::is_trivially_copyable_v<Mask>);
-      std::array<std::int64_t, (sizeof(Mask) + 7) / 8> words{};
-      std::memcpy(words.data(), &mask, sizeof(Mask));
-      replay_key_.insert(replay_key_.end(), words.begin(), words.end());
-    }
-
-    replay_.run(replay_key_, [&] {
+    // the mask, and the workspace pointers (the weights keep theirs for the model's life). It is
+    // made only for a backend that records (the host runs the sequence as it is).
+    const auto key = [&]() -> std::span<const std::int64_t> {
+      replay_key_.assign({T, n_logits, R, max_queries, max_keys, rope_positions_});
+      for (int r = 0; r < R; ++r) {
+        replay_key_.push_back(row_begin_[static_cast<std::size_t>(r)]);
+        replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_begin);
+        replay_key_.push_back(rows[static_cast<std::size_t>(r)].logits_end);
+      }
+      auto address = [](const auto& b) { return static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(b.data())); };
+      for (std::int64_t a : {address(x_), address(xn_), address(q_), address(k_), address(v_), address(att_),
+                             address(gate_), address(up_), address(ids_), address(pos_), address(rows_),
+                             address(hidden_out_), address(logits_), address(cos_), address(sin_)})
+        replay_key_.push_back(a);
+      replay_key_.push_back(static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(&mask_tag<Mask>)));
+      if constexpr (!std::is_empty_v<Mask>) {  // a mask with state (the training mask's length)
+        static_assert(std::is_trivially_copyable_v<Mask>);
+        std::array<std::int64_t, (sizeof(Mask) + 7) / 8> words{};
+        std::memcpy(words.data(), &mask, sizeof(Mask));
+        replay_key_.insert(replay_key_.end(), words.begin(), words.end());
+      }
+      return replay_key_;
+    };
+    replay_.run(key, [&] {
       std::visit([&](auto& e) { Kernel<Backend, op::Embedding>::run(e.data(), ids_.data(), T, H, x_.data()); }, embed_);
       for (int l = 0; l < L; ++l) {
         auto& Lw = layers_[static_cast<std::size_t>(l)];

@@ -10,6 +10,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <map>
@@ -236,20 +237,22 @@ class GraphReplay {
   }
   ~GraphReplay() { clear(); }
 
-  template <class F>
-  void run(std::span<const std::int64_t> key, F&& enqueue) {
+  //! `make_key()` returns the key as a span of int64.
+  template <class Key, class F>
+  void run(Key&& make_key, F&& enqueue) {
     if (!Cuda::graphs()) return enqueue();
     if (generation_ != Cuda::scratch_generation()) {  // a graph may hold scratch that has moved
       clear();
       generation_ = Cuda::scratch_generation();
     }
-    std::vector<std::int64_t> k(key.begin(), key.end());
-    if (auto it = graphs_.find(k); it != graphs_.end()) {
+    const std::span<const std::int64_t> key = make_key();
+    if (auto it = graphs_.find(key); it != graphs_.end()) {
       BLOCKDIFF_CUDA_CHECK(cudaGraphLaunch(it->second, Cuda::stream()));
       ++launches_;
       return;
     }
     if (seen_.size() >= max_seen) seen_.clear();
+    std::vector<std::int64_t> k(key.begin(), key.end());
     if (seen_.insert(k).second) return enqueue();
     if (graphs_.size() >= max_graphs) clear();
     const cudaStream_t stream = Cuda::stream();
@@ -283,9 +286,17 @@ class GraphReplay {
   }
 
  private:
+  //! Orders keys held as vectors and looked up as spans alike (no copy to look one up).
+  struct KeyLess {
+    using is_transparent = void;
+    template <class A, class B>
+    bool operator()(const A& a, const B& b) const {
+      return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
+    }
+  };
   static constexpr std::size_t max_graphs = 256, max_seen = 4096;
-  std::map<std::vector<std::int64_t>, cudaGraphExec_t> graphs_;
-  std::set<std::vector<std::int64_t>> seen_;
+  std::map<std::vector<std::int64_t>, cudaGraphExec_t, KeyLess> graphs_;
+  std::set<std::vector<std::int64_t>, KeyLess> seen_;
   long launches_ = 0, generation_ = 0;
 };
 
