@@ -105,10 +105,14 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
       [&](const std::string&, const std::vector<std::int64_t>&, std::span<const float> values) {
         const auto& p = params[next++];
         if (p.dtype() == DType::bf16) {
-          bf16* out = std::get<1>(p.storage)->data();
-          if constexpr (!host) narrow.resize(values.size()), out = narrow.data();
-          convert_to(DType::f32, values.data(), out, values.size());
-          if constexpr (!host) Backend::upload(std::get<1>(p.storage)->data(), narrow.data(), narrow.size());
+          bf16* stored = std::get<1>(p.storage)->data();
+          if constexpr (host) {
+            convert_to(DType::f32, values.data(), stored, values.size());
+          } else {  // rounded on the host, then uploaded
+            narrow.resize(values.size());
+            convert_to(DType::f32, values.data(), narrow.data(), narrow.size());
+            Backend::upload(stored, narrow.data(), narrow.size());
+          }
         } else if constexpr (!host) {
           Backend::upload(p.f32().data(), values.data(), values.size());
         }

@@ -145,8 +145,8 @@ struct Kernel<backend::Cuda, op::Rope> {
   static void run(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_t,
                   const float* sin_t) {
     if (n == 0) return;
-    detail::cuda::rope_kernel<<<detail::cuda::blocks_for(n * heads * (d / 2)), 256, 0, backend::Cuda::stream()>>>(x, n, heads, d, positions, cos_t,
-                                                                                         sin_t);
+    detail::cuda::rope_kernel<<<detail::cuda::blocks_for(n * heads * (d / 2)), 256, 0, backend::Cuda::stream()>>>(
+        x, n, heads, d, positions, cos_t, sin_t);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 };

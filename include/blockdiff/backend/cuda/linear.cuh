@@ -13,6 +13,7 @@
 //    and output, on the tensor cores.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -239,12 +240,12 @@ void few_rows_dispatch(const float* x, int n, int k, bool aligned, Make&& make_p
   }
 }
 
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
 //! Whether the vectorised path may run: k a multiple of the vector width, operands 16-byte aligned.
 template <class W>
 bool few_rows_aligned(const float* x, int k, std::initializer_list<const W*> ws) {
-  bool ok = k % Weights16<W>::n == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-  for (const W* w : ws) ok = ok && reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
-  return ok;
+  return k % Weights16<W>::n == 0 && aligned16(x) && std::all_of(ws.begin(), ws.end(), aligned16);
 }
 
 //! The CUDA-core product for 1 <= n <= few_rows_max rows.
@@ -333,25 +334,31 @@ struct Kernel<backend::Cuda, op::Linear> {
 
 template <>
 struct Kernel<backend::Cuda, op::Linears> {
-  //! Up to 8 rows: all products in one launch. More: one cuBLAS product each.
+  //! Up to 8 rows: one launch for each 3 products. More: the input rounded once, one cuBLAS
+  //! product each.
   template <class W>
   static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs) {
+    using namespace detail::cuda;
     if (n == 0) return;
-    if (n > detail::cuda::few_rows_max || outs.size() > 3) {
-      const void* input = detail::cuda::blas_input<W>(x, n, k);
-      for (const auto& o : outs) detail::cuda::blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
+    if (n > few_rows_max) {
+      const void* input = blas_input<W>(x, n, k);
+      for (const auto& o : outs) blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
       return;
     }
-    bool aligned = detail::cuda::few_rows_aligned<W>(x, k, {});
-    for (const auto& o : outs) aligned = aligned && detail::cuda::few_rows_aligned<W>(x, k, {o.w});
-    detail::cuda::few_rows_dispatch<W, detail::cuda::StackPlan>(
-        x, static_cast<int>(n), k, aligned,
-        [&]<class P>() {
-          P p;
-          for (const auto& o : outs) p.add(o.w, o.m, o.bias, o.y);
-          return p;
-        },
-        backend::Cuda::stream());
+    constexpr std::size_t per_launch = StackPlan<W, 2, 1>::max_products;
+    for (std::size_t first = 0; first < outs.size(); first += per_launch) {
+      const auto group = outs.subspan(first, std::min(per_launch, outs.size() - first));
+      const bool aligned = few_rows_aligned<W>(x, k, {}) &&
+                           std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
+      few_rows_dispatch<W, StackPlan>(
+          x, static_cast<int>(n), k, aligned,
+          [&]<class P>() {
+            P p;
+            for (const auto& o : group) p.add(o.w, o.m, o.bias, o.y);
+            return p;
+          },
+          backend::Cuda::stream());
+    }
   }
 };
 
