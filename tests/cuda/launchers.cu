@@ -84,7 +84,8 @@ std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, cons
 std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
                                  const std::vector<int>& positions, const std::vector<float>& cos_t,
                                  const std::vector<float>& sin_t, const std::vector<int>& row_tokens,
-                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity) {
+                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity,
+                                 bool with_rope) {
   auto dq = up(q), dk = up(k), dv = up(v), dc = up(cos_t), ds = up(sin_t);
   auto dp = up(positions);
   std::vector<DeviceBuffer<float>> ck, cv;
@@ -103,8 +104,12 @@ std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<
   }
   auto drows = up(rows);
   const AttentionShape shape{heads, kv_heads, d, 1.0f, max_q, capacity};
-  Kernel<Cuda, op::RopeKvWrite>::run(dq.data(), dk.data(), dv.data(), begin, dp.data(), dc.data(), ds.data(),
-                                     std::span<const AttentionRow>(drows.data(), rows.size()), shape);
+  const std::span<const AttentionRow> device_rows(drows.data(), rows.size());
+  if (with_rope)
+    Kernel<Cuda, op::RopeKvWrite>::run(dq.data(), dk.data(), dv.data(), begin, dp.data(), dc.data(), ds.data(),
+                                       device_rows, shape);
+  else
+    Kernel<Cuda, op::KvWrite>::run(dk.data(), dv.data(), device_rows, shape);
   auto all = down(dq, q.size());
   auto kk = down(dk, k.size());
   all.insert(all.end(), kk.begin(), kk.end());

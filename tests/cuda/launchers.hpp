@@ -23,12 +23,13 @@ std::vector<float> linears(const std::vector<float>& x, int n, int k, const std:
 //! op::SwiGluLinear; weights uploaded as BF16 when bf16_weights (BF16-representable values).
 std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
                                  const std::vector<float>& w_up, int m, bool bf16_weights);
-//! op::RopeKvWrite for rows of the given token counts, each writing its cache at first_slot[r];
-//! returns q and k rotated and both caches, one after another.
+//! op::RopeKvWrite (or op::KvWrite alone, without with_rope) for rows of the given token counts,
+//! each writing its cache at first_slot[r]; returns q, k and both caches, one after another.
 std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
                                  const std::vector<int>& positions, const std::vector<float>& cos_t,
                                  const std::vector<float>& sin_t, const std::vector<int>& row_tokens,
-                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity);
+                                 const std::vector<int>& first_slot, int heads, int kv_heads, int d, int capacity,
+                                 bool with_rope = true);
 std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps);
 std::vector<float> rope(const std::vector<float>& x, int n, int heads, int d, const std::vector<int>& positions,
                         const std::vector<float>& cos_t, const std::vector<float>& sin_t);

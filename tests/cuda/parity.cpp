@@ -96,7 +96,7 @@ TEST_CASE("Linear with BF16 weights: CUDA == host, within the rounding of the ac
   }
 }
 
-TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite): CUDA == the host's parts") {
+TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite) and KvWrite: CUDA == the host's parts") {
   // On the host these run as their parts; on the device as one launch each up to 8 rows.
   for (int n : {1, 3, 8, 12}) {
     const int k = 72, m[3] = {40, 8, 8};
@@ -130,22 +130,31 @@ TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite): CUDA =
   auto q = randn(static_cast<std::size_t>(T * heads * d), 40), k = randn(static_cast<std::size_t>(T * kvh * d), 41);
   auto v = randn(k.size(), 42), cos_t = randn(20 * 8, 43), sin_t = randn(20 * 8, 44);
   std::vector<int> pos{3, 4, 0, 1, 2, 3, 4, 11}, tokens{2, 5, 1}, first{3, 0, 11};
-  auto hq = q, hk = k;
-  Kernel<backend::Host, op::Rope>::run(hq.data(), T, heads, d, pos.data(), cos_t.data(), sin_t.data());
-  Kernel<backend::Host, op::Rope>::run(hk.data(), T, kvh, d, pos.data(), cos_t.data(), sin_t.data());
-  std::vector<float> host = hq;
-  host.insert(host.end(), hk.begin(), hk.end());
-  std::int64_t begin = 0;
-  for (int r = 0; r < 3; ++r) {
-    std::vector<float> ck(static_cast<std::size_t>(kvh * cap * d), 0.0f), cv(ck.size(), 0.0f);
-    AttentionRow row{begin, tokens[r], first[r], first[r] + tokens[r], ck.data(), cv.data(), cap};
-    Kernel<backend::Host, op::KvWrite>::run(hk.data(), v.data(), std::span<const AttentionRow>(&row, 1),
-                                            AttentionShape{heads, kvh, d, 1.0f, tokens[r], cap});
-    host.insert(host.end(), ck.begin(), ck.end());
-    host.insert(host.end(), cv.begin(), cv.end());
-    begin += tokens[r];
-  }
-  CHECK(rel(gpu::rope_kv_write(q, k, v, pos, cos_t, sin_t, tokens, first, heads, kvh, d, cap), host) < kTol);
+  // The host's reference: Rope on q and k (when asked), then KvWrite row by row.
+  auto reference = [&](bool with_rope) {
+    auto hq = q, hk = k;
+    if (with_rope) {
+      Kernel<backend::Host, op::Rope>::run(hq.data(), T, heads, d, pos.data(), cos_t.data(), sin_t.data());
+      Kernel<backend::Host, op::Rope>::run(hk.data(), T, kvh, d, pos.data(), cos_t.data(), sin_t.data());
+    }
+    std::vector<float> host = hq;
+    host.insert(host.end(), hk.begin(), hk.end());
+    std::int64_t begin = 0;
+    for (int r = 0; r < 3; ++r) {
+      std::vector<float> ck(static_cast<std::size_t>(kvh * cap * d), 0.0f), cv(ck.size(), 0.0f);
+      AttentionRow row{begin, tokens[r], first[r], first[r] + tokens[r], ck.data(), cv.data(), cap};
+      Kernel<backend::Host, op::KvWrite>::run(hk.data(), v.data(), std::span<const AttentionRow>(&row, 1),
+                                              AttentionShape{heads, kvh, d, 1.0f, tokens[r], cap});
+      host.insert(host.end(), ck.begin(), ck.end());
+      host.insert(host.end(), cv.begin(), cv.end());
+      begin += tokens[r];
+    }
+    return host;
+  };
+  CHECK(rel(gpu::rope_kv_write(q, k, v, pos, cos_t, sin_t, tokens, first, heads, kvh, d, cap), reference(true)) < kTol);
+  // op::KvWrite alone (the parts' path): the whole batch's rows in one call.
+  CHECK(rel(gpu::rope_kv_write(q, k, v, pos, cos_t, sin_t, tokens, first, heads, kvh, d, cap, false),
+            reference(false)) < kTol);
 }
 
 TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
