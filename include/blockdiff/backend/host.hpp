@@ -197,13 +197,11 @@ void few_rows_linear(const float* x, int k, const W* w, int m, const float* bias
   if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N, W>;
 #endif
   const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
-#pragma omp parallel if (static_cast<double>(N) * m * k >= 2e5)
-  {
-    const int t = thread_index(), nt = thread_count();
+  parallel_team(static_cast<double>(N) * m * k >= 2e5, [&](int t, int nt) {
     const int per = (groups + nt - 1) / nt;
     const int g0 = std::min(groups, t * per), g1 = std::min(groups, g0 + per);
     if (g0 < g1) fn(x, k, w, m, bias, y, accumulate, g0, g1);
-  }
+  });
 }
 
 inline int host_threads() { return max_threads(); }
@@ -267,11 +265,10 @@ struct Kernel<backend::Host, op::Linear> {
     const int threads = host_threads();
     const int slices = (static_cast<double>(n) * m * k < 5e4) ? 1 : threads;
     const int width = ((m + slices - 1) / slices + 15) / 16 * 16;
-#pragma omp parallel for schedule(static) num_threads(slices) if (slices > 1)
-    for (int s = 0; s < slices; ++s) {
-      const int c0 = s * width;
+    parallel_for(slices, slices > 1, [&](std::int64_t s) {
+      const int c0 = static_cast<int>(s) * width;
       const int cn = std::min(m, c0 + width) - c0;
-      if (cn <= 0) continue;
+      if (cn <= 0) return;
       auto out = Y.middleCols(c0, cn);
       if (n == 1) {
         // Row-major matrix times vector: Eigen's dot-product GEMV over contiguous weight rows.
@@ -286,7 +283,7 @@ struct Kernel<backend::Host, op::Linear> {
         out.noalias() = X * W.middleRows(c0, cn).transpose();
       }
       if (bias != nullptr) out.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(bias + c0, cn);
-    }
+    });
   }
 
   //! The same product with BF16 weights, in f32 arithmetic. Few rows widen the weights in
@@ -304,22 +301,20 @@ struct Kernel<backend::Host, op::Linear> {
     for (int c0 = 0; c0 < m; c0 += panel) {
       const int cn = std::min(panel, m - c0);
       const bf16* src = w + static_cast<std::int64_t>(c0) * k;
-#pragma omp parallel for schedule(static) if (static_cast<std::int64_t>(cn) * k >= (1 << 16))
-      for (int r = 0; r < cn; ++r)
-        for (int j = 0; j < k; ++j)
-          wide[static_cast<std::size_t>(r) * k + j] = to_float(src[static_cast<std::int64_t>(r) * k + j]);
+      parallel_for(cn, static_cast<std::int64_t>(cn) * k >= (1 << 16), [&](std::int64_t r) {
+        for (int j = 0; j < k; ++j) wide[static_cast<std::size_t>(r) * k + j] = to_float(src[r * k + j]);
+      });
       const float* b = bias != nullptr ? bias + c0 : nullptr;
       if (cn == m) {  // one panel: straight into y
         run(x, n, k, wide.data(), m, b, y, accumulate);
         return;
       }
       run(x, n, k, wide.data(), cn, b, part.data(), false);
-#pragma omp parallel for schedule(static) if (n * cn >= (1 << 16))
-      for (std::int64_t i = 0; i < n; ++i) {
+      parallel_for(n, n * cn >= (1 << 16), [&](std::int64_t i) {
         float* out = y + i * m + c0;
         const float* in = part.data() + i * cn;
         for (int j = 0; j < cn; ++j) out[j] = accumulate ? out[j] + in[j] : in[j];
-      }
+      });
     }
   }
 };
@@ -357,15 +352,14 @@ struct Kernel<backend::Host, op::KvWrite> {
 template <>
 struct Kernel<backend::Host, op::RmsNorm> {
   static void run(const float* x, std::int64_t n, int h, const float* weight, float eps, float* y) {
-#pragma omp parallel for schedule(static) if (n * h > 1 << 16)
-    for (std::int64_t i = 0; i < n; ++i) {
+    parallel_for(n, n * h > 1 << 16, [&](std::int64_t i) {
       const float* xi = x + i * h;
       float* yi = y + i * h;
       float sum = 0.0f;
       for (int j = 0; j < h; ++j) sum += xi[j] * xi[j];
       const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + eps);
       for (int j = 0; j < h; ++j) yi[j] = (xi[j] * inv) * weight[j];
-    }
+    });
   }
 };
 
@@ -375,8 +369,7 @@ struct Kernel<backend::Host, op::Rope> {
   static void run(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_table,
                   const float* sin_table) {
     const int half = d / 2;
-#pragma omp parallel for schedule(static) if (n * heads * d > 1 << 16)
-    for (std::int64_t t = 0; t < n; ++t) {
+    parallel_for(n, n * heads * d > 1 << 16, [&](std::int64_t t) {
       const float* c = cos_table + static_cast<std::int64_t>(positions[t]) * half;
       const float* s = sin_table + static_cast<std::int64_t>(positions[t]) * half;
       for (int h = 0; h < heads; ++h) {
@@ -387,18 +380,17 @@ struct Kernel<backend::Host, op::Rope> {
           v[i + half] = b * c[i] + a * s[i];  // second half
         }
       }
-    }
+    });
   }
 };
 
 template <>
 struct Kernel<backend::Host, op::SwiGlu> {
   static void run(float* gate, const float* up, std::int64_t count) {
-#pragma omp parallel for schedule(static) if (count > 1 << 16)
-    for (std::int64_t i = 0; i < count; ++i) {
+    parallel_for(count, count > 1 << 16, [&](std::int64_t i) {
       const float g = gate[i];
       gate[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
+    });
   }
 };
 
@@ -412,12 +404,14 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
     const int group = shape.heads / shape.kv_heads;
     const std::int64_t stride = static_cast<std::int64_t>(shape.heads) * d;
     const int tasks = static_cast<int>(rows.size()) * shape.heads;
-#pragma omp parallel for schedule(dynamic) if (tasks > 1)
-    for (int task = 0; task < tasks; ++task) {
+    std::int64_t scores_per_head = 0;  // query-key pairs of one head, over all rows
+    for (const AttentionRow& row : rows) scores_per_head += static_cast<std::int64_t>(row.n_q) * row.kv_end;
+    const bool worth_threads = scores_per_head * shape.heads * d >= 1 << 16;
+    parallel_for<Schedule::dynamic>(tasks, worth_threads, [&](std::int64_t task) {
       const AttentionRow& row = rows[static_cast<std::size_t>(task / shape.heads)];
-      const int h = task % shape.heads;
+      const int h = static_cast<int>(task % shape.heads);
       const int kvh = h / group;
-      if (row.n_q == 0) continue;
+      if (row.n_q == 0) return;
       thread_local RowMatrix scores;
       scores.resize(row.n_q, row.kv_end);
       StridedConstMap Q(q + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
@@ -443,7 +437,7 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
       }
       StridedMap O(out + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
       O.noalias() = scores * V;
-    }
+    });
   }
 };
 
@@ -523,8 +517,7 @@ template <bool SecondProb, bool Entropy>
 struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
   //! logits: [rows, vocab] -> stats[rows]. Softmax at temperature 1, in f32 with an f64 sum.
   static void run(const float* logits, std::int64_t rows, int vocab, PositionStats* stats) {
-#pragma omp parallel for schedule(static) if (rows * vocab > 1 << 18)
-    for (std::int64_t r = 0; r < rows; ++r) stats[r] = one_row(logits + r * vocab, vocab);
+    parallel_for(rows, rows * vocab > 1 << 18, [&](std::int64_t r) { stats[r] = one_row(logits + r * vocab, vocab); });
   }
 
   static PositionStats one_row(const float* l, int vocab) {

@@ -16,6 +16,7 @@
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/macros.hpp"
+#include "blockdiff/core/threads.hpp"
 
 namespace blockdiff {
 
@@ -134,11 +135,10 @@ template <class Body>
 void for_chunks(std::size_t n, Body&& body) {
   constexpr std::size_t chunk = std::size_t{1} << 20;
   const auto chunks = static_cast<std::int64_t>((n + chunk - 1) / chunk);
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (std::int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, chunks > 1, [&](std::int64_t c) {
     const std::size_t begin = std::size_t(c) * chunk;
     body(begin, std::min(begin + chunk, n));
-  }
+  });
 }
 // The i-th 16-bit little-endian word at `s` (any alignment).
 inline std::uint16_t word_at(const unsigned char* s, std::size_t i) {

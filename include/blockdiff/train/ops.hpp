@@ -86,16 +86,14 @@ void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, cons
                     accumulate ? 1.0 : 0.0, C + r0 * ldc, int(ldc));
     };
     const double flops = double(M) * double(N) * double(K);
-#pragma omp parallel if (flops > 4e6 && M >= 32)
-    {
-      const int tid = thread_index(), threads = thread_count();
+    parallel_team(flops > 4e6 && M >= 32, [&](int tid, int threads) {
       // Row ranges in multiples of 16, so every thread's slice stays aligned for the kernels.
       const std::int64_t per = (M + threads - 1) / threads;
       const std::int64_t chunk = threads == 1 ? M : (per + 15) / 16 * 16;
       const std::int64_t r0 = std::min<std::int64_t>(M, tid * chunk);
       const std::int64_t r1 = std::min<std::int64_t>(M, r0 + chunk);
       if (r1 > r0) call(r0, r1 - r0);
-    }
+    });
     return;
   }
 #endif
@@ -115,8 +113,7 @@ void gemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, cons
 //! x[n, H] = table[ids[n]].
 template <class T>
 void embedding_forward(const T* table, const int* ids, std::int64_t n, int H, T* x) {
-#pragma omp parallel for schedule(static) if (n * H > 32768)
-  for (std::int64_t t = 0; t < n; ++t) std::copy_n(table + std::int64_t(ids[t]) * H, H, x + t * H);
+  parallel_for(n, n * H > 32768, [&](std::int64_t t) { std::copy_n(table + std::int64_t(ids[t]) * H, H, x + t * H); });
 }
 
 //! dtable[ids[n]] += dx[n]. Serial: ids repeat, and the cost is one pass over dx.
@@ -134,15 +131,14 @@ void embedding_backward(const T* dx, const int* ids, std::int64_t n, int H, T* d
 //! y = x · rstd · w with rstd = 1 / sqrt(mean(x²) + eps); rstd[n] is kept for the backward.
 template <class T>
 void rmsnorm_forward(const T* x, std::int64_t n, int H, const T* w, T eps, T* y, T* rstd) {
-#pragma omp parallel for schedule(static) if (n * H > 32768)
-  for (std::int64_t t = 0; t < n; ++t) {
+  parallel_for(n, n * H > 32768, [&](std::int64_t t) {
     const T* xr = x + t * H;
     T ss = 0;
     for (int i = 0; i < H; ++i) ss += xr[i] * xr[i];
     const T r = T(1) / std::sqrt(ss / T(H) + eps);
     rstd[t] = r;
     for (int i = 0; i < H; ++i) y[t * H + i] = xr[i] * r * w[i];
-  }
+  });
 }
 
 //! dx += rstd · (dy·w) − x · rstd³ / H · Σ(dy·w·x);  dw += Σ_n dy · x · rstd.
@@ -180,9 +176,9 @@ template <class T>
 void linear_forward(const T* x, std::int64_t n, int k, const T* w, int m, const T* b, T* y, bool accumulate = false) {
   gemm<T>(false, true, n, m, k, x, k, w, k, accumulate, y, m);
   if (b == nullptr) return;
-#pragma omp parallel for schedule(static) if (n * m > 32768)
-  for (std::int64_t t = 0; t < n; ++t)
+  parallel_for(n, n * m > 32768, [&](std::int64_t t) {
     for (int o = 0; o < m; ++o) y[t * m + o] += b[o];
+  });
 }
 
 //! dx (= | +=) dy · w;  dw += dyᵀ · x;  db += Σ_n dy.
@@ -192,12 +188,11 @@ void linear_backward(const T* dy, const T* x, std::int64_t n, int k, const T* w,
   if (dx != nullptr) gemm<T>(false, false, n, k, m, dy, m, w, k, accumulate_dx, dx, k);
   gemm<T>(true, false, m, k, n, dy, m, x, k, true, dw, k);
   if (db == nullptr) return;
-#pragma omp parallel for schedule(static) if (n * m > 32768)
-  for (int o = 0; o < m; ++o) {
+  parallel_for(m, n * m > 32768, [&](std::int64_t o) {
     T s = 0;
     for (std::int64_t t = 0; t < n; ++t) s += dy[t * m + o];
     db[o] += s;
-  }
+  });
 }
 
 // ---- RoPE ------------------------------------------------------------------------------------
@@ -209,8 +204,7 @@ void rope(T* x, std::int64_t n, int heads, int d, const int* positions, const T*
           bool inverse = false) {
   const int half = d / 2;
   const T sign = inverse ? T(-1) : T(1);
-#pragma omp parallel for schedule(static) if (n * heads * d > 32768)
-  for (std::int64_t t = 0; t < n; ++t) {
+  parallel_for(n, n * heads * d > 32768, [&](std::int64_t t) {
     const T* c = cos + std::int64_t(positions[t]) * half;
     const T* s = sin + std::int64_t(positions[t]) * half;
     for (int h = 0; h < heads; ++h) {
@@ -221,7 +215,7 @@ void rope(T* x, std::int64_t n, int heads, int d, const int* positions, const T*
         v[i + half] = b * c[i] + sign * a * s[i];
       }
     }
-  }
+  });
 }
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
@@ -234,19 +228,17 @@ T sigmoid(T x) {
 //! h = silu(gate) · up.
 template <class T>
 void swiglu_forward(const T* gate, const T* up, std::int64_t n, T* h) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (std::int64_t i = 0; i < n; ++i) h[i] = gate[i] * sigmoid(gate[i]) * up[i];
+  parallel_for(n, n > 32768, [&](std::int64_t i) { h[i] = gate[i] * sigmoid(gate[i]) * up[i]; });
 }
 
 //! dgate = dh · up · σ(g)(1 + g(1 − σ(g)));  dup = dh · silu(g).
 template <class T>
 void swiglu_backward(const T* dh, const T* gate, const T* up, std::int64_t n, T* dgate, T* dup) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (std::int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n > 32768, [&](std::int64_t i) {
     const T g = gate[i], s = sigmoid(g);
     dgate[i] = dh[i] * up[i] * s * (T(1) + g * (T(1) - s));
     dup[i] = dh[i] * g * s;
-  }
+  });
 }
 
 // ---- attention -------------------------------------------------------------------------------
