@@ -19,6 +19,7 @@
 #include <cstring>
 #include <limits>
 #include <span>
+#include <utility>
 #include <vector>
 
 #if defined(BLOCKDIFF_HAVE_CBLAS)
@@ -64,6 +65,36 @@ inline float sum16(const Vec16& v) {
                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// Sixteen horizontal sums at once, for the few-row kernel's epilogue: out[j] = Σ lanes of v[j].
+// Each of four levels takes vectors in pairs, folds each one's partial sums onto half as many
+// lanes and interleaves the pair into one vector (two shuffles and an add), so 16 vectors cost 15
+// adds and 30 shuffles instead of about 8 operations each. Folding leaves vector j's sum in lane
+// bitrev4(j); reading the inputs in bit-reversed order puts it in lane j.
+constexpr int fold_lane(int half, int lane) {  // the source of `lane` in the lower half of a fold
+  const int group = lane / (2 * half), pos = lane % (2 * half);
+  return (pos < half ? 0 : 16) + group * 2 * half + pos % half;
+}
+template <int Half, std::size_t... L>
+[[gnu::always_inline]] inline void fold_pair(const Vec16& a, const Vec16& b, Vec16& out, std::index_sequence<L...>) {
+  out = __builtin_shufflevector(a, b, fold_lane(Half, L)...) + __builtin_shufflevector(a, b, (fold_lane(Half, L) + Half)...);
+}
+template <int Half, int Count>
+[[gnu::always_inline]] inline void fold_level(const Vec16* in, Vec16* out) {
+#pragma GCC unroll 8
+  for (int j = 0; j < Count; ++j) fold_pair<Half>(in[2 * j], in[2 * j + 1], out[j], std::make_index_sequence<16>{});
+}
+constexpr int bitrev4(int j) { return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3); }
+[[gnu::always_inline]] inline void sums16(const Vec16 (&v)[16], float* out) {
+  Vec16 a[16], b[8], c[4], d[2], e;
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) a[j] = v[bitrev4(j)];
+  fold_level<8, 8>(a, b);
+  fold_level<4, 4>(b, c);
+  fold_level<2, 2>(c, d);
+  fold_level<1, 1>(d, &e);
+  std::memcpy(out, &e, sizeof e);
 }
 
 //! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block forward).
@@ -120,11 +151,24 @@ template <int N, bool Wide, class W>
         for (int r = 0; r < R; ++r) acc[r][i] += a[r] * xi;
       }
     }
+    // The R·N horizontal sums, sixteen at a time in wide registers (the zero vectors padding the
+    // last sixteen cost a few adds); one at a time otherwise, where a shuffle of a Vec16 is many.
+    constexpr int sums_count = Wide ? (R * N + 15) / 16 * 16 : 0;
+    [[maybe_unused]] alignas(64) float sums[sums_count > 0 ? sums_count : 1];
+    if constexpr (Wide) {
+#pragma GCC unroll 4
+      for (int p = 0; p < sums_count; p += 16) {
+        Vec16 part[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j) part[j] = p + j < R * N ? acc[(p + j) / N][(p + j) % N] : Vec16{};
+        sums16(part, sums + p);
+      }
+    }
     for (int r = R - fresh; r < R; ++r) {
       const int o = o0 + r;
       for (int i = 0; i < N; ++i) {
         const float* xi = x + static_cast<std::int64_t>(i) * k;
-        float v = sum16(acc[r][i]);
+        float v = Wide ? sums[r * N + i] : sum16(acc[r][i]);
         for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * xi[j];
         v += bias != nullptr ? bias[o] : 0.0f;
         float& out = y[static_cast<std::int64_t>(i) * m + o];
