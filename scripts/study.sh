@@ -8,6 +8,8 @@
 #   N=200 BATCH=1 bash scripts/study.sh
 set -euo pipefail
 source "$(dirname "$0")/build_cli.sh"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
+# One thread: the embedded model's products are a few microseconds each, less than a second
+# thread costs to wake (docs/performance.md); set OMP_NUM_THREADS to override.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 "$bin" study --ar-model models/tasks-ar --model models/tasks-fdllm2 --task mix \
   --n "${N:-200}" --batch "${BATCH:-1}" --block 8 --sub-block 4 --out "${OUT:-results/study}"
