@@ -77,6 +77,54 @@ TEST_CASE("Linear with BF16 weights: the same products of the stored values, in 
   check_linear<bf16>(70, 2049, 1030);
 }
 
+TEST_CASE("Linear with BF16 products: activations rounded to BF16, pairs multiplied into f32") {
+  // The reference rounds the activations itself and sums exactly in f64.
+  const auto check = [](int n, int k, int m) {
+    CAPTURE(n);
+    CAPTURE(k);
+    CAPTURE(m);
+    auto x = randn(static_cast<std::size_t>(n * k), 11), b = randn(static_cast<std::size_t>(m), 13);
+    std::vector<bf16> w;
+    for (float v : randn(static_cast<std::size_t>(m * k), 12)) w.push_back(to_bf16(v));
+    std::vector<double> rounded_ref(static_cast<std::size_t>(n * m)), f32_ref(rounded_ref.size());
+    for (int i = 0; i < n; ++i)
+      for (int o = 0; o < m; ++o) {
+        double s = 0, f = 0;
+        for (int j = 0; j < k; ++j) {
+          const double wj = to_float(w[static_cast<std::size_t>(o) * k + j]);
+          s += to_float(to_bf16(x[i * k + j])) * wj;
+          f += x[i * k + j] * wj;
+        }
+        rounded_ref[i * m + o] = s + b[o];
+        f32_ref[i * m + o] = f + b[o];
+      }
+    std::vector<float> y(rounded_ref.size());
+    Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
+    CHECK(rel_err(y, rounded_ref) < 1e-5);
+    // Rounding the activations moves the result by far more than f32 summation would: the mode
+    // is really on.
+    CHECK(rel_err(y, f32_ref) > 1e-4);
+  };
+  if (!detail::bf16_dot_products(2)) {
+    backend::Host::bf16_products(true);
+    const bool available = detail::bf16_dot_products(2);
+    backend::Host::bf16_products(false);
+    if (!available) {
+      MESSAGE("AVX512-BF16 is unavailable (not on this CPU, or BLOCKDIFF_NO_AVX512 is set): the BF16 dot-product kernel is not tested here");
+      return;
+    }
+  }
+  backend::Host::bf16_products(true);
+  // k a multiple of 32, k with a tail of odd length, one pass of 2 and of 8 rows, several passes,
+  // widths that leave a short last register block.
+  for (auto [n, k, m] : {std::tuple{2, 64, 40}, std::tuple{8, 96, 17}, std::tuple{5, 45, 9}, std::tuple{13, 200, 100},
+                         std::tuple{63, 33, 8}, std::tuple{3, 896, 128}})
+    check(n, k, m);
+  CHECK_FALSE(detail::bf16_dot_products(1));  // one row stays f32: it is bound by reading the weights
+  backend::Host::bf16_products(false);
+  CHECK_FALSE(detail::bf16_dot_products(8));
+}
+
 TEST_CASE("Embedding reads f32 and BF16 tables alike") {
   const int v = 11, h = 37;
   auto table = randn(static_cast<std::size_t>(v * h), 9);

@@ -19,11 +19,15 @@
 #include <cstring>
 #include <limits>
 #include <span>
-#include <utility>
+#include <type_traits>
 #include <vector>
 
 #if defined(BLOCKDIFF_HAVE_CBLAS)
 #include <cblas.h>
+#endif
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#include <cpuid.h>
 #endif
 
 #include "blockdiff/backend/kernel.hpp"
@@ -72,23 +76,35 @@ inline float sum16(const Vec16& v) {
 // lanes and interleaves the pair into one vector (two shuffles and an add), so 16 vectors cost 15
 // adds and 30 shuffles instead of about 8 operations each. Folding leaves vector j's sum in lane
 // bitrev4(j); reading the inputs in bit-reversed order puts it in lane j.
-constexpr int fold_lane(int half, int lane) {  // the source of `lane` in the lower half of a fold
-  const int group = lane / (2 * half), pos = lane % (2 * half);
-  return (pos < half ? 0 : 16) + group * 2 * half + pos % half;
-}
-template <int Half, std::size_t... L>
-[[gnu::always_inline]] inline void fold_pair(const Vec16& a, const Vec16& b, Vec16& out, std::index_sequence<L...>) {
-  out = __builtin_shufflevector(a, b, fold_lane(Half, L)...) + __builtin_shufflevector(a, b, (fold_lane(Half, L) + Half)...);
+//
+// One level: each 2·Half-lane group of a and of b folds onto Half lanes, a's groups and b's
+// alternating. The lane lists are literal: nvcc's front end, which also reads this header,
+// cannot expand a parameter pack inside a shuffle.
+template <int Half>
+[[gnu::always_inline]] inline void fold_pair(const Vec16& a, const Vec16& b, Vec16& out) {
+  if constexpr (Half == 8) {
+    out = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+          __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  } else if constexpr (Half == 4) {
+    out = __builtin_shufflevector(a, b, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+          __builtin_shufflevector(a, b, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  } else if constexpr (Half == 2) {
+    out = __builtin_shufflevector(a, b, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+          __builtin_shufflevector(a, b, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  } else if constexpr (Half == 1) {
+    out = __builtin_shufflevector(a, b, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+          __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  }
 }
 template <int Half, int Count>
 [[gnu::always_inline]] inline void fold_level(const Vec16* in, Vec16* out) {
-#pragma GCC unroll 8
-  for (int j = 0; j < Count; ++j) fold_pair<Half>(in[2 * j], in[2 * j + 1], out[j], std::make_index_sequence<16>{});
+  BLOCKDIFF_UNROLL(8)
+  for (int j = 0; j < Count; ++j) fold_pair<Half>(in[2 * j], in[2 * j + 1], out[j]);
 }
 constexpr int bitrev4(int j) { return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3); }
 [[gnu::always_inline]] inline void sums16(const Vec16 (&v)[16], float* out) {
   Vec16 a[16], b[8], c[4], d[2], e;
-#pragma GCC unroll 16
+  BLOCKDIFF_UNROLL(16)
   for (int j = 0; j < 16; ++j) a[j] = v[bitrev4(j)];
   fold_level<8, 8>(a, b);
   fold_level<4, 4>(b, c);
@@ -118,15 +134,29 @@ template <bool Wide>
   if constexpr (Wide) asm("" : "+v"(v));
 }
 
+// acc[l] += a[2l]·b[2l] + a[2l+1]·b[2l+1] for a and b holding 32 BF16 each, in f32: AVX512-BF16's
+// vdpbf16ps. Written as assembly so that the kernel body needs no target attribute of its own
+// (GCC would refuse to inline the intrinsic into it); only the function it is compiled into,
+// chosen at run time on a CPU that has the instruction, executes it.
+[[gnu::always_inline]] inline void dot_pairs(Vec16& acc, const Vec16& a, const Vec16& b) {
+  asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+
 // Output groups [g0, g1) of R weight rows each; no threading here (an OpenMP region's outlined
 // body would not inherit a target attribute), so the caller splits the groups over threads.
-// W is the weights' storage type (float or bf16); arithmetic is f32 either way.
-template <int N, bool Wide, class W>
-[[gnu::always_inline]] inline void few_rows_groups(const float* x, int k, const W* w, int m, const float* bias,
+// W is the weights' storage type (float or bf16). With f32 inputs X the arithmetic is f32: each
+// weight is widened and multiply-added, 16 columns a step. With BF16 inputs (the activations
+// rounded to BF16 by the caller) and BF16 weights, pairs of columns are multiplied into f32 by
+// dot_pairs, 32 columns a step: twice the multiply-adds per instruction.
+template <int N, bool Wide, class X, class W>
+[[gnu::always_inline]] inline void few_rows_groups(const X* x, int k, const W* w, int m, const float* bias,
                                                    float* y, bool accumulate, int g0, int g1) {
+  constexpr bool dot = std::is_same_v<X, bf16>;
+  static_assert(!dot || (Wide && std::is_same_v<W, bf16>), "BF16 dot products need BF16 weights and AVX-512");
   constexpr int R = few_rows_block<N>;
+  constexpr int step = dot ? 32 : 16;
   constexpr int ahead = few_rows_prefetch_bytes / static_cast<int>(sizeof(W));
-  const int k16 = k / 16 * 16;
+  const int k16 = k / step * step;
   for (int g = g0; g < g1; ++g) {
     // A short last group slides back to end at row m (m ≥ R, see few_rows_linear): its first
     // R − fresh rows belong to the group before it and are recomputed, not stored. Every weight
@@ -138,17 +168,27 @@ template <int N, bool Wide, class W>
     Vec16 acc[R][N];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < N; ++i) acc[r][i] = Vec16{};
-    for (int j = 0; j < k16; j += 16) {
+    for (int j = 0; j < k16; j += step) {
       Vec16 a[R], xi;
       for (int r = 0; r < R; ++r) {
-        load16(a[r], wr[r] + j);
+        if constexpr (dot) std::memcpy(&a[r], wr[r] + j, sizeof(Vec16));  // 32 BF16, as they are
+        else load16(a[r], wr[r] + j);
         __builtin_prefetch(wr[r] + j + ahead);
         __builtin_prefetch(wr[r] + static_cast<std::int64_t>(R) * k + j);  // the next group's row r
       }
       for (int i = 0; i < N; ++i) {
-        load16(xi, x + static_cast<std::int64_t>(i) * k + j);
+        if constexpr (dot) std::memcpy(&xi, x + static_cast<std::int64_t>(i) * k + j, sizeof xi);
+        else load16(xi, x + static_cast<std::int64_t>(i) * k + j);
         in_register<Wide>(xi);
-        for (int r = 0; r < R; ++r) acc[r][i] += a[r] * xi;
+        for (int r = 0; r < R; ++r) {
+          if constexpr (dot) {
+            Vec16 t = acc[r][i];  // through a local, so that GCC keeps the accumulators in registers
+            dot_pairs(t, a[r], xi);
+            acc[r][i] = t;
+          } else {
+            acc[r][i] += a[r] * xi;
+          }
+        }
       }
     }
     // The R·N horizontal sums, sixteen at a time in wide registers (the zero vectors padding the
@@ -156,10 +196,10 @@ template <int N, bool Wide, class W>
     constexpr int sums_count = Wide ? (R * N + 15) / 16 * 16 : 0;
     [[maybe_unused]] alignas(64) float sums[sums_count > 0 ? sums_count : 1];
     if constexpr (Wide) {
-#pragma GCC unroll 4
+      BLOCKDIFF_UNROLL(4)
       for (int p = 0; p < sums_count; p += 16) {
         Vec16 part[16];
-#pragma GCC unroll 16
+        BLOCKDIFF_UNROLL(16)
         for (int j = 0; j < 16; ++j) part[j] = p + j < R * N ? acc[(p + j) / N][(p + j) % N] : Vec16{};
         sums16(part, sums + p);
       }
@@ -167,9 +207,9 @@ template <int N, bool Wide, class W>
     for (int r = R - fresh; r < R; ++r) {
       const int o = o0 + r;
       for (int i = 0; i < N; ++i) {
-        const float* xi = x + static_cast<std::int64_t>(i) * k;
+        const X* xi = x + static_cast<std::int64_t>(i) * k;
         float v = Wide ? sums[r * N + i] : sum16(acc[r][i]);
-        for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * xi[j];
+        for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * to_float(xi[j]);
         v += bias != nullptr ? bias[o] : 0.0f;
         float& out = y[static_cast<std::int64_t>(i) * m + o];
         out = accumulate ? out + v : v;
@@ -178,16 +218,16 @@ template <int N, bool Wide, class W>
   }
 }
 
-template <class W>
-using FewRowsFn = void (*)(const float*, int, const W*, int, const float*, float*, bool, int, int);
+template <class X, class W>
+using FewRowsFn = void (*)(const X*, int, const W*, int, const float*, float*, bool, int, int);
 
 template <int N, class W>
 void few_rows_groups_default(const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
 #if defined(__AVX512F__)
-  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true, float>(x, k, w, m, b, y, acc, g0, g1);
 #else
-  few_rows_groups<N, false>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, false, float>(x, k, w, m, b, y, acc, g0, g1);
 #endif
 }
 
@@ -199,7 +239,7 @@ void few_rows_groups_default(const float* x, int k, const W* w, int m, const flo
 template <int N, class W>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
     const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true, float>(x, k, w, m, b, y, acc, g0, g1);
 }
 // BLOCKDIFF_NO_AVX512 set in the environment turns the clone off (to test or time the portable
 // path on an AVX-512 machine).
@@ -210,6 +250,36 @@ inline bool cpu_has_avx512() {
   return yes;
 }
 #endif
+
+// The BF16 dot-product form of the kernel (BF16 activations and weights), compiled for AVX-512
+// whatever the build, and run only where the CPU has AVX512-BF16.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define BLOCKDIFF_BF16_DOT 1
+template <int N>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_dot(
+    const bf16* x, int k, const bf16* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
+  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
+}
+inline bool cpu_has_avx512_bf16() {
+  static const bool yes = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    return std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && ((eax >> 5) & 1u) != 0 &&  // CPUID.(7,1):EAX[5]
+           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+#endif
+//! Whether a product with BF16 weights and `n` rows takes the BF16 dot-product kernel.
+inline bool bf16_dot_products(std::int64_t n) {
+#if defined(BLOCKDIFF_BF16_DOT)
+  return n >= 2 && backend::Host::bf16_products() && cpu_has_avx512_bf16();
+#else
+  (void)n;
+  return false;
+#endif
+}
 
 // Whether the few-row kernel runs in AVX-512 registers: built for them, or the clone on a CPU that
 // has them.
@@ -233,13 +303,20 @@ inline bool gemv_by_few_rows() {
 #endif
 }
 
-//! Requires m ≥ few_rows_block<N>.
-template <int N, class W>
-void few_rows_linear(const float* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
-  FewRowsFn<W> fn = &few_rows_groups_default<N, W>;
-#if defined(BLOCKDIFF_AVX512_CLONE)
-  if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N, W>;
+//! Requires m ≥ few_rows_block<N>. BF16 inputs X take the dot-product kernel (bf16_dot_products).
+template <int N, class X, class W>
+void few_rows_linear(const X* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
+  FewRowsFn<X, W> fn = nullptr;
+  if constexpr (std::is_same_v<X, bf16>) {
+#if defined(BLOCKDIFF_BF16_DOT)
+    fn = &few_rows_groups_dot<N>;
 #endif
+  } else {
+    fn = &few_rows_groups_default<N, W>;
+#if defined(BLOCKDIFF_AVX512_CLONE)
+    if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N, W>;
+#endif
+  }
   const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
   parallel_team(static_cast<double>(N) * m * k >= 2e5, [&](int t, int nt) {
     const int per = (groups + nt - 1) / nt;
@@ -258,26 +335,38 @@ bool few_rows_product(const float* x, std::int64_t n, int k, const W* w, int m, 
                       bool accumulate, bool one_row) {
   if (m < 8) return false;
   if (n == 1) {
-    if (one_row) few_rows_linear<1>(x, k, w, m, bias, y, accumulate);
+    if (one_row) few_rows_linear<1, float>(x, k, w, m, bias, y, accumulate);
     return one_row;
   }
-  if (few_rows_wide()) {
-    // Each pass streams the weights once: the 8-row kernel keeps 24 accumulators in registers
-    // and, from memory, beats both its 16-row form (one weight row per block, load-bound) and
-    // Eigen's blocked product at 32 rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
+  // Each pass streams the weights once: the 8-row kernel keeps 24 accumulators in registers
+  // and, from memory, beats both its 16-row form (one weight row per block, load-bound) and
+  // Eigen's blocked product at 32 rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
+  const auto in_passes = [&](const auto* xs) {
     const std::int64_t passes = (n + 7) / 8;
     for (std::int64_t p = 0, r0 = 0; p < passes; ++p) {
       const std::int64_t rows = n / passes + (p < n % passes ? 1 : 0);
       dispatch_value<2, 3, 4, 5, 6, 7, 8>(rows, [&]<int N>() {
-        few_rows_linear<N>(x + r0 * k, k, w, m, bias, y + r0 * m, accumulate);
+        few_rows_linear<N>(xs + r0 * k, k, w, m, bias, y + r0 * m, accumulate);
       });
       r0 += rows;
     }
+  };
+  if constexpr (std::is_same_v<W, bf16>) {
+    if (bf16_dot_products(n)) {
+      thread_local std::vector<bf16> rounded;  // the activations, rounded once per product
+      rounded.resize(static_cast<std::size_t>(n) * k);
+      for (std::size_t i = 0; i < rounded.size(); ++i) rounded[i] = to_bf16(x[i]);
+      in_passes(rounded.data());
+      return true;
+    }
+  }
+  if (few_rows_wide()) {
+    in_passes(x);
     return true;
   }
   if (n > 16) return false;
   dispatch_value<2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16>(n, [&]<int N>() {
-    few_rows_linear<N>(x, k, w, m, bias, y, accumulate);
+    few_rows_linear<N, float>(x, k, w, m, bias, y, accumulate);
   });
   return true;
 }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -48,6 +49,23 @@ struct Host {
   template <class T>
   static const T* to_host(const T* src, std::size_t, std::vector<T>&) {
     return src;
+  }
+
+  //! Whether products of BF16-held weights with 2 or more rows also round their activations to
+  //! BF16 and multiply pairs of them with AVX512-BF16 (vdpbf16ps), on a CPU that has it: twice the
+  //! multiply-adds per instruction, at the activations' BF16 precision (as GPU BF16 GEMMs work).
+  //! Off by default, so that BF16 weights keep f32 arithmetic; BLOCKDIFF_BF16_PRODUCTS=1 in the
+  //! environment or bf16_products(true) turns it on for the process (set it between forwards).
+  static bool bf16_products() { return bf16_products_flag(); }
+  static void bf16_products(bool on) { bf16_products_flag() = on; }
+
+ private:
+  static bool& bf16_products_flag() {
+    static bool on = [] {
+      const char* v = std::getenv("BLOCKDIFF_BF16_PRODUCTS");
+      return v != nullptr && *v != '\0' && *v != '0';
+    }();
+    return on;
   }
 };
 //! The CUDA backend; its kernels live in <blockdiff/cuda.cuh>.

@@ -11,6 +11,15 @@
 #define BLOCKDIFF_HOST_DEVICE
 #endif
 
+// A loop-unrolling hint for GCC and Clang; nothing in CUDA translation units, whose front end
+// does not know it.
+#define BLOCKDIFF_PRAGMA(text) _Pragma(#text)
+#if defined(__CUDACC__)
+#define BLOCKDIFF_UNROLL(n)
+#else
+#define BLOCKDIFF_UNROLL(n) BLOCKDIFF_PRAGMA(GCC unroll n)
+#endif
+
 namespace blockdiff::detail {
 //! A false that depends on template arguments, for static_asserts in primary templates.
 template <class...>
