@@ -1,8 +1,9 @@
 // GEMM on the shapes of a Qwen2.5-0.5B and -1.5B layer and of the embedded default model:
-// blockdiff's host Linear, with f32 weights and with the same weights held in BF16, beside
-// OpenBLAS cblas_sgemm on the same operands, in the same run. The weights are BF16-representable
-// values, so that all three multiply the same numbers; each case is validated against another
-// implementation before it is timed.
+// blockdiff's host Linear, with f32 weights, with the same weights held in BF16 (f32 arithmetic,
+// and BF16 products where the CPU has AVX512-BF16), beside OpenBLAS cblas_sgemm on the same
+// operands, in the same run. The weights are BF16-representable values, so that every variant
+// multiplies the same weights; each case is validated against another implementation before it
+// is timed.
 #include <cblas.h>
 
 #include <cmath>

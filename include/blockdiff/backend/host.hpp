@@ -231,29 +231,30 @@ void few_rows_groups_default(const float* x, int k, const W* w, int m, const flo
 #endif
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+// Whether this CPU runs the AVX-512 kernels below. BLOCKDIFF_NO_AVX512 set in the environment
+// says no (to test or time the portable path on an AVX-512 machine).
+inline bool cpu_has_avx512() {
+  static const bool yes = std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  return yes;
+}
+
 // The same body compiled for AVX-512, chosen at run time, so that a portable build still runs
 // AVX-512 code on such a CPU: a Vec16 is one AVX-512 register but four SSE ones, and the SSE
 // build of this kernel runs about nine times slower.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__AVX512F__) && !defined(__CUDACC__)
+#if !defined(__AVX512F__)
 #define BLOCKDIFF_AVX512_CLONE 1
 template <int N, class W>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
     const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
   few_rows_groups<N, true, float>(x, k, w, m, b, y, acc, g0, g1);
 }
-// BLOCKDIFF_NO_AVX512 set in the environment turns the clone off (to test or time the portable
-// path on an AVX-512 machine).
-inline bool cpu_has_avx512() {
-  static const bool yes = std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("fma");
-  return yes;
-}
 #endif
 
 // The BF16 dot-product form of the kernel (BF16 activations and weights), compiled for AVX-512
-// whatever the build, and run only where the CPU has AVX512-BF16.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+// whatever the build, and run only where the CPU also has AVX512-BF16.
 #define BLOCKDIFF_BF16_DOT 1
 template <int N>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_dot(
@@ -263,10 +264,8 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_
 inline bool cpu_has_avx512_bf16() {
   static const bool yes = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0) return false;
-    return std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && ((eax >> 5) & 1u) != 0 &&  // CPUID.(7,1):EAX[5]
-           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+    return cpu_has_avx512() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
+           ((eax >> 5) & 1u) != 0;  // CPUID.(EAX=7, ECX=1):EAX bit 5
   }();
   return yes;
 }
@@ -355,7 +354,7 @@ bool few_rows_product(const float* x, std::int64_t n, int k, const W* w, int m, 
     if (bf16_dot_products(n)) {
       thread_local std::vector<bf16> rounded;  // the activations, rounded once per product
       rounded.resize(static_cast<std::size_t>(n) * k);
-      for (std::size_t i = 0; i < rounded.size(); ++i) rounded[i] = to_bf16(x[i]);
+      convert_to(DType::f32, x, rounded.data(), rounded.size());
       in_passes(rounded.data());
       return true;
     }
