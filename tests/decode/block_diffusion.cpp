@@ -121,6 +121,96 @@ TEST_CASE("the block cache is exact: Block and None commit the same tokens at th
   same(unmask::Random{2});
 }
 
+namespace {
+// Forwards to the golden model and keeps, for every forward, its tokens and the logit rows it
+// asked for; `Fixed` says whether it wants the same logit rows at every step of a sub-block.
+template <bool Fixed>
+struct RecordingModel {
+  using backend_type = Host;
+  static constexpr bool fixed_logit_rows = Fixed;
+  struct Request {
+    std::vector<int> tokens;
+    int logits_begin, logits_end;
+  };
+  Qwen& m;
+  std::vector<Request> requests;
+
+  const io::ModelConfig& config() const { return m.config(); }
+  std::int64_t logit_offset(std::size_t i) const { return m.logit_offset(i); }
+  auto make_cache(int capacity) const { return m.make_cache(capacity); }
+  template <class Mask>
+  TensorView<const float> forward(std::span<model::ForwardRow<Host>> rows) {
+    for (auto& row : rows) requests.push_back({{row.tokens.begin(), row.tokens.end()}, row.logits_begin, row.logits_end});
+    return m.template forward<Mask>(rows);
+  }
+};
+static_assert(LanguageModel<RecordingModel<false>>);
+static_assert(!decode::fixed_logit_rows<Qwen>());
+}  // namespace
+
+TEST_CASE("logit rows: the span of the active sub-block's masked positions, or the whole sub-block where asked") {
+  auto& m = golden_model("model-f32-tied");
+  const int mask_id = *m.config().mask_token_id;
+  constexpr int B = 8, S = 4;
+  auto check = [&]<bool Fixed, class Cache>(float threshold) {
+    RecordingModel<Fixed> rec{m, {}};
+    decode::BlockDiffusionDecoder<RecordingModel<Fixed>, BlockShape<B, S>, unmask::Threshold, Cache> d(
+        rec, unmask::Threshold{threshold});
+    decode::DecodeOptions o;
+    o.max_new_tokens = 29;
+    o.mask_id = mask_id;
+    const auto p = prompt_of(11, 5);
+    const auto result = d.generate(p, o);
+    const auto plain = gen<BlockShape<B, S>, unmask::Threshold, Cache>(m, p, 29, unmask::Threshold{threshold});
+    INFO(Cache::name, " threshold ", threshold, " fixed ", Fixed);
+    CHECK(result.tokens == plain.tokens);
+    CHECK(committed(result) == committed(plain));
+    int denoising = 0, narrower = 0;
+    for (auto& q : rec.requests) {
+      const int n = static_cast<int>(q.tokens.size());
+      if (std::count(q.tokens.begin(), q.tokens.end(), mask_id) == 0) continue;  // prefill or commit
+      ++denoising;
+      // The positions the forward can unmask: a sub-block forward holds its sub-block alone
+      // (from an unmasked first position); a block forward ends with the block, whose first
+      // sub-block with a [MASK] is the active one.
+      const bool sub_block = n == S;
+      const int begin = sub_block ? 0 : n - B;
+      int lo = begin;
+      if (!sub_block)
+        while (std::count(q.tokens.begin() + lo, q.tokens.begin() + lo + S, mask_id) == 0) lo += S;
+      int first = -1, last = -1;
+      for (int j = lo; j < lo + S; ++j)
+        if (q.tokens[static_cast<std::size_t>(j)] == mask_id) {
+          if (first < 0) first = j;
+          last = j;
+        }
+      INFO("forward of ", n, " tokens");
+      REQUIRE(first > begin);  // a block's first token is never masked
+      // Position j is predicted by the output at j - 1.
+      if (Fixed) {
+        CHECK(q.logits_begin == std::max(lo - 1, begin));
+        CHECK(q.logits_end == lo + S - 1);
+      } else {
+        CHECK(q.logits_begin == first - 1);
+        CHECK(q.logits_end == last);
+        narrower += q.logits_end - q.logits_begin < lo + S - 1 - std::max(lo - 1, begin);
+      }
+    }
+    CHECK(denoising == result.trace.denoising_forwards());
+    return narrower;
+  };
+  int narrower = 0;
+  for (float thr : {0.9f, 0.5f}) {
+    narrower += check.template operator()<false, cache::None<>>(thr);
+    narrower += check.template operator()<false, cache::Block<>>(thr);
+    narrower += check.template operator()<false, cache::Hierarchical<>>(thr);
+    check.template operator()<true, cache::None<>>(thr);
+    check.template operator()<true, cache::Block<>>(thr);
+    check.template operator()<true, cache::Hierarchical<>>(thr);
+  }
+  CHECK(narrower > 0);  // later steps of a sub-block ask for fewer rows than its first
+}
+
 TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive model, with and without the sub-block cache") {
   for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
     auto& m = golden_model(name);

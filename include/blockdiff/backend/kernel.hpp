@@ -23,6 +23,7 @@ namespace backend {
 //! once per key (every shape and pointer its kernels are given; `key()` makes it) and replay
 //! the recording.
 struct Immediate {
+  static constexpr bool records = false;  //!< a forward's shapes may change freely from call to call
   template <class Key, class F>
   void run(Key&&, F&& enqueue) {
     enqueue();

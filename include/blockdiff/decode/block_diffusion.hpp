@@ -64,6 +64,18 @@ struct GenerateResult {
   }
 };
 
+//! Whether a denoising forward asks for the logits of its whole sub-block, so that every step
+//! of a sub-block repeats one shape (what a backend that records forwards by shape wants, as the
+//! CUDA graphs do), rather than only for the span of the positions still masked (the host). A
+//! model may decide it by declaring `static constexpr bool fixed_logit_rows`.
+template <class M>
+constexpr bool fixed_logit_rows() {
+  if constexpr (requires { M::fixed_logit_rows; })
+    return M::fixed_logit_rows;
+  else
+    return M::backend_type::Replay::records;
+}
+
 template <LanguageModel M, class Shape, class Unmask, class Cache = cache::Block<>>
 class BlockDiffusionDecoder {
   static_assert(Policy<Shape> && PolicyOfKind<Shape, kind::block_shape>,
@@ -297,23 +309,31 @@ class BlockDiffusionDecoder {
       }
       const int lo = s * S, hi = lo + S;
       const bool want_last = Cache::commit == Commit::reuse && hi == B;
-      if (Cache::sub_block_cache && r.scratch_valid && block(r)[lo] != o.mask_id) {
-        // Sub-block forward: S queries against [committed ; saved block K/V], rows overwritten.
+      // A sub-block forward (S queries against [committed ; saved block K/V], rows overwritten)
+      // needs the sub-block's first token; otherwise the whole block runs.
+      const bool sub_block_forward = Cache::sub_block_cache && r.scratch_valid && block(r)[lo] != o.mask_id;
+      // Block offsets whose prediction this forward needs, [first, end): position j is read from
+      // the logit row of j - 1. Narrowed to the masked span unless the model wants fixed shapes.
+      int first = sub_block_forward ? lo + 1 : std::max(lo, 1), end = want_last ? B + 1 : hi;
+      if constexpr (!fixed_logit_rows<M>()) {
+        while (first + 1 < hi && block(r)[first] != o.mask_id) ++first;
+        if (!want_last)
+          while (end - 1 > first && block(r)[end - 1] != o.mask_id) --end;
+      }
+      r.logits_first_pos = first;
+      if (sub_block_forward) {
         r.kind = ForwardKind::sub_block;
         q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c + lo), S);
         q.first_slot = r.c + lo;
         q.kv_end = r.c + B;
-        q.logits_begin = 0;
-        q.logits_end = want_last ? S : S - 1;
-        r.logits_first_pos = lo + 1;
+        q.logits_begin = first - 1 - lo;
+        q.logits_end = end - 1 - lo;
       } else {
         r.kind = ForwardKind::block;
         set_block_tokens(r);
         const int base = Cache::block_cache ? 0 : r.c;
-        const int first_row = std::max(lo - 1, 0);
-        q.logits_begin = base + first_row;
-        q.logits_end = base + (want_last ? B : hi - 1);
-        r.logits_first_pos = first_row + 1;
+        q.logits_begin = base + first - 1;
+        q.logits_end = base + end - 1;
         if (Cache::sub_block_cache) r.scratch_valid = true;
       }
       return;

@@ -217,6 +217,7 @@ struct Cuda {
 //! is then one launch instead of about 15 L.
 class GraphReplay {
  public:
+  static constexpr bool records = true;  //!< a forward whose key repeats replays its recording
   GraphReplay() = default;
   GraphReplay(const GraphReplay&) = delete;
   GraphReplay& operator=(const GraphReplay&) = delete;
