@@ -125,6 +125,17 @@ constexpr int few_rows_block = N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1));  /
 // group's rows at the same column, so 2R streams are on their way (the 8-row product from memory:
 // ~30 → ~45 GB/s of weights on two cores).
 constexpr int few_rows_prefetch_bytes = 512;
+// Where the N input rows outgrow L1 (8 × 4864 floats for down_proj), the kernel runs in column
+// slices: columns [kb, kb + slice) of every group, then the next, so that the inputs' slice stays
+// in L1 while the weights stream past it (instead of being read from L2 at every step); each
+// slice's sums are added to the output. The slice holds 16 KiB of inputs; products whose inputs
+// fit in twice that run in one pass. Sliced forms are compiled for N ≥ 4 only.
+template <int N, class X>
+constexpr int few_rows_slice = 16 * 1024 / (N * static_cast<int>(sizeof(X))) / 32 * 32;
+template <int N, class X>
+constexpr bool few_rows_sliced(int k) {
+  return N >= 4 && static_cast<std::int64_t>(k) > 2 * few_rows_slice<N, X>;
+}
 
 // GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
 // instead of one, and the loop becomes load-bound: 1.5x slower); an empty asm statement keeps the
@@ -142,21 +153,16 @@ template <bool Wide>
   asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
 }
 
-// Output groups [g0, g1) of R weight rows each; no threading here (an OpenMP region's outlined
-// body would not inherit a target attribute), so the caller splits the groups over threads.
-// W is the weights' storage type (float or bf16). With f32 inputs X the arithmetic is f32: each
-// weight is widened and multiply-added, 16 columns a step. With BF16 inputs (the activations
-// rounded to BF16 by the caller) and BF16 weights, pairs of columns are multiplied into f32 by
-// dot_pairs, 32 columns a step: twice the multiply-adds per instruction.
-template <int N, bool Wide, class X, class W>
-[[gnu::always_inline]] inline void few_rows_groups(const X* x, int k, const W* w, int m, const float* bias,
-                                                   float* y, bool accumulate, int g0, int g1) {
+// One pass of the kernel below over output groups [g0, g1), columns [kb, ke) of k16 (the columns
+// past k16 join the pass that ends there); `Sliced` keeps the weight prefetch inside the slice.
+template <int N, bool Wide, bool Sliced, class X, class W>
+[[gnu::always_inline]] inline void few_rows_pass(const X* x, int k, const W* w, int m, const float* bias, float* y,
+                                                 bool accumulate, int g0, int g1, int kb, int ke, int k16) {
   constexpr bool dot = std::is_same_v<X, bf16>;
-  static_assert(!dot || (Wide && std::is_same_v<W, bf16>), "BF16 dot products need BF16 weights and AVX-512");
   constexpr int R = few_rows_block<N>;
   constexpr int step = dot ? 32 : 16;
   constexpr int ahead = few_rows_prefetch_bytes / static_cast<int>(sizeof(W));
-  const int k16 = k / step * step;
+  const bool first = !Sliced || kb == 0, last = !Sliced || ke == k16;
   for (int g = g0; g < g1; ++g) {
     // A short last group slides back to end at row m (m ≥ R, see few_rows_linear): its first
     // R − fresh rows belong to the group before it and are recomputed, not stored. Every weight
@@ -168,12 +174,12 @@ template <int N, bool Wide, class X, class W>
     Vec16 acc[R][N];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < N; ++i) acc[r][i] = Vec16{};
-    for (int j = 0; j < k16; j += step) {
+    for (int j = kb; j < ke; j += step) {
       Vec16 a[R], xi;
       for (int r = 0; r < R; ++r) {
         if constexpr (dot) std::memcpy(&a[r], wr[r] + j, sizeof(Vec16));  // 32 BF16, as they are
         else load16(a[r], wr[r] + j);
-        __builtin_prefetch(wr[r] + j + ahead);
+        __builtin_prefetch(wr[r] + (Sliced ? std::min(j + ahead, ke - step) : j + ahead));
         __builtin_prefetch(wr[r] + static_cast<std::int64_t>(R) * k + j);  // the next group's row r
       }
       for (int i = 0; i < N; ++i) {
@@ -209,25 +215,53 @@ template <int N, bool Wide, class X, class W>
       for (int i = 0; i < N; ++i) {
         const X* xi = x + static_cast<std::int64_t>(i) * k;
         float v = Wide ? sums[r * N + i] : sum16(acc[r][i]);
-        for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * to_float(xi[j]);
-        v += bias != nullptr ? bias[o] : 0.0f;
+        if (last)
+          for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * to_float(xi[j]);
         float& out = y[static_cast<std::int64_t>(i) * m + o];
-        out = accumulate ? out + v : v;
+        if (first) {
+          v += bias != nullptr ? bias[o] : 0.0f;
+          out = accumulate ? out + v : v;
+        } else {
+          out += v;
+        }
       }
     }
+  }
+}
+
+// y[N, m] for output groups [g0, g1) of R weight rows each; no threading here (an OpenMP
+// region's outlined body would not inherit a target attribute), so the caller splits the groups
+// over threads.
+// W is the weights' storage type (float or bf16). With f32 inputs X the arithmetic is f32: each
+// weight is widened and multiply-added, 16 columns a step. With BF16 inputs (the activations
+// rounded to BF16 by the caller) and BF16 weights, pairs of columns are multiplied into f32 by
+// dot_pairs, 32 columns a step: twice the multiply-adds per instruction.
+template <int N, bool Wide, bool Sliced, class X, class W>
+[[gnu::always_inline]] inline void few_rows_groups(const X* x, int k, const W* w, int m, const float* bias,
+                                                   float* y, bool accumulate, int g0, int g1) {
+  constexpr bool dot = std::is_same_v<X, bf16>;
+  static_assert(!dot || (Wide && std::is_same_v<W, bf16>), "BF16 dot products need BF16 weights and AVX-512");
+  constexpr int step = dot ? 32 : 16;
+  const int k16 = k / step * step;
+  if constexpr (Sliced) {
+    constexpr int slice = few_rows_slice<N, X>;
+    for (int kb = 0; kb < k16; kb += slice)
+      few_rows_pass<N, Wide, true>(x, k, w, m, bias, y, accumulate, g0, g1, kb, std::min(kb + slice, k16), k16);
+  } else {
+    few_rows_pass<N, Wide, false>(x, k, w, m, bias, y, accumulate, g0, g1, 0, k16, k16);
   }
 }
 
 template <class X, class W>
 using FewRowsFn = void (*)(const X*, int, const W*, int, const float*, float*, bool, int, int);
 
-template <int N, class W>
+template <int N, bool Sliced, class W>
 void few_rows_groups_default(const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
 #if defined(__AVX512F__)
-  few_rows_groups<N, true, float>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 #else
-  few_rows_groups<N, false, float>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, false, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 #endif
 }
 
@@ -246,20 +280,20 @@ inline bool cpu_has_avx512() {
 // build of this kernel runs about nine times slower.
 #if !defined(__AVX512F__)
 #define BLOCKDIFF_AVX512_CLONE 1
-template <int N, class W>
+template <int N, bool Sliced, class W>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
     const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N, true, float>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 }
 #endif
 
 // The BF16 dot-product form of the kernel (BF16 activations and weights), compiled for AVX-512
 // whatever the build, and run only where the CPU also has AVX512-BF16.
 #define BLOCKDIFF_BF16_DOT 1
-template <int N>
+template <int N, bool Sliced>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_dot(
     const bf16* x, int k, const bf16* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N, true>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, true, Sliced>(x, k, w, m, b, y, acc, g0, g1);
 }
 inline bool cpu_has_avx512_bf16() {
   static const bool yes = [] {
@@ -305,17 +339,25 @@ inline bool gemv_by_few_rows() {
 //! Requires m ≥ few_rows_block<N>. BF16 inputs X take the dot-product kernel (bf16_dot_products).
 template <int N, class X, class W>
 void few_rows_linear(const X* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
-  FewRowsFn<X, W> fn = nullptr;
-  if constexpr (std::is_same_v<X, bf16>) {
+  const auto pick = [&]<bool Sliced>() -> FewRowsFn<X, W> {
+    if constexpr (std::is_same_v<X, bf16>) {
 #if defined(BLOCKDIFF_BF16_DOT)
-    fn = &few_rows_groups_dot<N>;
+      return &few_rows_groups_dot<N, Sliced>;
+#else
+      return nullptr;
 #endif
-  } else {
-    fn = &few_rows_groups_default<N, W>;
+    } else {
 #if defined(BLOCKDIFF_AVX512_CLONE)
-    if (cpu_has_avx512()) fn = &few_rows_groups_avx512<N, W>;
+      if (cpu_has_avx512()) return &few_rows_groups_avx512<N, Sliced, W>;
 #endif
-  }
+      return &few_rows_groups_default<N, Sliced, W>;
+    }
+  };
+  FewRowsFn<X, W> fn = nullptr;
+  if constexpr (N >= 4)
+    fn = few_rows_sliced<N, X>(k) ? pick.template operator()<true>() : pick.template operator()<false>();
+  else
+    fn = pick.template operator()<false>();
   const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
   parallel_team(static_cast<double>(N) * m * k >= 2e5, [&](int t, int nt) {
     const int per = (groups + nt - 1) / nt;
