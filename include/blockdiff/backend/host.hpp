@@ -129,12 +129,14 @@ constexpr int few_rows_prefetch_bytes = 512;
 // slices: columns [kb, kb + slice) of every group, then the next, so that the inputs' slice stays
 // in L1 while the weights stream past it (instead of being read from L2 at every step); each
 // slice's sums are added to the output. The slice holds 16 KiB of inputs; products whose inputs
-// fit in twice that run in one pass. Sliced forms are compiled for N ≥ 4 only.
+// fit in twice that run in one pass. The sliced form is compiled for passes of 8 rows only (an
+// 8-token sub-block, the passes of a block forward): each form of the kernel costs every
+// translation unit that includes this file its compile time.
 template <int N, class X>
 constexpr int few_rows_slice = 16 * 1024 / (N * static_cast<int>(sizeof(X))) / 32 * 32;
 template <int N, class X>
 constexpr bool few_rows_sliced(int k) {
-  return N >= 4 && static_cast<std::int64_t>(k) > 2 * few_rows_slice<N, X>;
+  return N == 8 && static_cast<std::int64_t>(k) > 2 * few_rows_slice<N, X>;
 }
 
 // GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
@@ -354,7 +356,7 @@ void few_rows_linear(const X* x, int k, const W* w, int m, const float* bias, fl
     }
   };
   FewRowsFn<X, W> fn = nullptr;
-  if constexpr (N >= 4)
+  if constexpr (N == 8)
     fn = few_rows_sliced<N, X>(k) ? pick.template operator()<true>() : pick.template operator()<false>();
   else
     fn = pick.template operator()<false>();
