@@ -21,7 +21,7 @@ ctest --preset sanitize -j "$jobs" | tee .cache/ctest-sanitize.log | tail -n 8
 
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "$jobs"
-ctest --preset fuzz | tee .cache/ctest-fuzz.log | tail -n 8
+ctest --preset fuzz -j "$jobs" | tee .cache/ctest-fuzz.log | tail -n 8
 
 # The closing line, over all three runs.
 passed=0; failed=0; total=0
