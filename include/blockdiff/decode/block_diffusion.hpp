@@ -76,122 +76,25 @@ constexpr bool fixed_logit_rows() {
     return M::backend_type::Replay::records;
 }
 
-template <LanguageModel M, class Shape, class Unmask, class Cache = cache::Block<>>
-class BlockDiffusionDecoder {
-  static_assert(Policy<Shape> && PolicyOfKind<Shape, kind::block_shape>,
-                "BlockDiffusionDecoder: the Shape parameter must be a BlockShape<Block, SubBlock>");
-  static_assert(Policy<Unmask>, "BlockDiffusionDecoder: the Unmask parameter is not a policy "
-                                "(it must declare `using policy_kind = blockdiff::kind::unmasking;`)");
-  static_assert(PolicyOfKind<Unmask, kind::unmasking>,
-                "BlockDiffusionDecoder: the Unmask slot takes an unmasking policy (unmask::Threshold, TopK, ...), "
-                "but this policy is of another kind");
-  static_assert(UnmaskingPolicy<Unmask>, "BlockDiffusionDecoder: Unmask declares kind::unmasking but lacks "
-                                         "needs_second_prob, needs_entropy, name, validate() or select(...)");
-  static_assert(PolicyOfKind<Cache, kind::cache>,
-                "BlockDiffusionDecoder: the Cache slot takes a cache strategy (cache::None, Block, Hierarchical)");
-  static_assert(CacheStrategy<Cache>);
+namespace detail {
 
+//! The decoder's types, as the values that the bookkeeping of a decode needs.
+struct BlockLayout {
+  int block = 0, sub_block = 0;
+  bool block_cache = true, sub_block_cache = false, commit_forward = true, fixed_logit_rows = false;
+
+  int round_up(int n) const { return (n + block - 1) / block * block; }
+};
+
+//! Everything of block-diffusion decoding that does not depend on the decoder's types, only on
+//! the backend: checking a request, each row's state machine (which forward it needs next, what
+//! a forward commits), streaming and the output. BlockDiffusionDecoder adds the forward, the
+//! statistics pass and the unmasking policy, so that a program with many decoders compiles this
+//! once per backend. Its larger steps are kept out of line ([[gnu::noinline]]), so that one copy
+//! serves every decoder rather than one inlined into each; they run once per row and forward.
+template <class Backend>
+class BlockDecoding {
  public:
-  using backend_type = typename M::backend_type;
-  static constexpr int B = Shape::block;
-  static constexpr int S = Shape::sub_block;
-  static constexpr int sub_blocks = B / S;
-  using Mask = mask::BlockCausal<B>;
-
-  explicit BlockDiffusionDecoder(M& model, Unmask policy = {}) : model_(model), policy_(policy) { policy_.validate(); }
-
-  const Unmask& policy() const { return policy_; }
-  Unmask& policy() { return policy_; }
-
-  //! Decodes one prompt.
-  GenerateResult generate(const std::vector<int>& prompt, const DecodeOptions& options) {
-    return std::move(generate(std::span<const std::vector<int>>(&prompt, 1), options).front());
-  }
-
-  //! Decodes a batch; row r of the result is exactly what prompt r gives alone.
-  std::vector<GenerateResult> generate(std::span<const std::vector<int>> prompts, const DecodeOptions& options) {
-    policy_.validate();
-    const auto& config = model_.config();
-    require(options.mask_id >= 0, "mask id is not set (give --mask-id or mask_token_id in config.json)");
-    check_token(options.mask_id, config.vocab_size, "mask id");
-    if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
-    require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
-    require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
-    require(options.sampling.temperature >= 0.0f, "temperature must be >= 0, got ", options.sampling.temperature);
-    require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
-            options.sampling.top_p);
-    for (std::size_t r = 0; r < prompts.size(); ++r) {
-      const int limit = static_cast<int>(prompts[r].size()) + options.max_new_tokens;
-      check_prompt(prompts[r], options.max_new_tokens, config, r, prompts.size(), round_up(limit) - limit);
-      for (std::size_t i = 0; i < prompts[r].size(); ++i)
-        require(prompts[r][i] != options.mask_id, prompts.size() > 1 ? ::blockdiff::detail::concat("prompt ", r) : "prompt",
-                " contains the mask id ", options.mask_id, " at index ", i);
-    }
-
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<GenerateResult> results(prompts.size());
-    std::vector<Row> active;
-    active.reserve(prompts.size());
-    for (std::size_t r = 0; r < prompts.size(); ++r) {
-      Row row;
-      row.index = r;
-      row.prompt_len = static_cast<int>(prompts[r].size());
-      row.limit = row.prompt_len + options.max_new_tokens;
-      row.x = prompts[r];
-      row.streamed_end = row.prompt_len;
-      row.rng = Rng(options.seed);
-      if (options.max_new_tokens == 0) {
-        row.done = true;
-      } else {
-        row.cache = model_.make_cache(round_up(row.limit));
-      }
-      active.push_back(std::move(row));
-    }
-
-    std::vector<model::ForwardRow<backend_type>> forward_rows;
-    std::vector<Row*> stepping;
-    while (true) {
-      // Each row advances to its next forward (or finishes).
-      forward_rows.clear();
-      stepping.clear();
-      for (auto& row : active) {
-        if (row.done) continue;
-        plan(row, options);
-        if (row.done) continue;
-        forward_rows.push_back(row.request);
-        stepping.push_back(&row);
-      }
-      // Finished rows leave the batch and free their cache.
-      for (auto& row : active)
-        if (row.done && !row.finished) finish(row, results[row.index], options);
-      if (stepping.empty()) break;
-
-      const auto t0 = std::chrono::steady_clock::now();
-      auto logits = model_.template forward<Mask>(forward_rows);
-      // One pass over the vocabulary for every logit row, computing what the policy needs.
-      const std::int64_t n_rows = logits.dim(0);
-      stats_.resize(static_cast<std::size_t>(n_rows));
-      Kernel<backend_type, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::run(
-          logits.data(), n_rows, config.vocab_size, stats_.data());
-      const float* host_logits = options.sampling.temperature > 0
-                                     ? backend_type::to_host(logits.data(), static_cast<std::size_t>(logits.numel()), staging_)
-                                     : nullptr;
-      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      for (std::size_t i = 0; i < stepping.size(); ++i) {
-        Row& row = *stepping[i];
-        const std::size_t kind = static_cast<std::size_t>(row.kind);
-        row.trace.forwards[kind] += 1;
-        row.trace.seconds[kind] += dt;
-        consume(row, host_logits, model_.logit_offset(i), options);
-      }
-      std::erase_if(active, [](const Row& r) { return r.finished; });
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    for (auto& r : results) r.seconds = seconds;
-    return results;
-  }
-
- private:
   enum class Phase { start, block };
 
   struct Row {
@@ -199,7 +102,7 @@ class BlockDiffusionDecoder {
     int prompt_len = 0;
     int limit = 0;           // prompt_len + max_new_tokens: positions at or past it are never output
     std::vector<int> x;      // committed tokens [0, c), then the current block [c, c + B)
-    model::KvCache<backend_type> cache;
+    model::KvCache<Backend> cache;
     Rng rng{0};
     Phase phase = Phase::start;
     int c = 0;               // first slot of the current block
@@ -211,51 +114,55 @@ class BlockDiffusionDecoder {
     int next_token = -1;     // commit::reuse: the next block's first token, from the last forward
     ForwardKind kind = ForwardKind::block;
     int logits_first_pos = 0;  // block offset predicted by the first requested logit row
-    model::ForwardRow<backend_type> request;
+    model::ForwardRow<Backend> request;
     Trace trace;
     int streamed_end = 0;    // positions before it were passed to on_tokens
     bool done = false, finished = false;
   };
 
-  static constexpr int round_up(int n) { return (n + B - 1) / B * B; }
+  explicit BlockDecoding(BlockLayout layout) : l_(layout) {}
 
-  int* block(Row& r) { return r.x.data() + r.c; }
+  const BlockLayout& layout() const { return l_; }
 
-  bool has_mask(const Row& r, int from, int to, int mask_id) const {
-    for (int j = from; j < to; ++j)
-      if (r.x[static_cast<std::size_t>(r.c + j)] == mask_id) return true;
-    return false;
-  }
-
-  //! True once an EOS is committed in the block's generated part with no [MASK] before it.
-  bool eos_done(const Row& r, const DecodeOptions& o) const {
-    if (!o.eos_id) return false;
-    for (int j = r.gen_begin; j < B; ++j) {
-      const int t = r.x[static_cast<std::size_t>(r.c + j)];
-      if (t == o.mask_id) return false;
-      if (t == *o.eos_id) return true;
+  //! Rejects a request the decoder cannot serve, naming what is wrong.
+  [[gnu::noinline]] void check(std::span<const std::vector<int>> prompts, const DecodeOptions& options, const io::ModelConfig& config) const {
+    require(options.mask_id >= 0, "mask id is not set (give --mask-id or mask_token_id in config.json)");
+    check_token(options.mask_id, config.vocab_size, "mask id");
+    if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
+    require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
+    require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
+    require(options.sampling.temperature >= 0.0f, "temperature must be >= 0, got ", options.sampling.temperature);
+    require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
+            options.sampling.top_p);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      const int limit = static_cast<int>(prompts[r].size()) + options.max_new_tokens;
+      check_prompt(prompts[r], options.max_new_tokens, config, r, prompts.size(), l_.round_up(limit) - limit);
+      for (std::size_t i = 0; i < prompts[r].size(); ++i)
+        require(prompts[r][i] != options.mask_id, prompts.size() > 1 ? ::blockdiff::detail::concat("prompt ", r) : "prompt",
+                " contains the mask id ", options.mask_id, " at index ", i);
     }
-    return false;
   }
 
-  //! Opens the block that starts at slot `c`: tokens already in x, then [MASK]s.
-  void open_block(Row& r, int c, const DecodeOptions& o) {
-    r.c = c;
-    r.gen_begin = static_cast<int>(r.x.size()) - c;
-    r.x.resize(static_cast<std::size_t>(c + B), o.mask_id);
-    r.scratch_valid = false;
-    r.sub = -1;
-    r.phase = Phase::block;
+  //! Row `index` of a batch, decoding `prompt`; `make_cache(slots)` gives its KV cache.
+  template <class MakeCache>
+  Row start(std::size_t index, const std::vector<int>& prompt, const DecodeOptions& o, MakeCache&& make_cache) const {
+    Row row;
+    row.index = index;
+    row.prompt_len = static_cast<int>(prompt.size());
+    row.limit = row.prompt_len + o.max_new_tokens;
+    row.x = prompt;
+    row.streamed_end = row.prompt_len;
+    row.rng = Rng(o.seed);
+    if (o.max_new_tokens == 0)
+      row.done = true;
+    else
+      row.cache = make_cache(l_.round_up(row.limit));
+    return row;
   }
 
-  //! Appends a committed token after the finished block (prefill or commit); may end the row.
-  void append_next_token(Row& r, int token, const DecodeOptions& o) {
-    r.x.push_back(token);
-    if ((o.eos_id && token == *o.eos_id) || static_cast<int>(r.x.size()) >= r.limit) r.done = true;
-  }
-
-  //! Decides the row's next forward, or that it is done.
-  void plan(Row& r, const DecodeOptions& o) {
+  //! Decides the row's next forward (its `request`), or that it is done.
+  [[gnu::noinline]] void plan(Row& r, const DecodeOptions& o) {
+    const int B = l_.block, S = l_.sub_block;
     auto& q = r.request;
     q = {};
     q.cache = &r.cache;
@@ -281,22 +188,21 @@ class BlockDiffusionDecoder {
       }
       if (!has_mask(r, 0, B, o.mask_id)) {
         stream(r, r.c + B, o);
-        if constexpr (Cache::commit == Commit::forward) {
+        if (l_.commit_forward) {
           r.kind = ForwardKind::commit;
           set_block_tokens(r);
           q.advance = true;
-          q.logits_begin = (Cache::block_cache ? 0 : r.c) + B - 1;
+          q.logits_begin = (l_.block_cache ? 0 : r.c) + B - 1;
           q.logits_end = q.logits_begin + 1;
           return;
-        } else {
-          // Keep the last denoising forward's K/V and its last-row prediction.
-          r.cache.set_committed(r.c + B);
-          r.x.resize(static_cast<std::size_t>(r.c + B));
-          append_next_token(r, r.next_token, o);
-          if (r.done) return;
-          open_block(r, r.c + B, o);
-          continue;
         }
+        // Keep the last denoising forward's K/V and its last-row prediction.
+        r.cache.set_committed(r.c + B);
+        r.x.resize(static_cast<std::size_t>(r.c + B));
+        append_next_token(r, r.next_token, o);
+        if (r.done) return;
+        open_block(r, r.c + B, o);
+        continue;
       }
       // The first sub-block with a [MASK] is the active one.
       int s = 0;
@@ -308,14 +214,14 @@ class BlockDiffusionDecoder {
         for (int j = s * S; j < s * S + S; ++j) r.masked_at_sub_start += block(r)[j] == o.mask_id;
       }
       const int lo = s * S, hi = lo + S;
-      const bool want_last = Cache::commit == Commit::reuse && hi == B;
+      const bool want_last = !l_.commit_forward && hi == B;
       // A sub-block forward (S queries against [committed ; saved block K/V], rows overwritten)
       // needs the sub-block's first token; otherwise the whole block runs.
-      const bool sub_block_forward = Cache::sub_block_cache && r.scratch_valid && block(r)[lo] != o.mask_id;
+      const bool sub_block_forward = l_.sub_block_cache && r.scratch_valid && block(r)[lo] != o.mask_id;
       // Block offsets whose prediction this forward needs, [first, end): position j is read from
       // the logit row of j - 1. Narrowed to the masked span unless the model wants fixed shapes.
       int first = sub_block_forward ? lo + 1 : std::max(lo, 1), end = want_last ? B + 1 : hi;
-      if constexpr (!fixed_logit_rows<M>()) {
+      if (!l_.fixed_logit_rows) {
         while (first + 1 < hi && block(r)[first] != o.mask_id) ++first;
         if (!want_last)
           while (end - 1 > first && block(r)[end - 1] != o.mask_id) --end;
@@ -323,7 +229,7 @@ class BlockDiffusionDecoder {
       r.logits_first_pos = first;
       if (sub_block_forward) {
         r.kind = ForwardKind::sub_block;
-        q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c + lo), S);
+        q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c + lo), static_cast<std::size_t>(S));
         q.first_slot = r.c + lo;
         q.kv_end = r.c + B;
         q.logits_begin = first - 1 - lo;
@@ -331,81 +237,139 @@ class BlockDiffusionDecoder {
       } else {
         r.kind = ForwardKind::block;
         set_block_tokens(r);
-        const int base = Cache::block_cache ? 0 : r.c;
+        const int base = l_.block_cache ? 0 : r.c;
         q.logits_begin = base + first - 1;
         q.logits_end = base + end - 1;
-        if (Cache::sub_block_cache) r.scratch_valid = true;
+        if (l_.sub_block_cache) r.scratch_valid = true;
       }
       return;
     }
   }
 
-  //! The block forward's tokens: the block alone (block cache) or the whole sequence (none).
-  void set_block_tokens(Row& r) {
-    auto& q = r.request;
-    if constexpr (Cache::block_cache) {
-      q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c), B);
-      q.first_slot = r.c;
-    } else {
-      q.tokens = std::span<const int>(r.x).first(static_cast<std::size_t>(r.c + B));
-      q.first_slot = 0;
-    }
-    q.kv_end = r.c + B;
-  }
-
-  //! Reads the row's logits and commits what the forward decided.
-  //! `host_logits` is set only when sampling; greedy decoding reads the statistics pass alone.
-  void consume(Row& r, const float* host_logits, std::int64_t offset, const DecodeOptions& o) {
-    const int V = model_.config().vocab_size;
-    auto argmax = [&](std::int64_t row) { return stats_[static_cast<std::size_t>(row)].token; };
-    TraceStep step{r.kind, {}};
+  //! After a prefill or commit forward: opens the next block, with its first token from the
+  //! statistics of the row's one logit row when the forward asked for one (a prefill asks only
+  //! when the prompt ends on a block boundary).
+  [[gnu::noinline]] void take_next_token(Row& r, std::span<const PositionStats> stats, TraceStep& step,
+                                         const DecodeOptions& o) {
+    const int B = l_.block;
     if (r.kind == ForwardKind::prefill) {
       const int n = r.prompt_len / B * B;
       if (r.prompt_len % B == 0) {
-        const int token = argmax(offset);
-        step.committed.emplace_back(n, token);
-        append_next_token(r, token, o);
+        step.committed.emplace_back(n, stats.front().token);
+        append_next_token(r, stats.front().token, o);
       }
       if (!r.done) open_block(r, n, o);
-    } else if (r.kind == ForwardKind::commit) {
-      const int token = argmax(offset);
-      step.committed.emplace_back(r.c + B, token);
-      append_next_token(r, token, o);
-      if (!r.done) open_block(r, r.c + B, o);
     } else {
-      const int lo = r.sub * S, hi = lo + S;
-      // Candidates: masked positions of the sub-block, each from the logit row before it.
-      Candidate cand[max_block_size];
-      bool chosen[max_block_size] = {};
-      int n = 0;
-      for (int j = std::max(lo, 1); j < hi; ++j) {
-        if (block(r)[j] != o.mask_id) continue;
-        const std::int64_t row = offset + (j - r.logits_first_pos);
-        cand[n].offset = j;
-        cand[n].stats = host_logits ? sample_token(host_logits + row * V, V, o.sampling, r.rng, probs_, order_)
-                                    : stats_[static_cast<std::size_t>(row)];
-        ++n;
-      }
-      require(n > 0 || !has_mask(r, lo, hi, o.mask_id), "internal: position 0 of a block is masked");
-      if (Cache::commit == Commit::reuse && hi == B) r.next_token = argmax(offset + (B - r.logits_first_pos));
-      StepContext ctx{r.step, sub_blocks, r.masked_at_sub_start, &r.rng};
-      policy_.select(cand, n, ctx, chosen);
-      int committed = 0;
-      for (int i = 0; i < n; ++i) {
-        if (!chosen[i]) continue;
-        block(r)[cand[i].offset] = cand[i].stats.token;
-        step.committed.emplace_back(r.c + cand[i].offset, cand[i].stats.token);
-        ++committed;
-      }
-      require(committed > 0, "unmasking policy \"", Unmask::name,
-              "\" committed no position; a policy must commit at least one masked position per forward");
-      ++r.step;
+      step.committed.emplace_back(r.c + B, stats.front().token);
+      append_next_token(r, stats.front().token, o);
+      if (!r.done) open_block(r, r.c + B, o);
     }
-    if (o.trace) r.trace.steps.push_back(std::move(step));
+  }
+
+  //! After a denoising forward: the masked positions of the active sub-block, each with the
+  //! statistics of the logit row before it (`stats` from the row's first logit row on; sampled
+  //! from `logits`, the row's logits on the host, when sampling). Returns how many.
+  [[gnu::noinline]] int candidates(Row& r, std::span<const PositionStats> stats, const float* logits, int vocab, const DecodeOptions& o,
+                 Candidate* cand) {
+    const int lo = r.sub * l_.sub_block, hi = lo + l_.sub_block;
+    int n = 0;
+    for (int j = std::max(lo, 1); j < hi; ++j) {
+      if (block(r)[j] != o.mask_id) continue;
+      const std::int64_t row = j - r.logits_first_pos;
+      cand[n].offset = j;
+      cand[n].stats = logits ? sample_token(logits + row * vocab, vocab, o.sampling, r.rng, probs_, order_)
+                             : stats[static_cast<std::size_t>(row)];
+      ++n;
+    }
+    require(n > 0 || !has_mask(r, lo, hi, o.mask_id), "internal: position 0 of a block is masked");
+    if (!l_.commit_forward && hi == l_.block)
+      r.next_token = stats[static_cast<std::size_t>(l_.block - r.logits_first_pos)].token;
+    return n;
+  }
+
+  //! What the policy sees of the row's sub-block.
+  StepContext context(Row& r) const { return {r.step, l_.block / l_.sub_block, r.masked_at_sub_start, &r.rng}; }
+
+  //! Commits the chosen candidates; `policy` names the policy in the error when it chose none.
+  [[gnu::noinline]] void commit(Row& r, const Candidate* cand, int n, const bool* chosen, TraceStep& step, const char* policy) {
+    int committed = 0;
+    for (int i = 0; i < n; ++i) {
+      if (!chosen[i]) continue;
+      block(r)[cand[i].offset] = cand[i].stats.token;
+      step.committed.emplace_back(r.c + cand[i].offset, cand[i].stats.token);
+      ++committed;
+    }
+    require(committed > 0, "unmasking policy \"", policy,
+            "\" committed no position; a policy must commit at least one masked position per forward");
+    ++r.step;
+  }
+
+  //! Collects the row's output: tokens after the prompt, cut after the first EOS and at the limit.
+  [[gnu::noinline]] void finish(Row& r, GenerateResult& out, const DecodeOptions& o) {
+    stream(r, r.limit, o);
+    const int end = std::min<int>(r.limit, static_cast<int>(r.x.size()));
+    for (int p = r.prompt_len; p < end; ++p) {
+      const int t = r.x[static_cast<std::size_t>(p)];
+      if (t == o.mask_id) break;
+      out.tokens.push_back(t);
+      if (o.eos_id && t == *o.eos_id) break;
+    }
+    out.trace = std::move(r.trace);
+    r.cache = {};
+    r.finished = true;
+  }
+
+ private:
+  int* block(Row& r) const { return r.x.data() + r.c; }
+
+  bool has_mask(const Row& r, int from, int to, int mask_id) const {
+    for (int j = from; j < to; ++j)
+      if (r.x[static_cast<std::size_t>(r.c + j)] == mask_id) return true;
+    return false;
+  }
+
+  //! True once an EOS is committed in the block's generated part with no [MASK] before it.
+  bool eos_done(const Row& r, const DecodeOptions& o) const {
+    if (!o.eos_id) return false;
+    for (int j = r.gen_begin; j < l_.block; ++j) {
+      const int t = r.x[static_cast<std::size_t>(r.c + j)];
+      if (t == o.mask_id) return false;
+      if (t == *o.eos_id) return true;
+    }
+    return false;
+  }
+
+  //! Opens the block that starts at slot `c`: tokens already in x, then [MASK]s.
+  void open_block(Row& r, int c, const DecodeOptions& o) const {
+    r.c = c;
+    r.gen_begin = static_cast<int>(r.x.size()) - c;
+    r.x.resize(static_cast<std::size_t>(c + l_.block), o.mask_id);
+    r.scratch_valid = false;
+    r.sub = -1;
+    r.phase = Phase::block;
+  }
+
+  //! Appends a committed token after the finished block (prefill or commit); may end the row.
+  void append_next_token(Row& r, int token, const DecodeOptions& o) const {
+    r.x.push_back(token);
+    if ((o.eos_id && token == *o.eos_id) || static_cast<int>(r.x.size()) >= r.limit) r.done = true;
+  }
+
+  //! The block forward's tokens: the block alone (block cache) or the whole sequence (none).
+  void set_block_tokens(Row& r) const {
+    auto& q = r.request;
+    if (l_.block_cache) {
+      q.tokens = std::span<const int>(r.x).subspan(static_cast<std::size_t>(r.c), static_cast<std::size_t>(l_.block));
+      q.first_slot = r.c;
+    } else {
+      q.tokens = std::span<const int>(r.x).first(static_cast<std::size_t>(r.c + l_.block));
+      q.first_slot = 0;
+    }
+    q.kv_end = r.c + l_.block;
   }
 
   //! Passes the row's final tokens before `upto` to on_tokens, by the rules of finish().
-  void stream(Row& r, int upto, const DecodeOptions& o) {
+  void stream(Row& r, int upto, const DecodeOptions& o) const {
     if (!o.on_tokens) return;
     const int end = std::min({upto, r.limit, static_cast<int>(r.x.size())});
     int p = r.streamed_end;
@@ -422,27 +386,133 @@ class BlockDiffusionDecoder {
     r.streamed_end = eos ? r.limit : p;  // nothing after an EOS
   }
 
-  //! Collects the row's output: tokens after the prompt, cut after the first EOS and at the limit.
-  void finish(Row& r, GenerateResult& out, const DecodeOptions& o) {
-    stream(r, r.limit, o);
-    const int end = std::min<int>(r.limit, static_cast<int>(r.x.size()));
-    for (int p = r.prompt_len; p < end; ++p) {
-      const int t = r.x[static_cast<std::size_t>(p)];
-      if (t == o.mask_id) break;
-      out.tokens.push_back(t);
-      if (o.eos_id && t == *o.eos_id) break;
+  BlockLayout l_;
+  std::vector<double> probs_;  // sampling's buffers
+  std::vector<int> order_;
+};
+
+}  // namespace detail
+
+template <LanguageModel M, class Shape, class Unmask, class Cache = cache::Block<>>
+class BlockDiffusionDecoder {
+  static_assert(Policy<Shape> && PolicyOfKind<Shape, kind::block_shape>,
+                "BlockDiffusionDecoder: the Shape parameter must be a BlockShape<Block, SubBlock>");
+  static_assert(Policy<Unmask>, "BlockDiffusionDecoder: the Unmask parameter is not a policy "
+                                "(it must declare `using policy_kind = blockdiff::kind::unmasking;`)");
+  static_assert(PolicyOfKind<Unmask, kind::unmasking>,
+                "BlockDiffusionDecoder: the Unmask slot takes an unmasking policy (unmask::Threshold, TopK, ...), "
+                "but this policy is of another kind");
+  static_assert(UnmaskingPolicy<Unmask>, "BlockDiffusionDecoder: Unmask declares kind::unmasking but lacks "
+                                         "needs_second_prob, needs_entropy, name, validate() or select(...)");
+  static_assert(PolicyOfKind<Cache, kind::cache>,
+                "BlockDiffusionDecoder: the Cache slot takes a cache strategy (cache::None, Block, Hierarchical)");
+  static_assert(CacheStrategy<Cache>);
+
+ public:
+  using backend_type = typename M::backend_type;
+  static constexpr int B = Shape::block;
+  static constexpr int S = Shape::sub_block;
+  static constexpr int sub_blocks = B / S;
+  using Mask = mask::BlockCausal<B>;
+
+  explicit BlockDiffusionDecoder(M& model, Unmask policy = {})
+      : model_(model),
+        policy_(policy),
+        rows_({B, S, Cache::block_cache, Cache::sub_block_cache, Cache::commit == Commit::forward, fixed_logit_rows<M>()}) {
+    policy_.validate();
+  }
+
+  const Unmask& policy() const { return policy_; }
+  Unmask& policy() { return policy_; }
+
+  //! Decodes one prompt.
+  GenerateResult generate(const std::vector<int>& prompt, const DecodeOptions& options) {
+    return std::move(generate(std::span<const std::vector<int>>(&prompt, 1), options).front());
+  }
+
+  //! Decodes a batch; row r of the result is exactly what prompt r gives alone.
+  std::vector<GenerateResult> generate(std::span<const std::vector<int>> prompts, const DecodeOptions& options) {
+    policy_.validate();
+    const auto& config = model_.config();
+    rows_.check(prompts, options, config);
+
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<GenerateResult> results(prompts.size());
+    std::vector<Row> active;
+    active.reserve(prompts.size());
+    for (std::size_t r = 0; r < prompts.size(); ++r)
+      active.push_back(rows_.start(r, prompts[r], options, [&](int slots) { return model_.make_cache(slots); }));
+
+    std::vector<model::ForwardRow<backend_type>> forward_rows;
+    std::vector<Row*> stepping;
+    while (true) {
+      // Each row advances to its next forward (or finishes).
+      forward_rows.clear();
+      stepping.clear();
+      for (auto& row : active) {
+        if (row.done) continue;
+        rows_.plan(row, options);
+        if (row.done) continue;
+        forward_rows.push_back(row.request);
+        stepping.push_back(&row);
+      }
+      // Finished rows leave the batch and free their cache.
+      for (auto& row : active)
+        if (row.done && !row.finished) rows_.finish(row, results[row.index], options);
+      if (stepping.empty()) break;
+
+      const auto t0 = std::chrono::steady_clock::now();
+      auto logits = model_.template forward<Mask>(forward_rows);
+      // One pass over the vocabulary for every logit row, computing what the policy needs.
+      const std::int64_t n_rows = logits.dim(0);
+      stats_.resize(static_cast<std::size_t>(n_rows));
+      Kernel<backend_type, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::run(
+          logits.data(), n_rows, config.vocab_size, stats_.data());
+      const float* host_logits = options.sampling.temperature > 0
+                                     ? backend_type::to_host(logits.data(), static_cast<std::size_t>(logits.numel()), staging_)
+                                     : nullptr;
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (std::size_t i = 0; i < stepping.size(); ++i) {
+        Row& row = *stepping[i];
+        const std::size_t kind = static_cast<std::size_t>(row.kind);
+        row.trace.forwards[kind] += 1;
+        row.trace.seconds[kind] += dt;
+        const std::int64_t offset = model_.logit_offset(i);
+        consume(row, std::span<const PositionStats>(stats_).subspan(static_cast<std::size_t>(offset)),
+                host_logits ? host_logits + offset * config.vocab_size : nullptr, options);
+      }
+      std::erase_if(active, [](const Row& r) { return r.finished; });
     }
-    out.trace = std::move(r.trace);
-    r.cache = {};
-    r.finished = true;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    for (auto& r : results) r.seconds = seconds;
+    return results;
+  }
+
+ private:
+  using Row = typename detail::BlockDecoding<backend_type>::Row;
+
+  //! Commits what the forward decided for `r`, from its logit rows' statistics (and its logits on
+  //! the host when sampling; greedy decoding reads the statistics pass alone).
+  void consume(Row& r, std::span<const PositionStats> stats, const float* logits, const DecodeOptions& o) {
+    TraceStep step{r.kind, {}};
+    if (r.kind == ForwardKind::prefill || r.kind == ForwardKind::commit) {
+      rows_.take_next_token(r, stats, step, o);
+    } else {
+      Candidate cand[B];
+      bool chosen[B] = {};
+      const int n = rows_.candidates(r, stats, logits, model_.config().vocab_size, o, cand);
+      StepContext ctx = rows_.context(r);
+      policy_.select(cand, n, ctx, chosen);
+      rows_.commit(r, cand, n, chosen, step, Unmask::name);
+    }
+    if (o.trace) r.trace.steps.push_back(std::move(step));
   }
 
   M& model_;
   Unmask policy_;
+  detail::BlockDecoding<backend_type> rows_;
   std::vector<PositionStats> stats_;
   std::vector<float> staging_;
-  std::vector<double> probs_;
-  std::vector<int> order_;
 };
 
 }  // namespace blockdiff::decode

@@ -64,31 +64,18 @@ struct StepLog {
   double seconds = 0;
 };
 
-template <Objective O>
-class Trainer {
+//! Everything of a training run that does not depend on the objective's type: the loop, data
+//! order, the optimiser, checkpoints, resume and the loss log. Trainer<O> adds the objective's
+//! micro-batch (one virtual call each), so that a program training many objectives compiles the
+//! rest once.
+class TrainerCore {
  public:
-  Trainer(TrainableQwen2<float>& model, O objective, std::vector<Example> examples, TrainOptions options)
-      : model_(model), objective_(std::move(objective)), examples_(std::move(examples)), options_(options) {
-    options_.validate(objective_.pad_block());
-    require(!examples_.empty(), "training needs at least one example");
-    const int pad_id = model.config().mask_token_id.value_or(-1);
-    pad_id_ = pad_id;
-    epoch_ = 0;
-    windows_ = pack(examples_, options_.context, objective_.pad_block(), pad_id_,
-                    shuffled_order(examples_.size(), epoch_seed(0)));
-    require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
-            windows_.ids.size(), " tokens in all)");
-    optimizer_ = AdamW<float>(model.parameters().size(), options_.adam);
-    std::vector<std::pair<std::size_t, std::size_t>> decay;
-    for (auto& t : model.tensors())
-      if (t.shape.size() == 2) decay.push_back({std::size_t(t.offset), std::size_t(t.numel)});
-    optimizer_.set_decay_ranges(decay);
-    staging_.length = options_.context;
-  }
-
   int step() const { return step_; }
   const TrainOptions& options() const { return options_; }
   int windows_per_epoch() const { return windows_.count(); }
+  virtual ~TrainerCore() = default;
+
+  const char* objective_name() const { return objective_name_; }
 
   //! Runs until `options().steps` updates are done, calling `on_step` after each; checkpoints
   //! into `out` (every save_every steps and at the end) when `out` is not empty. A NaN or Inf
@@ -104,10 +91,7 @@ class Trainer {
       double loss = 0.0;
       for (int k = 0; k < options_.accumulate; ++k) {
         stage(std::int64_t(step_) * options_.accumulate + k);
-        Rng rng(noise_seed(step_, k));
-        objective_.build(staging_, 0, options_.batch, rng, batch_);
-        const auto r = model_.step(batch_, objective_.mask(options_.context), true, 1.0f / float(options_.accumulate));
-        loss += r.loss / options_.accumulate;
+        loss += micro_batch(k) / options_.accumulate;
         log.tokens += std::int64_t(batch_.rows) * batch_.length;
       }
       log.loss = loss;
@@ -148,7 +132,7 @@ class Trainer {
     opt.write(dir / "optimizer.safetensors");
     nlohmann::ordered_json state{{"step", step_},
                                  {"seed", options_.seed},
-                                 {"objective", O::name},
+                                 {"objective", objective_name_},
                                  {"context", options_.context},
                                  {"batch", options_.batch},
                                  {"accumulate", options_.accumulate},
@@ -176,8 +160,8 @@ class Trainer {
                 a.num_key_value_heads == b.num_key_value_heads && a.vocab_size == b.vocab_size &&
                 a.tie_word_embeddings == b.tie_word_embeddings,
             dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
-    require(state.value("objective", std::string()) == O::name, dir.string(), ": the checkpoint was trained with the \"",
-            state.value("objective", std::string()), "\" objective, not \"", O::name, "\"");
+    require(state.value("objective", std::string()) == objective_name_, dir.string(), ": the checkpoint was trained with the \"",
+            state.value("objective", std::string()), "\" objective, not \"", objective_name_, "\"");
     std::copy(resumed.parameters().begin(), resumed.parameters().end(), model_.parameters().begin());
     io::SafetensorsFile opt(dir / "optimizer.safetensors");
     for (auto& t : model_.tensors())
@@ -195,7 +179,30 @@ class Trainer {
     last_saved_ = step_;
   }
 
- private:
+ protected:
+  TrainerCore(TrainableQwen2<float>& model, const char* objective_name, int pad_block, std::vector<Example> examples,
+              TrainOptions options)
+      : model_(model), objective_name_(objective_name), pad_block_(pad_block), examples_(std::move(examples)),
+        options_(options) {
+    options_.validate(pad_block_);
+    require(!examples_.empty(), "training needs at least one example");
+    pad_id_ = model.config().mask_token_id.value_or(-1);
+    epoch_ = 0;
+    windows_ = pack(examples_, options_.context, pad_block_, pad_id_, shuffled_order(examples_.size(), epoch_seed(0)));
+    require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
+            windows_.ids.size(), " tokens in all)");
+    optimizer_ = AdamW<float>(model.parameters().size(), options_.adam);
+    std::vector<std::pair<std::size_t, std::size_t>> decay;
+    for (auto& t : model.tensors())
+      if (t.shape.size() == 2) decay.push_back({std::size_t(t.offset), std::size_t(t.numel)});
+    optimizer_.set_decay_ranges(decay);
+    staging_.length = options_.context;
+  }
+
+  //! Micro-batch `k` of the step under way, staged in staging_: builds the objective's batch,
+  //! adds its gradient (scaled for accumulation) and returns its mean loss.
+  virtual double micro_batch(int k) = 0;
+
   std::uint64_t epoch_seed(std::int64_t epoch) const { return options_.seed * 0x9E3779B97F4A7C15ull + 17 + epoch; }
   std::uint64_t noise_seed(int step, int k) const {
     return (options_.seed * 0x100000001B3ull ^ 0xD1B54A32D192ED03ull) + std::uint64_t(step) * 65537u + std::uint64_t(k);
@@ -211,7 +218,7 @@ class Trainer {
       const std::int64_t epoch = g / n;
       if (epoch != epoch_) {
         epoch_ = epoch;
-        windows_ = pack(examples_, L, objective_.pad_block(), pad_id_, shuffled_order(examples_.size(), epoch_seed(epoch)));
+        windows_ = pack(examples_, L, pad_block_, pad_id_, shuffled_order(examples_.size(), epoch_seed(epoch)));
       }
       const int w = int(g % n);
       std::copy_n(windows_.ids_of(w).data(), L, staging_.ids.data() + std::size_t(r) * L);
@@ -240,7 +247,8 @@ class Trainer {
   }
 
   TrainableQwen2<float>& model_;
-  O objective_;
+  const char* objective_name_;
+  int pad_block_;
   std::vector<Example> examples_;
   TrainOptions options_;
   AdamW<float> optimizer_;
@@ -249,6 +257,24 @@ class Trainer {
   std::ofstream log_;
   std::int64_t epoch_ = 0;
   int step_ = 0, pad_id_ = -1, last_saved_ = -1;
+};
+
+//! Trains `model` with objective O: TrainerCore's run, with O's micro-batches and attention mask.
+template <Objective O>
+class Trainer final : public TrainerCore {
+ public:
+  Trainer(TrainableQwen2<float>& model, O objective, std::vector<Example> examples, TrainOptions options)
+      : TrainerCore(model, O::name, objective.pad_block(), std::move(examples), options),
+        objective_(std::move(objective)) {}
+
+ private:
+  double micro_batch(int k) override {
+    Rng rng(noise_seed(step_, k));
+    objective_.build(staging_, 0, options_.batch, rng, batch_);
+    return model_.step(batch_, objective_.mask(options_.context), true, 1.0f / float(options_.accumulate)).loss;
+  }
+
+  O objective_;
 };
 
 }  // namespace blockdiff::train
