@@ -6,9 +6,12 @@
 // paper's shape BlockShape<32, 8> and at the embedded model's shape, with each cache; and the
 // commit-reuse mode (--no-commit) for Threshold at those same shapes. To add a configuration, add its
 // shape to the lists below (or a `dispatch_*` branch) and rebuild; nothing else changes.
+//
+// The set compiles in three parts of about fifty decoders each, in parallel (decode_part_of).
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 #include "blockdiff/blockdiff.hpp"
 
@@ -28,6 +31,15 @@ struct PolicyShapes {
   }
   static constexpr const char* list = "32/8, 8/4";
 };
+
+//! The part of the compiled set that a decoder compiles in (decode_part_<n>.cpp): Threshold at
+//! blocks up to 16 (45 decoders, --no-commit included), at blocks 32 and 64 (42), every other policy (54).
+inline constexpr int decode_parts = 3;
+template <class Shape, class Policy>
+constexpr int decode_part_of() {
+  if constexpr (std::is_same_v<Policy, unmask::Threshold>) return Shape::block <= 16 ? 0 : 1;
+  return 2;
+}
 
 inline std::string compiled_set_help() {
   return std::string("Compiled decoder configurations:\n") +

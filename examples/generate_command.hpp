@@ -1,7 +1,7 @@
 // `blockdiff generate`: Fast-dLLM v2 decoding from the command line.
 //
 // Flags pick the types (block shape, policy, cache, commit mode) through the compiled set of
-// compiled_set.hpp, and the values (threshold, k, steps, temperature, ...) as data.
+// compiled_set.hpp (decode_set.hpp), and the values (threshold, k, steps, temperature, ...) as data.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -13,36 +13,10 @@
 
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
-#include "compiled_set.hpp"
+#include "decode_set.hpp"
 #include "text_util.hpp"
 
 namespace blockdiff::cli {
-
-//! What the decoding flags ask for; shared by generate and eval.
-struct DecoderSpec {
-  int block = 32, sub_block = 8;
-  std::string unmask = "threshold", schedule = "linear", cache = "block";
-  bool no_commit = false;
-  float threshold = 0.9f, gamma = 0.5f, factor = 1.0f;
-  int k = 2, steps = 8;
-
-  void add_flags(CLI::App* app) {
-    app->add_option("--block", block, "block size")->capture_default_str();
-    app->add_option("--sub-block", sub_block, "sub-block size")->capture_default_str();
-    app->add_option("--unmask", unmask,
-                    "threshold | topk | scheduled | margin | entropy | entropy-bounded | factor | random")
-        ->capture_default_str();
-    app->add_option("--threshold", threshold,
-                    "tau of threshold, margin and entropy; gamma of entropy-bounded; f of factor")
-        ->capture_default_str();
-    app->add_option("--k", k, "positions per forward for topk and random")->capture_default_str();
-    app->add_option("--steps", steps, "denoising steps per block for scheduled")->capture_default_str();
-    app->add_option("--schedule", schedule, "noise schedule of scheduled: linear | loglinear | cosine")
-        ->capture_default_str();
-    app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
-    app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
-  }
-};
 
 //! --temperature, --top-p and --seed: the paper's sampling (shared by generate and chat).
 struct SamplingFlags {
@@ -59,80 +33,6 @@ struct SamplingFlags {
     o.seed = seed;
   }
 };
-
-//! Calls `f.template operator()<Shape, Policy, Cache>(policy)` for the configuration `spec` names.
-template <class F>
-void with_decoder(const DecoderSpec& spec, F&& f) {
-  auto with_cache = [&]<class Shape, class Policy>(const Policy& policy) {
-    auto go = [&]<Commit C>() {
-      if (spec.cache == "none") return f.template operator()<Shape, Policy, cache::None<C>>(policy);
-      if (spec.cache == "block") return f.template operator()<Shape, Policy, cache::Block<C>>(policy);
-      if (spec.cache == "hierarchical") return f.template operator()<Shape, Policy, cache::Hierarchical<C>>(policy);
-      fail("--cache must be none, block or hierarchical, got \"", spec.cache, "\"");
-    };
-    if constexpr (std::is_same_v<Policy, unmask::Threshold>) {
-      if (spec.no_commit) {
-        const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Listed>() {
-          if constexpr (std::is_same_v<Listed, Shape>) go.template operator()<Commit::reuse>();
-        });
-        require(ok, "--no-commit is compiled for threshold at block/sub-block ", PolicyShapes::list, " only, not ",
-                spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
-        return;
-      }
-    } else {
-      require(!spec.no_commit, "--no-commit is compiled for --unmask threshold only; add it in examples/compiled_set.hpp");
-    }
-    go.template operator()<Commit::forward>();
-  };
-  if (spec.unmask == "threshold") {
-    unmask::Threshold policy{spec.threshold};
-    policy.validate();
-    dispatch_value<BLOCKDIFF_CLI_BLOCKS>(spec.block, [&]<int Bk>() {
-      dispatch_value<BLOCKDIFF_CLI_SUB_BLOCKS>(spec.sub_block, [&]<int Sb>() {
-        if constexpr (Sb <= Bk && Bk % Sb == 0)
-          with_cache.template operator()<BlockShape<Bk, Sb>>(policy);
-        else
-          fail("--sub-block ", Sb, " does not divide --block ", Bk);
-      }, "--sub-block");
-    }, "--block");
-    return;
-  }
-  auto at_policy_shape = [&](const auto& policy) {
-    policy.validate();
-    const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Shape>() {
-      with_cache.template operator()<Shape>(policy);
-    });
-    require(ok, "--unmask ", spec.unmask, " is compiled for block/sub-block ", PolicyShapes::list, " only, not ",
-            spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
-  };
-  if (spec.unmask == "topk") return at_policy_shape(unmask::TopK{spec.k});
-  if (spec.unmask == "margin") return at_policy_shape(unmask::Margin{spec.threshold});
-  if (spec.unmask == "entropy") return at_policy_shape(unmask::Entropy{spec.threshold});
-  if (spec.unmask == "entropy-bounded") return at_policy_shape(unmask::EntropyBounded{spec.threshold});
-  if (spec.unmask == "factor") return at_policy_shape(unmask::Factor{spec.threshold});
-  if (spec.unmask == "random") return at_policy_shape(unmask::Random{spec.k});
-  if (spec.unmask == "scheduled") {
-    if (spec.schedule == "linear") return at_policy_shape(unmask::Scheduled<schedule::Linear>{spec.steps});
-    if (spec.schedule == "loglinear") return at_policy_shape(unmask::Scheduled<schedule::LogLinear>{spec.steps});
-    if (spec.schedule == "cosine") return at_policy_shape(unmask::Scheduled<schedule::Cosine>{spec.steps});
-    fail("--schedule must be linear, loglinear or cosine, got \"", spec.schedule, "\"");
-  }
-  fail("--unmask must be threshold, topk, scheduled, margin, entropy, entropy-bounded, factor or random, got \"",
-       spec.unmask, "\"");
-}
-
-//! Decodes `prompts` with the configuration `spec` names (the one instantiation of the compiled
-//! set, shared by generate, eval and study).
-inline std::vector<decode::GenerateResult> decode_batch(const DecoderSpec& spec, model::Qwen2<backend::Host>& model,
-                                                        std::span<const std::vector<int>> prompts,
-                                                        const decode::DecodeOptions& options) {
-  std::vector<decode::GenerateResult> results;
-  with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
-    decode::BlockDiffusionDecoder<model::Qwen2<backend::Host>, Shape, Policy, Cache> decoder(model, policy);
-    results = decoder.generate(prompts, options);
-  });
-  return results;
-}
 
 //! Text picture of each block's unmasking order: the forward that committed each position (P prompt,
 //! C the token of a commit or prefill forward, . not decoded).

@@ -109,73 +109,7 @@ class TrainCommand {
 
   bool parsed() const { return cmd_->parsed(); }
 
-  int run() {
-    require(!data_.empty() || !task_.empty(), "train: give --data or --task");
-    require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
-    require(decay_ == "constant" || decay_ == "cosine", "--decay must be constant or cosine, got \"", decay_, "\"");
-    options_.lr.decay = decay_ == "cosine" ? train::LrSchedule::Decay::cosine : train::LrSchedule::Decay::constant;
-    options_.lr.total = options_.steps;
-
-    // With --resume the weights come from the checkpoint (Trainer::resume); only the shape is read here.
-    std::optional<train::TrainableQwen2<float>> model;
-    if (resume_) {
-      model.emplace(io::ModelConfig::load(std::filesystem::path(out_) / "config.json"));
-    } else if (!init_.empty()) {
-      model.emplace(train::TrainableQwen2<float>::load(init_));
-    } else {
-      model.emplace(model::preset_config(preset_));
-      train::initialise(*model, options_.seed);
-    }
-    // The trained model's config records the block size it was trained with.
-    if (spec_.objective == "fdllm2") model->set_block_size(spec_.block);
-    const auto& config = model->config();
-
-    std::vector<train::Example> examples;
-    if (!task_.empty()) {
-      const auto vocab = train::tasks::vocabulary();
-      require(config.vocab_size == vocab.size(), "--task needs a model with the task vocabulary (", vocab.size(),
-              " ids, e.g. --preset tasks); this one has ", config.vocab_size);
-      examples = train::tasks::encode(train::tasks::make(task_, train::tasks::Split::train, examples_), vocab);
-    } else {
-      examples = train::read_examples(data_, config.vocab_size);
-    }
-
-    spec_.visit(config.mask_token_id.value_or(-1), [&](auto objective) {
-      using O = decltype(objective);
-      train::Trainer<O> trainer(*model, objective, examples, options_);
-      if (resume_) trainer.resume(out_);
-      const auto start = std::chrono::steady_clock::now();
-      const int first = trainer.step();
-      std::int64_t tokens = 0;
-      trainer.run(out_, [&](const train::StepLog& s) {
-        tokens += s.tokens;
-        if (quiet_) return;
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        const double per_step = elapsed / (s.step - first);
-        std::fprintf(stderr, "\rstep %d/%d  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s   ", s.step,
-                     options_.steps, s.loss, s.lr, s.grad_norm, double(tokens) / elapsed,
-                     duration_text(per_step * (options_.steps - s.step)).c_str());
-        if (s.step == options_.steps) std::fprintf(stderr, "\n");
-      });
-      if (!task_.empty()) train::tasks::vocabulary().save(std::filesystem::path(out_) / "tokenizer.json");
-      else if (!init_.empty() && std::filesystem::exists(std::filesystem::path(init_) / "tokenizer.json"))
-        std::filesystem::copy_file(std::filesystem::path(init_) / "tokenizer.json",
-                                   std::filesystem::path(out_) / "tokenizer.json",
-                                   std::filesystem::copy_options::overwrite_existing);
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      std::cout << nlohmann::json{{"out", out_},
-                                  {"objective", O::name},
-                                  {"steps", trainer.step()},
-                                  {"examples", examples.size()},
-                                  {"windows_per_epoch", trainer.windows_per_epoch()},
-                                  {"tokens", tokens},
-                                  {"seconds", seconds},
-                                  {"tokens_per_second", seconds > 0 ? double(tokens) / seconds : 0.0}}
-                       .dump()
-                << "\n";
-    });
-    return 0;
-  }
+  int run();  // train_command.cpp
 
  private:
   CLI::App* cmd_ = nullptr;
@@ -200,35 +134,7 @@ class LossCommand {
 
   bool parsed() const { return cmd_->parsed(); }
 
-  int run() {
-    auto model = train::TrainableQwen2<float>::load(model_);
-    const auto batch = train::read_batch_file(batch_, model.config().vocab_size);
-    train::ModelBatch mb;
-    train::LossResult result;
-    const bool backward = !grads_out_.empty();
-    spec_.visit(model.config().mask_token_id.value_or(-1), [&](auto objective) {
-      using O = decltype(objective);
-      const int count = batch.windows.count();
-      if constexpr (std::is_same_v<O, train::ArObjective>) {
-        Rng unused(0);
-        objective.build(batch.windows, 0, count, unused, mb);
-      } else {
-        require(!batch.mask.empty(), batch_, ": --objective fdllm2 needs the \"mask\" field");
-        objective.build_with_masks(batch.windows, 0, count, batch.mask, mb);
-      }
-      result = model.step(mb, objective.mask(batch.windows.length), backward);
-    });
-    if (backward) {
-      io::SafetensorsWriter w;
-      for (std::size_t i = 0; i < model.tensors().size(); ++i)
-        w.add(model.tensors()[i].name, model.tensors()[i].shape, std::span<const float>(model.gradient(i)));
-      w.write(grads_out_);
-    }
-    nlohmann::json out{{"loss", result.loss}, {"n_tokens", result.n_tokens}, {"objective", spec_.objective}};
-    if (spec_.objective == "fdllm2") out["block"] = spec_.block;
-    std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
-    return 0;
-  }
+  int run();  // loss_command.cpp
 
  private:
   CLI::App* cmd_ = nullptr;

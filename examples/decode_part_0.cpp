@@ -1,0 +1,6 @@
+// Part 0 of the blockdiff program's compiled set of decoders (see compiled_set.hpp).
+#include "decode_set.hpp"
+
+namespace blockdiff::cli {
+template Decoded decode_part<0>(const DecoderSpec&, HostModel&, Prompts, const decode::DecodeOptions&);
+}  // namespace blockdiff::cli

@@ -1,0 +1,141 @@
+// The decoders of the blockdiff program: the flags that name one, and the dispatch from those
+// flags to the compiled set of compiled_set.hpp.
+//
+// The compiled set is a hundred and forty decoder types. They are split into parts that compile
+// in parallel, one source file each (decode_part_<n>.cpp, which instantiate decode_part<n>); every
+// other file of the program sees only the declarations below.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "blockdiff/blockdiff.hpp"
+#include "compiled_set.hpp"
+
+namespace blockdiff::cli {
+
+using HostModel = model::Qwen2<backend::Host>;
+using Prompts = std::span<const std::vector<int>>;
+using Decoded = std::optional<std::vector<decode::GenerateResult>>;
+
+//! What the decoding flags ask for; shared by generate and eval.
+struct DecoderSpec {
+  int block = 32, sub_block = 8;
+  std::string unmask = "threshold", schedule = "linear", cache = "block";
+  bool no_commit = false;
+  float threshold = 0.9f, gamma = 0.5f, factor = 1.0f;
+  int k = 2, steps = 8;
+
+  void add_flags(CLI::App* app) {
+    app->add_option("--block", block, "block size")->capture_default_str();
+    app->add_option("--sub-block", sub_block, "sub-block size")->capture_default_str();
+    app->add_option("--unmask", unmask,
+                    "threshold | topk | scheduled | margin | entropy | entropy-bounded | factor | random")
+        ->capture_default_str();
+    app->add_option("--threshold", threshold,
+                    "tau of threshold, margin and entropy; gamma of entropy-bounded; f of factor")
+        ->capture_default_str();
+    app->add_option("--k", k, "positions per forward for topk and random")->capture_default_str();
+    app->add_option("--steps", steps, "denoising steps per block for scheduled")->capture_default_str();
+    app->add_option("--schedule", schedule, "noise schedule of scheduled: linear | loglinear | cosine")
+        ->capture_default_str();
+    app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
+    app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
+  }
+};
+
+//! Calls `f.template operator()<Shape, Policy, Cache>(policy)` for the configuration `spec` names.
+template <class F>
+void with_decoder(const DecoderSpec& spec, F&& f) {
+  auto with_cache = [&]<class Shape, class Policy>(const Policy& policy) {
+    auto go = [&]<Commit C>() {
+      if (spec.cache == "none") return f.template operator()<Shape, Policy, cache::None<C>>(policy);
+      if (spec.cache == "block") return f.template operator()<Shape, Policy, cache::Block<C>>(policy);
+      if (spec.cache == "hierarchical") return f.template operator()<Shape, Policy, cache::Hierarchical<C>>(policy);
+      fail("--cache must be none, block or hierarchical, got \"", spec.cache, "\"");
+    };
+    if constexpr (std::is_same_v<Policy, unmask::Threshold>) {
+      if (spec.no_commit) {
+        const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Listed>() {
+          if constexpr (std::is_same_v<Listed, Shape>) go.template operator()<Commit::reuse>();
+        });
+        require(ok, "--no-commit is compiled for threshold at block/sub-block ", PolicyShapes::list, " only, not ",
+                spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
+        return;
+      }
+    } else {
+      require(!spec.no_commit, "--no-commit is compiled for --unmask threshold only; add it in examples/compiled_set.hpp");
+    }
+    go.template operator()<Commit::forward>();
+  };
+  if (spec.unmask == "threshold") {
+    unmask::Threshold policy{spec.threshold};
+    policy.validate();
+    dispatch_value<BLOCKDIFF_CLI_BLOCKS>(spec.block, [&]<int Bk>() {
+      dispatch_value<BLOCKDIFF_CLI_SUB_BLOCKS>(spec.sub_block, [&]<int Sb>() {
+        if constexpr (Sb <= Bk && Bk % Sb == 0)
+          with_cache.template operator()<BlockShape<Bk, Sb>>(policy);
+        else
+          fail("--sub-block ", Sb, " does not divide --block ", Bk);
+      }, "--sub-block");
+    }, "--block");
+    return;
+  }
+  auto at_policy_shape = [&](const auto& policy) {
+    policy.validate();
+    const bool ok = PolicyShapes::visit(spec.block, spec.sub_block, [&]<class Shape>() {
+      with_cache.template operator()<Shape>(policy);
+    });
+    require(ok, "--unmask ", spec.unmask, " is compiled for block/sub-block ", PolicyShapes::list, " only, not ",
+            spec.block, "/", spec.sub_block, "; add the shape in examples/compiled_set.hpp");
+  };
+  if (spec.unmask == "topk") return at_policy_shape(unmask::TopK{spec.k});
+  if (spec.unmask == "margin") return at_policy_shape(unmask::Margin{spec.threshold});
+  if (spec.unmask == "entropy") return at_policy_shape(unmask::Entropy{spec.threshold});
+  if (spec.unmask == "entropy-bounded") return at_policy_shape(unmask::EntropyBounded{spec.threshold});
+  if (spec.unmask == "factor") return at_policy_shape(unmask::Factor{spec.threshold});
+  if (spec.unmask == "random") return at_policy_shape(unmask::Random{spec.k});
+  if (spec.unmask == "scheduled") {
+    if (spec.schedule == "linear") return at_policy_shape(unmask::Scheduled<schedule::Linear>{spec.steps});
+    if (spec.schedule == "loglinear") return at_policy_shape(unmask::Scheduled<schedule::LogLinear>{spec.steps});
+    if (spec.schedule == "cosine") return at_policy_shape(unmask::Scheduled<schedule::Cosine>{spec.steps});
+    fail("--schedule must be linear, loglinear or cosine, got \"", spec.schedule, "\"");
+  }
+  fail("--unmask must be threshold, topk, scheduled, margin, entropy, entropy-bounded, factor or random, got \"",
+       spec.unmask, "\"");
+}
+
+//! Decodes `prompts` if the configuration `spec` names lies in part `Part` of the compiled set,
+//! else returns nothing. Raises the compiled set's errors for a configuration that is in no part.
+template <int Part>
+Decoded decode_part(const DecoderSpec& spec, HostModel& model, Prompts prompts, const decode::DecodeOptions& options) {
+  Decoded results;
+  with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
+    if constexpr (decode_part_of<Shape, Policy>() == Part) {
+      decode::BlockDiffusionDecoder<HostModel, Shape, Policy, Cache> decoder(model, policy);
+      results = decoder.generate(prompts, options);
+    }
+  });
+  return results;
+}
+
+extern template Decoded decode_part<0>(const DecoderSpec&, HostModel&, Prompts, const decode::DecodeOptions&);
+extern template Decoded decode_part<1>(const DecoderSpec&, HostModel&, Prompts, const decode::DecodeOptions&);
+extern template Decoded decode_part<2>(const DecoderSpec&, HostModel&, Prompts, const decode::DecodeOptions&);
+static_assert(decode_parts == 3, "declare and define each part of the compiled set (decode_part_<n>.cpp)");
+
+//! Decodes `prompts` with the configuration `spec` names (shared by generate, eval, study and chat).
+inline std::vector<decode::GenerateResult> decode_batch(const DecoderSpec& spec, HostModel& model, Prompts prompts,
+                                                        const decode::DecodeOptions& options) {
+  auto results = decode_part<0>(spec, model, prompts, options);
+  if (!results) results = decode_part<1>(spec, model, prompts, options);
+  if (!results) results = decode_part<2>(spec, model, prompts, options);
+  require(results.has_value(), "--unmask ", spec.unmask, " at block/sub-block ", spec.block, "/", spec.sub_block,
+          " is in no part of the compiled set; see decode_part_of in examples/compiled_set.hpp");
+  return std::move(*results);
+}
+
+}  // namespace blockdiff::cli

@@ -1,0 +1,79 @@
+// `blockdiff train`, compiled apart from the rest of the program: it instantiates the trainer for
+// every objective the flags can name.
+#include "train_command.hpp"
+
+#include <memory>
+
+namespace blockdiff::cli {
+
+int TrainCommand::run() {
+  require(!data_.empty() || !task_.empty(), "train: give --data or --task");
+  require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
+  require(decay_ == "constant" || decay_ == "cosine", "--decay must be constant or cosine, got \"", decay_, "\"");
+  options_.lr.decay = decay_ == "cosine" ? train::LrSchedule::Decay::cosine : train::LrSchedule::Decay::constant;
+  options_.lr.total = options_.steps;
+
+  // With --resume the weights come from the checkpoint (Trainer::resume); only the shape is read here.
+  std::optional<train::TrainableQwen2<float>> model;
+  if (resume_) {
+    model.emplace(io::ModelConfig::load(std::filesystem::path(out_) / "config.json"));
+  } else if (!init_.empty()) {
+    model.emplace(train::TrainableQwen2<float>::load(init_));
+  } else {
+    model.emplace(model::preset_config(preset_));
+    train::initialise(*model, options_.seed);
+  }
+  // The trained model's config records the block size it was trained with.
+  if (spec_.objective == "fdllm2") model->set_block_size(spec_.block);
+  const auto& config = model->config();
+
+  std::vector<train::Example> examples;
+  if (!task_.empty()) {
+    const auto vocab = train::tasks::vocabulary();
+    require(config.vocab_size == vocab.size(), "--task needs a model with the task vocabulary (", vocab.size(),
+            " ids, e.g. --preset tasks); this one has ", config.vocab_size);
+    examples = train::tasks::encode(train::tasks::make(task_, train::tasks::Split::train, examples_), vocab);
+  } else {
+    examples = train::read_examples(data_, config.vocab_size);
+  }
+
+  // The one line that depends on the objective's type; the rest runs on TrainerCore.
+  std::unique_ptr<train::TrainerCore> trainer;
+  spec_.visit(config.mask_token_id.value_or(-1), [&](auto objective) {
+    trainer = std::make_unique<train::Trainer<decltype(objective)>>(*model, objective, examples, options_);
+  });
+  if (resume_) trainer->resume(out_);
+  const auto start = std::chrono::steady_clock::now();
+  const int first = trainer->step();
+  std::int64_t tokens = 0;
+  trainer->run(out_, [&](const train::StepLog& s) {
+    tokens += s.tokens;
+    if (quiet_) return;
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double per_step = elapsed / (s.step - first);
+    std::fprintf(stderr, "\rstep %d/%d  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %s   ", s.step, options_.steps,
+                 s.loss, s.lr, s.grad_norm, double(tokens) / elapsed,
+                 duration_text(per_step * (options_.steps - s.step)).c_str());
+    if (s.step == options_.steps) std::fprintf(stderr, "\n");
+  });
+  if (!task_.empty())
+    train::tasks::vocabulary().save(std::filesystem::path(out_) / "tokenizer.json");
+  else if (!init_.empty() && std::filesystem::exists(std::filesystem::path(init_) / "tokenizer.json"))
+    std::filesystem::copy_file(std::filesystem::path(init_) / "tokenizer.json",
+                               std::filesystem::path(out_) / "tokenizer.json",
+                               std::filesystem::copy_options::overwrite_existing);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << nlohmann::json{{"out", out_},
+                              {"objective", trainer->objective_name()},
+                              {"steps", trainer->step()},
+                              {"examples", examples.size()},
+                              {"windows_per_epoch", trainer->windows_per_epoch()},
+                              {"tokens", tokens},
+                              {"seconds", seconds},
+                              {"tokens_per_second", seconds > 0 ? double(tokens) / seconds : 0.0}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
+}  // namespace blockdiff::cli
