@@ -61,6 +61,23 @@ void check_linear(int n, int k, int m) {
   CHECK(rel_err(y0, ref_acc) < 1e-5);
 }
 
+using Isa = backend::Host::Isa;
+const char* isa_name(Isa isa) { return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "portable"; }
+
+// Runs `check` with the host kernels capped at each vector width this CPU has (the portable path,
+// AVX2, AVX-512), and restores the cap.
+template <class F>
+void at_each_isa(F&& check) {
+  const Isa saved = backend::Host::max_isa();
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+    if (isa > detail::cpu_isa()) break;
+    backend::Host::max_isa(isa);
+    CAPTURE(isa_name(isa));
+    check();
+  }
+  backend::Host::max_isa(saved);
+}
+
 constexpr std::tuple<int, int, int> linear_shapes[] = {
     {1, 64, 200}, {7, 33, 17}, {64, 96, 1000}, {3, 128, 5}, {8, 200, 1000}, {16, 64, 333}, {2, 512, 600},
     {33, 40, 77}, {17, 48, 300}, {4, 40, 2},   {8, 48, 3},   {8, 48, 9},     {12, 20, 7},  {5, 16, 1},
@@ -70,14 +87,39 @@ constexpr std::tuple<int, int, int> linear_shapes[] = {
 static_assert(detail::few_rows_sliced<8, float>(1100) && detail::few_rows_sliced<8, float>(2200));
 
 TEST_CASE("Linear: y = x wT + b, and accumulation, against a naive loop") {
-  for (auto [n, k, m] : linear_shapes) check_linear<float>(n, k, m);
+  at_each_isa([] {
+    for (auto [n, k, m] : linear_shapes) check_linear<float>(n, k, m);
+  });
 }
 
 TEST_CASE("Linear with BF16 weights: the same products of the stored values, in f32 arithmetic") {
-  for (auto [n, k, m] : linear_shapes) check_linear<bf16>(n, k, m);
+  at_each_isa([] {
+    for (auto [n, k, m] : linear_shapes) check_linear<bf16>(n, k, m);
+  });
   // Many rows widen the weights a panel of rows at a time: three panels of 512 rows, the last short.
   check_linear<bf16>(64, 2048, 1100);
   check_linear<bf16>(70, 2049, 1030);
+}
+
+TEST_CASE("max_isa caps the vectors of the host kernels, never below the build's own") {
+  const Isa saved = backend::Host::max_isa();
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+    CAPTURE(isa_name(isa));
+    backend::Host::max_isa(isa);
+    const Isa expected = std::max(detail::build_isa, std::min(isa, detail::cpu_isa()));
+    CHECK(detail::host_isa() == expected);
+    CHECK(detail::few_rows_wide() == (expected != Isa::portable));
+    CHECK(detail::gemv_by_few_rows() == (expected == Isa::avx512 && detail::build_isa != Isa::avx512));
+  }
+  backend::Host::max_isa(saved);
+  CHECK(backend::Host::parse_isa(nullptr) == Isa::avx512);
+  CHECK(backend::Host::parse_isa("") == Isa::avx512);
+  CHECK(backend::Host::parse_isa("avx2") == Isa::avx2);
+  CHECK(backend::Host::parse_isa("portable") == Isa::portable);
+  CHECK_THROWS_WITH_AS(backend::Host::parse_isa("sse4"), "BLOCKDIFF_HOST_ISA=sse4: expected portable, avx2 or avx512",
+                       std::invalid_argument);
+  // ctest runs this binary a second time with BLOCKDIFF_HOST_ISA=portable (test_model_portable).
+  if (const char* env = std::getenv("BLOCKDIFF_HOST_ISA")) CHECK(saved == backend::Host::parse_isa(env));
 }
 
 TEST_CASE("Linear with BF16 products: activations rounded to BF16, pairs multiplied into f32") {
@@ -111,7 +153,7 @@ TEST_CASE("Linear with BF16 products: activations rounded to BF16, pairs multipl
   backend::Host::bf16_products(true);
   if (!detail::bf16_dot_products(2)) {
     backend::Host::bf16_products(false);
-    MESSAGE("AVX512-BF16 is unavailable (not on this CPU, or BLOCKDIFF_NO_AVX512 is set): the BF16 dot-product kernel is not tested here");
+    MESSAGE("AVX512-BF16 is unavailable (not on this CPU, or BLOCKDIFF_HOST_ISA caps it): the BF16 dot-product kernel is not tested here");
     return;
   }
   // k a multiple of 32, k with a tail of odd length, one pass of 2 and of 8 rows, several passes,
@@ -264,15 +306,6 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops") {
   Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
   CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
 }
-
-#if defined(BLOCKDIFF_AVX512_CLONE)
-TEST_CASE("BLOCKDIFF_NO_AVX512 turns the run-time AVX-512 kernels off") {
-  // ctest runs this binary twice, once with the variable set (test_model_no_avx512).
-  const bool off = std::getenv("BLOCKDIFF_NO_AVX512") != nullptr;
-  if (off) CHECK_FALSE(detail::few_rows_wide());
-  CHECK(detail::gemv_by_few_rows() == detail::few_rows_wide());
-}
-#endif
 
 TEST_CASE("VocabStats: max probability, argmax, second probability and entropy") {
   std::vector<float> l{1.0f, 3.0f, 3.0f, -2.0f, 0.5f};

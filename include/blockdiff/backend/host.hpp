@@ -3,8 +3,9 @@
 // One row (the AR decode step) is a GEMV bound by memory bandwidth: it is split over output
 // features across OpenMP threads so that each thread streams its own slice of the weights
 // (Eigen does not thread GEMVs). Two to 63 rows (sub-block and block forwards) go through a
-// register-blocked kernel that streams the weights once per pass of at most 8 rows (without
-// AVX-512: one pass up to 16 rows, Eigen's blocked product on per-thread slices above). Many rows
+// register-blocked kernel that streams the weights once per pass of at most 8 rows, compiled for
+// AVX-512 and for AVX2 and chosen at run time (a CPU with neither: one pass up to 16 rows, Eigen's
+// blocked product on per-thread slices above). Many rows
 // (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
 // (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
 // to the same slicing. Attention is one (row, head) pair per task, with the mask predicate
@@ -42,40 +43,51 @@ using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 using StridedConstMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
 using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 
-// A 64-byte SIMD vector in GCC/Clang vector extensions: AVX-512 with -march=native on such a
-// CPU, AVX or SSE registers otherwise, with no intrinsics and no CPU requirement.
+// SIMD vectors in GCC/Clang vector extensions, with no intrinsics and no CPU requirement: a
+// Vec16 is one AVX-512 register, two AVX2 ones or four SSE ones, as the code that uses it is
+// compiled; a Vec8 is one AVX2 register (the few-row kernel's vector on CPUs without AVX-512).
 typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+template <class V>
+constexpr int lanes = static_cast<int>(sizeof(V) / sizeof(float));
 
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
-inline void load16(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+inline void load_lanes(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+inline void load_lanes(Vec8& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 // BF16 weights widen as they are loaded: a BF16 is the top half of an f32, so zero-extending each
 // word and shifting it up 16 bits is exact. (GCC emits the 16-lane extension as two 8-lane ones,
 // an extract and an insert; still cheaper than the bytes saved, see docs/performance.md.)
-inline void load16(Vec16& v, const bf16* p) {
-  typedef std::uint16_t Half16 __attribute__((vector_size(32)));
-  typedef std::uint32_t Word16 __attribute__((vector_size(64)));
-  Half16 h;
+typedef std::uint16_t Half16 __attribute__((vector_size(32)));
+typedef std::uint32_t Word16 __attribute__((vector_size(64)));
+typedef std::uint16_t Half8 __attribute__((vector_size(16)));
+typedef std::uint32_t Word8 __attribute__((vector_size(32)));
+template <class Half, class Word, class V>
+inline void widen_bf16(V& v, const bf16* p) {
+  Half h;
   std::memcpy(&h, p, sizeof h);
-  const Word16 w = __builtin_convertvector(h, Word16) << 16;
+  const Word w = __builtin_convertvector(h, Word) << 16;
   std::memcpy(&v, &w, sizeof v);
 }
+inline void load_lanes(Vec16& v, const bf16* p) { widen_bf16<Half16, Word16>(v, p); }
+inline void load_lanes(Vec8& v, const bf16* p) { widen_bf16<Half8, Word8>(v, p); }
 // A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers, where a left-to-right scalar sum
-// is a dependent chain of 16 adds for each of a group's R·N accumulators.
-inline float sum16(const Vec16& v) {
-  typedef float Vec8 __attribute__((vector_size(32)));
+// is a dependent chain of adds for each of a group's R·N accumulators.
+inline float lane_sum(const Vec8& h) {
   typedef float Vec4 __attribute__((vector_size(16)));
-  const Vec8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const Vec4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
 }
+inline float lane_sum(const Vec16& v) {
+  return lane_sum(Vec8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                       __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15)));
+}
 
-// Sixteen horizontal sums at once, for the few-row kernel's epilogue: out[j] = Σ lanes of v[j].
-// Each of four levels takes vectors in pairs, folds each one's partial sums onto half as many
-// lanes and interleaves the pair into one vector (two shuffles and an add), so 16 vectors cost 15
-// adds and 30 shuffles instead of about 8 operations each. Folding leaves vector j's sum in lane
-// bitrev4(j); reading the inputs in bit-reversed order puts it in lane j.
+// L horizontal sums at once for L vectors of L lanes, for the few-row kernel's epilogue:
+// out[j] = Σ lanes of v[j]. Each level takes vectors in pairs, folds each one's partial sums onto
+// half as many lanes and interleaves the pair into one vector (two shuffles and an add), so 16
+// vectors cost 15 adds and 30 shuffles instead of about 8 operations each. Folding leaves vector
+// j's sum in lane bitrev(j); reading the inputs in bit-reversed order puts it in lane j.
 //
 // One level: each 2·Half-lane group of a and of b folds onto Half lanes, a's groups and b's
 // alternating. The lane lists are literal: nvcc's front end, which also reads this header,
@@ -96,30 +108,48 @@ template <int Half>
           __builtin_shufflevector(a, b, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
   }
 }
-template <int Half, int Count>
-[[gnu::always_inline]] inline void fold_level(const Vec16* in, Vec16* out) {
-  BLOCKDIFF_UNROLL(8)
-  for (int j = 0; j < Count; ++j) fold_pair<Half>(in[2 * j], in[2 * j + 1], out[j]);
+template <int Half>
+[[gnu::always_inline]] inline void fold_pair(const Vec8& a, const Vec8& b, Vec8& out) {
+  if constexpr (Half == 4) {
+    out = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) + __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+  } else if constexpr (Half == 2) {
+    out = __builtin_shufflevector(a, b, 0, 1, 8, 9, 4, 5, 12, 13) + __builtin_shufflevector(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+  } else if constexpr (Half == 1) {
+    out = __builtin_shufflevector(a, b, 0, 8, 2, 10, 4, 12, 6, 14) + __builtin_shufflevector(a, b, 1, 9, 3, 11, 5, 13, 7, 15);
+  }
 }
-constexpr int bitrev4(int j) { return ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3); }
-[[gnu::always_inline]] inline void sums16(const Vec16 (&v)[16], float* out) {
-  Vec16 a[16], b[8], c[4], d[2], e;
+template <int Half, class V>
+[[gnu::always_inline]] inline void fold_levels(V* v) {
+  // v[0 .. 2·Half) fold in pairs, in place, into v[0 .. Half); then the next level.
+  BLOCKDIFF_UNROLL(8)
+  for (int j = 0; j < Half; ++j) fold_pair<Half>(v[2 * j], v[2 * j + 1], v[j]);
+  if constexpr (Half > 1) fold_levels<Half / 2>(v);
+}
+constexpr int bitrev(int j, int bits) {
+  int r = 0;
+  for (int b = 0; b < bits; ++b) r |= ((j >> b) & 1) << (bits - 1 - b);
+  return r;
+}
+template <class V>
+[[gnu::always_inline]] inline void lane_sums(const V (&v)[lanes<V>], float* out) {
+  constexpr int L = lanes<V>, bits = L == 16 ? 4 : 3;
+  V a[L];
   BLOCKDIFF_UNROLL(16)
-  for (int j = 0; j < 16; ++j) a[j] = v[bitrev4(j)];
-  fold_level<8, 8>(a, b);
-  fold_level<4, 4>(b, c);
-  fold_level<2, 2>(c, d);
-  fold_level<1, 1>(d, &e);
-  std::memcpy(out, &e, sizeof e);
+  for (int j = 0; j < L; ++j) a[j] = v[bitrev(j, bits)];
+  fold_levels<L / 2>(a);
+  std::memcpy(out, &a[0], sizeof(V));
 }
 
 //! y[N, m] (=|+=) x[N, k] · w[m, k]ᵀ (+ bias) for a few rows (a sub-block forward).
 //! R weight rows at a time are streamed from memory once and multiplied into all N input rows
-//! held in L1, with R·N vector accumulators in registers (at most 24 of AVX-512's 32), so the
-//! product costs about what reading the weights costs. (Eigen's GEMM would first pack the
-//! weights, which costs as much again.)
-template <int N>
-constexpr int few_rows_block = N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1));  // R: weight rows per register block
+//! held in L1, with R·N vector accumulators in registers, so the product costs about what reading
+//! the weights costs. (Eigen's GEMM would first pack the weights, which costs as much again.)
+//! R, the weight rows per register block: in Vec16 (AVX-512's 32 registers) at most 24
+//! accumulators; in Vec8 (AVX2's 16) R·N accumulators, R weight vectors and one input vector
+//! within 15 registers.
+template <int N, class V = Vec16>
+constexpr int few_rows_block = lanes<V> == 16 ? (N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1)))
+                                              : std::max(1, std::min(8, 14 / (N + 1)));
 // Software prefetch, because R streams per thread are too few for the hardware prefetcher to keep
 // enough loads in flight: each weight row this many bytes (8 cache lines) ahead, and the next
 // group's rows at the same column, so 2R streams are on their way (the 8-row product from memory:
@@ -141,9 +171,9 @@ constexpr bool few_rows_sliced(int k) {
 
 // GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
 // instead of one, and the loop becomes load-bound: 1.5x slower); an empty asm statement keeps the
-// vector in a register. Only where a Vec16 is one register (Wide): in SSE it is four.
-template <bool Wide>
-[[gnu::always_inline]] inline void in_register(Vec16& v) {
+// vector in a register. Only where the vector is one register (Wide): a Vec16 in SSE is four.
+template <bool Wide, class V>
+[[gnu::always_inline]] inline void in_register(V& v) {
   if constexpr (Wide) asm("" : "+v"(v));
 }
 
@@ -155,16 +185,17 @@ template <bool Wide>
   asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
 }
 
-// One pass of the kernel below over output groups [g0, g1), columns [kb, ke) of k16 (the columns
-// past k16 join the pass that ends there); `Sliced` keeps the weight prefetch inside the slice.
-template <int N, bool Wide, bool Sliced, class X, class W>
+// One pass of the kernel below over output groups [g0, g1), columns [kb, ke) of kv (the columns
+// past kv, the last whole vector, join the pass that ends there); `Sliced` keeps the weight
+// prefetch inside the slice.
+template <int N, class V, bool Wide, bool Sliced, class X, class W>
 [[gnu::always_inline]] inline void few_rows_pass(const X* x, int k, const W* w, int m, const float* bias, float* y,
-                                                 bool accumulate, int g0, int g1, int kb, int ke, int k16) {
+                                                 bool accumulate, int g0, int g1, int kb, int ke, int kv) {
   constexpr bool dot = std::is_same_v<X, bf16>;
-  constexpr int R = few_rows_block<N>;
-  constexpr int step = dot ? 32 : 16;
+  constexpr int R = few_rows_block<N, V>, L = lanes<V>;
+  constexpr int step = dot ? 32 : L;
   constexpr int ahead = few_rows_prefetch_bytes / static_cast<int>(sizeof(W));
-  const bool first = !Sliced || kb == 0, last = !Sliced || ke == k16;
+  const bool first = !Sliced || kb == 0, last = !Sliced || ke == kv;
   for (int g = g0; g < g1; ++g) {
     // A short last group slides back to end at row m (m ≥ R, see few_rows_linear): its first
     // R − fresh rows belong to the group before it and are recomputed, not stored. Every weight
@@ -173,24 +204,24 @@ template <int N, bool Wide, bool Sliced, class X, class W>
     const int o0 = std::min(g * R, m - R), fresh = std::min(R, m - g * R);
     const W* wr[R];
     for (int r = 0; r < R; ++r) wr[r] = w + static_cast<std::int64_t>(o0 + r) * k;
-    Vec16 acc[R][N];
+    V acc[R][N];
     for (int r = 0; r < R; ++r)
-      for (int i = 0; i < N; ++i) acc[r][i] = Vec16{};
+      for (int i = 0; i < N; ++i) acc[r][i] = V{};
     for (int j = kb; j < ke; j += step) {
-      Vec16 a[R], xi;
+      V a[R], xi;
       for (int r = 0; r < R; ++r) {
-        if constexpr (dot) std::memcpy(&a[r], wr[r] + j, sizeof(Vec16));  // 32 BF16, as they are
-        else load16(a[r], wr[r] + j);
+        if constexpr (dot) std::memcpy(&a[r], wr[r] + j, sizeof(V));  // 32 BF16, as they are
+        else load_lanes(a[r], wr[r] + j);
         __builtin_prefetch(wr[r] + (Sliced ? std::min(j + ahead, ke - step) : j + ahead));
         __builtin_prefetch(wr[r] + static_cast<std::int64_t>(R) * k + j);  // the next group's row r
       }
       for (int i = 0; i < N; ++i) {
         if constexpr (dot) std::memcpy(&xi, x + static_cast<std::int64_t>(i) * k + j, sizeof xi);
-        else load16(xi, x + static_cast<std::int64_t>(i) * k + j);
+        else load_lanes(xi, x + static_cast<std::int64_t>(i) * k + j);
         in_register<Wide>(xi);
         for (int r = 0; r < R; ++r) {
           if constexpr (dot) {
-            Vec16 t = acc[r][i];  // through a local, so that GCC keeps the accumulators in registers
+            V t = acc[r][i];  // through a local, so that GCC keeps the accumulators in registers
             dot_pairs(t, a[r], xi);
             acc[r][i] = t;
           } else {
@@ -199,26 +230,26 @@ template <int N, bool Wide, bool Sliced, class X, class W>
         }
       }
     }
-    // The R·N horizontal sums, sixteen at a time in wide registers (the zero vectors padding the
-    // last sixteen cost a few adds); one at a time otherwise, where a shuffle of a Vec16 is many.
-    constexpr int sums_count = Wide ? (R * N + 15) / 16 * 16 : 0;
+    // The R·N horizontal sums, L at a time in wide registers (the zero vectors padding the last
+    // L cost a few adds); one at a time otherwise, where a shuffle of a Vec16 is many.
+    constexpr int sums_count = Wide ? (R * N + L - 1) / L * L : 0;
     [[maybe_unused]] alignas(64) float sums[sums_count > 0 ? sums_count : 1];
     if constexpr (Wide) {
       BLOCKDIFF_UNROLL(4)
-      for (int p = 0; p < sums_count; p += 16) {
-        Vec16 part[16];
+      for (int p = 0; p < sums_count; p += L) {
+        V part[L];
         BLOCKDIFF_UNROLL(16)
-        for (int j = 0; j < 16; ++j) part[j] = p + j < R * N ? acc[(p + j) / N][(p + j) % N] : Vec16{};
-        sums16(part, sums + p);
+        for (int j = 0; j < L; ++j) part[j] = p + j < R * N ? acc[(p + j) / N][(p + j) % N] : V{};
+        lane_sums(part, sums + p);
       }
     }
     for (int r = R - fresh; r < R; ++r) {
       const int o = o0 + r;
       for (int i = 0; i < N; ++i) {
         const X* xi = x + static_cast<std::int64_t>(i) * k;
-        float v = Wide ? sums[r * N + i] : sum16(acc[r][i]);
+        float v = Wide ? sums[r * N + i] : lane_sum(acc[r][i]);
         if (last)
-          for (int j = k16; j < k; ++j) v += to_float(wr[r][j]) * to_float(xi[j]);
+          for (int j = kv; j < k; ++j) v += to_float(wr[r][j]) * to_float(xi[j]);
         float& out = y[static_cast<std::int64_t>(i) * m + o];
         if (first) {
           v += bias != nullptr ? bias[o] : 0.0f;
@@ -235,57 +266,78 @@ template <int N, bool Wide, bool Sliced, class X, class W>
 // region's outlined body would not inherit a target attribute), so the caller splits the groups
 // over threads.
 // W is the weights' storage type (float or bf16). With f32 inputs X the arithmetic is f32: each
-// weight is widened and multiply-added, 16 columns a step. With BF16 inputs (the activations
-// rounded to BF16 by the caller) and BF16 weights, pairs of columns are multiplied into f32 by
-// dot_pairs, 32 columns a step: twice the multiply-adds per instruction.
-template <int N, bool Wide, bool Sliced, class X, class W>
+// weight is widened and multiply-added, one vector V of columns a step. With BF16 inputs (the
+// activations rounded to BF16 by the caller) and BF16 weights, pairs of columns are multiplied into
+// f32 by dot_pairs, 32 columns a step: twice the multiply-adds per instruction.
+template <int N, class V, bool Wide, bool Sliced, class X, class W>
 [[gnu::always_inline]] inline void few_rows_groups(const X* x, int k, const W* w, int m, const float* bias,
                                                    float* y, bool accumulate, int g0, int g1) {
   constexpr bool dot = std::is_same_v<X, bf16>;
-  static_assert(!dot || (Wide && std::is_same_v<W, bf16>), "BF16 dot products need BF16 weights and AVX-512");
-  constexpr int step = dot ? 32 : 16;
-  const int k16 = k / step * step;
+  static_assert(!dot || (Wide && lanes<V> == 16 && std::is_same_v<W, bf16>),
+                "BF16 dot products need BF16 weights and AVX-512");
+  constexpr int step = dot ? 32 : lanes<V>;
+  const int kv = k / step * step;
   if constexpr (Sliced) {
     constexpr int slice = few_rows_slice<N, X>;
-    for (int kb = 0; kb < k16; kb += slice)
-      few_rows_pass<N, Wide, true>(x, k, w, m, bias, y, accumulate, g0, g1, kb, std::min(kb + slice, k16), k16);
+    for (int kb = 0; kb < kv; kb += slice)
+      few_rows_pass<N, V, Wide, true>(x, k, w, m, bias, y, accumulate, g0, g1, kb, std::min(kb + slice, kv), kv);
   } else {
-    few_rows_pass<N, Wide, false>(x, k, w, m, bias, y, accumulate, g0, g1, 0, k16, k16);
+    few_rows_pass<N, V, Wide, false>(x, k, w, m, bias, y, accumulate, g0, g1, 0, kv, kv);
   }
 }
 
 template <class X, class W>
 using FewRowsFn = void (*)(const X*, int, const W*, int, const float*, float*, bool, int, int);
 
+using Isa = backend::Host::Isa;
+
+// The build's own kernel: the widest vectors that this translation unit is compiled for.
+#if defined(__AVX512F__)
+constexpr Isa build_isa = Isa::avx512;
+using BuildVec = Vec16;
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr Isa build_isa = Isa::avx2;
+using BuildVec = Vec8;
+#else
+constexpr Isa build_isa = Isa::portable;
+using BuildVec = Vec16;
+#endif
 template <int N, bool Sliced, class W>
 void few_rows_groups_default(const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
-#if defined(__AVX512F__)
-  few_rows_groups<N, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
-#else
-  few_rows_groups<N, false, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
-#endif
+  few_rows_groups<N, BuildVec, build_isa != Isa::portable, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-// Whether this CPU runs the AVX-512 kernels below. BLOCKDIFF_NO_AVX512 set in the environment
-// says no (to test or time the portable path on an AVX-512 machine).
-inline bool cpu_has_avx512() {
-  static const bool yes = std::getenv("BLOCKDIFF_NO_AVX512") == nullptr && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
-  return yes;
+// The widest vectors this CPU runs, of those the host kernels have.
+inline Isa cpu_isa() {
+  static const Isa isa = [] {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma"))
+      return Isa::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+    return Isa::portable;
+  }();
+  return isa;
 }
 
-// The same body compiled for AVX-512, chosen at run time, so that a portable build still runs
-// AVX-512 code on such a CPU: a Vec16 is one AVX-512 register but four SSE ones, and the SSE
-// build of this kernel runs about nine times slower.
+// The same body compiled for wider vectors than the build's, chosen at run time, so that a
+// portable build still runs AVX-512 or AVX2 code on such a CPU: the SSE build of this kernel runs
+// about nine times slower than the AVX-512 one.
 #if !defined(__AVX512F__)
 #define BLOCKDIFF_AVX512_CLONE 1
 template <int N, bool Sliced, class W>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_avx512(
     const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, Vec16, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
+}
+#endif
+#if !defined(__AVX2__) || !defined(__FMA__)
+#define BLOCKDIFF_AVX2_CLONE 1
+template <int N, bool Sliced, class W>
+__attribute__((target("avx2,fma"))) void few_rows_groups_avx2(const float* x, int k, const W* w, int m,
+                                                              const float* b, float* y, bool acc, int g0, int g1) {
+  few_rows_groups<N, Vec8, true, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 }
 #endif
 
@@ -295,76 +347,90 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_
 template <int N, bool Sliced>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_dot(
     const bf16* x, int k, const bf16* w, int m, const float* b, float* y, bool acc, int g0, int g1) {
-  few_rows_groups<N, true, Sliced>(x, k, w, m, b, y, acc, g0, g1);
+  few_rows_groups<N, Vec16, true, Sliced>(x, k, w, m, b, y, acc, g0, g1);
 }
 inline bool cpu_has_avx512_bf16() {
   static const bool yes = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    return cpu_has_avx512() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
+    return cpu_isa() == Isa::avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 &&
            ((eax >> 5) & 1u) != 0;  // CPUID.(EAX=7, ECX=1):EAX bit 5
   }();
   return yes;
 }
+#else
+inline Isa cpu_isa() { return build_isa; }
 #endif
+
+//! The vectors the few-row kernel runs in: the widest the CPU has under backend::Host::max_isa(),
+//! and never narrower than the build's own.
+inline Isa host_isa() { return std::max(build_isa, std::min(cpu_isa(), backend::Host::max_isa())); }
+
 //! Whether a product with BF16 weights and `n` rows takes the BF16 dot-product kernel.
 inline bool bf16_dot_products(std::int64_t n) {
 #if defined(BLOCKDIFF_BF16_DOT)
-  return n >= 2 && backend::Host::bf16_products() && cpu_has_avx512_bf16();
+  return n >= 2 && backend::Host::bf16_products() && host_isa() == Isa::avx512 && cpu_has_avx512_bf16();
 #else
   (void)n;
   return false;
 #endif
 }
 
-// Whether the few-row kernel runs in AVX-512 registers: built for them, or the clone on a CPU that
-// has them.
-inline bool few_rows_wide() {
-#if defined(__AVX512F__)
-  return true;
-#elif defined(BLOCKDIFF_AVX512_CLONE)
-  return cpu_has_avx512();
-#else
-  return false;
-#endif
-}
-// Whether the one-row product should also take the few-row kernel: in a portable build on an
-// AVX-512 CPU, where Eigen's GEMV runs in SSE registers (45 → 65 GB/s of weights on two cores);
-// built with AVX-512, Eigen's GEMV is as fast.
-inline bool gemv_by_few_rows() {
-#if defined(BLOCKDIFF_AVX512_CLONE)
-  return cpu_has_avx512();
-#else
-  return false;
-#endif
-}
+// Whether the few-row kernel runs in registers of a whole vector each (AVX2 or AVX-512), where it
+// takes products of any number of rows in passes of at most 8.
+inline bool few_rows_wide() { return host_isa() != Isa::portable; }
+// Whether the one-row product should also take the few-row kernel: where it runs in AVX-512
+// registers and Eigen's GEMV in narrower ones (a portable build on an AVX-512 CPU: 45 → 65 GB/s of
+// weights on two cores). Its AVX2 form is not faster than Eigen's GEMV in SSE from memory and 3×
+// slower on the embedded model's products (docs/performance.md, "AVX2").
+inline bool gemv_by_few_rows() { return host_isa() == Isa::avx512 && build_isa != Isa::avx512; }
 
-//! Requires m ≥ few_rows_block<N>. BF16 inputs X take the dot-product kernel (bf16_dot_products).
+//! The function for N rows at the current ISA, and the weight rows per group it takes.
 template <int N, class X, class W>
-void few_rows_linear(const X* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
-  const auto pick = [&]<bool Sliced>() -> FewRowsFn<X, W> {
+struct FewRowsKernel {
+  FewRowsFn<X, W> fn = nullptr;
+  int rows_per_group = 1;
+
+  template <bool Sliced>
+  static FewRowsKernel pick() {
     if constexpr (std::is_same_v<X, bf16>) {
 #if defined(BLOCKDIFF_BF16_DOT)
-      return &few_rows_groups_dot<N, Sliced>;
+      return {&few_rows_groups_dot<N, Sliced>, few_rows_block<N, Vec16>};
 #else
-      return nullptr;
+      return {};
 #endif
     } else {
+      // Passes of more than 8 rows are the portable path's alone (few_rows_product): the wider
+      // forms are compiled for 1 to 8 rows only, each form costing every file that includes this
+      // one its compile time.
+      if constexpr (N <= 8) {
+        [[maybe_unused]] const Isa isa = host_isa();
 #if defined(BLOCKDIFF_AVX512_CLONE)
-      if (cpu_has_avx512()) return &few_rows_groups_avx512<N, Sliced, W>;
+        if (isa == Isa::avx512) return {&few_rows_groups_avx512<N, Sliced, W>, few_rows_block<N, Vec16>};
 #endif
-      return &few_rows_groups_default<N, Sliced, W>;
+#if defined(BLOCKDIFF_AVX2_CLONE)
+        if constexpr (N >= 2 || std::is_same_v<W, bf16>)  // one f32 row stays with Eigen (gemv_by_few_rows)
+          if (isa == Isa::avx2) return {&few_rows_groups_avx2<N, Sliced, W>, few_rows_block<N, Vec8>};
+#endif
+      }
+      return {&few_rows_groups_default<N, Sliced, W>, few_rows_block<N, BuildVec>};
     }
-  };
-  FewRowsFn<X, W> fn = nullptr;
-  if constexpr (N == 8)
-    fn = few_rows_sliced<N, X>(k) ? pick.template operator()<true>() : pick.template operator()<false>();
-  else
-    fn = pick.template operator()<false>();
-  const int groups = (m + few_rows_block<N> - 1) / few_rows_block<N>;
+  }
+  static FewRowsKernel for_depth(int k) {
+    if constexpr (N == 8) return few_rows_sliced<N, X>(k) ? pick<true>() : pick<false>();
+    else return pick<false>();
+  }
+};
+
+//! Requires m ≥ 8 (the largest register block of weight rows). BF16 inputs X take the
+//! dot-product kernel (bf16_dot_products).
+template <int N, class X, class W>
+void few_rows_linear(const X* x, int k, const W* w, int m, const float* bias, float* y, bool accumulate) {
+  const auto kernel = FewRowsKernel<N, X, W>::for_depth(k);
+  const int groups = (m + kernel.rows_per_group - 1) / kernel.rows_per_group;
   parallel_team(static_cast<double>(N) * m * k >= 2e5, [&](int t, int nt) {
     const int per = (groups + nt - 1) / nt;
     const int g0 = std::min(groups, t * per), g1 = std::min(groups, g0 + per);
-    if (g0 < g1) fn(x, k, w, m, bias, y, accumulate, g0, g1);
+    if (g0 < g1) kernel.fn(x, k, w, m, bias, y, accumulate, g0, g1);
   });
 }
 
@@ -372,7 +438,7 @@ inline int host_threads() { return max_threads(); }
 
 //! The products the few-row kernel takes (it needs m ≥ 8, a whole register block of weight rows):
 //! one row when `one_row`; 2 or more rows in passes of at most 8 (near-equal sizes) where it runs
-//! in AVX-512 registers; 2 to 16 rows in one pass otherwise. False when none of these applies.
+//! in AVX2 or AVX-512 registers; 2 to 16 rows in one pass otherwise. False when none of these applies.
 template <class W>
 bool few_rows_product(const float* x, std::int64_t n, int k, const W* w, int m, const float* bias, float* y,
                       bool accumulate, bool one_row) {
@@ -381,8 +447,8 @@ bool few_rows_product(const float* x, std::int64_t n, int k, const W* w, int m, 
     if (one_row) few_rows_linear<1, float>(x, k, w, m, bias, y, accumulate);
     return one_row;
   }
-  // Each pass streams the weights once: the 8-row kernel keeps 24 accumulators in registers
-  // and, from memory, beats both its 16-row form (one weight row per block, load-bound) and
+  // Each pass streams the weights once: the 8-row kernel keeps 24 accumulators in AVX-512
+  // registers (8 in AVX2's) and, from memory, beats both its 16-row form (one weight row per block, load-bound) and
   // Eigen's blocked product at 32 rows (196 vs 149 GFLOP/s on two cores, 4 passes against one).
   const auto in_passes = [&](const auto* xs) {
     const std::int64_t passes = (n + 7) / 8;
@@ -436,7 +502,7 @@ struct Kernel<backend::Host, op::Linear> {
     }
 #endif
     if (few_rows_product(x, n, k, w, m, bias, y, accumulate, /*one_row=*/gemv_by_few_rows())) return;
-    // One row, or 17 to 63 without AVX-512: slices of output features, a multiple of 16 wide, one
+    // One row, or 17 to 63 in the portable path: slices of output features, a multiple of 16 wide, one
     // per thread, so each thread streams its own part of the weights.
     const int threads = host_threads();
     const int slices = (static_cast<double>(n) * m * k < 5e4) ? 1 : threads;
@@ -631,7 +697,7 @@ inline float max_of(const float* l, int begin, int end) {
   for (int j = 0; j < 16; ++j) acc[j] = lowest;
   int i = begin;
   for (; i + 16 <= end; i += 16) {
-    load16(v, l + i);
+    load_lanes(v, l + i);
     max_into(acc, v);
   }
   float m = lowest;
@@ -668,7 +734,7 @@ ExpSums exp_sums(const float* l, int vocab, float m) {
   while (i + 16 <= vocab) {
     Vec16 sum{}, weighted{}, z;
     for (const int chunk_end = std::min(vocab / 16 * 16, i + 1024); i < chunk_end; i += 16) {
-      load16(z, l + i);
+      load_lanes(z, l + i);
       z -= m;
       Vec16 e = z;
       exp_nonpositive(e);

@@ -11,6 +11,9 @@
 #include <cstdlib>
 #include <cstdint>
 #include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "blockdiff/core/macros.hpp"
@@ -60,7 +63,29 @@ struct Host {
   static bool bf16_products() { return bf16_products_flag(); }
   static void bf16_products(bool on) { bf16_products_flag() = on; }
 
+  //! The vector instructions the host's kernels may use. They run on the widest that both the
+  //! CPU and this cap allow: AVX-512, else AVX2 with FMA, else the build's own (the portable
+  //! path: SSE2 on any x86-64 unless the build targets more; a cap below the build's own has no
+  //! effect). BLOCKDIFF_HOST_ISA=portable|avx2|avx512 in the environment or max_isa(...) sets the
+  //! cap for the process (set it between forwards), to time or test a narrower CPU's path.
+  enum class Isa { portable, avx2, avx512 };
+  static Isa max_isa() { return max_isa_flag(); }
+  static void max_isa(Isa cap) { max_isa_flag() = cap; }
+  //! The cap that BLOCKDIFF_HOST_ISA names; no value, or an empty one, is no cap.
+  static Isa parse_isa(const char* v) {
+    if (v == nullptr || *v == '\0') return Isa::avx512;
+    const std::string_view s(v);
+    if (s == "portable") return Isa::portable;
+    if (s == "avx2") return Isa::avx2;
+    if (s == "avx512") return Isa::avx512;
+    throw std::invalid_argument("BLOCKDIFF_HOST_ISA=" + std::string(s) + ": expected portable, avx2 or avx512");
+  }
+
  private:
+  static Isa& max_isa_flag() {
+    static Isa cap = parse_isa(std::getenv("BLOCKDIFF_HOST_ISA"));
+    return cap;
+  }
   static bool& bf16_products_flag() {
     static bool on = [] {
       const char* v = std::getenv("BLOCKDIFF_BF16_PRODUCTS");
