@@ -101,6 +101,29 @@ TEST_CASE("Linear with BF16 weights: the same products of the stored values, in 
   check_linear<bf16>(70, 2049, 1030);
 }
 
+// The few-row kernel's epilogue in both widths, whatever this CPU runs: the AVX-512 form's 16-lane
+// tree is checked here even on a CPU without AVX-512 (vector extensions compile to narrower code).
+template <class V>
+void check_lane_sums() {
+  constexpr int L = detail::lanes<V>;
+  CAPTURE(L);
+  V v[L];
+  for (int j = 0; j < L; ++j)
+    for (int l = 0; l < L; ++l) v[j][l] = static_cast<float>(j * 1000 + l * l + 1);  // exact in f32
+  float out[L];
+  detail::lane_sums(v, out);
+  for (int j = 0; j < L; ++j) {
+    float ref = 0;
+    for (int l = 0; l < L; ++l) ref += v[j][l];
+    CHECK(out[j] == ref);
+    CHECK(detail::lane_sum(v[j]) == ref);
+  }
+}
+TEST_CASE("Horizontal sums of the few-row kernel: each vector's lanes, in its own output") {
+  check_lane_sums<detail::Vec16>();
+  check_lane_sums<detail::Vec8>();
+}
+
 TEST_CASE("max_isa caps the vectors of the host kernels, never below the build's own") {
   const Isa saved = backend::Host::max_isa();
   for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
