@@ -1,7 +1,7 @@
 // The decoders of the blockdiff program: the flags that name one, and the dispatch from those
 // flags to the compiled set of compiled_set.hpp.
 //
-// The compiled set is a hundred and forty decoder types. They are split into parts that compile
+// The compiled set is 141 decoder types. They are split into parts that compile
 // in parallel, one source file each (decode_part_<n>.cpp, which instantiate decode_part<n>); every
 // other file of the program sees only the declarations below.
 #pragma once
