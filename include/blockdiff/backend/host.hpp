@@ -147,9 +147,15 @@ template <class V>
 //! R, the weight rows per register block: in Vec16 (AVX-512's 32 registers) at most 24
 //! accumulators; in Vec8 (AVX2's 16) R·N accumulators, R weight vectors and one input vector
 //! within 15 registers.
+//! In Vec8 eight input rows would leave room for one weight row, whose vector's 8 multiply-adds
+//! then reload all 8 input vectors (9 loads per 8 FMAs, and the inputs fall out of L1 under the
+//! streaming weights). The kernel instead takes each group of 2 weight rows in two halves of 4
+//! input rows (6 loads per 8 FMAs); the second half reads the group's weights from L1.
+template <int N, class V>
+constexpr int few_rows_halves = lanes<V> == 8 && N == 8 ? 2 : 1;
 template <int N, class V = Vec16>
 constexpr int few_rows_block = lanes<V> == 16 ? (N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1)))
-                                              : std::max(1, std::min(8, 14 / (N + 1)));
+                                              : std::max(1, std::min(8, 14 / (N / few_rows_halves<N, V> + 1)));
 // Software prefetch, because R streams per thread are too few for the hardware prefetcher to keep
 // enough loads in flight: each weight row this many bytes (8 cache lines) ahead, and the next
 // group's rows at the same column, so 2R streams are on their way (the 8-row product from memory:
@@ -277,7 +283,18 @@ template <int N, class V, bool Wide, bool Sliced, class X, class W>
                 "BF16 dot products need BF16 weights and AVX-512");
   constexpr int step = dot ? 32 : lanes<V>;
   const int kv = k / step * step;
-  if constexpr (Sliced) {
+  if constexpr (few_rows_halves<N, V> == 2) {
+    constexpr int H = N / 2, slice = Sliced ? few_rows_slice<N, X> : 0;
+    int kb = 0;
+    do {  // once when not sliced, and when k is shorter than a vector (the pass adds the tail)
+      const int ke = Sliced ? std::min(kb + slice, kv) : kv;
+      for (int g = g0; g < g1; ++g)
+        for (int h = 0; h < 2; ++h)
+          few_rows_pass<H, V, Wide, Sliced>(x + static_cast<std::int64_t>(h) * H * k, k, w, m, bias,
+                                            y + static_cast<std::int64_t>(h) * H * m, accumulate, g, g + 1, kb, ke, kv);
+      kb = ke;
+    } while (kb < kv);
+  } else if constexpr (Sliced) {
     constexpr int slice = few_rows_slice<N, X>;
     for (int kb = 0; kb < kv; kb += slice)
       few_rows_pass<N, V, Wide, true>(x, k, w, m, bias, y, accumulate, g0, g1, kb, std::min(kb + slice, kv), kv);
