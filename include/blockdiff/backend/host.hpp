@@ -645,10 +645,15 @@ struct Kernel<backend::Host, op::Rope> {
 
 template <>
 struct Kernel<backend::Host, op::SwiGlu> {
+  //! In chunks, through Eigen's vectorised exp (a std::exp call per element before: 14% of a
+  //! block-diffusion decode of the embedded model on one AVX2 core, 11% after).
   static void run(float* gate, const float* up, std::int64_t count) {
-    parallel_for(count, count > 1 << 16, [&](std::int64_t i) {
-      const float g = gate[i];
-      gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    constexpr std::int64_t chunk = 4096;
+    parallel_for((count + chunk - 1) / chunk, count > 1 << 16, [&](std::int64_t c) {
+      const std::int64_t begin = c * chunk, n = std::min(chunk, count - begin);
+      Eigen::Map<Eigen::ArrayXf> g(gate + begin, n);
+      const Eigen::Map<const Eigen::ArrayXf> u(up + begin, n);
+      g = g / (1.0f + (-g).exp()) * u;
     });
   }
 };
