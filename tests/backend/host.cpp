@@ -223,20 +223,23 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
   }
   CHECK(rel_err(y, ref) < 1e-6);
 
-  // SwiGlu runs in chunks of 4096: 10,000 values (the last chunk short), scaled so that exp(−g)
-  // overflows and underflows at the ends.
-  const int count = 10000;
-  auto gate = randn(count, 7), up = randn(count, 8);
-  for (float& v : gate) v *= 15.0f;
-  gate[0] = -120.0f, gate[1] = 120.0f, gate[count - 1] = -90.0f;
-  std::vector<double> sw(count);
-  for (int i = 0; i < count; ++i) sw[i] = gate[i] / (1 + std::exp(-double(gate[i]))) * up[i];
-  Kernel<backend::Host, op::SwiGlu>::run(gate.data(), up.data(), count);
-  int off = 0;  // each value to a few float roundings of its own size
-  for (int i = 0; i < count; ++i) off += std::fabs(gate[i] - sw[i]) > 2e-6 * std::fabs(sw[i]) + 1e-37 ? 1 : 0;
-  CHECK(off == 0);
-  CHECK(std::isfinite(gate[0]));
-  CHECK(gate[1] == doctest::Approx(120.0 * up[1]));
+  // SwiGlu runs in chunks of 4096, in each vector width the CPU has (and a scalar tail): 10,000
+  // values (the last chunk short), scaled so that e^−|g| underflows at the ends.
+  at_each_isa([] {
+    const int count = 10000;
+    auto gate = randn(count, 7), up = randn(count, 8);
+    for (float& v : gate) v *= 15.0f;
+    gate[0] = -120.0f, gate[1] = 120.0f, gate[2] = 0.0f, gate[count - 1] = -90.0f;
+    std::vector<double> sw(count);
+    for (int i = 0; i < count; ++i) sw[i] = gate[i] / (1 + std::exp(-double(gate[i]))) * up[i];
+    Kernel<backend::Host, op::SwiGlu>::run(gate.data(), up.data(), count);
+    int off = 0;  // each value to a few float roundings of its own size
+    for (int i = 0; i < count; ++i) off += std::fabs(gate[i] - sw[i]) > 2e-6 * std::fabs(sw[i]) + 1e-37 ? 1 : 0;
+    CHECK(off == 0);
+    CHECK(std::isfinite(gate[0]));
+    CHECK(gate[1] == doctest::Approx(120.0 * up[1]));
+    CHECK(gate[2] == 0.0f);
+  });
 
   // Rope: heads 3, d 8, positions {0, 5, 100}; pairs (i, i + d/2) rotate by pos * theta^(-2i/d).
   const int heads = 3, d = 8, half = 4;
