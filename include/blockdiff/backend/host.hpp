@@ -177,7 +177,7 @@ template <class V>
 //! input rows (6 loads per 8 FMAs); the second half reads the group's weights from L1.
 template <int N, class V>
 constexpr int few_rows_halves = lanes<V> == 8 && N == 8 ? 2 : 1;
-template <int N, class V = Vec16>
+template <int N, class V>
 constexpr int few_rows_block = lanes<V> == 16 ? (N == 1 ? 8 : (N <= 8 ? 3 : (N <= 12 ? 2 : 1)))
                                               : std::max(1, std::min(8, 14 / (N / few_rows_halves<N, V> + 1)));
 // Software prefetch, because R streams per thread are too few for the hardware prefetcher to keep
@@ -459,11 +459,12 @@ __attribute__((target("avx2,fma"))) inline void swiglu_avx2(float* gate, const f
 #endif
 //! SwiGLU in the widest vectors host_isa() allows, like the few-row kernel.
 inline void swiglu(float* gate, const float* up, std::int64_t n) {
+  [[maybe_unused]] const Isa isa = host_isa();
 #if defined(BLOCKDIFF_AVX512_CLONE)
-  if (host_isa() == Isa::avx512) return swiglu_avx512(gate, up, n);
+  if (isa == Isa::avx512) return swiglu_avx512(gate, up, n);
 #endif
 #if defined(BLOCKDIFF_AVX2_CLONE)
-  if (host_isa() == Isa::avx2) return swiglu_avx2(gate, up, n);
+  if (isa == Isa::avx2) return swiglu_avx2(gate, up, n);
 #endif
   swiglu_lanes<BuildVec>(gate, up, n);
 }
