@@ -2,9 +2,12 @@
 // thread slicing (output widths not a multiple of 16, one row, many rows).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
+#include <numeric>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -344,6 +347,67 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops") {
   PositionStats n;
   Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
   CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
+}
+
+TEST_CASE("Sample against a full stable sort of the tempered distribution, with many ties") {
+  // Logits on a grid of 0.25 make many exactly equal probabilities, so the nucleus is often cut
+  // inside a run of ties, where the lower index must come first.
+  const int vocab = 3000;
+  std::vector<float> l;
+  for (float x : randn(vocab, 31, 2.0)) l.push_back(std::round(x * 4.0f) / 4.0f);
+  Rng draws(32);
+  std::vector<double> probs;
+  std::vector<int> order;
+  for (float temperature : {1.0f, 0.6f})
+    for (float top_p : {1.0f, 0.95f, 0.5f, 0.05f}) {
+      // The reference: every probability, all tokens sorted (stably, by probability) when a nucleus
+      // is cut, the cut, the draw.
+      const float m = *std::max_element(l.begin(), l.end());
+      std::vector<double> p(vocab);
+      double sum = 0;
+      for (int i = 0; i < vocab; ++i) sum += p[i] = std::exp((double(l[i]) - m) / temperature);
+      double entropy = 0;
+      for (auto& x : p) {
+        x /= sum;
+        entropy -= x * std::log(x);
+      }
+      std::vector<double> sorted_p = p;
+      std::sort(sorted_p.begin(), sorted_p.end(), std::greater<>());
+      std::vector<int> idx(vocab);
+      std::iota(idx.begin(), idx.end(), 0);
+      if (top_p < 1.0f) std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
+      int kept = vocab;
+      double mass = 1.0;
+      if (top_p < 1.0f) {
+        mass = 0;
+        for (kept = 0; kept < vocab && !(mass > top_p);) mass += p[idx[kept++]];
+      }
+      for (int d = 0; d < 300; ++d) {
+        const double u = draws.uniform_double();
+        int want = idx[kept - 1];
+        double acc = 0;
+        for (int i = 0; i < kept; ++i)
+          if (u * mass < (acc += p[idx[i]])) {
+            want = idx[i];
+            break;
+          }
+        CAPTURE(temperature);
+        CAPTURE(top_p);
+        CAPTURE(u);
+        const auto s = Kernel<backend::Host, op::Sample>::one_row(l.data(), vocab, temperature, top_p, u, probs, order);
+        REQUIRE(s.token == want);
+        CHECK(s.p1 == doctest::Approx(p[want] / mass).epsilon(1e-6));
+        CHECK(s.p2 == doctest::Approx(sorted_p[1]).epsilon(1e-6));
+        CHECK(s.entropy == doctest::Approx(entropy).epsilon(1e-6));
+      }
+    }
+  // run() draws each request from its own row.
+  std::vector<float> two{0.0f, 50.0f, 50.0f, 0.0f};
+  const std::vector<SampleRequest> requests{{1, 0.2}, {0, 0.2}};
+  PositionStats out[2];
+  Kernel<backend::Host, op::Sample>::run(two.data(), 2, requests, 1.0f, 1.0f, out);
+  CHECK(out[0].token == 0);
+  CHECK(out[1].token == 1);
 }
 
 TEST_CASE("VocabStats: max probability, argmax, second probability and entropy") {

@@ -169,6 +169,14 @@ std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vec
   return out;
 }
 
+std::vector<PositionStats> sample(const std::vector<float>& logits, int vocab, const std::vector<SampleRequest>& requests,
+                                  float temperature, float top_p) {
+  auto dl = up(logits);
+  std::vector<PositionStats> out(requests.size());
+  Kernel<Cuda, op::Sample>::run(dl.data(), vocab, requests, temperature, top_p, out.data());
+  return out;
+}
+
 std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask_name,
                           bool bf16_weights) {
   auto m = model::Qwen2<Cuda>::load(model_dir, bf16_weights ? DType::bf16 : DType::f32);
@@ -184,13 +192,16 @@ std::vector<float> logits(const std::string& model_dir, const std::vector<int>& 
 
 std::vector<Decoded> generate(const std::string& model_dir, const std::vector<std::vector<int>>& prompts,
                               const std::string& shape, const std::string& policy, const std::string& cache_name,
-                              float knob, int max_new, int eos, int mask_id) {
+                              float knob, int max_new, int eos, int mask_id, float temperature, float top_p,
+                              std::uint64_t seed) {
   using Model = model::Qwen2<Cuda>;
   auto m = Model::load(model_dir);
   decode::DecodeOptions o;
   o.max_new_tokens = max_new;
   o.mask_id = mask_id;
   o.eos_id = eos;
+  o.sampling = {temperature, top_p};
+  o.seed = seed;
   std::vector<Decoded> out;
   auto run = [&]<class Shape, class Policy>(Policy p) {
     auto with = [&]<class C>() {

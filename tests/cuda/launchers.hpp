@@ -39,6 +39,8 @@ std::vector<float> attention(const std::string& mask, const std::vector<float>& 
                              const std::vector<float>& k, const std::vector<float>& v, int heads, int kv_heads, int d,
                              int capacity);
 std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab);
+std::vector<PositionStats> sample(const std::vector<float>& logits, int vocab, const std::vector<SampleRequest>& requests,
+                                  float temperature, float top_p);
 
 std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask,
                           bool bf16_weights = false);
@@ -49,10 +51,12 @@ struct Decoded {
   std::array<int, 4> forwards{};
 };
 //! shape "8/4", "16/4" or "32/8"; policy "threshold" (every shape) or topk, margin, entropy,
-//! entropy-bounded, factor, scheduled (8/4 only); cache none, block, hierarchical.
+//! entropy-bounded, factor, scheduled (8/4 only); cache none, block, hierarchical. A temperature
+//! above 0 samples, with top_p and the seed.
 std::vector<Decoded> generate(const std::string& model_dir, const std::vector<std::vector<int>>& prompts,
                               const std::string& shape, const std::string& policy, const std::string& cache,
-                              float knob, int max_new, int eos, int mask_id);
+                              float knob, int max_new, int eos, int mask_id, float temperature = 0.0f,
+                              float top_p = 1.0f, std::uint64_t seed = 0);
 std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector<std::vector<int>>& prompts, int max_new);
 
 //! AR decoding of one prompt with CUDA graphs on or off: its tokens, and how many forwards ran

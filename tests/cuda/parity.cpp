@@ -217,6 +217,32 @@ TEST_CASE("VocabStats, each trait combination: CUDA == host") {
     }
 }
 
+TEST_CASE("Sample, with a nucleus and without, at two temperatures: CUDA == host") {
+  const int rows = 4, vocab = 151936;
+  auto l = randn(static_cast<std::size_t>(rows) * vocab, 15);
+  for (auto& x : l) x *= 3;
+  l[7] = 12.0f;                                           // a confident row
+  l[vocab + 9] = l[vocab + 10] = l[vocab + 11] = 11.0f;  // ties: the lower index comes first
+  std::fill(l.begin() + 3 * std::int64_t{vocab}, l.end(), 0.5f);  // every token tied
+  std::vector<SampleRequest> requests;
+  for (int r = 0; r < rows; ++r)
+    for (double u : {0.0, 0.123457, 0.61803, 0.999999}) requests.push_back({r, u});
+  for (float temperature : {1.0f, 0.7f})
+    for (float top_p : {1.0f, 0.9f, 0.3f}) {
+      INFO("temperature ", temperature, " top-p ", top_p);
+      std::vector<PositionStats> host(requests.size());
+      Kernel<backend::Host, op::Sample>::run(l.data(), vocab, requests, temperature, top_p, host.data());
+      const auto dev = gpu::sample(l, vocab, requests, temperature, top_p);
+      for (std::size_t i = 0; i < requests.size(); ++i) {
+        INFO("row ", requests[i].row, " u ", requests[i].u);
+        CHECK(dev[i].token == host[i].token);
+        CHECK(dev[i].p1 == doctest::Approx(host[i].p1).epsilon(1e-5));
+        CHECK(dev[i].p2 == doctest::Approx(host[i].p2).epsilon(1e-5));
+        CHECK(dev[i].entropy == doctest::Approx(host[i].entropy).epsilon(1e-5));
+      }
+    }
+}
+
 TEST_CASE("whole-model logits: CUDA == host on both golden models") {
   for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
     const auto dir = test::golden(name).string();
@@ -321,6 +347,30 @@ TEST_CASE("whole decodes: CUDA == host tokens and committed positions, policy x 
   std::vector<std::vector<int>> host_ar;
   for (auto& r : decode::ar_generate(m, prompts, ao)) host_ar.push_back(r.tokens);
   CHECK(host_ar == gpu::ar(dir, prompts, 30));
+}
+
+TEST_CASE("sampled decodes: CUDA == host tokens, with a nucleus and without") {
+  const auto dir = test::golden("model-f32-tied").string();
+  using Model = model::Qwen2<backend::Host>;
+  auto m = Model::load(dir);
+  std::vector<std::vector<int>> prompts{{41, 48, 55}, {7, 20, 33, 46, 59, 72, 85, 98}};
+  decode::DecodeOptions o;
+  o.max_new_tokens = 40;
+  o.mask_id = 319;
+  o.eos_id = 318;
+  o.seed = 5;
+  for (float top_p : {1.0f, 0.9f}) {
+    INFO("top-p ", top_p);
+    o.sampling = {1.0f, top_p};
+    auto h = decode::BlockDiffusionDecoder<Model, BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>(
+                 m, unmask::Threshold{0.9f}).generate(prompts, o);
+    auto g = gpu::generate(dir, prompts, "8/4", "threshold", "hierarchical", 0.9f, 40, 318, 319, 1.0f, top_p, 5);
+    REQUIRE(h.size() == g.size());
+    for (std::size_t r = 0; r < h.size(); ++r) {
+      CHECK(h[r].tokens == g[r].tokens);
+      CHECK(h[r].trace.forwards == g[r].forwards);
+    }
+  }
 }
 
 int main(int argc, char** argv) {

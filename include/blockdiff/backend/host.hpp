@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <span>
 #include <type_traits>
 #include <vector>
@@ -846,6 +847,74 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
       s.p2 = static_cast<float>(std::exp(static_cast<double>(second) - m) / sums.sum);
     }
     if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sums.sum) - sums.weighted / sums.sum);
+    return s;
+  }
+};
+
+template <>
+struct Kernel<backend::Host, op::Sample> {
+  //! logits: [rows, vocab]; out[i] is the draw of requests[i] (op::Sample states what is drawn).
+  static void run(const float* logits, int vocab, std::span<const SampleRequest> requests, float temperature,
+                  float top_p, PositionStats* out) {
+    std::vector<double> probs;
+    std::vector<int> order;
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      out[i] = one_row(logits + requests[i].row * vocab, vocab, temperature, top_p, requests[i].u, probs, order);
+  }
+
+  //! One draw, in f64 throughout; `probs` and `order` are working space.
+  static PositionStats one_row(const float* l, int vocab, float temperature, float top_p, double u,
+                               std::vector<double>& probs, std::vector<int>& order) {
+    const auto at = [](int i) { return static_cast<std::size_t>(i); };
+    probs.resize(at(vocab));
+    const float m = *std::max_element(l, l + vocab);
+    double sum = 0.0;
+    for (int i = 0; i < vocab; ++i) sum += probs[at(i)] = std::exp((static_cast<double>(l[i]) - m) / temperature);
+    double entropy = 0.0, first = -1.0, second = 0.0;
+    for (auto& p : probs) {
+      p /= sum;
+      if (p > 0) entropy -= p * std::log(p);
+      if (p > first) {
+        second = std::max(second, first);
+        first = p;
+      } else if (p > second) {
+        second = p;
+      }
+    }
+    order.resize(at(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    int kept = vocab;
+    double mass = 1.0;
+    if (top_p < 1.0f) {
+      // The nucleus: sort a chunk at a time until the cumulative mass exceeds top_p.
+      const auto by_prob = [&](int a, int b) { return probs[at(a)] != probs[at(b)] ? probs[at(a)] > probs[at(b)] : a < b; };
+      kept = 0;
+      mass = 0.0;
+      for (int sorted = 0; kept < vocab;) {
+        if (kept == sorted) {
+          const int next = std::min(vocab, std::max(64, 2 * sorted));
+          std::partial_sort(order.begin() + sorted, order.begin() + next, order.end(), by_prob);
+          sorted = next;
+        }
+        mass += probs[at(order[at(kept++)])];
+        if (mass > top_p) break;
+      }
+    }
+    const double target = u * mass;
+    double acc = 0.0;
+    int pick = order[at(kept - 1)];  // where rounding leaves the target at the kept mass
+    for (int i = 0; i < kept; ++i) {
+      acc += probs[at(order[at(i)])];
+      if (target < acc) {
+        pick = order[at(i)];
+        break;
+      }
+    }
+    PositionStats s;
+    s.token = pick;
+    s.p1 = static_cast<float>(probs[at(pick)] / mass);
+    s.p2 = static_cast<float>(second);
+    s.entropy = static_cast<float>(entropy);
     return s;
   }
 };

@@ -34,7 +34,7 @@ struct Immediate {
   long launches() const { return 0; }
 };
 //! The CPU backend: f32 compute, Eigen GEMMs, OpenMP threads. Memory is ordinary host memory,
-//! so the transfers below are plain copies (or nothing, for to_host).
+//! so the transfers below are plain copies.
 struct Host {
   template <class T>
   using buffer = ::blockdiff::Buffer<T>;
@@ -48,11 +48,6 @@ struct Host {
   template <class T>
   static void copy(T* dst, const T* src, std::size_t n) {
     std::copy_n(src, n, dst);
-  }
-  //! A host pointer to n values at `src`: `src` itself on the host; `staging` holds a copy elsewhere.
-  template <class T>
-  static const T* to_host(const T* src, std::size_t, std::vector<T>&) {
-    return src;
   }
 
   //! Whether products of BF16-held weights with 2 or more rows also round their activations to
@@ -128,6 +123,14 @@ struct Attention {};
 //! when the unmasking policy asks for them.
 template <bool SecondProb, bool Entropy>
 struct VocabStats {};
+//! Per requested logit row: one token drawn at temperature T from the top-p nucleus, as the
+//! official code samples (§3.3). softmax(logits / T); keep the smallest prefix of tokens, by
+//! decreasing probability (lower index first on ties), whose cumulative probability exceeds p
+//! (the first is always kept; with p = 1 every token, in index order); the token is the first
+//! of them at which the cumulative probability exceeds u times the kept mass. Its statistics:
+//! p1 the drawn token's renormalised probability (what the unmasking policy reads as the
+//! confidence), p2 and the entropy those of the tempered distribution.
+struct Sample {};
 }  // namespace op
 
 //! The implementation of `Op` on `Backend`. Specialise it; never call the primary template.
@@ -197,6 +200,13 @@ struct Kernel<Backend, op::RopeKvWrite> {
     Kernel<Backend, op::Rope>::run(k, n, shape.kv_heads, shape.head_dim, positions, cos_t, sin_t);
     Kernel<Backend, op::KvWrite>::run(k, v, rows, shape);
   }
+};
+
+//! One draw of op::Sample: which logit row, and the uniform number in [0, 1) that picks the token
+//! (drawn by the caller, so that every backend draws the same token from the same generator).
+struct SampleRequest {
+  std::int64_t row = 0;
+  double u = 0.0;
 };
 
 //! What the vocabulary reduction computes for one logit row.

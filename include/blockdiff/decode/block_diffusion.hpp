@@ -266,21 +266,29 @@ class BlockDecoding {
     }
   }
 
+  //! Whether the row's forward is a denoising one (its logits choose positions of the block).
+  static bool denoising(const Row& r) { return r.kind == ForwardKind::block || r.kind == ForwardKind::sub_block; }
+
+  //! When sampling, after a denoising forward whose logit rows start at `first_row`: one draw
+  //! for each masked position of the active sub-block, in the order `candidates` visits them,
+  //! each with its uniform number from the row's generator.
+  [[gnu::noinline]] void sample_requests(Row& r, std::int64_t first_row, const DecodeOptions& o,
+                                         std::vector<SampleRequest>& out) const {
+    for_each_masked(r, o, [&](int j) { out.push_back({first_row + j - r.logits_first_pos, r.rng.uniform_double()}); });
+  }
+
   //! After a denoising forward: the masked positions of the active sub-block, each with the
-  //! statistics of the logit row before it (`stats` from the row's first logit row on; sampled
-  //! from `logits`, the row's logits on the host, when sampling). Returns how many.
-  [[gnu::noinline]] int candidates(Row& r, std::span<const PositionStats> stats, const float* logits, int vocab, const DecodeOptions& o,
-                 Candidate* cand) {
-    const int lo = r.sub * l_.sub_block, hi = lo + l_.sub_block;
+  //! statistics of the logit row before it (`stats` from the row's first logit row on), or with
+  //! its draw from `sampled` (one per position, from sample_requests) when sampling. Returns how many.
+  [[gnu::noinline]] int candidates(Row& r, std::span<const PositionStats> stats, const PositionStats* sampled,
+                                   const DecodeOptions& o, Candidate* cand) {
     int n = 0;
-    for (int j = std::max(lo, 1); j < hi; ++j) {
-      if (block(r)[j] != o.mask_id) continue;
-      const std::int64_t row = j - r.logits_first_pos;
+    for_each_masked(r, o, [&](int j) {
       cand[n].offset = j;
-      cand[n].stats = logits ? sample_token(logits + row * vocab, vocab, o.sampling, r.rng, probs_, order_)
-                             : stats[static_cast<std::size_t>(row)];
+      cand[n].stats = sampled ? sampled[n] : stats[static_cast<std::size_t>(j - r.logits_first_pos)];
       ++n;
-    }
+    });
+    const int lo = r.sub * l_.sub_block, hi = lo + l_.sub_block;
     require(n > 0 || !has_mask(r, lo, hi, o.mask_id), "internal: position 0 of a block is masked");
     if (!l_.commit_forward && hi == l_.block)
       r.next_token = stats[static_cast<std::size_t>(l_.block - r.logits_first_pos)].token;
@@ -321,6 +329,14 @@ class BlockDecoding {
 
  private:
   int* block(Row& r) const { return r.x.data() + r.c; }
+
+  //! Calls f(j) for each masked position j of the active sub-block (position 0 is never masked).
+  template <class F>
+  void for_each_masked(const Row& r, const DecodeOptions& o, F&& f) const {
+    const int lo = r.sub * l_.sub_block, hi = lo + l_.sub_block;
+    for (int j = std::max(lo, 1); j < hi; ++j)
+      if (r.x[static_cast<std::size_t>(r.c + j)] == o.mask_id) f(j);
+  }
 
   bool has_mask(const Row& r, int from, int to, int mask_id) const {
     for (int j = from; j < to; ++j)
@@ -387,8 +403,6 @@ class BlockDecoding {
   }
 
   BlockLayout l_;
-  std::vector<double> probs_;  // sampling's buffers
-  std::vector<int> order_;
 };
 
 }  // namespace detail
@@ -468,9 +482,8 @@ class BlockDiffusionDecoder {
       stats_.resize(static_cast<std::size_t>(n_rows));
       Kernel<backend_type, op::VocabStats<Unmask::needs_second_prob, Unmask::needs_entropy>>::run(
           logits.data(), n_rows, config.vocab_size, stats_.data());
-      const float* host_logits = options.sampling.temperature > 0
-                                     ? backend_type::to_host(logits.data(), static_cast<std::size_t>(logits.numel()), staging_)
-                                     : nullptr;
+      const bool sampling = options.sampling.temperature > 0;
+      if (sampling) draw(stepping, logits.data(), options);
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       for (std::size_t i = 0; i < stepping.size(); ++i) {
         Row& row = *stepping[i];
@@ -479,7 +492,7 @@ class BlockDiffusionDecoder {
         row.trace.seconds[kind] += dt;
         const std::int64_t offset = model_.logit_offset(i);
         consume(row, std::span<const PositionStats>(stats_).subspan(static_cast<std::size_t>(offset)),
-                host_logits ? host_logits + offset * config.vocab_size : nullptr, options);
+                sampling ? samples_.data() + first_request_[i] : nullptr, options);
       }
       std::erase_if(active, [](const Row& r) { return r.finished; });
     }
@@ -491,16 +504,30 @@ class BlockDiffusionDecoder {
  private:
   using Row = typename detail::BlockDecoding<backend_type>::Row;
 
-  //! Commits what the forward decided for `r`, from its logit rows' statistics (and its logits on
-  //! the host when sampling; greedy decoding reads the statistics pass alone).
-  void consume(Row& r, std::span<const PositionStats> stats, const float* logits, const DecodeOptions& o) {
+  //! When sampling: one draw for each masked position of the stepping rows' denoising forwards,
+  //! on the backend; row i's draws start at samples_[first_request_[i]].
+  void draw(const std::vector<Row*>& stepping, const float* logits, const DecodeOptions& o) {
+    requests_.clear();
+    first_request_.clear();
+    for (std::size_t i = 0; i < stepping.size(); ++i) {
+      first_request_.push_back(requests_.size());
+      if (rows_.denoising(*stepping[i])) rows_.sample_requests(*stepping[i], model_.logit_offset(i), o, requests_);
+    }
+    samples_.resize(requests_.size());
+    Kernel<backend_type, op::Sample>::run(logits, model_.config().vocab_size, requests_, o.sampling.temperature,
+                                          o.sampling.top_p, samples_.data());
+  }
+
+  //! Commits what the forward decided for `r`, from its logit rows' statistics (and, when
+  //! sampling, the draws of its masked positions).
+  void consume(Row& r, std::span<const PositionStats> stats, const PositionStats* sampled, const DecodeOptions& o) {
     TraceStep step{r.kind, {}};
-    if (r.kind == ForwardKind::prefill || r.kind == ForwardKind::commit) {
+    if (!rows_.denoising(r)) {
       rows_.take_next_token(r, stats, step, o);
     } else {
       Candidate cand[B];
       bool chosen[B] = {};
-      const int n = rows_.candidates(r, stats, logits, model_.config().vocab_size, o, cand);
+      const int n = rows_.candidates(r, stats, sampled, o, cand);
       StepContext ctx = rows_.context(r);
       policy_.select(cand, n, ctx, chosen);
       rows_.commit(r, cand, n, chosen, step, Unmask::name);
@@ -512,7 +539,9 @@ class BlockDiffusionDecoder {
   Unmask policy_;
   detail::BlockDecoding<backend_type> rows_;
   std::vector<PositionStats> stats_;
-  std::vector<float> staging_;
+  std::vector<SampleRequest> requests_;     // sampling: the draws of a forward,
+  std::vector<std::size_t> first_request_;  // where each stepping row's draws start,
+  std::vector<PositionStats> samples_;      // and what they drew
 };
 
 }  // namespace blockdiff::decode

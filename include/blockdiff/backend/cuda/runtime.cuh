@@ -135,12 +135,6 @@ struct Cuda {
   static void copy(T* dst, const T* src, std::size_t n) {
     if (n) BLOCKDIFF_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToDevice, stream()));
   }
-  template <class T>
-  static const T* to_host(const T* src, std::size_t n, std::vector<T>& staging) {
-    staging.resize(n);
-    download(staging.data(), src, n);
-    return staging.data();
-  }
   static void synchronize() { BLOCKDIFF_CUDA_CHECK(cudaDeviceSynchronize()); }
 
   //! The process's cuBLAS handle (created on first use): full-f32 math (no TF32), on `stream()`,

@@ -33,8 +33,16 @@ struct SumPair {
   __device__ double2 operator()(const double2& a, const double2& b) const { return double2{a.x + b.x, a.y + b.y}; }
 };
 
-template <int Threads, bool SecondProb, bool Entropy>
-__global__ void vocab_stats_kernel(const float* logits, int vocab, PositionStats* stats) {
+//! A logit row's softmax at temperature T, reduced over the block: its top two logits (`top`,
+//! in every thread) and, with y = (z - max) / T, Σ e^y and, when Weighted, Σ e^y · y (`sums`, in
+//! thread 0 only). The statistics pass runs it at T = 1, sampling at its temperature.
+struct RowSoftmax {
+  Top2 top;
+  double2 sums;
+};
+
+template <int Threads, bool Weighted>
+__device__ RowSoftmax row_softmax(const float* l, int vocab, double temperature) {
   using Reduce1 = cub::BlockReduce<Top2, Threads>;
   using Reduce2 = cub::BlockReduce<double2, Threads>;
   __shared__ union {
@@ -42,27 +50,31 @@ __global__ void vocab_stats_kernel(const float* logits, int vocab, PositionStats
     typename Reduce2::TempStorage r2;
   } tmp;
   __shared__ Top2 top;
-  const float* l = logits + static_cast<std::int64_t>(blockIdx.x) * vocab;
   Top2 local{-FLT_MAX, 0x7fffffff, -FLT_MAX};
   for (int i = threadIdx.x; i < vocab; i += Threads) local = MergeTop2{}(local, Top2{l[i], i, -FLT_MAX});
   const Top2 best = Reduce1(tmp.r1).Reduce(local, MergeTop2{});
   if (threadIdx.x == 0) top = best;
   __syncthreads();
-  const float m = top.v1;
+  const Top2 row_top = top;
+  const double m = row_top.v1;
   double2 part{0.0, 0.0};
   for (int i = threadIdx.x; i < vocab; i += Threads) {
-    const double z = static_cast<double>(l[i]) - m;
-    const double e = exp(z);
+    const double y = (static_cast<double>(l[i]) - m) / temperature, e = exp(y);  // divided, as on the host
     part.x += e;
-    if constexpr (Entropy) part.y += e * z;
+    if constexpr (Weighted) part.y += e * y;
   }
-  const double2 sums = Reduce2(tmp.r2).Reduce(part, SumPair{});
+  return {row_top, Reduce2(tmp.r2).Reduce(part, SumPair{})};
+}
+
+template <int Threads, bool SecondProb, bool Entropy>
+__global__ void vocab_stats_kernel(const float* logits, int vocab, PositionStats* stats) {
+  const RowSoftmax r = row_softmax<Threads, Entropy>(logits + static_cast<std::int64_t>(blockIdx.x) * vocab, vocab, 1.0);
   if (threadIdx.x == 0) {
     PositionStats s;
-    s.token = top.i1;
-    s.p1 = static_cast<float>(1.0 / sums.x);
-    s.p2 = SecondProb ? static_cast<float>(exp(static_cast<double>(top.v2) - m) / sums.x) : 0.0f;
-    s.entropy = Entropy ? static_cast<float>(log(sums.x) - sums.y / sums.x) : 0.0f;
+    s.token = r.top.i1;
+    s.p1 = static_cast<float>(1.0 / r.sums.x);
+    s.p2 = SecondProb ? static_cast<float>(exp(static_cast<double>(r.top.v2) - r.top.v1) / r.sums.x) : 0.0f;
+    s.entropy = Entropy ? static_cast<float>(log(r.sums.x) - r.sums.y / r.sums.x) : 0.0f;
     stats[blockIdx.x] = s;
   }
 }
