@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "blockdiff/blockdiff.hpp"
 #include "blockdiff/eval/eval.hpp"
 #include "blockdiff/tokenizer/char_vocab.hpp"
@@ -190,10 +192,13 @@ class StudyCommand {
       add("policy", s, policy);
     }
 
+    // Progress: one line rewritten in place on a terminal, a line per configuration in a log.
+    const bool terminal = isatty(fileno(stderr)) != 0;
     for (std::size_t i = 0; i < rows.size(); ++i) {
       auto& r = rows[i];
       auto& m = r.model == "ar-base" ? base : diff;
-      std::fprintf(stderr, "\r[%zu/%zu] %-26s %-16s ...", i + 1, rows.size(), r.group.c_str(), label(r).c_str());
+      std::fprintf(stderr, "%s[%zu/%zu] %-26s %-16s%s", terminal ? "\r" : "", i + 1, rows.size(), r.group.c_str(),
+                   label(r).c_str(), terminal ? " ..." : "\n");
       for (int rep = 0; rep < repeats_; ++rep) {
         auto report = eval::evaluate(examples, m.vocab, batch_, r.ar ? ar_decoder(m, 32) : diffusion_decoder(m, r.spec, 32));
         // Decoding is deterministic (greedy, fixed seeds): only the time may differ between runs.
@@ -203,7 +208,7 @@ class StudyCommand {
         if (rep == 0 || report.seconds < r.report.seconds) r.report = report;
       }
     }
-    std::fprintf(stderr, "\r%-80s\r", "");
+    if (terminal) std::fprintf(stderr, "\r%-80s\r", "");
     const double ar_tps = rows[0].report.tokens_per_second();
     print_table(rows, ar_tps);
     std::filesystem::create_directories(out_);
