@@ -245,6 +245,50 @@ TEST_CASE("a batch of rows of different lengths gives each row's own logits") {
   CHECK(err < 1e-4);
 }
 
+TEST_CASE("asking for some rows' logits gives those rows of the full forward, and every token's K/V") {
+  // The last layer runs attention and the MLP only on the asked-for rows; the K/V of every
+  // token must still reach the cache, which a second forward continuing each row checks.
+  auto m = random_model(true, "logit-rows");
+  test::NaiveQwen2 naive(m);
+  // Causal, so that a forward over a prefix is exact (a block-causal one over part of a block is not).
+  const auto causal = [](int q, int k) { return k <= q; };
+  const std::vector<std::vector<int>> seqs{some_tokens(21, m.vocab_size(), 5), some_tokens(16, m.vocab_size(), 6),
+                                           some_tokens(13, m.vocab_size(), 7)};
+  std::vector<std::vector<std::vector<double>>> ref;
+  for (const auto& t : seqs) ref.push_back(naive.forward(t, causal));
+  std::vector<model::KvCache<Host>> caches;
+  for (int i = 0; i < 3; ++i) caches.push_back(m.make_cache(24));
+  // First forward over each sequence's first tokens: logits [4, 9), none, the last row only.
+  const int first_len[] = {13, 8, 5}, lb[] = {4, 8, 4}, le[] = {9, 8, 5};
+  std::vector<model::ForwardRow<Host>> rows(3);
+  for (int i = 0; i < 3; ++i)
+    rows[static_cast<std::size_t>(i)] = {std::span<const int>(seqs[static_cast<std::size_t>(i)]).first(static_cast<std::size_t>(first_len[i])),
+                                         0, -1, true, lb[i], le[i], {}, &caches[static_cast<std::size_t>(i)]};
+  auto l = run<mask::Causal>(m, rows);
+  REQUIRE(l.dim(0) == 5 + 0 + 1);
+  CHECK(rel_err(l, m.logit_offset(0), ref[0], 4, 5) < 1e-5);
+  CHECK(rel_err(l, m.logit_offset(2), ref[2], 4, 1) < 1e-5);
+  // Second forward: the rest of each sequence, every row's logits.
+  for (int i = 0; i < 3; ++i) {
+    const auto& t = seqs[static_cast<std::size_t>(i)];
+    rows[static_cast<std::size_t>(i)] = {std::span<const int>(t).subspan(static_cast<std::size_t>(first_len[i])), first_len[i], -1,
+                                         true, 0, -1, {}, &caches[static_cast<std::size_t>(i)]};
+  }
+  auto l2 = run<mask::Causal>(m, rows);
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    const int n = static_cast<int>(seqs[static_cast<std::size_t>(i)].size()) - first_len[i];
+    CHECK(rel_err(l2, m.logit_offset(static_cast<std::size_t>(i)), ref[static_cast<std::size_t>(i)], first_len[i], n) < 1e-5);
+  }
+  // A forward that asks for no logits at all, then its continuation.
+  auto cache = m.make_cache(24);
+  std::vector<model::ForwardRow<Host>> one(1);
+  one[0] = {std::span<const int>(seqs[0]).first(8), 0, -1, true, 0, 0, {}, &cache};
+  CHECK(run<mask::Causal>(m, one).dim(0) == 0);
+  one[0] = {std::span<const int>(seqs[0]).subspan(8), 8, -1, true, 0, -1, {}, &cache};
+  CHECK(rel_err(run<mask::Causal>(m, one), 0, ref[0], 8, 13) < 1e-5);
+}
+
 TEST_CASE("AR decoding reproduces the golden AR decodes") {
   int bf16_held = 0;
   for (auto& g : test::read_jsonl(test::golden("ar.jsonl")))

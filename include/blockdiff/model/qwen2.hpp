@@ -311,16 +311,27 @@ class Qwen2 {
 
     // What changes from step to step goes to backend memory in three uploads: token ids,
     // positions, and every layer's attention rows (queries, cache slots, cache pointers).
+    // The last layer's output matters only at the rows whose logits are asked for: when they are
+    // fewer than all (a prefill, a commit forward, a block forward), that layer still writes every
+    // token's K and V, but runs attention, o_proj and the MLP on those rows alone. Their queries
+    // are R more attention rows after the layers' own.
     const int L = c.num_hidden_layers, R = static_cast<int>(rows.size());
-    attention_rows_.resize(static_cast<std::size_t>(L) * rows.size());
-    for (int l = 0; l < L; ++l)
-      for (int r = 0; r < R; ++r) {
-        auto& row = rows[static_cast<std::size_t>(r)];
+    const bool narrow_last = n_logits < T;
+    int max_logit_queries = 0;
+    attention_rows_.resize(static_cast<std::size_t>(L + 1) * rows.size());
+    for (int r = 0; r < R; ++r) {
+      auto& row = rows[static_cast<std::size_t>(r)];
+      const std::int64_t begin = row_begin_[static_cast<std::size_t>(r)];
+      for (int l = 0; l < L; ++l)
         attention_rows_[static_cast<std::size_t>(l * R + r)] =
-            AttentionRow{row_begin_[static_cast<std::size_t>(r)], static_cast<int>(row.tokens.size()), row.first_slot,
-                         row.kv_end,                              row.cache->k(l),
-                         row.cache->v(l),                         row.cache->capacity()};
-      }
+            AttentionRow{begin, static_cast<int>(row.tokens.size()), row.first_slot, row.kv_end,
+                         row.cache->k(l), row.cache->v(l), row.cache->capacity()};
+      const int n_q = row.logits_end - row.logits_begin;
+      max_logit_queries = std::max(max_logit_queries, n_q);
+      attention_rows_[static_cast<std::size_t>(L * R + r)] =
+          AttentionRow{begin + row.logits_begin, n_q, row.first_slot + row.logits_begin, row.kv_end,
+                       row.cache->k(L - 1), row.cache->v(L - 1), row.cache->capacity()};
+    }
     rows_.resize({static_cast<std::int64_t>(attention_rows_.size())});
     Backend::upload(ids_.data(), tokens_.data(), tokens_.size());
     Backend::upload(pos_.data(), positions_.data(), positions_.size());
@@ -328,6 +339,8 @@ class Qwen2 {
 
     const AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, d,
                                1.0f / std::sqrt(static_cast<float>(d)), max_queries, max_keys};
+    AttentionShape logit_shape = shape;
+    logit_shape.max_queries = max_logit_queries;
     const float eps = static_cast<float>(c.rms_norm_eps);
     // The kernel sequence depends on nothing else than this key: the shapes, the row layout,
     // the mask, and the workspace pointers (the weights keep theirs for the model's life). It is
@@ -370,24 +383,28 @@ class Qwen2 {
             Lw.wq);
         Kernel<Backend, op::RopeKvWrite>::run(q_.data(), k_.data(), v_.data(), T, pos_.data(), cos_.data(), sin_.data(),
                                               layer_rows, shape);
-        Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), layer_rows, shape, mask);
-        linear(att_.data(), T, qd, Lw.wo, H, nullptr, x_.data(), /*accumulate=*/true);
-        Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, Lw.post_norm.data(), eps, xn_.data());
-        std::visit(
-            [&]<class W>(const buffer<W>& wg) {
-              Kernel<Backend, op::SwiGluLinear>::run(xn_.data(), T, H, wg.data(), std::get<buffer<W>>(Lw.w_up).data(), I,
-                                                     gate_.data(), up_.data());
-            },
-            Lw.w_gate);
-        linear(gate_.data(), T, I, Lw.w_down, H, nullptr, x_.data(), /*accumulate=*/true);
+        if (l < L - 1 || !narrow_last) {
+          Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), layer_rows, shape, mask);
+          attention_out_and_mlp(Lw, att_.data(), T, x_.data(), eps);
+          continue;
+        }
+        if (n_logits == 0) break;  // the last layer's K and V were all that was needed
+        const std::span<const AttentionRow> logit_rows(rows_.data() + static_cast<std::int64_t>(L) * R,
+                                                       static_cast<std::size_t>(R));
+        Kernel<Backend, op::Attention<Mask>>::run(q_.data(), att_.data(), logit_rows, logit_shape, mask);
+        // The asked-for rows, packed: their attention output over q (no longer needed) and their
+        // residual stream in hidden_out_, where the final norm reads it.
+        for (int r = 0; r < R; ++r) {
+          const auto& row = rows[static_cast<std::size_t>(r)];
+          const std::int64_t from = row_begin_[static_cast<std::size_t>(r)] + row.logits_begin;
+          const std::int64_t to = logit_begin_[static_cast<std::size_t>(r)], n = row.logits_end - row.logits_begin;
+          Backend::copy(q_.data() + to * qd, att_.data() + from * qd, static_cast<std::size_t>(n * qd));
+          Backend::copy(hidden_out_.data() + to * H, x_.data() + from * H, static_cast<std::size_t>(n * H));
+        }
+        attention_out_and_mlp(Lw, q_.data(), n_logits, hidden_out_.data(), eps);
       }
-      // Final norm and lm_head on the requested rows only.
-      for (int r = 0; r < R; ++r) {
-        const auto& row = rows[static_cast<std::size_t>(r)];
-        Backend::copy(hidden_out_.data() + logit_begin_[static_cast<std::size_t>(r)] * H,
-                      x_.data() + (row_begin_[static_cast<std::size_t>(r)] + row.logits_begin) * H,
-                      static_cast<std::size_t>(row.logits_end - row.logits_begin) * H);
-      }
+      // Final norm and lm_head on the requested rows only (already packed by a narrow last layer).
+      if (!narrow_last) Backend::copy(hidden_out_.data(), x_.data(), static_cast<std::size_t>(T * H));
       Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
       linear(xn_.data(), n_logits, H, c.tie_word_embeddings ? embed_ : lm_head_, c.vocab_size, nullptr, logits_.data());
     });
@@ -408,6 +425,21 @@ class Qwen2 {
     if (weights_ == DType::bf16) m.template emplace<buffer<bf16>>();
     std::visit([&](auto& b) { b.resize({rows, cols}); }, m);
     return m;
+  }
+
+  //! A layer after its attention, on n rows: x += att · woᵀ, then x += MLP(RMSNorm(x)).
+  void attention_out_and_mlp(const Layer& Lw, const float* att, std::int64_t n, float* x, float eps) {
+    const auto& c = config_;
+    const int H = c.hidden_size, I = c.intermediate_size;
+    linear(att, n, c.q_dim(), Lw.wo, H, nullptr, x, /*accumulate=*/true);
+    Kernel<Backend, op::RmsNorm>::run(x, n, H, Lw.post_norm.data(), eps, xn_.data());
+    std::visit(
+        [&]<class W>(const buffer<W>& wg) {
+          Kernel<Backend, op::SwiGluLinear>::run(xn_.data(), n, H, wg.data(), std::get<buffer<W>>(Lw.w_up).data(), I,
+                                                 gate_.data(), up_.data());
+        },
+        Lw.w_gate);
+    linear(gate_.data(), n, I, Lw.w_down, H, nullptr, x, /*accumulate=*/true);
   }
 
   //! y = x · wᵀ (+ bias) with w in whichever dtype it is held.
