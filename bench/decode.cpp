@@ -4,6 +4,8 @@
 //    the copy bandwidth measured in the same run), and peak memory beside weights + KV cache;
 //  - a 32-token block forward and an 8-token sub-block forward against the cache, each over the
 //    AR step, timed side by side in the same iterations;
+//  - an 8-token block forward of the embedded model's shape asking for fewer logit rows than
+//    tokens, over the one asking for all (the last layer runs on the asked-for rows only);
 //  - the policy step (the vocabulary statistics pass and the selection) beside a forward;
 //  - end-to-end tokens/s and forwards per token of AR and of block diffusion with each cache.
 // The block-diffusion decoders are checked against the AR prefix semantics before timing: the
@@ -176,10 +178,50 @@ void BM_DecodeAr(benchmark::State& state) {
   state.counters["tokens/s"] = benchmark::Counter(tokens, benchmark::Counter::kIsRate);
   state.counters["forwards/token"] = forwards / tokens;
 }
+
+// An 8-token block forward of the embedded model's shape (random weights) asking for the logits
+// of its last N rows, timed in the same iterations as the one asking for all 8: the last layer
+// runs attention and the MLP on the asked-for rows only. Checked first: the N rows equal the
+// last N of the full forward.
+void BM_ForwardLogitRows(benchmark::State& state) {
+  static Model m = bench::random_model("tasks", 1, DType::f32);
+  constexpr int B = 8;
+  const int rows = static_cast<int>(state.range(0));
+  auto cache = m.make_cache(3 * B);
+  std::vector<int> context(2 * B), block(B);
+  for (int i = 0; i < 2 * B; ++i) context[static_cast<std::size_t>(i)] = (i * 7 + 2) % 28;
+  for (int i = 0; i < B; ++i) block[static_cast<std::size_t>(i)] = 3 + i;
+  bench::forward<mask::BlockCausal<B>>(m, cache, context, 0, 2 * B, true, 0);
+  auto logits = [&](int n) {
+    std::vector<model::ForwardRow<Host>> r(1);
+    r[0] = {block, 2 * B, 3 * B, false, B - n, B, {}, &cache};
+    auto l = m.forward<mask::BlockCausal<B>>(r);
+    return std::vector<float>(l.data(), l.data() + l.numel());
+  };
+  const auto all = logits(B), some = logits(rows);
+  float scale = 0, err = 0;
+  for (float v : all) scale = std::max(scale, std::abs(v));
+  for (std::size_t i = 0; i < some.size(); ++i) err = std::max(err, std::abs(some[i] - all[all.size() - some.size() + i]));
+  if (err > 1e-5f * scale) return state.SkipWithError("the asked-for rows differ from the full forward's");
+  double full = 0, asked = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    bench::forward<mask::BlockCausal<B>>(m, cache, block, 2 * B, 3 * B, false, B);
+    full += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    bench::forward<mask::BlockCausal<B>>(m, cache, block, 2 * B, 3 * B, false, rows);
+    asked += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["all_rows_us"] = 1e6 * full / n;
+  state.counters["asked_rows_us"] = 1e6 * asked / n;
+  state.counters["asked_over_all"] = asked / full;
+}
 }  // namespace
 
 BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
 BENCHMARK(BM_ForwardShapes)->Name("decode/forward_shapes/context:256")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_ForwardLogitRows)->Name("decode/forward_logit_rows/tasks/block:8")->Arg(4)->Arg(1)->Arg(0)->ArgName("logit_rows")->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
 BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
