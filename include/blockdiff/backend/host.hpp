@@ -867,7 +867,7 @@ struct Kernel<backend::Host, op::Sample> {
                                std::vector<double>& probs, std::vector<int>& order) {
     const auto at = [](int i) { return static_cast<std::size_t>(i); };
     probs.resize(at(vocab));
-    const float m = *std::max_element(l, l + vocab);
+    const float m = detail::max_of(l, 0, vocab);
     double sum = 0.0;
     for (int i = 0; i < vocab; ++i) sum += probs[at(i)] = std::exp((static_cast<double>(l[i]) - m) / temperature);
     double entropy = 0.0, first = -1.0, second = 0.0;
