@@ -252,4 +252,55 @@ std::pair<std::vector<int>, long> ar_graphs(const std::string& model_dir, const 
   return {r.at(0).tokens, m.replays().launches()};
 }
 
+// ---- training ------------------------------------------------------------------------------
+
+using TrainOps = train::ops::Ops<Cuda>;
+
+TrainAttention train_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                               const std::vector<float>& dout, const train::ops::AttentionDims& dims,
+                               const std::vector<unsigned char>& allowed, float scale) {
+  auto dq_in = up(q), dk_in = up(k), dv_in = up(v), ddout = up(dout);
+  auto dallowed = up(allowed);
+  const auto stats = static_cast<std::size_t>(std::int64_t(dims.rows) * dims.heads * dims.length);
+  DeviceBuffer<float> out(Shape{std::int64_t(q.size())}), lse(Shape{std::int64_t(stats)}),
+      dq(Shape{std::int64_t(q.size())}), dk(Shape{std::int64_t(k.size())}), dv(Shape{std::int64_t(v.size())}),
+      scratch(Shape{TrainOps::attention_scratch(dims)});
+  TrainOps::attention_forward(dq_in.data(), dk_in.data(), dv_in.data(), dims, dallowed.data(), scale, out.data(),
+                              lse.data(), scratch.data());
+  TrainOps::attention_backward(ddout.data(), dq_in.data(), dk_in.data(), dv_in.data(), out.data(), lse.data(), dims,
+                               dallowed.data(), scale, dq.data(), dk.data(), dv.data(), scratch.data());
+  return {down(out, q.size()), down(lse, stats), down(dq, q.size()), down(dk, k.size()), down(dv, v.size())};
+}
+
+TrainNorm train_rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps,
+                        const std::vector<float>& dy, const std::vector<float>& dx0, const std::vector<float>& dw0) {
+  auto dx_in = up(x), dw_in = up(w), ddy = up(dy), dx = up(dx0), dw = up(dw0);
+  DeviceBuffer<float> y(Shape{std::int64_t(x.size())}), rstd(Shape{std::int64_t{n}}),
+      scratch(Shape{TrainOps::rmsnorm_scratch(n, h)});
+  TrainOps::rmsnorm_forward(dx_in.data(), n, h, dw_in.data(), eps, y.data(), rstd.data());
+  TrainOps::rmsnorm_backward(ddy.data(), dx_in.data(), rstd.data(), n, h, dw_in.data(), dx.data(), dw.data(),
+                             scratch.data());
+  return {down(y, x.size()), down(rstd, std::size_t(n)), down(dx, x.size()), down(dw, w.size())};
+}
+
+TrainHead train_cross_entropy(const std::vector<float>& x, int n, int h, const std::vector<float>& head, int vocab,
+                              const std::vector<int>& labels, float weight, const std::vector<float>& dhead0) {
+  auto dx_in = up(x), dhead_w = up(head), dhead = up(dhead0);
+  auto dlabels = up(labels);
+  DeviceBuffer<float> logits(Shape{std::int64_t{n} * vocab}), dx(Shape{std::int64_t(x.size())});
+  const double loss = TrainOps::cross_entropy_head(dx_in.data(), n, h, dhead_w.data(), vocab, dlabels.data(), weight,
+                                                   logits.data(), dx.data(), dhead.data());
+  return {loss, down(dx, x.size()), down(dhead, head.size())};
+}
+
+TrainStep train_step(const io::ModelConfig& config, const std::vector<float>& parameters,
+                     const train::ModelBatch& batch, bool block_diffusion) {
+  train::TrainableQwen2<float, Cuda> m(config);
+  m.upload_parameters(parameters);
+  m.zero_grad();
+  const auto r = block_diffusion ? m.step(batch, mask::BlockDiffusionTraining<8>{batch.length / 2})
+                                 : m.step(batch, mask::Causal{});
+  return {r.loss, r.n_tokens, m.download_gradients()};
+}
+
 }  // namespace blockdiff::test::cuda

@@ -8,6 +8,9 @@
 #include <vector>
 
 #include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/io/config.hpp"
+#include "blockdiff/train/batch.hpp"
+#include "blockdiff/train/ops.hpp"
 
 namespace blockdiff::test::cuda {
 
@@ -63,5 +66,38 @@ std::vector<std::vector<int>> ar(const std::string& model_dir, const std::vector
 //! as a replayed graph.
 std::pair<std::vector<int>, long> ar_graphs(const std::string& model_dir, const std::vector<int>& prompt, int max_new,
                                             bool graphs);
+
+// ---- training: train::ops::Ops<backend::Cuda> and TrainableQwen2<float, backend::Cuda> ----------
+
+struct TrainAttention {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+//! The attention forward, then its backward for the upstream gradient dout; `allowed` is the
+//! [length, length] mask.
+TrainAttention train_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                               const std::vector<float>& dout, const train::ops::AttentionDims& dims,
+                               const std::vector<unsigned char>& allowed, float scale);
+struct TrainNorm {
+  std::vector<float> y, rstd, dx, dw;
+};
+//! RMSNorm forward, then its backward for dy, accumulating into dx0 and dw0.
+TrainNorm train_rmsnorm(const std::vector<float>& x, int n, int h, const std::vector<float>& w, float eps,
+                        const std::vector<float>& dy, const std::vector<float>& dx0, const std::vector<float>& dw0);
+struct TrainHead {
+  double loss = 0;
+  std::vector<float> dx, dhead;
+};
+//! cross_entropy_head with gradients; dhead accumulates into dhead0.
+TrainHead train_cross_entropy(const std::vector<float>& x, int n, int h, const std::vector<float>& head, int vocab,
+                              const std::vector<int>& labels, float weight, const std::vector<float>& dhead0);
+struct TrainStep {
+  double loss = 0;
+  std::int64_t n_tokens = 0;
+  std::vector<float> gradients;
+};
+//! One training step (loss and gradients) of the model with these parameters (checkpoint order),
+//! under the causal mask or, with block_diffusion, the block-diffusion training mask of block 8.
+TrainStep train_step(const io::ModelConfig& config, const std::vector<float>& parameters,
+                     const train::ModelBatch& batch, bool block_diffusion);
 
 }  // namespace blockdiff::test::cuda

@@ -8,6 +8,10 @@
 // where documented, into input gradients, so that residual branches and tied weights add up.
 // GEMMs go to OpenBLAS when blockdiff is configured with it, else to Eigen; everything else is
 // threaded with OpenMP.
+//
+// `Ops<Backend>` gathers one backend's training operations under one name, so that the model
+// (train/trainable.hpp) is written once: `Ops<backend::Host>` is the functions below,
+// `Ops<backend::Cuda>` their device twins (backend/cuda/train.cuh).
 #pragma once
 
 #include <Eigen/Core>
@@ -23,6 +27,9 @@
 #include <cblas.h>
 #endif
 
+#include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/core/macros.hpp"
+#include "blockdiff/core/tensor.hpp"
 #include "blockdiff/core/threads.hpp"
 
 namespace blockdiff::train::ops {
@@ -380,5 +387,131 @@ double cross_entropy_head(const T* x, std::int64_t n, int H, const T* head, int 
   }
   return loss;
 }
+
+// ---- rows of a batch picked by index -----------------------------------------------------------
+
+//! dst[i] = src[index[i]] for rows of H values.
+template <class T>
+void gather_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {
+  for (std::int64_t i = 0; i < n; ++i) std::copy_n(src + index[i] * H, H, dst + i * H);
+}
+
+//! dst[index[i]] += src[i] for rows of H values (an index may repeat).
+template <class T>
+void scatter_add_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    T* d = dst + index[i] * H;
+    const T* s = src + i * H;
+    for (int j = 0; j < H; ++j) d[j] += s[j];
+  }
+}
+
+// ---- one backend's operations ----------------------------------------------------------------
+
+//! The training operations of `Backend`, with its memory: every pointer they take lives in
+//! `buffer<T>` memory of the backend. Specialise it for a new backend.
+template <class Backend>
+struct Ops {
+  static_assert(::blockdiff::detail::dependent_false<Backend>,
+                "no training operations for this backend: specialise blockdiff::train::ops::Ops<Backend> "
+                "(the host's are in blockdiff/train/ops.hpp, CUDA's in blockdiff/backend/cuda/train.cuh)");
+};
+
+template <>
+struct Ops<backend::Host> {
+  using Backend = backend::Host;
+  template <class T>
+  using buffer = Buffer<T>;
+  //! Held for the length of a step.
+  using Scope = BlasInCallerThread;
+
+  template <class T>
+  static void upload(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <class T>
+  static void download(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <class T>
+  static void copy(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <class T>
+  static void zero(T* dst, std::size_t n) {
+    std::fill_n(dst, n, T(0));
+  }
+
+  //! Values of scratch that rmsnorm_backward and attention_* need.
+  static std::int64_t rmsnorm_scratch(std::int64_t /*n*/, int H) { return std::int64_t(max_threads()) * H; }
+  static std::int64_t attention_scratch(const AttentionDims& dims) {
+    return std::int64_t(max_threads()) * 2 * dims.length * dims.length;
+  }
+
+  template <class T>
+  static void embedding_forward(const T* table, const int* ids, std::int64_t n, int H, T* x) {
+    ops::embedding_forward(table, ids, n, H, x);
+  }
+  template <class T>
+  static void embedding_backward(const T* dx, const int* ids, std::int64_t n, int H, T* dtable) {
+    ops::embedding_backward(dx, ids, n, H, dtable);
+  }
+  template <class T>
+  static void rmsnorm_forward(const T* x, std::int64_t n, int H, const T* w, T eps, T* y, T* rstd) {
+    ops::rmsnorm_forward(x, n, H, w, eps, y, rstd);
+  }
+  template <class T>
+  static void rmsnorm_backward(const T* dy, const T* x, const T* rstd, std::int64_t n, int H, const T* w, T* dx, T* dw,
+                               T* scratch) {
+    ops::rmsnorm_backward(dy, x, rstd, n, H, w, dx, dw, scratch, max_threads());
+  }
+  template <class T>
+  static void linear_forward(const T* x, std::int64_t n, int k, const T* w, int m, const T* b, T* y,
+                             bool accumulate = false) {
+    ops::linear_forward(x, n, k, w, m, b, y, accumulate);
+  }
+  template <class T>
+  static void linear_backward(const T* dy, const T* x, std::int64_t n, int k, const T* w, int m, T* dx, T* dw, T* db,
+                              bool accumulate_dx = false) {
+    ops::linear_backward(dy, x, n, k, w, m, dx, dw, db, accumulate_dx);
+  }
+  template <class T>
+  static void rope(T* x, std::int64_t n, int heads, int d, const int* positions, const T* cos, const T* sin,
+                   bool inverse = false) {
+    ops::rope(x, n, heads, d, positions, cos, sin, inverse);
+  }
+  template <class T>
+  static void swiglu_forward(const T* gate, const T* up, std::int64_t n, T* h) {
+    ops::swiglu_forward(gate, up, n, h);
+  }
+  template <class T>
+  static void swiglu_backward(const T* dh, const T* gate, const T* up, std::int64_t n, T* dgate, T* dup) {
+    ops::swiglu_backward(dh, gate, up, n, dgate, dup);
+  }
+  template <class T>
+  static void attention_forward(const T* q, const T* k, const T* v, const AttentionDims& dims,
+                                const unsigned char* allowed, T scale, T* out, T* lse, T* scratch) {
+    ops::attention_forward(q, k, v, dims, allowed, scale, out, lse, scratch);
+  }
+  template <class T>
+  static void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                                 const AttentionDims& dims, const unsigned char* allowed, T scale, T* dq, T* dk, T* dv,
+                                 T* scratch) {
+    ops::attention_backward(dout, q, k, v, out, lse, dims, allowed, scale, dq, dk, dv, scratch);
+  }
+  template <class T>
+  static double cross_entropy_head(const T* x, std::int64_t n, int H, const T* head, int V, const int* labels,
+                                   T weight, T* logits, T* dx, T* dhead) {
+    return ops::cross_entropy_head(x, n, H, head, V, labels, weight, logits, dx, dhead);
+  }
+  template <class T>
+  static void gather_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {
+    ops::gather_rows(src, index, n, H, dst);
+  }
+  template <class T>
+  static void scatter_add_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {
+    ops::scatter_add_rows(src, index, n, H, dst);
+  }
+};
 
 }  // namespace blockdiff::train::ops

@@ -1,0 +1,191 @@
+// Training on the device against the host: the operations whose kernels are the CUDA backend's
+// own (attention forward and backward, RMSNorm, the loss head) on shapes that stride every
+// loop, and whole training steps (loss and every gradient) on the golden models — against the
+// independent implementation's vectors and against the host step — and on models with head
+// dimensions 64 and 128 over sequences longer than a block of threads.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "../support/paths.hpp"
+#include "blockdiff/blockdiff.hpp"
+#include "launchers.hpp"
+
+using namespace blockdiff;
+namespace gpu = blockdiff::test::cuda;
+
+namespace {
+std::vector<float> random_vector(std::size_t n, std::uint64_t seed, double scale = 1.0) {
+  Rng r(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(scale * r.normal());
+  return v;
+}
+//! max |a − b| over max |b|.
+double relative(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::fabs(b[i])));
+  }
+  return num / std::max(den, 1e-30);
+}
+// Sums of a few hundred f32 terms in another order, through exp and a subtraction (dP − D).
+constexpr double kTol = 1e-4;
+
+//! Each tensor's gradient within `tol` of max |reference| over that tensor.
+void check_gradients(const std::vector<train::TrainableQwen2<float>::TensorInfo>& tensors,
+                     const std::vector<float>& got, const float* reference, double tol) {
+  REQUIRE(got.size() >= std::size_t(tensors.back().offset + tensors.back().numel));
+  for (const auto& t : tensors) {
+    std::vector<float> a(got.begin() + t.offset, got.begin() + t.offset + t.numel);
+    std::vector<float> b(reference + t.offset, reference + t.offset + t.numel);
+    INFO(t.name);
+    CHECK(relative(a, b) <= tol);
+  }
+}
+}  // namespace
+
+TEST_CASE("training attention, forward and backward, each mask kind and GQA: CUDA == host") {
+  struct Case {
+    int rows, length, heads, kv_heads, d;
+  };
+  for (Case c : {Case{2, 40, 4, 2, 16}, Case{1, 200, 4, 1, 64}, Case{1, 130, 2, 2, 128}})
+    for (std::string mask_name : {"causal", "block-diffusion", "full"}) {
+      CAPTURE(c.length);
+      CAPTURE(c.d);
+      CAPTURE(mask_name);
+      const train::ops::AttentionDims dims{c.rows, c.length, c.heads, c.kv_heads, c.d};
+      const std::size_t tokens = std::size_t(c.rows) * c.length;
+      const auto q = random_vector(tokens * dims.q_dim(), 1), k = random_vector(tokens * dims.kv_dim(), 2),
+                 v = random_vector(tokens * dims.kv_dim(), 3), dout = random_vector(tokens * dims.q_dim(), 4);
+      std::vector<unsigned char> allowed(std::size_t(c.length) * c.length);
+      if (mask_name == "causal") train::ops::fill_mask(mask::Causal{}, c.length, allowed.data());
+      else if (mask_name == "full") train::ops::fill_mask(mask::Full{}, c.length, allowed.data());
+      else train::ops::fill_mask(mask::BlockDiffusionTraining<8>{c.length / 2}, c.length, allowed.data());
+      const float scale = 1.0f / std::sqrt(float(c.d));
+
+      std::vector<float> out(q.size()), lse(std::size_t(c.rows) * c.heads * c.length), dq(q.size()), dk(k.size()),
+          dv(v.size()), scratch(std::size_t(train::ops::Ops<backend::Host>::attention_scratch(dims)));
+      train::ops::attention_forward(q.data(), k.data(), v.data(), dims, allowed.data(), scale, out.data(), lse.data(),
+                                    scratch.data());
+      train::ops::attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dims,
+                                     allowed.data(), scale, dq.data(), dk.data(), dv.data(), scratch.data());
+      const auto g = gpu::train_attention(q, k, v, dout, dims, allowed, scale);
+      CHECK(relative(g.out, out) <= kTol);
+      CHECK(relative(g.lse, lse) <= kTol);
+      CHECK(relative(g.dq, dq) <= kTol);
+      CHECK(relative(g.dk, dk) <= kTol);
+      CHECK(relative(g.dv, dv) <= kTol);
+    }
+}
+
+TEST_CASE("training RMSNorm, forward and backward (dx and dw accumulate): CUDA == host") {
+  for (auto [n, h] : {std::pair{3, 16}, {200, 300}, {64, 1536}}) {
+    CAPTURE(n);
+    CAPTURE(h);
+    const auto x = random_vector(std::size_t(n) * h, 5), w = random_vector(std::size_t(h), 6),
+               dy = random_vector(std::size_t(n) * h, 7), dx0 = random_vector(std::size_t(n) * h, 8),
+               dw0 = random_vector(std::size_t(h), 9);
+    std::vector<float> y(x.size()), rstd(static_cast<std::size_t>(n)), dx = dx0, dw = dw0,
+        scratch(std::size_t(train::ops::Ops<backend::Host>::rmsnorm_scratch(n, h)));
+    train::ops::Ops<backend::Host>::rmsnorm_forward(x.data(), n, h, w.data(), 1e-6f, y.data(), rstd.data());
+    train::ops::Ops<backend::Host>::rmsnorm_backward(dy.data(), x.data(), rstd.data(), n, h, w.data(), dx.data(),
+                                                     dw.data(), scratch.data());
+    const auto g = gpu::train_rmsnorm(x, n, h, w, 1e-6f, dy, dx0, dw0);
+    CHECK(relative(g.y, y) <= kTol);
+    CHECK(relative(g.rstd, rstd) <= kTol);
+    CHECK(relative(g.dx, dx) <= kTol);
+    CHECK(relative(g.dw, dw) <= kTol);
+  }
+}
+
+TEST_CASE("training loss head (lm_head product, cross-entropy and its gradients): CUDA == host") {
+  const int n = 50, h = 32, vocab = 1000;
+  const auto x = random_vector(std::size_t(n) * h, 10), head = random_vector(std::size_t(vocab) * h, 11, 0.3),
+             dhead0 = random_vector(std::size_t(vocab) * h, 12);
+  std::vector<int> labels(n);
+  for (int i = 0; i < n; ++i) labels[std::size_t(i)] = (i * 37) % vocab;
+  std::vector<float> logits(std::size_t(n) * vocab), dx(x.size()), dhead = dhead0;
+  const double loss = train::ops::cross_entropy_head(x.data(), n, h, head.data(), vocab, labels.data(), 0.02f,
+                                                     logits.data(), dx.data(), dhead.data());
+  const auto g = gpu::train_cross_entropy(x, n, h, head, vocab, labels, 0.02f, dhead0);
+  CHECK(g.loss == doctest::Approx(loss).epsilon(1e-5));
+  CHECK(relative(g.dx, dx) <= kTol);
+  CHECK(relative(g.dhead, dhead) <= kTol);
+}
+
+TEST_CASE("a whole training step on the device: the golden loss and gradients, and the host's") {
+  const auto loss_json = nlohmann::json::parse(std::ifstream(test::golden("loss.json")));
+  for (std::string name : {"model-f32-tied", "model-bf16-untied"})
+    for (std::string objective : {"fdllm2", "ar"}) {
+      CAPTURE(name);
+      CAPTURE(objective);
+      auto m = train::TrainableQwen2<float>::load(test::golden(name));
+      const auto file = train::read_batch_file(test::golden("loss-batch.json"), m.config().vocab_size);
+      train::ModelBatch batch;
+      train::LossResult host;
+      m.zero_grad();
+      if (objective == "ar") {
+        Rng unused(0);
+        train::ArObjective{}.build(file.windows, 0, file.windows.count(), unused, batch);
+        host = m.step(batch, mask::Causal{});
+      } else {
+        const train::FastDllmV2Objective<8> fd{*m.config().mask_token_id};
+        fd.build_with_masks(file.windows, 0, file.windows.count(), file.mask, batch);
+        host = m.step(batch, fd.mask(file.windows.length));
+      }
+      const auto device = gpu::train_step(m.config(), m.download_parameters(), batch, objective == "fdllm2");
+      const auto& expect = loss_json.at(name + "/" + objective);
+      CHECK(device.n_tokens == expect.at("n_tokens").get<int>());
+      CHECK(device.loss == doctest::Approx(expect.at("loss").get<double>()).epsilon(1e-5));
+      CHECK(device.loss == doctest::Approx(host.loss).epsilon(1e-5));
+      io::SafetensorsFile golden(test::golden("grads-" + name.substr(6) + "-" + objective + ".safetensors"));
+      std::vector<float> reference(device.gradients.size());
+      for (const auto& t : m.tensors()) {
+        const auto& e = golden.at(t.name);
+        REQUIRE(e.numel() == t.numel);
+        std::copy_n(reinterpret_cast<const float*>(e.bytes.data()), t.numel, reference.begin() + t.offset);
+      }
+      check_gradients(m.tensors(), device.gradients, reference.data(), 2e-4);
+      check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTol);
+    }
+}
+
+TEST_CASE("a training step of models with head_dim 64 and 128 over 192-token rows: CUDA == host") {
+  for (auto [heads, kv_heads] : {std::pair{4, 2}, {2, 1}}) {
+    CAPTURE(heads);
+    io::ModelConfig c;
+    c.hidden_size = 256;
+    c.intermediate_size = 512;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = heads;
+    c.num_key_value_heads = kv_heads;
+    c.vocab_size = 300;
+    c.max_position_embeddings = 512;
+    c.tie_word_embeddings = heads == 2;
+    c.mask_token_id = 299;
+    c.eos_token_id = 298;
+    train::TrainableQwen2<float> m(c);
+    train::initialise(m, 3, 0.05);
+    train::Windows windows;
+    windows.length = 96;
+    Rng rng(4);
+    for (int i = 0; i < 3 * windows.length; ++i) {
+      windows.ids.push_back(int(rng.below(298)));
+      windows.supervised.push_back(i % windows.length >= 20 ? 1 : 0);
+    }
+    train::ModelBatch batch;
+    const train::FastDllmV2Objective<8> fd{299};
+    fd.build(windows, 0, windows.count(), rng, batch);
+    REQUIRE(batch.length == 192);
+    m.zero_grad();
+    const auto host = m.step(batch, fd.mask(windows.length));
+    const auto device = gpu::train_step(c, m.download_parameters(), batch, true);
+    CHECK(device.n_tokens == host.n_tokens);
+    CHECK(device.loss == doctest::Approx(host.loss).epsilon(1e-5));
+    check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTol);
+  }
+}
