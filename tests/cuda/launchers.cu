@@ -303,4 +303,30 @@ TrainStep train_step(const io::ModelConfig& config, const std::vector<float>& pa
   return {r.loss, r.n_tokens, m.download_gradients()};
 }
 
+TrainOptimizer train_adamw(std::vector<float> params, const std::vector<float>& grads, std::vector<float> m,
+                           std::vector<float> v, std::size_t begin, std::size_t end,
+                           const train::ops::AdamWStep<float>& step, bool decay) {
+  auto dp = up(params), dg = up(grads), dm = up(m), dv = up(v);
+  TrainOps::adamw(dp.data(), dg.data(), dm.data(), dv.data(), begin, end, step, decay);
+  const double sum = TrainOps::sum_squares(dp.data(), params.size());
+  return {down(dp, params.size()), down(dm, m.size()), down(dv, v.size()), sum};
+}
+
+TrainRun train_run(const io::ModelConfig& config, const std::vector<float>& parameters,
+                   const std::vector<train::Example>& examples, const train::TrainOptions& options,
+                   const std::string& out, bool resume) {
+  train::TrainableQwen2<float, Cuda> m(config);
+  m.upload_parameters(parameters);
+  train::Trainer<train::FastDllmV2Objective<8>, Cuda> trainer(m, train::FastDllmV2Objective<8>{*config.mask_token_id},
+                                                             examples, options);
+  if (resume) trainer.resume(out);
+  TrainRun run;
+  trainer.run(out, [&](const train::StepLog& s) {
+    run.loss.push_back(s.loss);
+    run.grad_norm.push_back(s.grad_norm);
+  });
+  run.parameters = m.download_parameters();
+  return run;
+}
+
 }  // namespace blockdiff::test::cuda

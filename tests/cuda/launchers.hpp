@@ -10,7 +10,9 @@
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/io/config.hpp"
 #include "blockdiff/train/batch.hpp"
+#include "blockdiff/train/data.hpp"
 #include "blockdiff/train/ops.hpp"
+#include "blockdiff/train/trainer.hpp"
 
 namespace blockdiff::test::cuda {
 
@@ -99,5 +101,24 @@ struct TrainStep {
 //! under the causal mask or, with block_diffusion, the block-diffusion training mask of block 8.
 TrainStep train_step(const io::ModelConfig& config, const std::vector<float>& parameters,
                      const train::ModelBatch& batch, bool block_diffusion);
+
+struct TrainOptimizer {
+  std::vector<float> params, m, v;
+  double sum_squares = 0;
+};
+//! Ops<Cuda>::adamw over [begin, end) of the arrays with these constants, then sum_squares of
+//! the updated parameters.
+TrainOptimizer train_adamw(std::vector<float> params, const std::vector<float>& grads, std::vector<float> m,
+                           std::vector<float> v, std::size_t begin, std::size_t end,
+                           const train::ops::AdamWStep<float>& step, bool decay);
+struct TrainRun {
+  std::vector<double> loss, grad_norm;  //!< per step run
+  std::vector<float> parameters;        //!< at the end
+};
+//! Trainer<FastDllmV2Objective<8>, backend::Cuda> from these parameters, checkpointing into
+//! `out` (resuming from it first, with `resume`).
+TrainRun train_run(const io::ModelConfig& config, const std::vector<float>& parameters,
+                   const std::vector<train::Example>& examples, const train::TrainOptions& options,
+                   const std::string& out, bool resume);
 
 }  // namespace blockdiff::test::cuda

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "../support/paths.hpp"
@@ -188,4 +189,104 @@ TEST_CASE("a training step of models with head_dim 64 and 128 over 192-token row
     CHECK(device.loss == doctest::Approx(host.loss).epsilon(1e-5));
     check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTol);
   }
+}
+
+TEST_CASE("the optimiser on the device: AdamW with and without decay, and the global norm: CUDA == host") {
+  const std::size_t n = 100000;  // over the host's threading threshold and many blocks
+  auto params = random_vector(n, 20), grads = random_vector(n, 21, 0.01), m = random_vector(n, 22, 0.01),
+       v = random_vector(n, 23, 0.01);
+  for (auto& x : v) x = x * x;
+  const train::ops::AdamWStep<float> step{0.9f, 0.95f, 2e-3f, 1.3f, 1e-8f, 1.0f - 2e-4f};
+  for (bool decay : {false, true}) {
+    CAPTURE(decay);
+    auto hp = params, hm = m, hv = v;
+    const std::size_t begin = 1000, end = n - 7;
+    train::ops::Ops<backend::Host>::adamw(hp.data(), grads.data(), hm.data(), hv.data(), begin, end, step, decay);
+    const auto g = gpu::train_adamw(params, grads, m, v, begin, end, step, decay);
+    CHECK(relative(g.params, hp) <= 1e-6);
+    CHECK(relative(g.m, hm) <= 1e-6);
+    CHECK(relative(g.v, hv) <= 1e-6);
+    CHECK(g.params[begin - 1] == params[begin - 1]);  // outside the range: untouched
+    CHECK(g.params[end] == params[end]);
+    CHECK(g.sum_squares == doctest::Approx(train::ops::Ops<backend::Host>::sum_squares(hp.data(), n)).epsilon(1e-9));
+  }
+}
+
+TEST_CASE("Trainer<O, backend::Cuda>: the host's loss curve, checkpoints the host loads, and resume") {
+  io::ModelConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 24;
+  c.max_position_embeddings = 128;
+  c.tie_word_embeddings = true;
+  c.mask_token_id = 23;
+  c.eos_token_id = 22;
+  std::vector<train::Example> examples;  // reverse a list of digits
+  Rng rng(7);
+  for (int i = 0; i < 64; ++i) {
+    train::Example e;
+    for (int j = 0, len = 2 + int(rng.below(6)); j < len; ++j) e.prompt.push_back(int(rng.below(10)));
+    e.prompt.push_back(11);
+    e.response.assign(e.prompt.rbegin() + 1, e.prompt.rend());
+    e.response.push_back(22);
+    examples.push_back(e);
+  }
+  train::TrainOptions o;
+  o.context = 32;
+  o.batch = 4;
+  o.steps = 6;
+  o.lr.peak = 3e-3;  // constant: a resumed run follows the same schedule
+  o.lr.total = o.steps;
+  o.seed = 9;
+  train::TrainableQwen2<float> host_model(c);
+  train::initialise(host_model, 11, 0.08);
+  const auto initial = host_model.download_parameters();
+
+  std::vector<double> host_loss, host_norm;
+  train::Trainer<train::FastDllmV2Objective<8>> host(host_model, train::FastDllmV2Objective<8>{23}, examples, o);
+  host.run({}, [&](const train::StepLog& s) {
+    host_loss.push_back(s.loss);
+    host_norm.push_back(s.grad_norm);
+  });
+  const auto out = std::filesystem::temp_directory_path() / "blockdiff-cuda-trainer";
+  std::filesystem::remove_all(out);
+  const auto device = gpu::train_run(c, initial, examples, o, out.string(), false);
+  REQUIRE(device.loss.size() == host_loss.size());
+  for (std::size_t s = 0; s < host_loss.size(); ++s) {
+    CAPTURE(s);
+    CHECK(device.loss[s] == doctest::Approx(host_loss[s]).epsilon(1e-4));
+    CHECK(device.grad_norm[s] == doctest::Approx(host_norm[s]).epsilon(1e-3));
+  }
+  // Parameters after six AdamW steps: an element whose gradient is rounding noise may step the
+  // other way (2 lr), so the bound is on the mean difference, and loosely on the largest.
+  const auto host_params = host_model.download_parameters();
+  double mean = 0, largest = 0;
+  for (std::size_t i = 0; i < host_params.size(); ++i) {
+    const double d = std::fabs(double(device.parameters[i]) - double(host_params[i]));
+    mean += d / double(host_params.size());
+    largest = std::max(largest, d);
+  }
+  CHECK(mean <= 1e-2 * o.lr.peak);
+  CHECK(largest <= 2 * o.lr.peak * o.steps);
+  CHECK(mean < 1e-3 * o.lr.peak * o.steps);
+
+  // The checkpoint is the device's weights, loadable on the host.
+  const auto saved = train::TrainableQwen2<float>::load(out).download_parameters();
+  CHECK(saved == device.parameters);
+
+  // Three steps, then a resumed run to six: the uninterrupted curve.
+  const auto half_dir = std::filesystem::temp_directory_path() / "blockdiff-cuda-trainer-resume";
+  std::filesystem::remove_all(half_dir);
+  auto three = o;
+  three.steps = 3;
+  three.lr.total = 3;
+  gpu::train_run(c, initial, examples, three, half_dir.string(), false);
+  const auto resumed = gpu::train_run(c, initial, examples, o, half_dir.string(), true);
+  REQUIRE(resumed.loss.size() == 3);
+  for (std::size_t s = 0; s < 3; ++s) CHECK(resumed.loss[s] == doctest::Approx(device.loss[s + 3]).epsilon(1e-4));
+  std::filesystem::remove_all(out);
+  std::filesystem::remove_all(half_dir);
 }

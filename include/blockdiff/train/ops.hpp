@@ -11,7 +11,7 @@
 //
 // `Ops<Backend>` gathers one backend's training operations under one name, so that the model
 // (train/trainable.hpp) is written once: `Ops<backend::Host>` is the functions below,
-// `Ops<backend::Cuda>` their device twins (backend/cuda/train.cuh).
+// `Ops<backend::Cuda>` their device twins (train/cuda_ops.cuh).
 #pragma once
 
 #include <Eigen/Core>
@@ -406,6 +406,30 @@ void scatter_add_rows(const T* src, const std::int64_t* index, std::int64_t n, i
   }
 }
 
+// ---- the optimiser's update ---------------------------------------------------------------------
+
+//! The constants of one AdamW step, and the update of one parameter: what every backend's
+//! Ops::adamw applies to each element.
+template <class T>
+struct AdamWStep {
+  T beta1, beta2;
+  T step;    //!< lr / (1 − β1ᵗ)
+  T rc2;     //!< 1 / √(1 − β2ᵗ)
+  T eps;
+  T shrink;  //!< 1 − lr · weight_decay
+  BLOCKDIFF_HOST_DEVICE void apply(T& p, T g, T& m, T& v, bool decay) const {
+    m = beta1 * m + (T(1) - beta1) * g;
+    v = beta2 * v + (T(1) - beta2) * g * g;
+#if defined(__CUDA_ARCH__)
+    const T root = sqrt(v);
+#else
+    const T root = std::sqrt(v);
+#endif
+    const T q = decay ? p * shrink : p;
+    p = q - step * m / (root * rc2 + eps);
+  }
+};
+
 // ---- one backend's operations ----------------------------------------------------------------
 
 //! The training operations of `Backend`, with its memory: every pointer they take lives in
@@ -414,7 +438,7 @@ template <class Backend>
 struct Ops {
   static_assert(::blockdiff::detail::dependent_false<Backend>,
                 "no training operations for this backend: specialise blockdiff::train::ops::Ops<Backend> "
-                "(the host's are in blockdiff/train/ops.hpp, CUDA's in blockdiff/backend/cuda/train.cuh)");
+                "(the host's are in blockdiff/train/ops.hpp, CUDA's in blockdiff/train/cuda_ops.cuh)");
 };
 
 template <>
@@ -507,6 +531,26 @@ struct Ops<backend::Host> {
   template <class T>
   static void gather_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {
     ops::gather_rows(src, index, n, H, dst);
+  }
+
+  //! Σ x², in double.
+  template <class T>
+  static double sum_squares(const T* x, std::size_t n) {
+    double s = 0.0;
+#pragma omp parallel for reduction(+ : s) schedule(static) if (n > 65536)
+    for (std::size_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+    return s;
+  }
+  template <class T>
+  static void scale(T* x, std::size_t n, T s) {
+    for (std::size_t i = 0; i < n; ++i) x[i] *= s;
+  }
+  //! The AdamW update of elements [begin, end).
+  template <class T>
+  static void adamw(T* params, const T* grads, T* m, T* v, std::size_t begin, std::size_t end,
+                    const AdamWStep<T>& step, bool decay) {
+#pragma omp parallel for schedule(static) if (end - begin > 65536)
+    for (std::size_t i = begin; i < end; ++i) step.apply(params[i], grads[i], m[i], v[i], decay);
   }
   template <class T>
   static void scatter_add_rows(const T* src, const std::int64_t* index, std::int64_t n, int H, T* dst) {

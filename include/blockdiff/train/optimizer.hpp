@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/train/ops.hpp"
 
 namespace blockdiff::train {
 
@@ -36,64 +37,61 @@ struct LrSchedule {
   }
 };
 
-//! √(Σ g²) over every gradient.
-template <class T>
+//! √(Σ g²) over every gradient (in `Backend`'s memory).
+template <class T, class Backend = backend::Host>
 double global_norm(std::span<const T> g) {
-  double s = 0.0;
-#pragma omp parallel for reduction(+ : s) schedule(static) if (g.size() > 65536)
-  for (std::size_t i = 0; i < g.size(); ++i) s += double(g[i]) * double(g[i]);
-  return std::sqrt(s);
+  return std::sqrt(ops::Ops<Backend>::sum_squares(g.data(), g.size()));
 }
 
 //! Scales `g` so that its global norm is at most `max_norm` (0 = off); returns the norm before.
-template <class T>
+template <class T, class Backend = backend::Host>
 double clip_global_norm(std::span<T> g, double max_norm) {
-  const double norm = global_norm<T>(g);
-  if (max_norm > 0 && norm > max_norm) {
-    const T s = T(max_norm / (norm + 1e-6));
-    for (auto& v : g) v *= s;
-  }
+  const double norm = global_norm<T, Backend>(g);
+  if (max_norm > 0 && norm > max_norm) ops::Ops<Backend>::scale(g.data(), g.size(), T(max_norm / (norm + 1e-6)));
   return norm;
 }
 
-template <class T>
+struct AdamWOptions {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+//! AdamW with its moments in `Backend`'s memory (the parameters and gradients it updates live
+//! there too).
+template <class T, class Backend = backend::Host>
 class AdamW {
+  using Ops = ops::Ops<Backend>;
+
  public:
-  struct Options {
-    double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
-  };
+  using Options = AdamWOptions;
 
   AdamW() = default;
-  AdamW(std::size_t n, Options o) : options_(o), m_(n, T(0)), v_(n, T(0)) {}
+  AdamW(std::size_t n, Options o) : options_(o) {
+    for (auto* b : {&m_, &v_}) {
+      b->resize({std::int64_t(n)});
+      Ops::zero(b->data(), n);
+    }
+  }
 
   //! The (offset, count) ranges, in increasing order, that get weight decay: the trainer passes
   //! the matrices; norms and biases get none (the usual choice; the paper does not say).
   void set_decay_ranges(std::vector<std::pair<std::size_t, std::size_t>> ranges) { decay_ = std::move(ranges); }
   const Options& options() const { return options_; }
   std::int64_t steps() const { return t_; }
-  std::span<T> first_moment() { return m_; }
-  std::span<T> second_moment() { return v_; }
+  std::span<T> first_moment() { return {m_.data(), size()}; }
+  std::span<T> second_moment() { return {v_.data(), size()}; }
   void set_steps(std::int64_t t) { t_ = t; }
 
   //! One update of `params` with `grads` at learning rate `lr`.
   void update(std::span<T> params, std::span<const T> grads, double lr) {
-    require(params.size() == m_.size() && grads.size() == m_.size(), "AdamW: ", params.size(), " parameters and ",
-            grads.size(), " gradients for an optimiser of ", m_.size());
+    require(params.size() == size() && grads.size() == size(), "AdamW: ", params.size(), " parameters and ",
+            grads.size(), " gradients for an optimiser of ", size());
     ++t_;
     const double b1 = options_.beta1, b2 = options_.beta2;
     const double c1 = 1.0 - std::pow(b1, double(t_)), c2 = 1.0 - std::pow(b2, double(t_));
-    const T step = T(lr / c1), rc2 = T(1.0 / std::sqrt(c2)), eps = T(options_.eps);
-    const T tb1 = T(b1), tb2 = T(b2);
-    const T shrink = T(1.0 - lr * options_.weight_decay);
+    const ops::AdamWStep<T> step{T(b1), T(b2), T(lr / c1), T(1.0 / std::sqrt(c2)), T(options_.eps),
+                            T(1.0 - lr * options_.weight_decay)};
     auto body = [&](std::size_t begin, std::size_t end, bool decay) {
-#pragma omp parallel for schedule(static) if (end - begin > 65536)
-      for (std::size_t i = begin; i < end; ++i) {
-        const T g = grads[i];
-        m_[i] = tb1 * m_[i] + (T(1) - tb1) * g;
-        v_[i] = tb2 * v_[i] + (T(1) - tb2) * g * g;
-        T p = decay ? params[i] * shrink : params[i];
-        params[i] = p - step * m_[i] / (std::sqrt(v_[i]) * rc2 + eps);
-      }
+      Ops::adamw(params.data(), grads.data(), m_.data(), v_.data(), begin, end, step, decay);
     };
     std::size_t at = 0;
     for (auto [begin, count] : decay_) {
@@ -105,8 +103,9 @@ class AdamW {
   }
 
  private:
+  std::size_t size() const { return std::size_t(m_.numel()); }
   Options options_{};
-  std::vector<T> m_, v_;
+  typename Ops::template buffer<T> m_, v_;
   std::vector<std::pair<std::size_t, std::size_t>> decay_;
   std::int64_t t_ = 0;
 };

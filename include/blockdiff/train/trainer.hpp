@@ -8,6 +8,10 @@
 // A checkpoint folder is a Hugging Face folder the inference path loads (config.json,
 // model.safetensors), plus optimizer.safetensors (exp_avg.NAME, exp_avg_sq.NAME) and
 // trainer_state.json. loss.csv beside them logs every step.
+//
+// The backend is a template parameter of the model, the optimiser and the loop alike:
+// `Trainer<O>` trains on the host, `Trainer<O, backend::Cuda>` (with <blockdiff/cuda.cuh>) keeps
+// the weights, gradients and AdamW moments on the device, and checkpoints are the same files.
 #pragma once
 
 #include <chrono>
@@ -39,7 +43,7 @@ struct TrainOptions {
   int accumulate = 1;    //!< micro-batches per optimiser step
   int steps = 100;
   LrSchedule lr{};
-  AdamW<float>::Options adam{};
+  AdamWOptions adam{};
   double clip = 1.0;     //!< global-norm clipping; 0 = off
   std::uint64_t seed = 0;
   int save_every = 0;    //!< also checkpoint every N steps (0: only at the end)
@@ -68,12 +72,16 @@ struct StepLog {
 //! order, the optimiser, checkpoints, resume and the loss log. Trainer<O> adds the objective's
 //! micro-batch (one virtual call each), so that a program training many objectives compiles the
 //! rest once.
-class TrainerCore {
+template <class Backend>
+class BasicTrainerCore {
+  using Ops = ops::Ops<Backend>;
+
  public:
+  using Model = TrainableQwen2<float, Backend>;
   int step() const { return step_; }
   const TrainOptions& options() const { return options_; }
   int windows_per_epoch() const { return windows_.count(); }
-  virtual ~TrainerCore() = default;
+  virtual ~BasicTrainerCore() = default;
 
   const char* objective_name() const { return objective_name_; }
 
@@ -95,7 +103,7 @@ class TrainerCore {
         log.tokens += std::int64_t(batch_.rows) * batch_.length;
       }
       log.loss = loss;
-      log.grad_norm = clip_global_norm<float>(model_.gradients(), options_.clip);
+      log.grad_norm = clip_global_norm<float, Backend>(model_.gradients(), options_.clip);
       require(std::isfinite(loss) && std::isfinite(log.grad_norm), "training diverged: the loss is ", loss,
               " and the gradient norm ", log.grad_norm, " at step ", log.step,
               last_saved_ >= 0 ? "; the last good checkpoint (step " + std::to_string(last_saved_) + ") is in " +
@@ -118,16 +126,15 @@ class TrainerCore {
   void save(const std::filesystem::path& dir) {
     std::filesystem::create_directories(dir);
     std::vector<model::NamedTensor> tensors;
-    auto params = model_.parameters();
+    const std::vector<float> params = model_.download_parameters();
     for (auto& t : model_.tensors())
       tensors.push_back({t.name, t.shape, {params.data() + t.offset, std::size_t(t.numel)}});
     model::save_checkpoint(model_.config(), tensors, dir);
     io::SafetensorsWriter opt;
+    const std::vector<float> m = download(optimizer_.first_moment()), v = download(optimizer_.second_moment());
     for (auto& t : model_.tensors()) {
-      opt.add("exp_avg." + t.name, t.shape,
-              std::span<const float>(optimizer_.first_moment().data() + t.offset, std::size_t(t.numel)));
-      opt.add("exp_avg_sq." + t.name, t.shape,
-              std::span<const float>(optimizer_.second_moment().data() + t.offset, std::size_t(t.numel)));
+      opt.add("exp_avg." + t.name, t.shape, std::span<const float>(m.data() + t.offset, std::size_t(t.numel)));
+      opt.add("exp_avg_sq." + t.name, t.shape, std::span<const float>(v.data() + t.offset, std::size_t(t.numel)));
     }
     opt.write(dir / "optimizer.safetensors");
     nlohmann::ordered_json state{{"step", step_},
@@ -162,7 +169,7 @@ class TrainerCore {
             dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
     require(state.value("objective", std::string()) == objective_name_, dir.string(), ": the checkpoint was trained with the \"",
             state.value("objective", std::string()), "\" objective, not \"", objective_name_, "\"");
-    std::copy(resumed.parameters().begin(), resumed.parameters().end(), model_.parameters().begin());
+    model_.upload_parameters(resumed.parameters());
     io::SafetensorsFile opt(dir / "optimizer.safetensors");
     for (auto& t : model_.tensors())
       for (auto [prefix, dst] : {std::pair{"exp_avg.", optimizer_.first_moment()},
@@ -170,7 +177,9 @@ class TrainerCore {
         const auto& e = opt.at(prefix + t.name);
         require(e.dtype == DType::f32 && e.numel() == t.numel, opt.path(), ": \"", e.name, "\" has dtype ",
                 name_of(e.dtype), " and ", e.numel(), " elements; expected F32 and ", t.numel);
-        std::memcpy(dst.data() + t.offset, e.bytes.data(), std::size_t(t.numel) * sizeof(float));
+        std::vector<float> values(std::size_t(t.numel));
+        std::memcpy(values.data(), e.bytes.data(), values.size() * sizeof(float));
+        Ops::upload(dst.data() + t.offset, values.data(), values.size());
       }
     step_ = state.at("step").get<int>();
     require(step_ >= 0 && step_ <= options_.steps, dir.string(), ": resumed at step ", step_, " of a run of ",
@@ -180,8 +189,8 @@ class TrainerCore {
   }
 
  protected:
-  TrainerCore(TrainableQwen2<float>& model, const char* objective_name, int pad_block, std::vector<Example> examples,
-              TrainOptions options)
+  BasicTrainerCore(Model& model, const char* objective_name, int pad_block, std::vector<Example> examples,
+                   TrainOptions options)
       : model_(model), objective_name_(objective_name), pad_block_(pad_block), examples_(std::move(examples)),
         options_(options) {
     options_.validate(pad_block_);
@@ -191,12 +200,18 @@ class TrainerCore {
     windows_ = pack(examples_, options_.context, pad_block_, pad_id_, shuffled_order(examples_.size(), epoch_seed(0)));
     require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
             windows_.ids.size(), " tokens in all)");
-    optimizer_ = AdamW<float>(model.parameters().size(), options_.adam);
+    optimizer_ = AdamW<float, Backend>(model.parameters().size(), options_.adam);
     std::vector<std::pair<std::size_t, std::size_t>> decay;
     for (auto& t : model.tensors())
       if (t.shape.size() == 2) decay.push_back({std::size_t(t.offset), std::size_t(t.numel)});
     optimizer_.set_decay_ranges(decay);
     staging_.length = options_.context;
+  }
+
+  static std::vector<float> download(std::span<const float> values) {
+    std::vector<float> host(values.size());
+    Ops::download(host.data(), values.data(), host.size());
+    return host;
   }
 
   //! Micro-batch `k` of the step under way, staged in staging_: builds the objective's batch,
@@ -246,12 +261,12 @@ class TrainerCore {
     for (auto& line : keep) log_ << line << "\n";
   }
 
-  TrainableQwen2<float>& model_;
+  Model& model_;
   const char* objective_name_;
   int pad_block_;
   std::vector<Example> examples_;
   TrainOptions options_;
-  AdamW<float> optimizer_;
+  AdamW<float, Backend> optimizer_;
   Windows windows_, staging_;
   ModelBatch batch_;
   std::ofstream log_;
@@ -259,19 +274,24 @@ class TrainerCore {
   int step_ = 0, pad_id_ = -1, last_saved_ = -1;
 };
 
-//! Trains `model` with objective O: TrainerCore's run, with O's micro-batches and attention mask.
-template <Objective O>
-class Trainer final : public TrainerCore {
+//! The host's trainer core, what a program that trains on the host holds.
+using TrainerCore = BasicTrainerCore<backend::Host>;
+
+//! Trains `model` with objective O: the core's run, with O's micro-batches and attention mask.
+template <Objective O, class Backend = backend::Host>
+class Trainer final : public BasicTrainerCore<Backend> {
+  using Core = BasicTrainerCore<Backend>;
+
  public:
-  Trainer(TrainableQwen2<float>& model, O objective, std::vector<Example> examples, TrainOptions options)
-      : TrainerCore(model, O::name, objective.pad_block(), std::move(examples), options),
-        objective_(std::move(objective)) {}
+  Trainer(typename Core::Model& model, O objective, std::vector<Example> examples, TrainOptions options)
+      : Core(model, O::name, objective.pad_block(), std::move(examples), options), objective_(std::move(objective)) {}
 
  private:
   double micro_batch(int k) override {
-    Rng rng(noise_seed(step_, k));
-    objective_.build(staging_, 0, options_.batch, rng, batch_);
-    return model_.step(batch_, objective_.mask(options_.context), true, 1.0f / float(options_.accumulate)).loss;
+    Rng rng(this->noise_seed(this->step_, k));
+    const TrainOptions& o = this->options_;
+    objective_.build(this->staging_, 0, o.batch, rng, this->batch_);
+    return this->model_.step(this->batch_, objective_.mask(o.context), true, 1.0f / float(o.accumulate)).loss;
   }
 
   O objective_;

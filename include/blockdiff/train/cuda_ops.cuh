@@ -15,6 +15,8 @@
 //   the kernels are written to be right and simple, not tiled for speed.
 // - The embedding's backward and the scatter of the loss rows add with atomics: a token that
 //   repeats adds its rows in an unspecified order (a rounding difference from the host).
+// - The optimiser: the global norm is a sum of squares in double (fixed partial sums, added in
+//   order), and AdamW applies the host's per-element update (ops::AdamWStep::apply) in a kernel.
 //
 // Each operation is checked against its host twin by tests/cuda/train.cpp.
 #pragma once
@@ -347,6 +349,33 @@ __global__ void scatter_add_rows_kernel(const float* src, const std::int64_t* in
   if (i < n * H) atomicAdd(dst + index[i / H] * H + i % H, src[i]);
 }
 
+//! partial[block] = Σ x² over a grid-strided share, in double; then total = Σ partial in order.
+constexpr int kNormBlocks = 256;
+__global__ void sum_squares_kernel(const float* x, std::size_t n, double* partial) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  double s = 0.0;
+  for (std::size_t i = blockIdx.x * std::size_t(kThreads) + threadIdx.x; i < n; i += std::size_t(gridDim.x) * kThreads)
+    s += double(x[i]) * double(x[i]);
+  const double total = Reduce(tmp).Sum(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+__global__ void add_partials_kernel(double* partial, int parts) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double s = 0.0;
+  for (int p = 0; p < parts; ++p) s += partial[p];
+  partial[0] = s;
+}
+__global__ void scale_kernel(float* x, std::size_t n, float s) {
+  const std::size_t i = blockIdx.x * std::size_t(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+__global__ void adamw_kernel(float* params, const float* grads, float* m, float* v, std::size_t begin,
+                             std::size_t end, ::blockdiff::train::ops::AdamWStep<float> step, bool decay) {
+  const std::size_t i = begin + blockIdx.x * std::size_t(blockDim.x) + threadIdx.x;
+  if (i < end) step.apply(params[i], grads[i], m[i], v[i], decay);
+}
+
 inline void check_launch() { BLOCKDIFF_CUDA_CHECK(cudaGetLastError()); }
 
 }  // namespace detail::cuda::training
@@ -498,6 +527,32 @@ struct Ops<backend::Cuda> {
   static void gather_rows(const float* src, const std::int64_t* index, std::int64_t n, int H, float* dst) {
     if (n == 0) return;
     kernels::gather_rows_kernel<<<kernels::blocks_for(n * H), 256, 0, Backend::stream()>>>(src, index, n, H, dst);
+    kernels::check_launch();
+  }
+  //! Σ x², in double, back on the host (waits for the device).
+  static double sum_squares(const float* x, std::size_t n) {
+    if (n == 0) return 0.0;
+    double* partial = Backend::scratch<double>(kernels::kNormBlocks);
+    const int blocks = int(std::min<std::size_t>(kernels::kNormBlocks, (n + kernels::kThreads - 1) / kernels::kThreads));
+    kernels::sum_squares_kernel<<<blocks, kernels::kThreads, 0, Backend::stream()>>>(x, n, partial);
+    kernels::check_launch();
+    kernels::add_partials_kernel<<<1, 32, 0, Backend::stream()>>>(partial, blocks);
+    kernels::check_launch();
+    double total = 0.0;
+    Backend::download(&total, partial, 1);
+    return total;
+  }
+  static void scale(float* x, std::size_t n, float s) {
+    if (n == 0) return;
+    kernels::scale_kernel<<<kernels::blocks_for(std::int64_t(n)), 256, 0, Backend::stream()>>>(x, n, s);
+    kernels::check_launch();
+  }
+  //! The AdamW update of elements [begin, end).
+  static void adamw(float* params, const float* grads, float* m, float* v, std::size_t begin, std::size_t end,
+                    const AdamWStep<float>& step, bool decay) {
+    if (end <= begin) return;
+    kernels::adamw_kernel<<<kernels::blocks_for(std::int64_t(end - begin)), 256, 0, Backend::stream()>>>(
+        params, grads, m, v, begin, end, step, decay);
     kernels::check_launch();
   }
   static void scatter_add_rows(const float* src, const std::int64_t* index, std::int64_t n, int H, float* dst) {
