@@ -174,6 +174,11 @@ __global__ void swiglu_backward_kernel(const float* dh, const float* gate, const
   dup[i] = dh[i] * g * s;
 }
 
+//! Values per token of q (all heads) and of k or v (all K/V heads).
+__device__ inline std::int64_t q_width(const AttentionDims& dims) { return std::int64_t(dims.heads) * dims.head_dim; }
+__device__ inline std::int64_t kv_width(const AttentionDims& dims) {
+  return std::int64_t(dims.kv_heads) * dims.head_dim;
+}
 //! Where query or key `i` of row `r` starts in a packed [rows·S, width] array, at head `h`.
 __device__ inline std::int64_t at(const AttentionDims& dims, int r, int i, std::int64_t width, int h) {
   return (std::int64_t(r) * dims.length + i) * width + std::int64_t(h) * dims.head_dim;
@@ -192,7 +197,7 @@ __global__ void attention_forward_kernel(const float* q, const float* k, const f
   extern __shared__ float smem[];
   const int S = dims.length, d = dims.head_dim, i = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
   const int kh = h / (dims.heads / dims.kv_heads);
-  const std::int64_t qd = std::int64_t(dims.heads) * dims.head_dim, kvd = std::int64_t(dims.kv_heads) * dims.head_dim;
+  const std::int64_t qd = q_width(dims), kvd = kv_width(dims);
   float* qs = smem;
   float* p = smem + d;
   for (int c = threadIdx.x; c < d; c += kThreads) qs[c] = q[at(dims, r, i, qd, h) + c];
@@ -232,7 +237,7 @@ __global__ void attention_backward_dq_kernel(const float* dout, const float* q, 
   extern __shared__ float smem[];
   const int S = dims.length, d = dims.head_dim, i = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
   const int kh = h / (dims.heads / dims.kv_heads);
-  const std::int64_t qd = std::int64_t(dims.heads) * dims.head_dim, kvd = std::int64_t(dims.kv_heads) * dims.head_dim, qi = at(dims, r, i, qd, h);
+  const std::int64_t qd = q_width(dims), kvd = kv_width(dims), qi = at(dims, r, i, qd, h);
   const std::int64_t stat = (std::int64_t(r) * dims.heads + h) * S + i;
   float* qs = smem;
   float* dos = smem + d;
@@ -273,7 +278,7 @@ __global__ void attention_backward_dkdv_kernel(const float* dout, const float* q
   extern __shared__ float smem[];
   const int S = dims.length, d = dims.head_dim, j = blockIdx.x, kh = blockIdx.y, r = blockIdx.z;
   const int group = dims.heads / dims.kv_heads;
-  const std::int64_t qd = std::int64_t(dims.heads) * dims.head_dim, kvd = std::int64_t(dims.kv_heads) * dims.head_dim, kj = at(dims, r, j, kvd, kh);
+  const std::int64_t qd = q_width(dims), kvd = kv_width(dims), kj = at(dims, r, j, kvd, kh);
   float* ks = smem;
   float* vs = smem + d;
   float* acc_k = smem + 2 * d;
