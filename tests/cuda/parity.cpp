@@ -9,27 +9,15 @@
 
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
+#include "compare.hpp"
 #include "launchers.hpp"
 
 using namespace blockdiff;
 namespace gpu = blockdiff::test::cuda;
+using test::randn;
+using test::rel;
 
 namespace {
-std::vector<float> randn(std::size_t n, std::uint64_t seed) {
-  Rng r(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = static_cast<float>(r.normal());
-  return v;
-}
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
 // f32 results of differently ordered sums agree to a few ulps times the reduction length.
 constexpr double kTol = 2e-5;
 }  // namespace

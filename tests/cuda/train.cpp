@@ -11,28 +11,15 @@
 
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
+#include "compare.hpp"
 #include "launchers.hpp"
 
 using namespace blockdiff;
 namespace gpu = blockdiff::test::cuda;
+using test::randn;
+using test::rel;
 
 namespace {
-std::vector<float> random_vector(std::size_t n, std::uint64_t seed, double scale = 1.0) {
-  Rng r(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = static_cast<float>(scale * r.normal());
-  return v;
-}
-//! max |a − b| over max |b|.
-double relative(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / std::max(den, 1e-30);
-}
 // Sums of a few hundred f32 terms in another order, through exp and a subtraction (dP − D).
 constexpr double kTol = 1e-4;
 
@@ -44,7 +31,7 @@ void check_gradients(const std::vector<train::TrainableQwen2<float>::TensorInfo>
     std::vector<float> a(got.begin() + t.offset, got.begin() + t.offset + t.numel);
     std::vector<float> b(reference + t.offset, reference + t.offset + t.numel);
     INFO(t.name);
-    CHECK(relative(a, b) <= tol);
+    CHECK(rel(a, b) <= tol);
   }
 }
 }  // namespace
@@ -60,8 +47,8 @@ TEST_CASE("training attention, forward and backward, each mask kind and GQA: CUD
       CAPTURE(mask_name);
       const train::ops::AttentionDims dims{c.rows, c.length, c.heads, c.kv_heads, c.d};
       const std::size_t tokens = std::size_t(c.rows) * c.length;
-      const auto q = random_vector(tokens * dims.q_dim(), 1), k = random_vector(tokens * dims.kv_dim(), 2),
-                 v = random_vector(tokens * dims.kv_dim(), 3), dout = random_vector(tokens * dims.q_dim(), 4);
+      const auto q = randn(tokens * dims.q_dim(), 1), k = randn(tokens * dims.kv_dim(), 2),
+                 v = randn(tokens * dims.kv_dim(), 3), dout = randn(tokens * dims.q_dim(), 4);
       std::vector<unsigned char> allowed(std::size_t(c.length) * c.length);
       if (mask_name == "causal") train::ops::fill_mask(mask::Causal{}, c.length, allowed.data());
       else if (mask_name == "full") train::ops::fill_mask(mask::Full{}, c.length, allowed.data());
@@ -75,11 +62,11 @@ TEST_CASE("training attention, forward and backward, each mask kind and GQA: CUD
       train::ops::attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dims,
                                      allowed.data(), scale, dq.data(), dk.data(), dv.data(), scratch.data());
       const auto g = gpu::train_attention(q, k, v, dout, dims, allowed, scale);
-      CHECK(relative(g.out, out) <= kTol);
-      CHECK(relative(g.lse, lse) <= kTol);
-      CHECK(relative(g.dq, dq) <= kTol);
-      CHECK(relative(g.dk, dk) <= kTol);
-      CHECK(relative(g.dv, dv) <= kTol);
+      CHECK(rel(g.out, out) <= kTol);
+      CHECK(rel(g.lse, lse) <= kTol);
+      CHECK(rel(g.dq, dq) <= kTol);
+      CHECK(rel(g.dk, dk) <= kTol);
+      CHECK(rel(g.dv, dv) <= kTol);
     }
 }
 
@@ -87,26 +74,26 @@ TEST_CASE("training RMSNorm, forward and backward (dx and dw accumulate): CUDA =
   for (auto [n, h] : {std::pair{3, 16}, {200, 300}, {64, 1536}}) {
     CAPTURE(n);
     CAPTURE(h);
-    const auto x = random_vector(std::size_t(n) * h, 5), w = random_vector(std::size_t(h), 6),
-               dy = random_vector(std::size_t(n) * h, 7), dx0 = random_vector(std::size_t(n) * h, 8),
-               dw0 = random_vector(std::size_t(h), 9);
+    const auto x = randn(std::size_t(n) * h, 5), w = randn(std::size_t(h), 6),
+               dy = randn(std::size_t(n) * h, 7), dx0 = randn(std::size_t(n) * h, 8),
+               dw0 = randn(std::size_t(h), 9);
     std::vector<float> y(x.size()), rstd(static_cast<std::size_t>(n)), dx = dx0, dw = dw0,
         scratch(std::size_t(train::ops::Ops<backend::Host>::rmsnorm_scratch(n, h)));
     train::ops::Ops<backend::Host>::rmsnorm_forward(x.data(), n, h, w.data(), 1e-6f, y.data(), rstd.data());
     train::ops::Ops<backend::Host>::rmsnorm_backward(dy.data(), x.data(), rstd.data(), n, h, w.data(), dx.data(),
                                                      dw.data(), scratch.data());
     const auto g = gpu::train_rmsnorm(x, n, h, w, 1e-6f, dy, dx0, dw0);
-    CHECK(relative(g.y, y) <= kTol);
-    CHECK(relative(g.rstd, rstd) <= kTol);
-    CHECK(relative(g.dx, dx) <= kTol);
-    CHECK(relative(g.dw, dw) <= kTol);
+    CHECK(rel(g.y, y) <= kTol);
+    CHECK(rel(g.rstd, rstd) <= kTol);
+    CHECK(rel(g.dx, dx) <= kTol);
+    CHECK(rel(g.dw, dw) <= kTol);
   }
 }
 
 TEST_CASE("training loss head (lm_head product, cross-entropy and its gradients): CUDA == host") {
   const int n = 50, h = 32, vocab = 1000;
-  const auto x = random_vector(std::size_t(n) * h, 10), head = random_vector(std::size_t(vocab) * h, 11, 0.3),
-             dhead0 = random_vector(std::size_t(vocab) * h, 12);
+  const auto x = randn(std::size_t(n) * h, 10), head = randn(std::size_t(vocab) * h, 11, 0.3),
+             dhead0 = randn(std::size_t(vocab) * h, 12);
   std::vector<int> labels(n);
   for (int i = 0; i < n; ++i) labels[std::size_t(i)] = (i * 37) % vocab;
   std::vector<float> logits(std::size_t(n) * vocab), dx(x.size()), dhead = dhead0;
@@ -114,8 +101,8 @@ TEST_CASE("training loss head (lm_head product, cross-entropy and its gradients)
                                                      logits.data(), dx.data(), dhead.data());
   const auto g = gpu::train_cross_entropy(x, n, h, head, vocab, labels, 0.02f, dhead0);
   CHECK(g.loss == doctest::Approx(loss).epsilon(1e-5));
-  CHECK(relative(g.dx, dx) <= kTol);
-  CHECK(relative(g.dhead, dhead) <= kTol);
+  CHECK(rel(g.dx, dx) <= kTol);
+  CHECK(rel(g.dhead, dhead) <= kTol);
 }
 
 TEST_CASE("a whole training step on the device: the golden loss and gradients, and the host's") {
@@ -193,8 +180,8 @@ TEST_CASE("a training step of models with head_dim 64 and 128 over 192-token row
 
 TEST_CASE("the optimiser on the device: AdamW with and without decay, and the global norm: CUDA == host") {
   const std::size_t n = 100000;  // over the host's threading threshold and many blocks
-  auto params = random_vector(n, 20), grads = random_vector(n, 21, 0.01), m = random_vector(n, 22, 0.01),
-       v = random_vector(n, 23, 0.01);
+  auto params = randn(n, 20), grads = randn(n, 21, 0.01), m = randn(n, 22, 0.01),
+       v = randn(n, 23, 0.01);
   for (auto& x : v) x = x * x;
   const train::ops::AdamWStep<float> step{0.9f, 0.95f, 2e-3f, 1.3f, 1e-8f, 1.0f - 2e-4f};
   for (bool decay : {false, true}) {
@@ -203,9 +190,9 @@ TEST_CASE("the optimiser on the device: AdamW with and without decay, and the gl
     const std::size_t begin = 1000, end = n - 7;
     train::ops::Ops<backend::Host>::adamw(hp.data(), grads.data(), hm.data(), hv.data(), begin, end, step, decay);
     const auto g = gpu::train_adamw(params, grads, m, v, begin, end, step, decay);
-    CHECK(relative(g.params, hp) <= 1e-6);
-    CHECK(relative(g.m, hm) <= 1e-6);
-    CHECK(relative(g.v, hv) <= 1e-6);
+    CHECK(rel(g.params, hp) <= 1e-6);
+    CHECK(rel(g.m, hm) <= 1e-6);
+    CHECK(rel(g.v, hv) <= 1e-6);
     CHECK(g.params[begin - 1] == params[begin - 1]);  // outside the range: untouched
     CHECK(g.params[end] == params[end]);
     CHECK(g.sum_squares == doctest::Approx(train::ops::Ops<backend::Host>::sum_squares(hp.data(), n)).epsilon(1e-9));
