@@ -390,24 +390,10 @@ namespace train::ops {
 namespace kernels = ::blockdiff::detail::cuda::training;
 
 template <>
-struct Ops<backend::Cuda> {
+struct Ops<backend::Cuda> : backend::Cuda {
   using Backend = backend::Cuda;
-  template <class T>
-  using buffer = DeviceBuffer<T>;
   struct Scope {};
 
-  template <class T>
-  static void upload(T* dst, const T* src, std::size_t n) {
-    Backend::upload(dst, src, n);
-  }
-  template <class T>
-  static void download(T* dst, const T* src, std::size_t n) {
-    Backend::download(dst, src, n);
-  }
-  template <class T>
-  static void copy(T* dst, const T* src, std::size_t n) {
-    Backend::copy(dst, src, n);
-  }
   template <class T>
   static void zero(T* dst, std::size_t n) {
     if (n) BLOCKDIFF_CUDA_CHECK(cudaMemsetAsync(dst, 0, n * sizeof(T), Backend::stream()));

@@ -432,8 +432,9 @@ struct AdamWStep {
 
 // ---- one backend's operations ----------------------------------------------------------------
 
-//! The training operations of `Backend`, with its memory: every pointer they take lives in
-//! `buffer<T>` memory of the backend. Specialise it for a new backend.
+//! The training operations of `Backend`. A specialisation derives from the backend, so that its
+//! memory (`buffer<T>`) and transfers (`upload`, `copy`) are the backend's own; every pointer the
+//! operations take lives in that memory. Specialise it for a new backend.
 template <class Backend>
 struct Ops {
   static_assert(::blockdiff::detail::dependent_false<Backend>,
@@ -442,23 +443,13 @@ struct Ops {
 };
 
 template <>
-struct Ops<backend::Host> {
+struct Ops<backend::Host> : backend::Host {
   using Backend = backend::Host;
-  template <class T>
-  using buffer = Buffer<T>;
   //! Held for the length of a step.
   using Scope = BlasInCallerThread;
 
   template <class T>
-  static void upload(T* dst, const T* src, std::size_t n) {
-    std::copy_n(src, n, dst);
-  }
-  template <class T>
   static void download(T* dst, const T* src, std::size_t n) {
-    std::copy_n(src, n, dst);
-  }
-  template <class T>
-  static void copy(T* dst, const T* src, std::size_t n) {
     std::copy_n(src, n, dst);
   }
   template <class T>
