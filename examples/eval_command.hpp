@@ -1,6 +1,7 @@
 // `blockdiff eval` (one decoder on a task's held-out split) and `blockdiff study` (the ablation
-// study: AR against block-diffusion decoding over thresholds, caches, sub-blocks, policies and
-// inference block sizes; a table, a CSV and an SVG plot of accuracy against tokens/s).
+// study: AR against block-diffusion decoding over thresholds, caches, sub-blocks, policies,
+// inference block sizes and the commit forward; a table, a CSV and an SVG plot of accuracy
+// against tokens/s).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -106,6 +107,7 @@ class EvalCommand {
       out["sub_block"] = spec_.sub_block;
       out["cache"] = spec_.cache;
       out["threshold"] = spec_.threshold;
+      out["commit"] = spec_.no_commit ? "reuse" : "forward";
     }
     std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
     return 0;
@@ -191,6 +193,22 @@ class StudyCommand {
       s.k = int(knob);
       add("policy", s, policy);
     }
+    // The commit forward (§3.3): re-encoding a finished block for clean K/V and the next block's
+    // first token, against keeping the last denoising forward's K/V and last row (Commit::reuse).
+    if (PolicyShapes::visit(block_, sub_block_, []<class>() {})) {
+      for (std::string c : {"block", "hierarchical"})
+        for (float t : {0.9f, 1.0f})
+          for (bool reuse : {false, true}) {
+            auto s = d;
+            s.cache = c;
+            s.threshold = t;
+            s.no_commit = reuse;
+            add("commit forward", s, "threshold");
+          }
+    } else {
+      std::fprintf(stderr, "study: no commit-forward group (--no-commit is compiled at block/sub-block %s only)\n",
+                   PolicyShapes::list);
+    }
 
     // Progress: one line rewritten in place on a terminal, a line per configuration in a log.
     const bool terminal = isatty(fileno(stderr)) != 0;
@@ -225,25 +243,26 @@ class StudyCommand {
     else std::snprintf(buf, sizeof buf, "%.2f", r.spec.threshold);
     return buf;
   }
+  static std::string commit_text(const Row& r) { return r.ar ? "-" : r.spec.no_commit ? "reuse" : "forward"; }
   static std::string label(const Row& r) {
     if (r.ar) return "ar (" + r.model + ")";
     return r.decoder + " " + knob_text(r) + " " + std::to_string(r.spec.block) + "/" + std::to_string(r.spec.sub_block) +
-           " " + r.spec.cache;
+           " " + r.spec.cache + (r.spec.no_commit ? " no-commit" : "");
   }
 
   void print_table(const std::vector<Row>& rows, double ar_tps) const {
     std::printf("task %s, %d held-out examples, batch %d, block %d (trained), OMP threads %s\n\n", task_.c_str(), n_,
                 batch_, block_, std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default");
-    std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %8s %9s %7s %7s %8s\n", "group", "model", "decoder", "knob", "block",
-                "sub", "cache", "accuracy", "tokens/s", "tok/fwd", "fwd/tok", "vs AR");
+    std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %-7s %8s %9s %7s %7s %8s\n", "group", "model", "decoder", "knob",
+                "block", "sub", "cache", "commit", "accuracy", "tokens/s", "tok/fwd", "fwd/tok", "vs AR");
     std::string last;
     for (auto& r : rows) {
       if (r.group != last && !last.empty()) std::printf("\n");
       last = r.group;
-      std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %7.1f%% %9.0f %7.2f %7.2f %7.2fx\n", r.group.c_str(),
+      std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %-7s %7.1f%% %9.0f %7.2f %7.2f %7.2fx\n", r.group.c_str(),
                   r.model.c_str(), r.decoder.c_str(), knob_text(r).c_str(), r.ar ? "-" : std::to_string(r.spec.block).c_str(),
                   r.ar ? "-" : std::to_string(r.spec.sub_block).c_str(), r.ar ? "-" : r.spec.cache.c_str(),
-                  100 * r.report.accuracy(), r.report.tokens_per_second(), r.report.tokens_per_forward(),
+                  commit_text(r).c_str(), 100 * r.report.accuracy(), r.report.tokens_per_second(), r.report.tokens_per_forward(),
                   r.report.forwards_per_token(), r.report.tokens_per_second() / ar_tps);
     }
     std::fflush(stdout);
@@ -253,13 +272,14 @@ class StudyCommand {
     std::ofstream f(path);
     require(f.good(), path.string(), ": cannot write");
     f << "group,model,decoder,knob,block,sub_block,cache,n,accuracy,tokens_per_second,tokens_per_forward,"
-         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar\n";
+         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar,commit\n";
     for (auto& r : rows)
       f << r.group << "," << r.model << "," << r.decoder << "," << knob_text(r) << "," << (r.ar ? 0 : r.spec.block) << ","
         << (r.ar ? 0 : r.spec.sub_block) << "," << (r.ar ? "-" : r.spec.cache) << "," << r.report.n << ","
         << r.report.accuracy() << "," << r.report.tokens_per_second() << "," << r.report.tokens_per_forward() << ","
         << r.report.forwards_per_token() << "," << r.report.new_tokens << "," << r.report.denoising_forwards << ","
-        << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << "\n";
+        << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << ","
+        << commit_text(r) << "\n";
     std::printf("\nwrote %s\n", path.string().c_str());
   }
 

@@ -18,7 +18,7 @@ rows = list(csv.DictReader(open(f"{out}/study.csv")))
 groups = {}
 for r in rows:
     groups.setdefault(r["group"], []).append(r)
-expect = {"baseline": 2, "threshold x cache": 18, "sub-block (Table 3)": 8, "block mismatch (Table 4)": 10, "policy": 6}
+expect = {"baseline": 2, "threshold x cache": 18, "sub-block (Table 3)": 8, "block mismatch (Table 4)": 10, "policy": 6, "commit forward": 8}
 for g, n in expect.items():
     if len(groups.get(g, [])) != n:
         failures.append(f"group {g!r}: {len(groups.get(g, []))} rows, expected {n}")
@@ -49,7 +49,19 @@ for r in rows:
         failures.append(f"{name}: threshold 1.0 gave {new} tokens from {den} denoising of {tot} forwards")
     if tot < den:
         failures.append(f"{name}: fewer forwards in all than denoising forwards")
-for line in ("group", "baseline", "threshold x cache", "policy"):
+    if r["commit"] not in (("-",) if r["decoder"] == "ar" else ("forward", "reuse")):
+        failures.append(f"{name}: commit mode {r['commit']!r}")
+    if r["commit"] == "reuse" and tot - den > n:
+        # Without the commit forward, the only forwards that are not denoising ones are the
+        # prefills, at most one per example.
+        failures.append(f"{name}: no commit forward, yet {tot - den} non-denoising forwards for {n} examples")
+commit = groups.get("commit forward", [])
+for c in ("block", "hierarchical"):
+    for t in ("0.90", "1.00"):
+        modes = {r["commit"] for r in commit if r["cache"] == c and r["knob"] == t}
+        if modes != {"forward", "reuse"}:
+            failures.append(f"commit forward group, cache {c}, threshold {t}: modes {sorted(modes)}")
+for line in ("group", "baseline", "threshold x cache", "policy", "commit forward"):
     if line not in run.stdout:
         failures.append(f"the printed table lacks {line!r}")
 for f in failures:
