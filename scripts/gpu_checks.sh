@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, for a machine that has one but may lack a compiler.
+#
+#   bash scripts/gpu_checks.sh pack            # here: build the CUDA binaries into build/gpu/
+#   bash scripts/gpu_checks.sh STAGE [STAGE..] # there, from the repository root, with build/gpu/
+#
+# Stages, in the order worth running them (each writes <stage>.log under $OUT, or results/gpu):
+#   parity      every CUDA test: operations, whole models and decodes, sampling, training
+#   bench       bench_cuda_decode (BF16 and f32 weights) and bench_cuda_train
+#   memcheck    compute-sanitizer memcheck over every case but the whole decodes, and over the
+#               decode benchmark's recorded graphs
+#   memcheck-decodes   memcheck over the whole decodes, graphs off, then on with blocking launches
+#   racecheck   compute-sanitizer racecheck over every case but the whole decodes
+# Each stage stays under 10 minutes. The exit status is the first failure's.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=build/gpu
+out="${OUT:-results/gpu}"
+
+if [ "${1:-}" = "pack" ]; then
+  set -e
+  export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
+  cmake --preset host >/dev/null
+  cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_train
+  mkdir -p "$bin/lib"
+  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_decode build/host/bench/bench_cuda_train "$bin/"
+  # Google Benchmark's shared library, which the device machine may not have.
+  cp -L "$(ldd "$bin/bench_cuda_decode" | awk '/libbenchmark/ {print $3}')" "$bin/lib/"
+  du -sh "$bin"
+  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then memcheck, memcheck-decodes, racecheck)"
+  exit 0
+fi
+
+for stage in "$@"; do
+  case "$stage" in parity | memcheck | memcheck-decodes | racecheck | bench) ;;
+    *) echo "unknown stage \"$stage\" (pack, or: parity, memcheck, memcheck-decodes, racecheck, bench)" >&2; exit 2 ;;
+  esac
+done
+[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ -x "$bin/test_cuda_parity" ] || { echo "no $bin/test_cuda_parity: run 'bash scripts/gpu_checks.sh pack' first" >&2; exit 2; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || { echo "no GPU here" >&2; exit 77; }
+mkdir -p "$out"
+export BLOCKDIFF_TEST_DATA="$PWD/tests/data" LD_LIBRARY_PATH="$PWD/$bin/lib:${LD_LIBRARY_PATH:-}"
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+status=0
+
+# run LOG LIMIT_S COMMAND...: appends the command's output to LOG, with its status and time.
+run() {
+  local name=$1 log="$out/$1" limit=$2
+  shift 2
+  echo "\$ $*" >>"$log"
+  local start=$SECONDS
+  timeout "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  echo "exit $rc after $((SECONDS - start)) s" >>"$log"
+  local cmd="$*"
+  echo "$name: ${cmd//$PWD\//} ... exit $rc, $((SECONDS - start)) s"
+  [ $rc -eq 0 ] || [ $status -ne 0 ] || status=$rc
+  return 0
+}
+summary() { grep -E "$2" "$out/$1" | tail -n "${3:-6}"; }
+
+for stage in "$@"; do
+  case "$stage" in
+    parity)
+      run parity.log 300 "$bin/test_cuda_parity"
+      summary parity.log "test cases|assertions|FAILED|ERROR" ;;
+    memcheck)
+      [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }
+      run memcheck.log 360 "$sanitizer" --tool memcheck "$bin/test_cuda_parity" -tce="*whole decodes*"
+      run memcheck.log 200 env BLOCKDIFF_BENCH_PRESET=qwen2.5-0.5b "$sanitizer" --tool memcheck "$bin/bench_cuda_decode" \
+        --benchmark_filter='forward_shapes/context:256/graphs'
+      summary memcheck.log "ERROR SUMMARY|test cases|exit" 8 ;;
+    memcheck-decodes)
+      [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }
+      run memcheck-decodes.log 280 env BLOCKDIFF_CUDA_GRAPHS=0 "$sanitizer" --tool memcheck "$bin/test_cuda_parity" \
+        -tc="*whole decodes*"
+      run memcheck-decodes.log 280 "$sanitizer" --tool memcheck --force-blocking-launches "$bin/test_cuda_parity" \
+        -tc="*whole decodes*"
+      summary memcheck-decodes.log "ERROR SUMMARY|test cases|exit" 8 ;;
+    racecheck)
+      [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }
+      run racecheck.log 540 "$sanitizer" --tool racecheck "$bin/test_cuda_parity" -tce="*whole decodes*"
+      summary racecheck.log "RACECHECK SUMMARY|test cases|exit" ;;
+    bench)
+      run bench.log 240 "$bin/bench_cuda_decode"
+      run bench.log 150 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes|end_to_end'
+      run bench.log 180 "$bin/bench_cuda_train"
+      summary bench.log "cuda/forward_shapes|cuda/end_to_end|train_step|ERROR|exit" 40 ;;
+  esac
+done
+exit $status
