@@ -300,6 +300,8 @@ class StudyCommand {
         << "' ? $10 : 1/0):($9*100) with linespoints title 'threshold 0.5..1, cache " << c << "', \\\n";
     g << "  csv using (strcol(1) eq 'policy' ? $10 : 1/0):($9*100):3 with labels point pt 6 offset 1,0.5 left "
          "font ',9' title 'policies (hierarchical)', \\\n"
+      << "  csv using (strcol(1) eq 'commit forward' && strcol(18) eq 'reuse' ? $10 : 1/0):($9*100) with points pt 4 "
+         "ps 1.5 title 'no commit forward (threshold 0.9, 1.0)', \\\n"
       << "  csv using (strcol(1) eq 'baseline' ? $10 : 1/0):($9*100) with points pt 7 ps 2 title 'AR decoding'\n";
     g.close();
     const std::string cmd = "gnuplot '" + script.string() + "' 2>&1";
