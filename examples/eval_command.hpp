@@ -39,30 +39,12 @@ struct TaskModel {
 };
 
 //! AR decoding as an eval::BatchDecoder.
-inline eval::BatchDecoder ar_decoder(TaskModel& m, int max_new) {
-  return [&m, max_new](std::span<const std::vector<int>> prompts) {
-    decode::ArOptions o;
-    o.max_new_tokens = max_new;
-    o.eos_id = m.vocab.eos_id();
-    std::vector<eval::RowOutput> out;
-    for (auto& r : decode::ar_generate(m.model, std::vector<std::vector<int>>(prompts.begin(), prompts.end()), o))
-      out.push_back({r.tokens, r.decode_forwards, r.prefill_forwards + r.decode_forwards});
-    return out;
-  };
-}
+inline eval::BatchDecoder ar_decoder(TaskModel& m, int max_new) { return eval::ar_decoder(m.model, m.vocab, max_new); }
 
-//! Block-diffusion decoding with `spec` as an eval::BatchDecoder.
+//! Block-diffusion decoding with `spec` (chosen at run time) as an eval::BatchDecoder.
 inline eval::BatchDecoder diffusion_decoder(TaskModel& m, DecoderSpec spec, int max_new) {
-  return [&m, spec, max_new](std::span<const std::vector<int>> prompts) {
-    decode::DecodeOptions o;
-    o.max_new_tokens = max_new;
-    o.mask_id = m.vocab.mask_id();
-    o.eos_id = m.vocab.eos_id();
-    o.trace = false;
-    std::vector<eval::RowOutput> out;
-    for (auto& r : decode_batch(spec, m.model, prompts, o))
-      out.push_back({r.tokens, r.trace.denoising_forwards(), r.trace.total_forwards()});
-    return out;
+  return [&m, spec, o = eval::decode_options(m.vocab, max_new)](std::span<const std::vector<int>> prompts) {
+    return eval::row_outputs(decode_batch(spec, m.model, prompts, o));
   };
 }
 

@@ -6,7 +6,9 @@
 #
 # Stages, in the order worth running them (each writes <stage>.log under $OUT, or results/gpu):
 #   parity      every CUDA test: operations, whole models and decodes, sampling, training
-#   bench       bench_cuda_decode (BF16 and f32 weights) and bench_cuda_train
+#   bench       bench_cuda_decode (BF16 weights), bench_cuda_study (the study's headline on the
+#               embedded models) and bench_cuda_train
+#   bench-f32   bench_cuda_decode's forwards and end-to-end runs with f32 weights
 #   memcheck    compute-sanitizer memcheck over every case but the whole decodes, and over the
 #               decode benchmark's recorded graphs
 #   memcheck-decodes   memcheck over the whole decodes, graphs off, then on with blocking launches
@@ -21,22 +23,23 @@ if [ "${1:-}" = "pack" ]; then
   set -e
   export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
   cmake --preset host >/dev/null
-  cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_train
+  cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_study bench_cuda_train
   mkdir -p "$bin/lib"
-  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_decode build/host/bench/bench_cuda_train "$bin/"
+  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} "$bin/"
   # Google Benchmark's shared library, which the device machine may not have.
   cp -L "$(ldd "$bin/bench_cuda_decode" | awk '/libbenchmark/ {print $3}')" "$bin/lib/"
   du -sh "$bin"
-  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then memcheck, memcheck-decodes, racecheck)"
+  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then bench-f32, memcheck, memcheck-decodes, racecheck)"
   exit 0
 fi
 
 for stage in "$@"; do
-  case "$stage" in parity | memcheck | memcheck-decodes | racecheck | bench) ;;
-    *) echo "unknown stage \"$stage\" (pack, or: parity, memcheck, memcheck-decodes, racecheck, bench)" >&2; exit 2 ;;
+  case "$stage" in parity | bench | bench-f32 | memcheck | memcheck-decodes | racecheck) ;;
+    *) echo "unknown stage \"$stage\" (pack, or: parity, bench, bench-f32, memcheck, memcheck-decodes, racecheck)" >&2
+       exit 2 ;;
   esac
 done
-[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
 [ -x "$bin/test_cuda_parity" ] || { echo "no $bin/test_cuda_parity: run 'bash scripts/gpu_checks.sh pack' first" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || { echo "no GPU here" >&2; exit 77; }
 mkdir -p "$out"
@@ -84,9 +87,12 @@ for stage in "$@"; do
       summary racecheck.log "RACECHECK SUMMARY|test cases|exit" ;;
     bench)
       run bench.log 240 "$bin/bench_cuda_decode"
-      run bench.log 150 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes|end_to_end'
+      run bench.log 150 env BLOCKDIFF_MODELS="$PWD/models" "$bin/bench_cuda_study"
       run bench.log 180 "$bin/bench_cuda_train"
-      summary bench.log "cuda/forward_shapes|cuda/end_to_end|train_step|ERROR|exit" 40 ;;
+      summary bench.log "cuda/forward_shapes|cuda/end_to_end|study/|train_step|ERROR|exit" 40 ;;
+    bench-f32)
+      run bench-f32.log 240 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes|end_to_end'
+      summary bench-f32.log "cuda/forward_shapes|cuda/end_to_end|ERROR|exit" 12 ;;
   esac
 done
 exit $status

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/decode/ar.hpp"
+#include "blockdiff/decode/block_diffusion.hpp"
 #include "blockdiff/tokenizer/char_vocab.hpp"
 #include "blockdiff/train/tasks.hpp"
 
@@ -41,6 +43,45 @@ struct Report {
 };
 
 using BatchDecoder = std::function<std::vector<RowOutput>(std::span<const std::vector<int>>)>;
+
+//! Greedy AR decoding of `model` (any backend) as a BatchDecoder, stopping at the vocabulary's EOS.
+template <LanguageModel M>
+BatchDecoder ar_decoder(M& model, const tokenizer::CharVocab& vocab, int max_new) {
+  return [&model, eos = vocab.eos_id(), max_new](std::span<const std::vector<int>> prompts) {
+    decode::ArOptions o;
+    o.max_new_tokens = max_new;
+    o.eos_id = eos;
+    std::vector<RowOutput> out;
+    for (auto& r : decode::ar_generate(model, prompts, o))
+      out.push_back({r.tokens, r.decode_forwards, r.prefill_forwards + r.decode_forwards});
+    return out;
+  };
+}
+
+//! The decode options of a task evaluation: the vocabulary's mask and EOS, no trace.
+inline decode::DecodeOptions decode_options(const tokenizer::CharVocab& vocab, int max_new) {
+  decode::DecodeOptions o;
+  o.max_new_tokens = max_new;
+  o.mask_id = vocab.mask_id();
+  o.eos_id = vocab.eos_id();
+  o.trace = false;
+  return o;
+}
+
+//! The rows of block-diffusion results, as the evaluation counts them.
+inline std::vector<RowOutput> row_outputs(const std::vector<decode::GenerateResult>& results) {
+  std::vector<RowOutput> out;
+  for (auto& r : results) out.push_back({r.tokens, r.trace.denoising_forwards(), r.trace.total_forwards()});
+  return out;
+}
+
+//! A block-diffusion decoder (any of its types, on any backend) as a BatchDecoder.
+template <class Decoder>
+BatchDecoder diffusion_decoder(Decoder& decoder, const tokenizer::CharVocab& vocab, int max_new) {
+  return [&decoder, o = decode_options(vocab, max_new)](std::span<const std::vector<int>> prompts) {
+    return row_outputs(decoder.generate(prompts, o));
+  };
+}
 
 //! Scores `decode` on `examples`, `batch` prompts per call; `progress(done, total)` after each call.
 inline Report evaluate(const std::vector<train::tasks::TextExample>& examples, const tokenizer::CharVocab& vocab,
