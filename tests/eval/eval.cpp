@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include "blockdiff/eval/eval.hpp"
+#include "blockdiff/model/init.hpp"
 
 using namespace blockdiff;
 namespace tasks = blockdiff::train::tasks;
@@ -58,4 +59,43 @@ TEST_CASE("eval: a response with a stray [MASK] or a missing answer is wrong") {
     return out;
   };
   CHECK(eval::evaluate(examples, vocab, 2, broken).correct == 0);
+}
+
+TEST_CASE("eval: the decoder adapters pass on what the decoders did, with the vocabulary's mask and EOS") {
+  const auto vocab = tasks::vocabulary();
+  auto m = model::random_model<backend::Host>(model::preset_config("tasks"), 7);
+  const auto examples = tasks::make("mix", tasks::Split::held_out, 3);
+  std::vector<std::vector<int>> prompts;
+  for (auto& e : examples) prompts.push_back(vocab.encode(e.prompt));
+  const int max_new = 12;
+
+  decode::ArOptions ar_options;
+  ar_options.max_new_tokens = max_new;
+  ar_options.eos_id = vocab.eos_id();
+  const auto ar = decode::ar_generate(m, prompts, ar_options);
+  const auto ar_rows = eval::ar_decoder(m, vocab, max_new)(prompts);
+  REQUIRE(ar_rows.size() == prompts.size());
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    CHECK(ar_rows[r].tokens == ar[r].tokens);
+    CHECK(ar_rows[r].denoising_forwards == ar[r].decode_forwards);
+    CHECK(ar_rows[r].total_forwards == ar[r].prefill_forwards + ar[r].decode_forwards);
+  }
+
+  decode::BlockDiffusionDecoder<model::Qwen2<backend::Host>, BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>
+      decoder(m, {0.5f});
+  decode::DecodeOptions o;
+  o.max_new_tokens = max_new;
+  o.mask_id = 1;
+  o.eos_id = 0;
+  CHECK(vocab.mask_id() == 1);
+  CHECK(vocab.eos_id() == 0);
+  const auto direct = decoder.generate(prompts, o);
+  const auto rows = eval::diffusion_decoder(decoder, vocab, max_new)(prompts);
+  REQUIRE(rows.size() == prompts.size());
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    CHECK(rows[r].tokens == direct[r].tokens);
+    CHECK(rows[r].denoising_forwards == direct[r].trace.denoising_forwards());
+    CHECK(rows[r].total_forwards == direct[r].trace.total_forwards());
+    CHECK(rows[r].total_forwards > rows[r].denoising_forwards);  // a prefill or a commit forward ran
+  }
 }
