@@ -36,6 +36,33 @@ void forward(model::Qwen2<Backend>& m, model::KvCache<Backend>& cache, const std
   benchmark::DoNotOptimize(m.template forward<Mask>(rows).data());
 }
 
+//! `count` random windows of `length` token ids other than [MASK], drawn from `rng`; the first
+//! quarter of each is unsupervised (a prompt).
+inline train::Windows random_windows(const io::ModelConfig& config, int length, int count, Rng& rng) {
+  train::Windows w;
+  w.length = length;
+  for (int i = 0; i < length * count; ++i) {
+    int id = 0;
+    do id = static_cast<int>(rng.below(static_cast<std::uint64_t>(config.vocab_size)));
+    while (id == config.mask_token_id);
+    w.ids.push_back(id);
+    w.supervised.push_back(i % length >= length / 4);
+  }
+  return w;
+}
+
+//! One optimiser step of `objective` on the first `batch` windows of `w` (built into `b`):
+//! forward, backward and AdamW at a fixed learning rate, on the model's backend.
+template <class Model, class Optimizer, class Objective>
+train::LossResult optimiser_step(Model& m, Optimizer& opt, const Objective& objective, const train::Windows& w,
+                                 int batch, Rng& rng, train::ModelBatch& b) {
+  objective.build(w, 0, batch, rng, b);
+  m.zero_grad();
+  const auto r = m.step(b, objective.mask(w.length));
+  opt.update(m.parameters(), m.gradients(), 1e-4);
+  return r;
+}
+
 //! Host memory copy bandwidth in GB/s (bytes read + written), over a buffer far larger than caches.
 inline double copy_bandwidth_gbs() {
   const std::size_t n = std::size_t{1} << 28;  // 1 GiB each way

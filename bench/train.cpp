@@ -22,21 +22,10 @@ void train_step(benchmark::State& state, const char* preset, Objective objective
   train::TrainableQwen2<float> m(config);
   train::initialise(m, 1);
   Rng rng(2);
-  train::Windows w;
-  w.length = context;
-  for (int i = 0; i < context * batch; ++i) {
-    w.ids.push_back(2 + int(rng.below(std::uint64_t(config.vocab_size - 2))));
-    w.supervised.push_back(i % context >= context / 4);
-  }
+  const auto w = bench::random_windows(config, context, batch, rng);
   train::AdamW<float> opt(m.parameters().size(), {});
   train::ModelBatch b;
-  auto step = [&] {
-    objective.build(w, 0, batch, rng, b);
-    m.zero_grad();
-    const auto r = m.step(b, objective.mask(context));
-    opt.update(m.parameters(), m.gradients(), 1e-4);
-    return r;
-  };
+  auto step = [&] { return bench::optimiser_step(m, opt, objective, w, batch, rng, b); };
   const auto first = step();  // validates and sizes the arena
   if (!std::isfinite(first.loss) || first.n_tokens == 0) state.SkipWithError("the first step gave no finite loss");
   const double params = double(config.parameter_count());
