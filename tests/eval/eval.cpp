@@ -4,6 +4,8 @@
 #include "blockdiff/eval/eval.hpp"
 #include "blockdiff/model/init.hpp"
 
+#include <optional>
+
 using namespace blockdiff;
 namespace tasks = blockdiff::train::tasks;
 
@@ -89,6 +91,11 @@ TEST_CASE("eval: the decoder adapters pass on what the decoders did, with the vo
   o.eos_id = 0;
   CHECK(vocab.mask_id() == 1);
   CHECK(vocab.eos_id() == 0);
+  // What the adapter decodes with (a random model may never reach an EOS, so say it directly).
+  const auto adapted = eval::decode_options(vocab, max_new);
+  CHECK(adapted.max_new_tokens == max_new);
+  CHECK(adapted.mask_id == 1);
+  CHECK(adapted.eos_id == std::optional<int>(0));
   const auto direct = decoder.generate(prompts, o);
   const auto rows = eval::diffusion_decoder(decoder, vocab, max_new)(prompts);
   REQUIRE(rows.size() == prompts.size());
