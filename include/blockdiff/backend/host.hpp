@@ -28,7 +28,7 @@
 #include <cblas.h>
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
 #endif
 
@@ -344,13 +344,23 @@ using BuildVec = Vec8;
 constexpr Isa build_isa = Isa::portable;
 using BuildVec = Vec16;
 #endif
+// Whether Eigen's products run in SIMD registers in this translation unit. Eigen turns its
+// vectorisation off wherever nvcc compiles (its host pass included), so host code in a .cu file
+// multiplies with scalar loops unless the few-row kernel, compiled for the CPU's vectors either
+// way, takes the product instead.
+#if defined(EIGEN_VECTORIZE)
+constexpr bool eigen_vectorizes = true;
+#else
+constexpr bool eigen_vectorizes = false;
+#endif
+
 template <int N, bool Sliced, class W>
 void few_rows_groups_default(const float* x, int k, const W* w, int m, const float* b, float* y, bool acc, int g0,
                              int g1) {
   few_rows_groups<N, BuildVec, build_isa != Isa::portable, Sliced, float>(x, k, w, m, b, y, acc, g0, g1);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // The widest vectors this CPU runs, of those the host kernels have.
 inline Isa cpu_isa() {
   static const Isa isa = [] {
@@ -422,9 +432,12 @@ inline bool bf16_dot_products(std::int64_t n) {
 inline bool few_rows_wide() { return host_isa() != Isa::portable; }
 // Whether the one-row product should also take the few-row kernel: where it runs in AVX-512
 // registers and Eigen's GEMV in narrower ones (a portable build on an AVX-512 CPU: 45 → 65 GB/s of
-// weights on two cores). Its AVX2 form is not faster than Eigen's GEMV in SSE from memory and 3×
-// slower on the embedded model's products (docs/performance.md, "AVX2").
-inline bool gemv_by_few_rows() { return host_isa() == Isa::avx512 && build_isa != Isa::avx512; }
+// weights on two cores), and wherever Eigen runs scalar (under nvcc). Its AVX2 form is not faster
+// than Eigen's GEMV in SSE from memory and 3× slower on the embedded model's products
+// (docs/performance.md, "AVX2").
+inline bool gemv_by_few_rows() {
+  return (host_isa() == Isa::avx512 && build_isa != Isa::avx512) || (!eigen_vectorizes && few_rows_wide());
+}
 
 //! gate[i] = silu(gate[i]) · up[i] for n values, V lanes at a time. e = e^−|g| never overflows;
 //! the sigmoid is 1 / (1 + e) for g ≥ 0 and e / (1 + e) below.
@@ -494,7 +507,8 @@ struct FewRowsKernel {
         if (isa == Isa::avx512) return {&few_rows_groups_avx512<N, Sliced, W>, few_rows_block<N, Vec16>};
 #endif
 #if defined(BLOCKDIFF_AVX2_CLONE)
-        if constexpr (N >= 2 || std::is_same_v<W, bf16>)  // one f32 row stays with Eigen (gemv_by_few_rows)
+        // One f32 row stays with Eigen where Eigen is vectorised (gemv_by_few_rows).
+        if constexpr (N >= 2 || std::is_same_v<W, bf16> || !eigen_vectorizes)
           if (isa == Isa::avx2) return {&few_rows_groups_avx2<N, Sliced, W>, few_rows_block<N, Vec8>};
 #endif
       }
