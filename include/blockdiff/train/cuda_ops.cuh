@@ -125,19 +125,13 @@ __global__ void rmsnorm_backward_dw_partial_kernel(const float* dy, const float*
   for (std::int64_t t = begin; t < end; ++t) s += dy[t * H + i] * x[t * H + i] * rstd[t];
   partial[p * H + i] = s;
 }
-__global__ void sum_parts_kernel(const float* partial, std::int64_t parts, int H, float* dw) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= H) return;
-  float s = 0.0f;
-  for (std::int64_t p = 0; p < parts; ++p) s += partial[p * H + i];
-  dw[i] += s;
-}
 
 __global__ void add_bias_kernel(float* y, std::int64_t n, int m, const float* b) {
   const std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (i < n * m) y[i] += b[i % m];
 }
-//! db[o] += Σ_t dy[t, o]: a thread per column, the rows in order.
+//! db[o] += Σ_t dy[t, o]: a thread per column, the rows in order (a bias's gradient, and the
+//! per-chunk partial sums of RMSNorm's weight gradient).
 __global__ void column_sum_kernel(const float* dy, std::int64_t n, int m, float* db) {
   const int o = blockIdx.x * blockDim.x + threadIdx.x;
   if (o >= m) return;
@@ -434,7 +428,7 @@ struct Ops<backend::Cuda> : backend::Cuda {
     kernels::rmsnorm_backward_dw_partial_kernel<<<dim3(kernels::blocks_for(H), unsigned(parts)), 256, 0, s>>>(dy, x, rstd, n, H,
                                                                                                      chunk, scratch);
     kernels::check_launch();
-    kernels::sum_parts_kernel<<<kernels::blocks_for(H), 256, 0, s>>>(scratch, parts, H, dw);
+    kernels::column_sum_kernel<<<kernels::blocks_for(H), 256, 0, s>>>(scratch, parts, H, dw);
     kernels::check_launch();
   }
   static void linear_forward(const float* x, std::int64_t n, int k, const float* w, int m, const float* b, float* y,
