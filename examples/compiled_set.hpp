@@ -41,12 +41,18 @@ constexpr int decode_part_of() {
   return 2;
 }
 
+//! The decoders compiled for --device cuda (examples/device_cuda.cu, on_gpu): each costs nvcc far
+//! more compile time than it costs g++, so the GPU's set is the paper's policy at these shapes.
+inline constexpr const char* gpu_set_help =
+    "  --device cuda: threshold at block/sub-block 32/8, 8/4 x cache none|block|hierarchical (--no-commit too), "
+    "and AR\n";
+
 inline std::string compiled_set_help() {
   return std::string("Compiled decoder configurations:\n") +
          "  threshold: block 2, 4, 8, 16, 32, 64 x every sub-block dividing it x cache none|block|hierarchical\n"
          "  topk, scheduled (linear|loglinear|cosine), margin, entropy, entropy-bounded, factor, random:\n"
          "             block/sub-block " + PolicyShapes::list + " x cache none|block|hierarchical\n"
-         "  --no-commit: threshold at block/sub-block " + PolicyShapes::list + "\n"
+         "  --no-commit: threshold at block/sub-block " + PolicyShapes::list + "\n" + gpu_set_help +
          "Add a configuration in examples/compiled_set.hpp.";
 }
 

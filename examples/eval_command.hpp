@@ -20,21 +20,29 @@
 #include "blockdiff/eval/eval.hpp"
 #include "blockdiff/tokenizer/char_vocab.hpp"
 #include "blockdiff/train/tasks.hpp"
+#include "device.hpp"
 #include "generate_command.hpp"
 
 namespace blockdiff::cli {
+
+//! A task model's character vocabulary (its folder's tokenizer.json), checked against its config.
+inline tokenizer::CharVocab task_vocab(const std::string& dir, const io::ModelConfig& config) {
+  const auto tok = std::filesystem::path(dir) / "tokenizer.json";
+  require(std::filesystem::exists(tok), dir, ": no tokenizer.json (task evaluation needs the model's vocabulary)");
+  auto vocab = tokenizer::CharVocab::load(tok);
+  require(config.vocab_size == vocab.size(), dir, ": config.json has vocab_size ", config.vocab_size,
+          " but tokenizer.json ", vocab.size(), " tokens");
+  return vocab;
+}
 
 //! A loaded model folder with its character vocabulary.
 struct TaskModel {
   model::Qwen2<backend::Host> model;
   tokenizer::CharVocab vocab;
   static TaskModel load(const std::string& dir, DType weights = DType::f32) {
-    const auto tok = std::filesystem::path(dir) / "tokenizer.json";
-    require(std::filesystem::exists(tok), dir, ": no tokenizer.json (task evaluation needs the model's vocabulary)");
-    TaskModel m{model::Qwen2<backend::Host>::load(dir, weights), tokenizer::CharVocab::load(tok)};
-    require(m.model.config().vocab_size == m.vocab.size(), dir, ": config.json has vocab_size ",
-            m.model.config().vocab_size, " but tokenizer.json ", m.vocab.size(), " tokens");
-    return m;
+    auto model = model::Qwen2<backend::Host>::load(dir, weights);
+    auto vocab = task_vocab(dir, model.config());
+    return {std::move(model), std::move(vocab)};
   }
 };
 
@@ -72,16 +80,29 @@ class EvalCommand {
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str();
     cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
     spec_.add_flags(cmd_);
+    device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    auto m = TaskModel::load(model_, weights_.dtype());
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
-    const auto report =
-        eval::evaluate(examples, m.vocab, batch_, ar_ ? ar_decoder(m, max_new_) : diffusion_decoder(m, spec_, max_new_));
+    eval::Report report;
+    if (device_.cuda()) {
+      const auto gpu = load_on_gpu(model_, weights_.dtype());
+      const auto vocab = task_vocab(model_, gpu->config());
+      const auto ar = eval::ar_options(vocab, max_new_);
+      const auto diffusion = eval::decode_options(vocab, max_new_);
+      report = eval::evaluate(examples, vocab, batch_, [&](Prompts prompts) {
+        return ar_ ? eval::row_outputs(gpu->ar(prompts, ar)) : eval::row_outputs(gpu->generate(spec_, prompts, diffusion));
+      });
+    } else {
+      auto m = TaskModel::load(model_, weights_.dtype());
+      report = eval::evaluate(examples, m.vocab, batch_,
+                              ar_ ? ar_decoder(m, max_new_) : diffusion_decoder(m, spec_, max_new_));
+    }
     auto out = report_json(report);
+    out["device"] = device_.name;
     out["task"] = task_;
     out["decoder"] = ar_ ? "ar" : spec_.unmask;
     if (!ar_) {
@@ -102,6 +123,7 @@ class EvalCommand {
   bool ar_ = false, json_ = false;
   DecoderSpec spec_;
   WeightsFlag weights_;
+  DeviceFlag device_;
 };
 
 class StudyCommand {

@@ -14,6 +14,7 @@
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
 #include "decode_set.hpp"
+#include "device.hpp"
 #include "text_util.hpp"
 
 namespace blockdiff::cli {
@@ -102,6 +103,7 @@ class GenerateCommand {
     cmd_->add_flag("--ignore-eos", ignore_eos_, "never stop at EOS (fixed-length runs for benchmarks)");
     cmd_->add_flag("--trace", trace_, "include each forward's committed (position, token) pairs");
     cmd_->add_flag("--show-order", show_order_, "print each block's unmasking order to stderr");
+    device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
 
@@ -110,7 +112,13 @@ class GenerateCommand {
   int run() {
     require(!ids_.empty() || !prompt_file_.empty() || text_.given(),
             "generate: give --prompt, --prompt-ids or --prompt-file");
-    auto model = model::Qwen2<backend::Host>::load(model_dir_, weights_.dtype());
+    std::optional<HostModel> host;
+    std::unique_ptr<GpuModel> gpu;
+    if (device_.cuda())
+      gpu = load_on_gpu(model_dir_, weights_.dtype());
+    else
+      host.emplace(HostModel::load(model_dir_, weights_.dtype()));
+    const io::ModelConfig& config = gpu ? gpu->config() : host->config();
     const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);
     require(tok || !text_.given(), model_dir_, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
     std::vector<std::vector<int>> prompts;
@@ -122,13 +130,13 @@ class GenerateCommand {
       prompts.push_back(parse_ids(ids_, "--prompt-ids"));
     decode::DecodeOptions options;
     options.max_new_tokens = max_new_;
-    const auto found = tokenizer::special_ids(model.config(), tok ? &*tok : nullptr);
+    const auto found = tokenizer::special_ids(config, tok ? &*tok : nullptr);
     require(mask_id_ || found.mask, "no mask id: give --mask-id, or set mask_token_id in config.json, or add |<MASK>| to the tokenizer");
     options.mask_id = mask_id_ ? *mask_id_ : *found.mask;
     options.eos_id = ignore_eos_ ? std::nullopt : eos_id_ ? eos_id_ : found.stop;
     sampling_.apply(options);
     options.trace = trace_ || show_order_;
-    const auto results = decode_batch(spec_, model, prompts, options);
+    const auto results = gpu ? gpu->generate(spec_, prompts, options) : decode_batch(spec_, *host, prompts, options);
     if (show_order_)
       for (std::size_t r = 0; r < results.size(); ++r)
         std::cerr << unmasking_order(results[r], static_cast<int>(prompts[r].size()), spec_.block);
@@ -147,6 +155,7 @@ class GenerateCommand {
   std::string model_dir_, ids_, prompt_file_;
   DecoderSpec spec_;
   WeightsFlag weights_;
+  DeviceFlag device_;
   PromptText text_;
   int max_new_ = 128;
   SamplingFlags sampling_;

@@ -5,7 +5,8 @@
 #   bash scripts/gpu_checks.sh STAGE [STAGE..] # there, from the repository root, with build/gpu/
 #
 # Stages, in the order worth running them (each writes <stage>.log under $OUT, or results/gpu):
-#   parity      every CUDA test: operations, whole models and decodes, sampling, training
+#   parity      every CUDA test: operations, whole models and decodes, sampling, training; and the
+#               blockdiff program's --device cuda against --device host (generate, eval)
 #   bench       bench_cuda_decode (BF16 weights), bench_cuda_study (the study's headline on the
 #               embedded models) and bench_cuda_train
 #   bench-f32   bench_cuda_decode's forwards and end-to-end runs with f32 weights
@@ -23,11 +24,13 @@ if [ "${1:-}" = "pack" ]; then
   set -e
   export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
   cmake --preset host >/dev/null
-  cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_study bench_cuda_train
+  cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_study bench_cuda_train blockdiff_cli
   mkdir -p "$bin/lib"
-  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} "$bin/"
-  # Google Benchmark's shared library, which the device machine may not have.
-  cp -L "$(ldd "$bin/bench_cuda_decode" | awk '/libbenchmark/ {print $3}')" "$bin/lib/"
+  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} build/host/examples/blockdiff "$bin/"
+  # The shared libraries the device machine may not have: Google Benchmark's, and the tokenizer's.
+  for lib in $(ldd "$bin/bench_cuda_decode" "$bin/blockdiff" | awk '/libbenchmark|libutf8proc|libpcre2/ {print $3}' | sort -u); do
+    cp -L "$lib" "$bin/lib/"
+  done
   du -sh "$bin"
   echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then bench-f32, memcheck, memcheck-decodes, racecheck)"
   exit 0
@@ -67,7 +70,8 @@ for stage in "$@"; do
   case "$stage" in
     parity)
       run parity.log 300 "$bin/test_cuda_parity"
-      summary parity.log "test cases|assertions|FAILED|ERROR" ;;
+      run parity.log 120 bash scripts/device_cli_check.sh "$bin/blockdiff"
+      summary parity.log "test cases|assertions|FAILED|ERROR|device_cli" 8 ;;
     memcheck)
       [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }
       run memcheck.log 360 "$sanitizer" --tool memcheck "$bin/test_cuda_parity" -tce="*whole decodes*"

@@ -80,14 +80,24 @@ for line in open(f"{golden}/ar.jsonl"):
     if out["tokens"] != g["tokens"] or out["nfe"] != g["nfe"]:
         failures.append(f"ar {g['prompt_ids'][:3]}...: {out['nfe']} vs {g['nfe']}")
 
+# --device cuda: where a GPU is visible, the golden cases of the GPU's compiled set (block/sub-block
+# 32/8, f32 weights) must decode the same there; elsewhere it must fail and say why.
+probe = run("generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--max-new-tokens", "4",
+            "--device", "cuda", "--json")
+gpu = probe.returncode == 0
+if not gpu and not any(cause in probe.stderr for cause in ("no CUDA device", "built without the CUDA backend")):
+    failures.append(f"generate --device cuda without a GPU: exit {probe.returncode}, stderr {probe.stderr.strip()!r}")
+
 count = 0
-generate_runs = [(json.loads(line), "f32") for line in open(f"{golden}/generate.jsonl")]
-generate_runs += [(g, "bf16") for g, _ in generate_runs if "bf16" in g["model"]]
-for g, weights in generate_runs:
+generate_runs = [(json.loads(line), "f32", "host") for line in open(f"{golden}/generate.jsonl")]
+generate_runs += [(g, "bf16", "host") for g, _, _ in generate_runs if "bf16" in g["model"]]
+if gpu:
+    generate_runs += [(g, "f32", "cuda") for g, w, _ in generate_runs if w == "f32" and (g["block"], g["sub_block"]) == (32, 8)]
+for g, weights, device in generate_runs:
     out = json.loads(run("generate", "--model", f"{golden}/{g['model']}", "--weights", weights, "--prompt-ids",
                          ",".join(map(str, g["prompt_ids"])), "--block", str(g["block"]), "--sub-block", str(g["sub_block"]),
                          "--threshold", str(g["threshold"]), "--cache", g["cache"], "--eos-id", str(g["eos_id"]),
-                         "--max-new-tokens", str(g["max_new_tokens"]), "--json").stdout)
+                         "--max-new-tokens", str(g["max_new_tokens"]), "--device", device, "--json").stdout)
     count += 1
     nfe = dict(g["nfe"])
     # The golden counts include the last block's commit forward, whose token lies past max_new_tokens.
@@ -96,7 +106,7 @@ for g, weights in generate_runs:
     denoise = out["nfe"]["block"] + out["nfe"]["sub_block"]
     ok = ok and abs(out["tokens_per_forward"] - len(out["tokens"]) / denoise) < 1e-9
     if not ok:
-        failures.append(f"generate case {count} (--weights {weights}): {out['nfe']} vs {nfe}")
+        failures.append(f"generate case {count} (--weights {weights}, --device {device}): {out['nfe']} vs {nfe}")
 
 # A batch file: each row as alone.
 with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
@@ -176,5 +186,6 @@ if "Compiled decoder configurations" not in help_text:
 
 for f in failures:
     print("FAIL:", f)
-print(f"cli: {count} generate cases, {loss_cases} loss cases, {len(bad_cases)} error cases, {len(failures)} failures")
+print(f"cli: {count} generate cases ({'with' if gpu else 'no'} GPU), {loss_cases} loss cases, {len(bad_cases)} error cases, "
+      f"{len(failures)} failures")
 sys.exit(1 if failures else 0)

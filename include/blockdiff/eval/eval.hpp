@@ -44,17 +44,26 @@ struct Report {
 
 using BatchDecoder = std::function<std::vector<RowOutput>(std::span<const std::vector<int>>)>;
 
+//! The AR decode options of a task evaluation: the vocabulary's EOS.
+inline decode::ArOptions ar_options(const tokenizer::CharVocab& vocab, int max_new) {
+  decode::ArOptions o;
+  o.max_new_tokens = max_new;
+  o.eos_id = vocab.eos_id();
+  return o;
+}
+
+//! The rows of AR results, as the evaluation counts them.
+inline std::vector<RowOutput> row_outputs(const std::vector<decode::ArResult>& results) {
+  std::vector<RowOutput> out;
+  for (auto& r : results) out.push_back({r.tokens, r.decode_forwards, r.prefill_forwards + r.decode_forwards});
+  return out;
+}
+
 //! Greedy AR decoding of `model` (any backend) as a BatchDecoder, stopping at the vocabulary's EOS.
 template <LanguageModel M>
 BatchDecoder ar_decoder(M& model, const tokenizer::CharVocab& vocab, int max_new) {
-  return [&model, eos = vocab.eos_id(), max_new](std::span<const std::vector<int>> prompts) {
-    decode::ArOptions o;
-    o.max_new_tokens = max_new;
-    o.eos_id = eos;
-    std::vector<RowOutput> out;
-    for (auto& r : decode::ar_generate(model, prompts, o))
-      out.push_back({r.tokens, r.decode_forwards, r.prefill_forwards + r.decode_forwards});
-    return out;
+  return [&model, o = ar_options(vocab, max_new)](std::span<const std::vector<int>> prompts) {
+    return row_outputs(decode::ar_generate(model, prompts, o));
   };
 }
 

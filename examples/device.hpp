@@ -1,0 +1,46 @@
+// --device host|cuda for `generate` and `eval`. The GPU side of the program lives in
+// device_cuda.cu, which nvcc compiles; the rest of the program sees only this host-only
+// interface, so it stays plain C++ and builds the same without the CUDA toolkit.
+//
+// The GPU compiles its own, smaller set of decoders (each costs nvcc far more time than it costs
+// g++), which compiled_set.hpp lists beside the host's (gpu_set_help).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blockdiff/blockdiff.hpp"
+#include "decode_set.hpp"
+
+namespace blockdiff::cli {
+
+//! --device host|cuda.
+struct DeviceFlag {
+  std::string name = "host";
+  void add(CLI::App* cmd) {
+    cmd->add_option("--device", name, "host, or cuda: the model in GPU memory (f32 or BF16 as --weights says)")
+        ->check(CLI::IsMember({"host", "cuda"}))
+        ->capture_default_str();
+  }
+  bool cuda() const { return name == "cuda"; }
+};
+
+//! A checkpoint loaded into GPU memory (model::Qwen2<backend::Cuda>), behind a host-only interface.
+class GpuModel {
+ public:
+  virtual ~GpuModel() = default;
+  virtual const io::ModelConfig& config() const = 0;
+  //! Block-diffusion decoding with the configuration `spec` names; it must lie in the GPU's set.
+  virtual std::vector<decode::GenerateResult> generate(const DecoderSpec& spec, Prompts prompts,
+                                                       const decode::DecodeOptions& options) = 0;
+  //! Greedy AR decoding.
+  virtual std::vector<decode::ArResult> ar(Prompts prompts, const decode::ArOptions& options) = 0;
+};
+
+//! Loads `dir` into GPU memory. Fails, naming the cause, where this program was built without the
+//! CUDA backend or where there is no CUDA device.
+std::unique_ptr<GpuModel> load_on_gpu(const std::string& dir, DType weights);
+
+}  // namespace blockdiff::cli

@@ -1,0 +1,52 @@
+// --device cuda: model::Qwen2<backend::Cuda> and the GPU's decoder set (device.hpp).
+#include "blockdiff/cuda.cuh"
+#include "device.hpp"
+
+namespace blockdiff::cli {
+namespace {
+
+using CudaModel = model::Qwen2<backend::Cuda>;
+
+//! The configurations compiled for the GPU (gpu_set_help in compiled_set.hpp says the same in words).
+template <class Shape, class Policy>
+constexpr bool on_gpu() {
+  return std::is_same_v<Policy, unmask::Threshold> &&
+         ((Shape::block == 32 && Shape::sub_block == 8) || (Shape::block == 8 && Shape::sub_block == 4));
+}
+
+class Loaded final : public GpuModel {
+ public:
+  Loaded(const std::string& dir, DType weights) : model_(CudaModel::load(dir, weights)) {}
+
+  const io::ModelConfig& config() const override { return model_.config(); }
+
+  std::vector<decode::GenerateResult> generate(const DecoderSpec& spec, Prompts prompts,
+                                               const decode::DecodeOptions& options) override {
+    std::optional<std::vector<decode::GenerateResult>> results;
+    with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
+      if constexpr (on_gpu<Shape, Policy>()) {
+        decode::BlockDiffusionDecoder<CudaModel, Shape, Policy, Cache> decoder(model_, policy);
+        results = decoder.generate(prompts, options);
+      }
+    });
+    require(results.has_value(), "--device cuda: --unmask ", spec.unmask, " at block/sub-block ", spec.block, "/",
+            spec.sub_block, " is not compiled for the GPU; add it in on_gpu, examples/device_cuda.cu\n", gpu_set_help);
+    return std::move(*results);
+  }
+
+  std::vector<decode::ArResult> ar(Prompts prompts, const decode::ArOptions& options) override {
+    return decode::ar_generate(model_, prompts, options);
+  }
+
+ private:
+  CudaModel model_;
+};
+
+}  // namespace
+
+std::unique_ptr<GpuModel> load_on_gpu(const std::string& dir, DType weights) {
+  require(backend::Cuda::device_count() > 0, "--device cuda: no CUDA device is visible to this process");
+  return std::make_unique<Loaded>(dir, weights);
+}
+
+}  // namespace blockdiff::cli
