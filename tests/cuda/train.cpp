@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../support/configs.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
 #include "compare.hpp"
@@ -145,17 +146,8 @@ TEST_CASE("a whole training step on the device: the golden loss and gradients, a
 TEST_CASE("a training step of models with head_dim 64 and 128 over 192-token rows: CUDA == host") {
   for (auto [heads, kv_heads] : {std::pair{4, 2}, {2, 1}}) {
     CAPTURE(heads);
-    io::ModelConfig c;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 2;
-    c.num_attention_heads = heads;
-    c.num_key_value_heads = kv_heads;
-    c.vocab_size = 300;
-    c.max_position_embeddings = 512;
-    c.tie_word_embeddings = heads == 2;
-    c.mask_token_id = 299;
-    c.eos_token_id = 298;
+    const auto c = test::small_config({.hidden = 256, .intermediate = 512, .vocab = 300, .heads = heads,
+                                       .kv_heads = kv_heads, .max_positions = 512, .tied = heads == 2});
     train::TrainableQwen2<float> m(c);
     train::initialise(m, 3, 0.05);
     train::Windows windows;
@@ -200,17 +192,7 @@ TEST_CASE("the optimiser on the device: AdamW with and without decay, and the gl
 }
 
 TEST_CASE("Trainer<O, backend::Cuda>: the host's loss curve, checkpoints the host loads, and resume") {
-  io::ModelConfig c;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 24;
-  c.max_position_embeddings = 128;
-  c.tie_word_embeddings = true;
-  c.mask_token_id = 23;
-  c.eos_token_id = 22;
+  const auto c = test::small_config({.vocab = 24, .max_positions = 128});
   std::vector<train::Example> examples;  // reverse a list of digits
   Rng rng(7);
   for (int i = 0; i < 64; ++i) {

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "../support/check_error.hpp"
+#include "../support/configs.hpp"
 #include "../support/count_new.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
@@ -19,19 +20,7 @@ using train::TrainableQwen2;
 namespace {
 
 io::ModelConfig tiny_config(bool tied) {
-  io::ModelConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 40;
-  c.max_position_embeddings = 64;
-  c.rope_theta = 100.0;
-  c.tie_word_embeddings = tied;
-  c.mask_token_id = 39;
-  c.eos_token_id = 38;
-  return c;
+  return test::small_config({.hidden = 16, .intermediate = 24, .vocab = 40, .rope_theta = 100.0, .tied = tied});
 }
 
 template <class T>

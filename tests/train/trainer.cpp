@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "../support/check_error.hpp"
+#include "../support/configs.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/train/trainer.hpp"
 
@@ -13,21 +14,7 @@ using namespace blockdiff;
 
 namespace {
 
-io::ModelConfig small_config() {
-  io::ModelConfig c;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 16;
-  c.max_position_embeddings = 64;
-  c.rope_theta = 1000.0;
-  c.tie_word_embeddings = true;
-  c.eos_token_id = 14;
-  c.mask_token_id = 15;
-  return c;
-}
+io::ModelConfig small_config() { return test::small_config({.rope_theta = 1000.0}); }
 
 // Reverse a string of 3 to 6 digits (ids 1..10); the response ends with EOS (14).
 std::vector<train::Example> reverse_task(int n, std::uint64_t seed) {
