@@ -7,8 +7,10 @@
 //  - end-to-end tokens/s of AR and block diffusion at batch 1, 4, 16 and 64 with a fixed
 //    acceptance pattern (TopK{2}: exactly two tokens per denoising forward, no EOS), so both do
 //    the same work on every run;
-//  - op::Linear alone on the model's shapes at 1 to 32 rows, through the CUDA-core kernel and
-//    through cuBLAS, as weight bytes per second.
+//  - op::Linear alone on the model's shapes at 1 to 32 rows, through the CUDA-core kernel, the
+//    tensor-core kernel and cuBLAS, as weight bytes per second;
+//  - the three forwards again with the products of 9 to 32 rows sent to cuBLAS instead of the
+//    tensor-core kernel (`/cublas_rows`), for the ratio the kernel gains in the same run.
 // Before timing, the CUDA model's logits are checked against the host model's on a short input.
 #include <cuda_profiler_api.h>
 
@@ -82,12 +84,13 @@ std::vector<int> prompt(int n, int seed = 0, int vocab = 0) {
 
 
 //! The tiny preset on both backends, weights held as in the timed model: logits must agree before
-//! anything is timed. 8 tokens run every product in f32 on both (tight); 40 tokens with BF16
-//! weights take the tensor-core path with BF16 activations (a BF16 rounding's worth).
+//! anything is timed. 8 tokens run every product in f32 on both (tight); 24 and 40 tokens with
+//! BF16 weights take the tensor cores (our kernel, cuBLAS) with BF16 activations (a BF16
+//! rounding's worth).
 void validate_against_host(benchmark::State& state) {
   auto host = bench::random_model<backend::Host>("tiny", 5, weights());
   auto dev = bench::random_model<Cuda>("tiny", 5, weights());
-  for (int n : {8, 40}) {
+  for (int n : {8, 24, 40}) {
     const auto ids = prompt(n, 0, 300);
     auto hc = host.make_cache(n);
     auto dc = dev.make_cache(n);
@@ -109,9 +112,10 @@ void validate_against_host(benchmark::State& state) {
   }
 }
 
-void BM_ForwardShapes(benchmark::State& state, bool graphs) {
+void BM_ForwardShapes(benchmark::State& state, bool graphs, bool mma_rows) {
   validate_against_host(state);
   Cuda::use_graphs(graphs);
+  Cuda::use_mma_rows(mma_rows);
   auto& m = gpu_model();
   const double bw = d2d_bandwidth_gbs();
   constexpr int B = 32, S = 8;
@@ -158,11 +162,15 @@ void BM_ForwardShapes(benchmark::State& state, bool graphs) {
   state.counters["roofline_ms"] = bytes / (bw * 1e9) * 1e3;
   state.counters["fraction_of_roofline"] = (bytes / (bw * 1e9) * 1e3) / (ar / n);
   Cuda::use_graphs(true);
+  Cuda::use_mma_rows(true);
 }
+
+enum class Path { few_rows, tensor_cores, cublas };
+constexpr const char* path_names[] = {"few_rows", "mma", "cublas"};
 
 //! One Linear of a named shape at `rows` rows: weight bytes streamed per second, and the fraction
 //! of the measured copy bandwidth that is.
-void BM_Linear(benchmark::State& state, int k, int m, bool blas) {
+void BM_Linear(benchmark::State& state, int k, int m, Path path) {
   const int n = static_cast<int>(state.range(0));
   static const double bw = d2d_bandwidth_gbs();
   DeviceBuffer<float> x(Shape{std::int64_t{n} * k}), y(Shape{std::int64_t{n} * m});
@@ -170,8 +178,11 @@ void BM_Linear(benchmark::State& state, int k, int m, bool blas) {
   cudaMemset(x.data(), 0, x.bytes());
   cudaMemset(w.data(), 0, w.bytes());
   auto run = [&] {
-    if (blas) detail::cuda::blas_linear(x.data(), n, k, w.data(), m, nullptr, y.data(), false);
-    else detail::cuda::few_rows_linear(x.data(), n, k, w.data(), m, nullptr, y.data(), false, Cuda::stream());
+    switch (path) {
+      case Path::few_rows: return detail::cuda::few_rows_linear(x.data(), n, k, w.data(), m, nullptr, y.data(), false, Cuda::stream());
+      case Path::tensor_cores: return detail::cuda::mma_linear(x.data(), n, k, w.data(), m, nullptr, y.data(), false, Cuda::stream());
+      case Path::cublas: return detail::cuda::blas_linear(x.data(), n, k, w.data(), m, nullptr, y.data(), false);
+    }
   };
   run();
   Events e;
@@ -228,8 +239,9 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("gpu", prop.name);
   benchmark::AddCustomContext("model", preset());
   benchmark::AddCustomContext("weights", weights() == DType::bf16 ? "bf16" : "f32");
-  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/graphs", BM_ForwardShapes, true)->Iterations(20)->UseRealTime();
-  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/direct", BM_ForwardShapes, false)->Iterations(20)->UseRealTime();
+  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/graphs", BM_ForwardShapes, true, true)->Iterations(20)->UseRealTime();
+  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/graphs/cublas_rows", BM_ForwardShapes, true, false)->Iterations(20)->UseRealTime();
+  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/direct", BM_ForwardShapes, false, true)->Iterations(20)->UseRealTime();
   const auto c = model::preset_config(preset());
   const struct {
     const char* name;
@@ -238,12 +250,15 @@ int main(int argc, char** argv) {
                 {"gate_proj", c.hidden_size, c.intermediate_size}, {"down_proj", c.intermediate_size, c.hidden_size},
                 {"lm_head", c.hidden_size, c.vocab_size}};
   for (const auto& sh : shapes)
-    for (bool blas : {false, true}) {
-      auto* b = benchmark::RegisterBenchmark((std::string("cuda/linear_bf16/") + sh.name + (blas ? "/cublas" : "/few_rows")).c_str(),
-                                             BM_Linear, sh.k, sh.m, blas);
+    for (Path path : {Path::few_rows, Path::tensor_cores, Path::cublas}) {
+      auto* b = benchmark::RegisterBenchmark(
+          (std::string("cuda/linear_bf16/") + sh.name + "/" + path_names[static_cast<int>(path)]).c_str(), BM_Linear, sh.k,
+          sh.m, path);
       b->ArgName("rows")->Iterations(5)->UseRealTime();
       for (int n : {1, 2, 4, 8, 16, 32})
-        if (blas || n <= detail::cuda::few_rows_max) b->Arg(n);
+        if (path == Path::cublas || (path == Path::few_rows && n <= detail::cuda::few_rows_max) ||
+            (path == Path::tensor_cores && n >= detail::cuda::few_rows_max))
+          b->Arg(n);
     }
   for (int batch : {1, 4, 16, 64}) {
     benchmark::RegisterBenchmark("cuda/end_to_end/ar", BM_EndToEnd, false)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);

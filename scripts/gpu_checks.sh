@@ -76,7 +76,7 @@ for stage in "$@"; do
       [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }
       run memcheck.log 360 "$sanitizer" --tool memcheck "$bin/test_cuda_parity" -tce="*whole decodes*"
       run memcheck.log 200 env BLOCKDIFF_BENCH_PRESET=qwen2.5-0.5b "$sanitizer" --tool memcheck "$bin/bench_cuda_decode" \
-        --benchmark_filter='forward_shapes/context:256/graphs'
+        --benchmark_filter='forward_shapes/context:256/graphs$'
       summary memcheck.log "ERROR SUMMARY|test cases|exit" 8 ;;
     memcheck-decodes)
       [ -n "$sanitizer" ] || { echo "no compute-sanitizer" >&2; status=2; continue; }

@@ -25,36 +25,57 @@ int device_count() { return Cuda::device_count(); }
 
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
                           const std::vector<float>* bias, const std::vector<float>* accumulate_into,
-                          bool bf16_weights) {
+                          bool bf16_weights, LinearPath path) {
   auto dx = up(x);
   DeviceBuffer<float> db, dy(Shape{std::int64_t{n} * m});
   if (bias) db = up(*bias);
   if (accumulate_into) dy = up(*accumulate_into);
   const float* b = bias ? db.data() : nullptr;
+  const bool accumulate = accumulate_into != nullptr;
+  const bool before = Cuda::mma_rows();
+  Cuda::use_mma_rows(path != LinearPath::no_tensor_cores);
   if (bf16_weights) {
     std::vector<bf16> wb(w.size());
     for (std::size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
     auto dw = up(wb);
-    Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate_into != nullptr);
+    if (path == LinearPath::tensor_cores)
+      detail::cuda::mma_linear(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate, Cuda::stream());
+    else
+      Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate);
   } else {
+    require(path != LinearPath::tensor_cores, "the tensor-core kernel takes BF16 weights");
     auto dw = up(w);
-    Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate_into != nullptr);
+    Kernel<Cuda, op::Linear>::run(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate);
   }
+  Cuda::use_mma_rows(before);
   return down(dy, static_cast<std::size_t>(n) * m);
 }
 
 std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
-                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias) {
+                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias, bool bf16_weights) {
   auto dx = up(x);
-  std::vector<DeviceBuffer<float>> dw, db, dy;
-  std::vector<LinearOut<float>> outs;
+  std::vector<DeviceBuffer<float>> db, dy;
   for (std::size_t i = 0; i < w.size(); ++i) {
-    dw.push_back(up(w[i]));
     db.push_back(up(bias[i]));
     dy.emplace_back(Shape{std::int64_t{n} * m[i]});
   }
-  for (std::size_t i = 0; i < w.size(); ++i) outs.push_back({dw[i].data(), m[i], db[i].data(), dy[i].data()});
-  Kernel<Cuda, op::Linears>::run(dx.data(), n, k, std::span<const LinearOut<float>>(outs));
+  auto run = [&]<class W>(const std::vector<std::vector<W>>& weights) {
+    std::vector<DeviceBuffer<W>> dw;
+    std::vector<LinearOut<W>> outs;
+    for (const auto& wi : weights) dw.push_back(up(wi));
+    for (std::size_t i = 0; i < w.size(); ++i) outs.push_back({dw[i].data(), m[i], db[i].data(), dy[i].data()});
+    Kernel<Cuda, op::Linears>::run(dx.data(), n, k, std::span<const LinearOut<W>>(outs));
+  };
+  if (bf16_weights) {
+    std::vector<std::vector<bf16>> wb;
+    for (const auto& wi : w) {
+      wb.emplace_back(wi.size());
+      for (std::size_t j = 0; j < wi.size(); ++j) wb.back()[j] = to_bf16(wi[j]);
+    }
+    run(wb);
+  } else {
+    run(w);
+  }
   std::vector<float> all;
   for (std::size_t i = 0; i < w.size(); ++i) {
     auto part = down(dy[i], static_cast<std::size_t>(n) * m[i]);

@@ -18,13 +18,19 @@ namespace blockdiff::test::cuda {
 
 int device_count();
 
+//! Which implementation a product runs on: the one op::Linear picks, the tensor-core kernel
+//! (BF16 weights, 1 to 32 rows, k a multiple of 16) whatever the rows, or op::Linear with that
+//! kernel switched off (Cuda::use_mma_rows(false)).
+enum class LinearPath { automatic, tensor_cores, no_tensor_cores };
 //! w is uploaded as f32, or as BF16 (bf16_weights: the caller passes BF16-representable values).
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
                           const std::vector<float>* bias, const std::vector<float>* accumulate_into,
-                          bool bf16_weights = false);
-//! op::Linears over three products of x (f32 weights); returns the three outputs one after another.
+                          bool bf16_weights = false, LinearPath path = LinearPath::automatic);
+//! op::Linears over three products of x (weights uploaded as BF16 when bf16_weights); returns the
+//! three outputs one after another.
 std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
-                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias);
+                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias,
+                           bool bf16_weights = false);
 //! op::SwiGluLinear; weights uploaded as BF16 when bf16_weights (BF16-representable values).
 std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
                                  const std::vector<float>& w_up, int m, bool bf16_weights);

@@ -48,11 +48,16 @@ TEST_CASE("Linear, RmsNorm, Rope and SwiGlu: CUDA == host") {
 }
 
 TEST_CASE("Linear with BF16 weights: CUDA == host, within the rounding of the activations when they are rounded") {
-  // Up to 8 rows run on the CUDA cores in f32 (the host's arithmetic, another summation order);
-  // more rows run on the tensor cores with the activations rounded to BF16, whose error is
-  // bounded per output by 2^-8 * sum_j |w_ij x_j| (one rounding of each x_j, relative 2^-8 at most).
-  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {2, 1536, 70}, {5, 40, 33}, {7, 33, 17}, {8, 96, 1000},
-                         {8, 2000, 24}, {9, 64, 50}, {64, 96, 1000}}) {
+  // Up to 8 rows run on the CUDA cores in f32 (the host's arithmetic, another summation order).
+  // More rows run on the tensor cores with the activations rounded to BF16 — our kernel up to 32
+  // rows when k is a multiple of 16, cuBLAS otherwise — whose error is bounded per output by
+  // 2^-8 * sum_j |w_ij x_j| (one rounding of each x_j, relative 2^-8 at most). The tensor-core
+  // kernel is also run directly at every row count it takes, 1 to 32, and op::Linear with it
+  // switched off, so each of the three paths meets the bound on every shape it can run.
+  using gpu::LinearPath;
+  for (auto [n, k, m] : {std::tuple{1, 64, 200}, {2, 1536, 70}, {5, 40, 33}, {7, 33, 17}, {8, 96, 1000}, {8, 2000, 24},
+                         {9, 64, 50}, {12, 40, 16}, {16, 1536, 70}, {17, 96, 33}, {24, 48, 40}, {32, 176, 37},
+                         {33, 64, 20}, {64, 96, 1000}}) {
     auto x = randn(static_cast<std::size_t>(n * k), 21), w = randn(static_cast<std::size_t>(m * k), 22);
     for (auto& v : w) v = to_float(to_bf16(v));  // BF16-representable: the device holds these exactly
     std::vector<bf16> wb(w.size());
@@ -61,33 +66,42 @@ TEST_CASE("Linear with BF16 weights: CUDA == host, within the rounding of the ac
     std::vector<float> host(static_cast<std::size_t>(n * m)), acc = y0;
     Kernel<backend::Host, op::Linear>::run(x.data(), n, k, wb.data(), m, b.data(), host.data());
     Kernel<backend::Host, op::Linear>::run(x.data(), n, k, wb.data(), m, nullptr, acc.data(), true);
-    auto dev = gpu::linear(x, n, k, w, m, &b, nullptr, true);
-    auto dev_acc = gpu::linear(x, n, k, w, m, nullptr, &y0, true);
-    INFO("n ", n, " k ", k, " m ", m);
-    if (n <= 8) {
-      CHECK(rel(dev, host) < kTol);
-      CHECK(rel(dev_acc, acc) < kTol);
-      continue;
-    }
-    int outside = 0;
-    for (int r = 0; r < n; ++r)
-      for (int f = 0; f < m; ++f) {
-        double bound = 0;
-        for (int j = 0; j < k; ++j)
-          bound += std::fabs(static_cast<double>(w[static_cast<std::size_t>(f * k + j)]) * x[static_cast<std::size_t>(r * k + j)]);
-        bound = bound * std::ldexp(1.0, -8) + 1e-5 * (1 + std::fabs(host[static_cast<std::size_t>(r * m + f)]));
-        const auto i = static_cast<std::size_t>(r * m + f);
-        outside += std::fabs(dev[i] - host[i]) > bound || std::fabs(dev_acc[i] - acc[i]) > bound;
+    const bool tensor_core_shape = n <= 32 && k % 16 == 0;
+    for (LinearPath path : {LinearPath::automatic, LinearPath::tensor_cores, LinearPath::no_tensor_cores}) {
+      if (path == LinearPath::tensor_cores && !tensor_core_shape) continue;
+      if (path == LinearPath::no_tensor_cores && n <= 8) continue;  // the same as automatic
+      auto dev = gpu::linear(x, n, k, w, m, &b, nullptr, true, path);
+      auto dev_acc = gpu::linear(x, n, k, w, m, nullptr, &y0, true, path);
+      INFO("n ", n, " k ", k, " m ", m, " path ", static_cast<int>(path));
+      if (n <= 8 && path == LinearPath::automatic) {
+        CHECK(rel(dev, host) < kTol);
+        CHECK(rel(dev_acc, acc) < kTol);
+        continue;
       }
-    CHECK(outside == 0);
-    CHECK(rel(dev, host) > 0);  // the activations really were rounded: this path is not the f32 one
+      int outside = 0;
+      for (int r = 0; r < n; ++r)
+        for (int f = 0; f < m; ++f) {
+          double bound = 0;
+          for (int j = 0; j < k; ++j)
+            bound += std::fabs(static_cast<double>(w[static_cast<std::size_t>(f * k + j)]) * x[static_cast<std::size_t>(r * k + j)]);
+          bound = bound * std::ldexp(1.0, -8) + 1e-5 * (1 + std::fabs(host[static_cast<std::size_t>(r * m + f)]));
+          const auto i = static_cast<std::size_t>(r * m + f);
+          outside += std::fabs(dev[i] - host[i]) > bound || std::fabs(dev_acc[i] - acc[i]) > bound;
+        }
+      CHECK(outside == 0);
+      CHECK(rel(dev, host) > 0);  // the activations really were rounded: this path is not the f32 one
+      if (path == LinearPath::automatic && n > 8 && tensor_core_shape)  // op::Linear took our kernel
+        CHECK(dev == gpu::linear(x, n, k, w, m, &b, nullptr, true, LinearPath::tensor_cores));
+    }
   }
 }
 
 TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite) and KvWrite: CUDA == the host's parts") {
-  // On the host these run as their parts; on the device as one launch each up to 8 rows.
-  for (int n : {1, 3, 8, 12}) {
-    const int k = 72, m[3] = {40, 8, 8};
+  // On the host these run as their parts; on the device as one launch each up to 8 rows, and up
+  // to 32 with BF16 weights (the tensor-core kernel: the products' ends fall inside a block of 16
+  // features, and k = 80 ends in a half chunk). Past 8 rows BF16 weights round the activations.
+  for (int n : {1, 3, 8, 12, 32, 33}) {
+    const int k = 80, m[3] = {40, 8, 8};
     auto x = randn(static_cast<std::size_t>(n * k), 31);
     std::vector<std::vector<float>> w, b;
     std::vector<float> host;
@@ -100,6 +114,18 @@ TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite) and KvW
     }
     INFO(n, " rows");
     CHECK(rel(gpu::linears(x, n, k, w, {m[0], m[1], m[2]}, b), host) < kTol);
+    if (n > 8) {  // BF16 weights: each product as op::Linear computes it alone, to the bit
+      auto wb = w;
+      for (auto& wi : wb)
+        for (auto& e : wi) e = to_float(to_bf16(e));
+      std::vector<float> parts;
+      for (int i = 0; i < 3; ++i) {
+        auto y = gpu::linear(x, n, k, wb[static_cast<std::size_t>(i)], m[i], &b[static_cast<std::size_t>(i)], nullptr, true);
+        parts.insert(parts.end(), y.begin(), y.end());
+      }
+      CHECK(gpu::linears(x, n, k, wb, {m[0], m[1], m[2]}, b, true) == parts);
+      CHECK(rel(parts, host) < 0.05);
+    }
     for (bool bf16_weights : {false, true}) {
       auto g = randn(static_cast<std::size_t>(37 * k), 38), u = randn(static_cast<std::size_t>(37 * k), 39);
       if (bf16_weights)
@@ -252,12 +278,13 @@ TEST_CASE("whole-model logits: CUDA == host on both golden models") {
 
 TEST_CASE("whole-model logits with BF16 weights: CUDA == host") {
   // The BF16 golden model held in BF16 on both backends. Up to 8 tokens every product runs in
-  // f32 on both; 37 tokens take the tensor-core path, which rounds the input of each of the 15
-  // products to BF16 (2^-9 relative each). Those errors add up through two layers; 2^-4 of the
-  // largest logit bounds them (seen: 0.040).
+  // f32 on both; more tokens take the tensor cores (blockdiff's kernel at 20 and 32 tokens,
+  // cuBLAS at 37), which round the input of each of the 15 products to BF16 (2^-9 relative
+  // each). Those errors add up through two layers; 2^-4 of the largest logit bounds them (seen
+  // at 37: 0.040).
   const auto dir = test::golden("model-bf16-untied").string();
   auto m = model::Qwen2<backend::Host>::load(dir, DType::bf16);
-  for (int n : {1, 5, 8, 37}) {
+  for (int n : {1, 5, 8, 20, 32, 37}) {
     std::vector<int> ids;
     for (int i = 0; i < n; ++i) ids.push_back((i * 13 + 5) % 300);
     auto cache = m.make_cache(n);

@@ -176,11 +176,21 @@ struct Kernel<backend::Cuda, op::RopeKvWrite> {
 
 template <>
 struct Kernel<backend::Cuda, op::SwiGluLinear> {
-  //! Up to 8 rows: one launch that stores silu(gate) · up (`up` unused). More: two cuBLAS
-  //! products into `out` and `up`, then SwiGlu.
+  //! Up to 8 rows, and up to 32 with BF16 weights: one launch that stores silu(gate) · up (`up`
+  //! unused), on the CUDA cores or the tensor cores. More: two cuBLAS products into `out` and
+  //! `up`, then SwiGlu.
   template <class W>
   static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up) {
     if (n == 0 || m == 0) return;
+    const auto make = [&]<class P>() {
+      P p;
+      p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
+      return p;
+    };
+    if constexpr (std::is_same_v<W, bf16>)
+      if (detail::cuda::mma_takes<W>(x, n, k, {w_gate, w_up}))
+        return detail::cuda::mma_rows_dispatch<detail::cuda::SwiGluPlan>(x, static_cast<int>(n), k, make,
+                                                                          backend::Cuda::stream());
     if (n > detail::cuda::few_rows_max) {
       const void* input = detail::cuda::blas_input<W>(x, n, k);
       detail::cuda::blas_product(input, n, k, w_gate, m, nullptr, out, false);
@@ -189,13 +199,7 @@ struct Kernel<backend::Cuda, op::SwiGluLinear> {
       return;
     }
     detail::cuda::few_rows_dispatch<W, detail::cuda::SwiGluPlan>(
-        x, static_cast<int>(n), k, detail::cuda::few_rows_aligned<W>(x, k, {w_gate, w_up}),
-        [&]<class P>() {
-          P p;
-          p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
-          return p;
-        },
-        backend::Cuda::stream());
+        x, static_cast<int>(n), k, detail::cuda::few_rows_aligned<W>(x, k, {w_gate, w_up}), make, backend::Cuda::stream());
   }
 };
 

@@ -1,6 +1,6 @@
 // op::Linear on the device: y[n, m] (=|+=) x[n, k] · w[m, k]ᵀ (+ bias[m]), w in f32 or BF16.
 //
-// Two implementations, chosen by the number of rows:
+// Three implementations, chosen by the number of rows and the weights' type:
 //  - up to `few_rows_max` rows (a decode step, a sub-block): our own kernel on the CUDA cores.
 //    A block owns 2 or 4 output features over all of k; its threads stream the weight rows
 //    with 16-byte loads (8 BF16 or 4 f32 values), widen BF16 by a shift, and keep one f32
@@ -8,15 +8,22 @@
 //    every block of the SM shares them. Bias and accumulation into y are applied as the result is
 //    stored, so a residual add costs no extra pass. Each weight byte is read once whatever the
 //    number of rows, which is what makes a sub-block forward cost about what an AR step costs.
-//  - more rows (a block, a prompt): cuBLAS. f32 weights use an f32 GEMM (full f32 math, no TF32);
-//    BF16 weights use cublasGemmEx with the activations rounded to BF16 and f32 accumulation
-//    and output, on the tensor cores.
+//  - 9 to `mma_rows_max` rows with BF16 weights (a block forward): our own kernel on the tensor
+//    cores (mma.sync, m16n8k16), a block owning 16 or 32 features, the activations rounded to BF16 and
+//    f32 accumulation, as cuBLAS computes it; it streams the weights as the CUDA-core kernel does,
+//    without cuBLAS's fixed cost of about 11 µs a product on the small matrices.
+//    `Cuda::use_mma_rows(false)` sends these products to cuBLAS instead.
+//  - the rest (a prompt; f32 weights past 8 rows): cuBLAS. f32 weights use an f32 GEMM (full f32
+//    math, no TF32); BF16 weights use cublasGemmEx with the activations rounded to BF16 and f32
+//    accumulation and output, on the tensor cores.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
+
+#include <cuda_bf16.h>
 
 #include "blockdiff/backend/cuda/runtime.cuh"
 #include "blockdiff/core/dtype.hpp"
@@ -79,14 +86,16 @@ __device__ inline void warp_sums(float (&v)[N]) {
   }
 }
 
-//! What a few-row launch computes, as a block sees it: which weight rows its F features read,
-//! and what it stores once their sums over k are known.
+//! What a product kernel computes, as one of its blocks sees it: the weight row of each of its F
+//! features, and what it stores once their sums over k are known. Both kernels below (the CUDA-
+//! core one for up to 8 rows, the tensor-core one for up to 32) run the same plans.
 //!
 //! Stack: up to three products of the same input (q, k and v; or one Linear), each with its
 //! bias, one after another in the grid, a block never straddling two.
-template <class W, int F, int R>
+template <class W, int F>
 struct StackPlan {
   static constexpr int max_products = 3;
+  static constexpr int outputs = F;  //!< values a block stores per row
   const W* w[max_products] = {};
   int m[max_products] = {};
   const float* bias[max_products] = {};
@@ -112,48 +121,54 @@ struct StackPlan {
   __device__ int product(int block) const {
     return (count > 1 && block >= first_block[1]) + (count > 2 && block >= first_block[2]);
   }
-  __device__ void rows(int block, int k, const W* (&row)[F]) const {
-    const int i = product(block), f0 = (block - pick(first_block, i)) * F, mi = pick(m, i);
-    const W* wi = pick(w, i);
-    for (int f = 0; f < F; ++f) row[f] = wi + static_cast<std::int64_t>(min(f0 + f, mi - 1)) * k;  // clamped
+  //! Feature f's weight row (features past the product's end read its last row, never stored).
+  __device__ const W* row(int block, int k, int f) const {
+    const int i = product(block), f0 = (block - pick(first_block, i)) * F;
+    return pick(w, i) + static_cast<std::int64_t>(min(f0 + f, pick(m, i) - 1)) * k;
   }
-  //! sums[f * R + r]; thread t < F * R stores feature t / R of row t % R.
-  __device__ void store(int block, const float* sums) const {
-    if (threadIdx.x >= F * R) return;
-    const int i = product(block), mi = pick(m, i);
-    const int f = (block - pick(first_block, i)) * F + static_cast<int>(threadIdx.x) / R;
-    const int r = static_cast<int>(threadIdx.x) % R;
+  //! Output i of `outputs` x rows: feature i / rows of row i % rows, from sums[f * rows + r].
+  __device__ void store(int block, const float* sums, int rows, int i) const {
+    const int p = product(block), mi = pick(m, p);
+    const int f = (block - pick(first_block, p)) * F + i / rows, r = i % rows;
     if (f >= mi) return;
-    const float* bi = pick(bias, i);
-    const float v = sums[threadIdx.x] + (bi != nullptr ? bi[f] : 0.0f);
-    float* out = pick(y, i) + static_cast<std::int64_t>(r) * mi + f;
+    const float* bi = pick(bias, p);
+    const float v = sums[i] + (bi != nullptr ? bi[f] : 0.0f);
+    float* out = pick(y, p) + static_cast<std::int64_t>(r) * mi + f;
     *out = accumulate ? *out + v : v;
   }
 };
 
+//! The plan maker of one product (`accumulate`: y +=), for either kernel's StackPlan.
+template <class W>
+auto one_product(const W* w, int m, const float* bias, float* y, bool accumulate) {
+  return [=]<class P>() {
+    P p;
+    p.add(w, m, bias, y);
+    p.accumulate = accumulate;
+    return p;
+  };
+}
+
 //! SwiGLU: a block's first F/2 features are gate rows, the next F/2 the same up rows; it stores
 //! silu(gate) · up, so neither product is written out.
-template <class W, int F, int R>
+template <class W, int F>
 struct SwiGluPlan {
   static constexpr int half = F / 2;
+  static constexpr int outputs = half;
   const W* gate = nullptr;
   const W* up = nullptr;
   int m = 0;
   float* out = nullptr;
 
   int blocks() const { return (m + half - 1) / half; }
-  __device__ void rows(int block, int k, const W* (&row)[F]) const {
-    for (int f = 0; f < half; ++f) {
-      const std::int64_t feature = min(block * half + f, m - 1);  // clamped, not stored
-      row[f] = gate + feature * k;
-      row[half + f] = up + feature * k;
-    }
+  __device__ const W* row(int block, int k, int f) const {
+    const std::int64_t feature = min(block * half + f % half, m - 1);  // clamped, not stored
+    return (f < half ? gate : up) + feature * k;
   }
-  __device__ void store(int block, const float* sums) const {
-    if (threadIdx.x >= half * R) return;
-    const int fl = static_cast<int>(threadIdx.x) / R, r = static_cast<int>(threadIdx.x) % R, f = block * half + fl;
+  __device__ void store(int block, const float* sums, int rows, int i) const {
+    const int fl = i / rows, r = i % rows, f = block * half + fl;
     if (f >= m) return;
-    const float g = sums[fl * R + r], u = sums[(half + fl) * R + r];
+    const float g = sums[fl * rows + r], u = sums[(half + fl) * rows + r];
     out[static_cast<std::int64_t>(r) * m + f] = g / (1.0f + expf(-g)) * u;  // as op::SwiGlu computes it
   }
 };
@@ -170,7 +185,7 @@ __global__ void __launch_bounds__(few_rows_threads)
   constexpr int V = Weights16<W>::n, F = few_rows_features<R>, warps = few_rows_threads / 32;
   constexpr int N = F * R > 6 ? 32 : F * R;  // values per thread, padded for the butterfly
   const W* row[F];
-  plan.rows(static_cast<int>(blockIdx.x), k, row);
+  for (int f = 0; f < F; ++f) row[f] = plan.row(static_cast<int>(blockIdx.x), k, f);
   float acc[N] = {};  // acc[f * R + r]
 #pragma unroll 2
   for (int j = threadIdx.x * V; j < k_vec; j += few_rows_threads * V) {
@@ -210,22 +225,22 @@ __global__ void __launch_bounds__(few_rows_threads)
     sums[threadIdx.x] = v;
   }
   __syncthreads();
-  plan.store(static_cast<int>(blockIdx.x), sums);
+  for (int i = threadIdx.x; i < Plan::outputs * R; i += few_rows_threads) plan.store(static_cast<int>(blockIdx.x), sums, R, i);
 }
 
 //! Launches the kernel for R rows with the plan that make_plan(F) returns.
-template <class W, int R, template <class, int, int> class Plan, class Make>
+template <class W, int R, template <class, int> class Plan, class Make>
 void few_rows_launch(const float* x, int k, bool aligned, Make&& make_plan, cudaStream_t stream) {
   constexpr int F = few_rows_features<R>;
-  const Plan<W, F, R> plan = make_plan.template operator()<Plan<W, F, R>>();
+  const Plan<W, F> plan = make_plan.template operator()<Plan<W, F>>();
   if (plan.blocks() == 0) return;
-  few_rows_kernel<W, R, Plan<W, F, R>>
+  few_rows_kernel<W, R, Plan<W, F>>
       <<<static_cast<unsigned>(plan.blocks()), few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0);
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
 //! Dispatches n (1 to few_rows_max) to its compiled row count.
-template <class W, template <class, int, int> class Plan, class Make>
+template <class W, template <class, int> class Plan, class Make>
 void few_rows_dispatch(const float* x, int n, int k, bool aligned, Make&& make_plan, cudaStream_t stream) {
   switch (n) {
     case 1: return few_rows_launch<W, 1, Plan>(x, k, aligned, make_plan, stream);
@@ -252,15 +267,188 @@ bool few_rows_aligned(const float* x, int k, std::initializer_list<const W*> ws)
 template <class W>
 void few_rows_linear(const float* x, int n, int k, const W* w, int m, const float* bias, float* y, bool accumulate,
                      cudaStream_t stream) {
-  few_rows_dispatch<W, StackPlan>(
-      x, n, k, few_rows_aligned<W>(x, k, {w}),
-      [&]<class P>() {
-        P p;
-        p.add(w, m, bias, y);
-        p.accumulate = accumulate;
-        return p;
-      },
-      stream);
+  few_rows_dispatch<W, StackPlan>(x, n, k, few_rows_aligned<W>(x, k, {w}), one_product(w, m, bias, y, accumulate),
+                                  stream);
+}
+
+// ---- the tensor-core kernel: 9 to 32 rows, BF16 weights -------------------------------------
+
+constexpr int mma_rows_max = 32;  //!< rows up to which the tensor-core kernel runs
+constexpr int mma_threads = 256;  //!< 8 warps, splitting k between them
+//! 16-feature tiles (the M of an m16n8k16 product) per block for 8 T rows. Every block reads all
+//! of x, 4 n k bytes, against 32 M k bytes of weights: two tiles past 16 rows keep that at most
+//! twice the weights, one tile up to 16 rows keeps twice the blocks for the small matrices.
+template <int T>
+constexpr int mma_tiles = T > 2 ? 2 : 1;
+
+//! Two f32 values rounded to BF16 (to nearest, ties to even, as to_bf16 rounds) in one word, the
+//! first in the low half: the lower k index of an mma operand pair.
+__device__ inline unsigned bf16_pair(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+
+//! d (16 x 8, f32) += a (16 x 16, BF16, row-major) · b (16 x 8, BF16, column-major), one warp.
+//! Fragments (PTX ISA, mma.m16n8k16; g = lane / 4, t = lane % 4; the lower column in the low
+//! half): a[0] is row g, columns 2t and 2t + 1; a[1] row g + 8, the same columns; a[2] row g,
+//! columns 2t + 8 and 2t + 9; a[3] row g + 8, those. b[0] is column g, rows 2t and 2t + 1; b[1]
+//! column g, rows 2t + 8 and 2t + 9. d[0], d[1] are row g, columns 2t and 2t + 1; d[2], d[3] row g + 8.
+__device__ inline void mma_16x8x16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+//! Up to 8 T rows for the 16 M features of each block, on the tensor cores: each m16n8k16
+//! product takes 16 of the block's weight rows as A (16 x 16) and 8 rows of x as B, rounded to
+//! BF16 as the cuBLAS path rounds them, and accumulates in f32. The 8 warps take turns over k in
+//! chunks of 32 columns. A lane reads 16 bytes of its two weight rows of each tile (features
+//! g and g + 8 of the tile) at columns 8t .. 8t + 7 of the chunk, and the same 8 columns of its x
+//! row (row g of each 8-row tile); those feed two products, the first columns 8t .. 8t + 3, the
+//! second 8t + 4 .. 8t + 7. So a product's column 2t + e stands for the chunk's column 8t + 4s + e
+//! and its column 2t + 8 + e for 8t + 4s + 2 + e, in A and B alike: a permutation of k, which a
+//! sum over k does not see. Each weight byte is read once, with 16-byte loads. The warps' sums
+//! meet in shared memory and are added in a fixed order (deterministic); the plan stores them.
+//! k is a multiple of 16 (a last half chunk takes one product of 8-byte loads); x and the weight
+//! rows are 16-byte aligned.
+template <int T, int M, class Plan>
+__global__ void __launch_bounds__(mma_threads)
+    mma_rows_kernel(const float* __restrict__ x, int n, int k, const Plan plan) {
+  constexpr int warps = mma_threads / 32, F = 16 * M;
+  constexpr int U = 4 / M;  // chunks whose weight loads a warp issues together: 4 KB a warp
+  const int block = static_cast<int>(blockIdx.x), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  const bf16* w[M][2];  // rows g and g + 8 of each tile
+#pragma unroll
+  for (int i = 0; i < M; ++i) w[i][0] = plan.row(block, k, 16 * i + g), w[i][1] = plan.row(block, k, 16 * i + g + 8);
+  const float* xr[T];
+#pragma unroll
+  for (int j = 0; j < T; ++j) xr[j] = 8 * j + g < n ? x + static_cast<std::int64_t>(8 * j + g) * k : nullptr;
+  float acc[M][T][4] = {};
+  // B of tile j over the 4 columns at c (x row absent: zeros).
+  auto b_at = [&](int j, int c, unsigned (&b)[2]) {
+    b[0] = b[1] = 0;
+    if (xr[j] == nullptr) return;
+    const float4 v = __ldg(reinterpret_cast<const float4*>(xr[j] + c));
+    b[0] = bf16_pair(v.x, v.y), b[1] = bf16_pair(v.z, v.w);
+  };
+  const int chunks = k / 32;
+  for (int c0 = warp; c0 < chunks; c0 += warps * U) {
+    uint4 a[U][M][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * warps;
+      if (c < chunks)
+#pragma unroll
+        for (int i = 0; i < M; ++i)
+          for (int h = 0; h < 2; ++h) a[u][i][h] = __ldcs(reinterpret_cast<const uint4*>(w[i][h] + 32 * c + 8 * t));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * warps;
+      if (c >= chunks) continue;
+#pragma unroll
+      for (int j = 0; j < T; ++j) {
+        unsigned b0[2], b1[2];
+        b_at(j, 32 * c + 8 * t, b0);
+        b_at(j, 32 * c + 8 * t + 4, b1);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          const uint4 lo = a[u][i][0], hi = a[u][i][1];
+          mma_16x8x16(acc[i][j], {lo.x, hi.x, lo.y, hi.y}, b0);
+          mma_16x8x16(acc[i][j], {lo.z, hi.z, lo.w, hi.w}, b1);
+        }
+      }
+    }
+  }
+  if (k % 32 != 0 && warp == chunks % warps) {  // the last 16 columns: 4 per lane
+    const int c = 32 * chunks + 4 * t;
+#pragma unroll
+    for (int j = 0; j < T; ++j) {
+      unsigned b[2];
+      b_at(j, c, b);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const uint2 lo = __ldcs(reinterpret_cast<const uint2*>(w[i][0] + c)), hi = __ldcs(reinterpret_cast<const uint2*>(w[i][1] + c));
+        mma_16x8x16(acc[i][j], {lo.x, hi.x, lo.y, hi.y}, b);
+      }
+    }
+  }
+  __shared__ float partial[warps][F][8 * T];
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < T; ++j) {
+      const int f = 16 * i + g, r = 8 * j + 2 * t;
+      partial[warp][f][r] = acc[i][j][0], partial[warp][f][r + 1] = acc[i][j][1];
+      partial[warp][f + 8][r] = acc[i][j][2], partial[warp][f + 8][r + 1] = acc[i][j][3];
+    }
+  __syncthreads();
+  __shared__ float sums[F * 8 * T];  // sums[f * n + r]
+  for (int i = threadIdx.x; i < F * n; i += mma_threads) {
+    float v = 0.0f;
+    for (int wp = 0; wp < warps; ++wp) v += partial[wp][i / n][i % n];
+    sums[i] = v;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < Plan::outputs * n; i += mma_threads) plan.store(block, sums, n, i);
+}
+
+template <int T, template <class, int> class Plan, class Make>
+void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, cudaStream_t stream) {
+  constexpr int M = mma_tiles<T>;
+  const Plan<bf16, 16 * M> plan = make_plan.template operator()<Plan<bf16, 16 * M>>();
+  if (plan.blocks() == 0) return;
+  mma_rows_kernel<T, M, Plan<bf16, 16 * M>>
+      <<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan);
+  BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+}
+
+//! The tensor-core kernel for 1 <= n <= mma_rows_max rows, with the plan that make_plan(F) returns.
+template <template <class, int> class Plan, class Make>
+void mma_rows_dispatch(const float* x, int n, int k, Make&& make_plan, cudaStream_t stream) {
+  switch ((n + 7) / 8) {
+    case 1: return mma_rows_launch<1, Plan>(x, n, k, make_plan, stream);
+    case 2: return mma_rows_launch<2, Plan>(x, n, k, make_plan, stream);
+    case 3: return mma_rows_launch<3, Plan>(x, n, k, make_plan, stream);
+    case 4: return mma_rows_launch<4, Plan>(x, n, k, make_plan, stream);
+    default: fail("tensor-core product: ", n, " rows; this kernel takes 1 to ", mma_rows_max);
+  }
+}
+
+//! Whether this build's tensor-core kernel has its body: compiled for sm_80 or later (asked of the
+//! kernel that will run, so a build for older GPUs falls back to cuBLAS).
+inline bool mma_compiled() {
+  static const bool compiled = [] {
+    cudaFuncAttributes a{};
+    if (cudaFuncGetAttributes(&a, mma_rows_kernel<1, 1, StackPlan<bf16, 16>>) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.ptxVersion >= 80;
+  }();
+  return compiled;
+}
+
+//! Whether n rows of a product with weights W (rows of length k, all at `ws`) take the
+//! tensor-core kernel: BF16 weights, 9 to 32 rows, k a multiple of 16, 16-byte aligned operands,
+//! and the kernel not switched off (Cuda::use_mma_rows) nor compiled out.
+template <class W>
+bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<const void*> ws) {
+  if constexpr (!std::is_same_v<W, bf16>) {
+    return false;
+  } else {
+    return n > few_rows_max && n <= mma_rows_max && k % 16 == 0 && aligned16(x) &&
+           std::all_of(ws.begin(), ws.end(), aligned16) && backend::Cuda::mma_rows() && mma_compiled();
+  }
+}
+
+//! The tensor-core product for 1 <= n <= mma_rows_max rows (BF16 weights; see mma_takes).
+inline void mma_linear(const float* x, int n, int k, const bf16* w, int m, const float* bias, float* y, bool accumulate,
+                       cudaStream_t stream) {
+  mma_rows_dispatch<StackPlan>(x, n, k, one_product(w, m, bias, y, accumulate), stream);
 }
 
 __global__ void broadcast_rows_kernel(const float* bias, std::int64_t n, int m, float* y) {
@@ -325,39 +513,45 @@ struct Kernel<backend::Cuda, op::Linear> {
     static_assert(std::is_same_v<W, float> || std::is_same_v<W, bf16>, "CUDA Linear: weights are f32 or BF16");
     if (n == 0 || m == 0) return;
     require(bias == nullptr || !accumulate, "Linear on CUDA: bias with accumulate is not supported");
-    if (n <= detail::cuda::few_rows_max)
-      detail::cuda::few_rows_linear(x, static_cast<int>(n), k, w, m, bias, y, accumulate, backend::Cuda::stream());
-    else
-      detail::cuda::blas_linear(x, n, k, w, m, bias, y, accumulate);
+    using namespace detail::cuda;
+    if (n <= few_rows_max) return few_rows_linear(x, static_cast<int>(n), k, w, m, bias, y, accumulate, backend::Cuda::stream());
+    if constexpr (std::is_same_v<W, bf16>)
+      if (mma_takes<W>(x, n, k, {w}))
+        return mma_linear(x, static_cast<int>(n), k, w, m, bias, y, accumulate, backend::Cuda::stream());
+    blas_linear(x, n, k, w, m, bias, y, accumulate);
   }
 };
 
 template <>
 struct Kernel<backend::Cuda, op::Linears> {
-  //! Up to 8 rows: one launch for each 3 products. More: the input rounded once, one cuBLAS
-  //! product each.
+  //! Up to 8 rows on the CUDA cores, up to 32 with BF16 weights on the tensor cores: one launch
+  //! for each 3 products. Otherwise the input rounded once, one cuBLAS product each.
   template <class W>
   static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs) {
     using namespace detail::cuda;
     if (n == 0) return;
-    if (n > few_rows_max) {
+    const auto weights_aligned = [](auto group) {
+      return std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
+    };
+    const bool tensor_cores = n > few_rows_max && mma_takes<W>(x, n, k, {}) && weights_aligned(outs);
+    if (n > few_rows_max && !tensor_cores) {
       const void* input = blas_input<W>(x, n, k);
       for (const auto& o : outs) blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
       return;
     }
-    constexpr std::size_t per_launch = StackPlan<W, 2, 1>::max_products;
+    constexpr std::size_t per_launch = StackPlan<W, 2>::max_products;
     for (std::size_t first = 0; first < outs.size(); first += per_launch) {
       const auto group = outs.subspan(first, std::min(per_launch, outs.size() - first));
-      const bool aligned = few_rows_aligned<W>(x, k, {}) &&
-                           std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
-      few_rows_dispatch<W, StackPlan>(
-          x, static_cast<int>(n), k, aligned,
-          [&]<class P>() {
-            P p;
-            for (const auto& o : group) p.add(o.w, o.m, o.bias, o.y);
-            return p;
-          },
-          backend::Cuda::stream());
+      const auto make = [&]<class P>() {
+        P p;
+        for (const auto& o : group) p.add(o.w, o.m, o.bias, o.y);
+        return p;
+      };
+      if (!tensor_cores)
+        few_rows_dispatch<W, StackPlan>(x, static_cast<int>(n), k, few_rows_aligned<W>(x, k, {}) && weights_aligned(group),
+                                        make, backend::Cuda::stream());
+      else if constexpr (std::is_same_v<W, bf16>)
+        mma_rows_dispatch<StackPlan>(x, static_cast<int>(n), k, make, backend::Cuda::stream());
     }
   }
 };

@@ -105,6 +105,15 @@ struct Cuda {
   static bool graphs() { return graphs_flag(); }
   static void use_graphs(bool on) { graphs_flag() = on; }
 
+  //! Whether products of 9 to 32 rows with BF16 weights (a block forward) run on blockdiff's
+  //! tensor-core kernel (the default) or on cuBLAS, for comparing the two. Switching drops the
+  //! recorded graphs (graph_generation()).
+  static bool mma_rows() { return mma_flag(); }
+  static void use_mma_rows(bool on) {
+    if (on != mma_flag()) ++graph_generation_ref();
+    mma_flag() = on;
+  }
+
   //! The stream every kernel, copy and cuBLAS call of the backend runs on.
   static cudaStream_t stream() {
     static cudaStream_t s = [] {
@@ -155,7 +164,7 @@ struct Cuda {
   //! Scratch memory for at least n values of T, for kernels that stage an operand or keep
   //! partial results (one buffer per type for the process, like the stream that orders its
   //! users; it only grows). A recorded graph holds the pointer, so growing it counts in
-  //! scratch_generation() and GraphReplay drops its graphs.
+  //! graph_generation() and GraphReplay drops its graphs.
   //! With `zeroed`, the buffer is all zeros when it is made or grown (its users keep it so).
   template <class T>
   static T* scratch(std::size_t n, bool zeroed = false) {
@@ -163,15 +172,20 @@ struct Cuda {
     if (n > buffer.bytes() / sizeof(T)) {
       buffer.resize(Shape{static_cast<std::int64_t>(n)});
       if (zeroed) BLOCKDIFF_CUDA_CHECK(cudaMemsetAsync(buffer.data(), 0, buffer.bytes(), stream()));
-      ++scratch_generation_ref();
+      ++graph_generation_ref();
     }
     return buffer.data();
   }
-  static long scratch_generation() { return scratch_generation_ref(); }
+  //! Counts what makes a recorded graph stale: scratch memory that moved, a product path switched.
+  static long graph_generation() { return graph_generation_ref(); }
 
-  static long& scratch_generation_ref() {
+  static long& graph_generation_ref() {
     static long generation = 0;
     return generation;
+  }
+  static bool& mma_flag() {
+    static bool on = true;
+    return on;
   }
   static bool& graphs_flag() {
     static bool on = [] {
@@ -236,9 +250,9 @@ class GraphReplay {
   template <class Key, class F>
   void run(Key&& make_key, F&& enqueue) {
     if (!Cuda::graphs()) return enqueue();
-    if (generation_ != Cuda::scratch_generation()) {  // a graph may hold scratch that has moved
+    if (generation_ != Cuda::graph_generation()) {  // scratch has moved, or a product path changed
       clear();
-      generation_ = Cuda::scratch_generation();
+      generation_ = Cuda::graph_generation();
     }
     const std::span<const std::int64_t> key = make_key();
     if (auto it = graphs_.find(key); it != graphs_.end()) {
