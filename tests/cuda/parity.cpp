@@ -114,17 +114,18 @@ TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite) and KvW
     }
     INFO(n, " rows");
     CHECK(rel(gpu::linears(x, n, k, w, {m[0], m[1], m[2]}, b), host) < kTol);
-    if (n > 8) {  // BF16 weights: each product as op::Linear computes it alone, to the bit
+    if (n > 8) {  // BF16 weights: up to 32 rows each product as op::Linear computes it alone, to the bit
       auto wb = w;
       for (auto& wi : wb)
         for (auto& e : wi) e = to_float(to_bf16(e));
+      const auto stacked = gpu::linears(x, n, k, wb, {m[0], m[1], m[2]}, b, true);
+      CHECK(rel(stacked, host) < 0.05);
       std::vector<float> parts;
       for (int i = 0; i < 3; ++i) {
         auto y = gpu::linear(x, n, k, wb[static_cast<std::size_t>(i)], m[i], &b[static_cast<std::size_t>(i)], nullptr, true);
         parts.insert(parts.end(), y.begin(), y.end());
       }
-      CHECK(gpu::linears(x, n, k, wb, {m[0], m[1], m[2]}, b, true) == parts);
-      CHECK(rel(parts, host) < 0.05);
+      if (n <= 32) CHECK(stacked == parts);
     }
     for (bool bf16_weights : {false, true}) {
       auto g = randn(static_cast<std::size_t>(37 * k), 38), u = randn(static_cast<std::size_t>(37 * k), 39);
