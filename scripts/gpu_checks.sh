@@ -95,7 +95,7 @@ for stage in "$@"; do
       run bench.log 180 "$bin/bench_cuda_train"
       summary bench.log "cuda/forward_shapes|cuda/end_to_end|study/|train_step|ERROR|exit" 40 ;;
     bench-f32)
-      run bench-f32.log 240 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes|end_to_end'
+      run bench-f32.log 240 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes/context:256/(graphs|direct)$|end_to_end'
       summary bench-f32.log "cuda/forward_shapes|cuda/end_to_end|ERROR|exit" 12 ;;
   esac
 done
