@@ -436,12 +436,12 @@ inline bool mma_compiled() {
 //! tensor-core kernel: BF16 weights, 9 to 32 rows, k a multiple of 16, 16-byte aligned operands,
 //! and the kernel not switched off (Cuda::use_mma_rows) nor compiled out.
 template <class W>
-bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<const void*> ws) {
+bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<const W*> ws) {
   if constexpr (!std::is_same_v<W, bf16>) {
     return false;
   } else {
-    return n > few_rows_max && n <= mma_rows_max && k % 16 == 0 && aligned16(x) &&
-           std::all_of(ws.begin(), ws.end(), aligned16) && backend::Cuda::mma_rows() && mma_compiled();
+    return n > few_rows_max && n <= mma_rows_max && k % 16 == 0 && few_rows_aligned<W>(x, k, ws) &&
+           backend::Cuda::mma_rows() && mma_compiled();
   }
 }
 
@@ -533,7 +533,7 @@ struct Kernel<backend::Cuda, op::Linears> {
     const auto weights_aligned = [](auto group) {
       return std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
     };
-    const bool tensor_cores = n > few_rows_max && mma_takes<W>(x, n, k, {}) && weights_aligned(outs);
+    const bool tensor_cores = mma_takes<W>(x, n, k, {}) && weights_aligned(outs);
     if (n > few_rows_max && !tensor_cores) {
       const void* input = blas_input<W>(x, n, k);
       for (const auto& o : outs) blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
