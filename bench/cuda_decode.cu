@@ -10,7 +10,8 @@
 //  - op::Linear alone on the model's shapes at 1 to 32 rows, through the CUDA-core kernel, the
 //    tensor-core kernel and cuBLAS, as weight bytes per second;
 //  - the three forwards again with the products of 9 to 32 rows sent to cuBLAS instead of the
-//    tensor-core kernel (`/cublas_rows`), for the ratio the kernel gains in the same run.
+//    tensor-core kernel (`/cublas_rows`), and with each RMSNorm its own launch instead of folded
+//    into the product after it (`/unfolded_norms`), for the ratio each gains in the same run.
 // Before timing, the CUDA model's logits are checked against the host model's on a short input.
 #include <cuda_profiler_api.h>
 
@@ -112,10 +113,16 @@ void validate_against_host(benchmark::State& state) {
   }
 }
 
-void BM_ForwardShapes(benchmark::State& state, bool graphs, bool mma_rows) {
-  validate_against_host(state);
-  Cuda::use_graphs(graphs);
-  Cuda::use_mma_rows(mma_rows);
+//! The backend's switches a forward_shapes run sets (and sets back to these defaults after).
+struct Paths {
+  bool graphs = true, mma_rows = true, folded_norms = true;
+};
+
+void BM_ForwardShapes(benchmark::State& state, Paths paths) {
+  Cuda::use_graphs(paths.graphs);
+  Cuda::use_mma_rows(paths.mma_rows);
+  Cuda::use_folded_norms(paths.folded_norms);
+  validate_against_host(state);  // on the paths this run times
   auto& m = gpu_model();
   const double bw = d2d_bandwidth_gbs();
   constexpr int B = 32, S = 8;
@@ -161,8 +168,10 @@ void BM_ForwardShapes(benchmark::State& state, bool graphs, bool mma_rows) {
   state.counters["d2d_GB/s"] = bw;
   state.counters["roofline_ms"] = bytes / (bw * 1e9) * 1e3;
   state.counters["fraction_of_roofline"] = (bytes / (bw * 1e9) * 1e3) / (ar / n);
-  Cuda::use_graphs(true);
-  Cuda::use_mma_rows(true);
+  const Paths defaults;
+  Cuda::use_graphs(defaults.graphs);
+  Cuda::use_mma_rows(defaults.mma_rows);
+  Cuda::use_folded_norms(defaults.folded_norms);
 }
 
 enum class Path { few_rows, tensor_cores, cublas };
@@ -239,9 +248,13 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("gpu", prop.name);
   benchmark::AddCustomContext("model", preset());
   benchmark::AddCustomContext("weights", weights() == DType::bf16 ? "bf16" : "f32");
-  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/graphs", BM_ForwardShapes, true, true)->Iterations(20)->UseRealTime();
-  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/graphs/cublas_rows", BM_ForwardShapes, true, false)->Iterations(20)->UseRealTime();
-  benchmark::RegisterBenchmark("cuda/forward_shapes/context:256/direct", BM_ForwardShapes, false, true)->Iterations(20)->UseRealTime();
+  for (const auto& [name, paths] : {std::pair{"graphs", Paths{}},
+                                    {"graphs/cublas_rows", Paths{.mma_rows = false}},
+                                    {"graphs/unfolded_norms", Paths{.folded_norms = false}},
+                                    {"direct", Paths{.graphs = false}}})
+    benchmark::RegisterBenchmark((std::string("cuda/forward_shapes/context:256/") + name).c_str(), BM_ForwardShapes, paths)
+        ->Iterations(20)
+        ->UseRealTime();
   const auto c = model::preset_config(preset());
   const struct {
     const char* name;

@@ -200,6 +200,43 @@ TEST_CASE("Linear with BF16 products: activations rounded to BF16, pairs multipl
   CHECK_FALSE(detail::bf16_dot_products(8));
 }
 
+TEST_CASE("Linears and SwiGluLinear with an input norm: RMSNorm, then the products, against naive loops") {
+  const int n = 3, k = 40, m[2] = {9, 5};
+  auto x = randn(n * k, 61), g = randn(k, 62), wg = randn(7 * k, 63), wu = randn(7 * k, 64);
+  std::vector<std::vector<float>> w{randn(m[0] * k, 65), randn(m[1] * k, 66)}, b{randn(m[0], 67), randn(m[1], 68)};
+  std::vector<double> xn(n * k);  // the normalised rows, in f64
+  for (int r = 0; r < n; ++r) {
+    double ss = 0;
+    for (int j = 0; j < k; ++j) ss += double(x[r * k + j]) * x[r * k + j];
+    for (int j = 0; j < k; ++j) xn[r * k + j] = x[r * k + j] / std::sqrt(ss / k + 1e-5) * g[j];
+  }
+  auto product = [&](const std::vector<float>& wi, int mi, const float* bias) {
+    std::vector<double> y(n * mi);
+    for (int r = 0; r < n; ++r)
+      for (int f = 0; f < mi; ++f) {
+        double s = bias ? bias[f] : 0.0;
+        for (int j = 0; j < k; ++j) s += xn[r * k + j] * wi[f * k + j];
+        y[r * mi + f] = s;
+      }
+    return y;
+  };
+  std::vector<float> scratch(n * k), y0(n * m[0]), y1(n * m[1]), out(n * 7), up(n * 7);
+  const LinearOut<float> outs[] = {{w[0].data(), m[0], b[0].data(), y0.data()}, {w[1].data(), m[1], b[1].data(), y1.data()}};
+  const InputNorm norm{g.data(), 1e-5f, scratch.data()};
+  Kernel<backend::Host, op::Linears>::run(x.data(), n, k, std::span<const LinearOut<float>>(outs), norm);
+  CHECK(rel_err(y0, product(w[0], m[0], b[0].data())) < 1e-5);
+  CHECK(rel_err(y1, product(w[1], m[1], b[1].data())) < 1e-5);
+  Kernel<backend::Host, op::SwiGluLinear>::run(x.data(), n, k, wg.data(), wu.data(), 7, out.data(), up.data(), norm);
+  auto sw = product(wg, 7, nullptr);
+  const auto u = product(wu, 7, nullptr);
+  for (std::size_t i = 0; i < sw.size(); ++i) sw[i] = sw[i] / (1 + std::exp(-sw[i])) * u[i];
+  CHECK(rel_err(out, sw) < 1e-5);
+  // A norm needs rows to write where it is not folded into the product.
+  using Linears = Kernel<backend::Host, op::Linears>;
+  CHECK_THROWS_WITH(Linears::run(x.data(), n, k, std::span<const LinearOut<float>>(outs), InputNorm{g.data(), 1e-5f, nullptr}),
+                    doctest::Contains("no scratch rows"));
+}
+
 TEST_CASE("Embedding reads f32 and BF16 tables alike") {
   const int v = 11, h = 37;
   auto table = randn(static_cast<std::size_t>(v * h), 9);

@@ -19,6 +19,32 @@ std::vector<T> down(const DeviceBuffer<T>& b, std::size_t n) {
   Cuda::download(v.data(), b.data(), n);
   return v;
 }
+//! The device side of a test Norm: its weight uploaded `misalign` floats past the buffer's start,
+//! scratch rows for a norm the kernels do not fold, and the fold switch set for the object's life.
+struct DeviceNorm {
+  DeviceBuffer<float> weight, scratch;
+  InputNorm norm;
+  bool before = Cuda::folded_norms();
+
+  DeviceNorm(const Norm* n, std::int64_t rows, int k) {
+    if (n == nullptr) return;
+    weight.resize(Shape{k + n->misalign});
+    scratch.resize(Shape{rows * k});
+    Cuda::upload(weight.data() + n->misalign, n->weight.data(), n->weight.size());
+    norm = {weight.data() + n->misalign, n->eps, scratch.data()};
+    Cuda::use_folded_norms(n->folded);
+  }
+  ~DeviceNorm() { Cuda::use_folded_norms(before); }
+  DeviceNorm(const DeviceNorm&) = delete;
+  DeviceNorm& operator=(const DeviceNorm&) = delete;
+};
+
+//! BF16 copies of BF16-representable values.
+std::vector<bf16> bf16_of(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = to_bf16(v[i]);
+  return out;
+}
 }  // namespace
 
 int device_count() { return Cuda::device_count(); }
@@ -35,9 +61,7 @@ std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::
   const bool before = Cuda::mma_rows();
   Cuda::use_mma_rows(path != LinearPath::no_tensor_cores);
   if (bf16_weights) {
-    std::vector<bf16> wb(w.size());
-    for (std::size_t i = 0; i < w.size(); ++i) wb[i] = to_bf16(w[i]);
-    auto dw = up(wb);
+    auto dw = up(bf16_of(w));
     if (path == LinearPath::tensor_cores)
       detail::cuda::mma_linear(dx.data(), n, k, dw.data(), m, b, dy.data(), accumulate, Cuda::stream());
     else
@@ -52,8 +76,10 @@ std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::
 }
 
 std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
-                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias, bool bf16_weights) {
+                           const std::vector<int>& m, const std::vector<std::vector<float>>& bias, bool bf16_weights,
+                           const Norm* norm) {
   auto dx = up(x);
+  const DeviceNorm dn(norm, n, k);
   std::vector<DeviceBuffer<float>> db, dy;
   for (std::size_t i = 0; i < w.size(); ++i) {
     db.push_back(up(bias[i]));
@@ -64,14 +90,11 @@ std::vector<float> linears(const std::vector<float>& x, int n, int k, const std:
     std::vector<LinearOut<W>> outs;
     for (const auto& wi : weights) dw.push_back(up(wi));
     for (std::size_t i = 0; i < w.size(); ++i) outs.push_back({dw[i].data(), m[i], db[i].data(), dy[i].data()});
-    Kernel<Cuda, op::Linears>::run(dx.data(), n, k, std::span<const LinearOut<W>>(outs));
+    Kernel<Cuda, op::Linears>::run(dx.data(), n, k, std::span<const LinearOut<W>>(outs), dn.norm);
   };
   if (bf16_weights) {
     std::vector<std::vector<bf16>> wb;
-    for (const auto& wi : w) {
-      wb.emplace_back(wi.size());
-      for (std::size_t j = 0; j < wi.size(); ++j) wb.back()[j] = to_bf16(wi[j]);
-    }
+    for (const auto& wi : w) wb.push_back(bf16_of(wi));
     run(wb);
   } else {
     run(w);
@@ -85,17 +108,16 @@ std::vector<float> linears(const std::vector<float>& x, int n, int k, const std:
 }
 
 std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
-                                 const std::vector<float>& w_up, int m, bool bf16_weights) {
+                                 const std::vector<float>& w_up, int m, bool bf16_weights, const Norm* norm) {
   auto dx = up(x);
+  const DeviceNorm dn(norm, n, k);
   DeviceBuffer<float> out(Shape{std::int64_t{n} * m}), scratch(Shape{std::int64_t{n} * m});
   auto run = [&]<class W>(const std::vector<W>& g, const std::vector<W>& u) {
     auto dg = up(g), du = up(u);
-    Kernel<Cuda, op::SwiGluLinear>::run(dx.data(), n, k, dg.data(), du.data(), m, out.data(), scratch.data());
+    Kernel<Cuda, op::SwiGluLinear>::run(dx.data(), n, k, dg.data(), du.data(), m, out.data(), scratch.data(), dn.norm);
   };
   if (bf16_weights) {
-    std::vector<bf16> g(w_gate.size()), u(w_up.size());
-    for (std::size_t i = 0; i < g.size(); ++i) g[i] = to_bf16(w_gate[i]), u[i] = to_bf16(w_up[i]);
-    run(g, u);
+    run(bf16_of(w_gate), bf16_of(w_up));
   } else {
     run(w_gate, w_up);
   }

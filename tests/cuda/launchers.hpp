@@ -26,14 +26,24 @@ enum class LinearPath { automatic, tensor_cores, no_tensor_cores };
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
                           const std::vector<float>* bias, const std::vector<float>* accumulate_into,
                           bool bf16_weights = false, LinearPath path = LinearPath::automatic);
-//! op::Linears over three products of x (weights uploaded as BF16 when bf16_weights); returns the
-//! three outputs one after another.
+//! The RMSNorm of a product's input (InputNorm): its weight and eps, whether the kernels fold it
+//! into the product (Cuda::use_folded_norms), and how many floats past a 16-byte boundary its
+//! weight is uploaded (a misaligned weight cannot take the vectorised loads).
+struct Norm {
+  std::vector<float> weight;
+  float eps = 1e-6f;
+  bool folded = true;
+  int misalign = 0;
+};
+//! op::Linears over the products of x (weights uploaded as BF16 when bf16_weights), its input
+//! normalised first when `norm` is given; returns the outputs one after another.
 std::vector<float> linears(const std::vector<float>& x, int n, int k, const std::vector<std::vector<float>>& w,
                            const std::vector<int>& m, const std::vector<std::vector<float>>& bias,
-                           bool bf16_weights = false);
-//! op::SwiGluLinear; weights uploaded as BF16 when bf16_weights (BF16-representable values).
+                           bool bf16_weights = false, const Norm* norm = nullptr);
+//! op::SwiGluLinear; weights uploaded as BF16 when bf16_weights (BF16-representable values), the
+//! input normalised first when `norm` is given.
 std::vector<float> swiglu_linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w_gate,
-                                 const std::vector<float>& w_up, int m, bool bf16_weights);
+                                 const std::vector<float>& w_up, int m, bool bf16_weights, const Norm* norm = nullptr);
 //! op::RopeKvWrite (or op::KvWrite alone, without with_rope) for rows of the given token counts,
 //! each writing its cache at first_slot[r]; returns q, k and both caches, one after another.
 std::vector<float> rope_kv_write(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,

@@ -20,6 +20,24 @@ using test::rel;
 namespace {
 // f32 results of differently ordered sums agree to a few ulps times the reduction length.
 constexpr double kTol = 2e-5;
+
+//! How many outputs of dev = x[n, k] · w[m, k]ᵀ (+ ...) lie further from the host's than rounding
+//! the activations to BF16 allows: 2^-8 · sum_j |w_fj x_rj| (each x_j rounded once, relative
+//! 2^-8 at most), plus a few f32 ulps.
+int outside_bf16_bound(const std::vector<float>& dev, const std::vector<float>& host, const std::vector<float>& w,
+                       const std::vector<float>& x, int n, int k, int m) {
+  int outside = 0;
+  for (int r = 0; r < n; ++r)
+    for (int f = 0; f < m; ++f) {
+      double bound = 0;
+      for (int j = 0; j < k; ++j)
+        bound += std::fabs(static_cast<double>(w[static_cast<std::size_t>(f * k + j)]) * x[static_cast<std::size_t>(r * k + j)]);
+      const auto i = static_cast<std::size_t>(r * m + f);
+      bound = bound * std::ldexp(1.0, -8) + 1e-5 * (1 + std::fabs(host[i]));
+      outside += std::fabs(dev[i] - host[i]) > bound;
+    }
+  return outside;
+}
 }  // namespace
 
 TEST_CASE("Linear, RmsNorm, Rope and SwiGlu: CUDA == host") {
@@ -78,17 +96,8 @@ TEST_CASE("Linear with BF16 weights: CUDA == host, within the rounding of the ac
         CHECK(rel(dev_acc, acc) < kTol);
         continue;
       }
-      int outside = 0;
-      for (int r = 0; r < n; ++r)
-        for (int f = 0; f < m; ++f) {
-          double bound = 0;
-          for (int j = 0; j < k; ++j)
-            bound += std::fabs(static_cast<double>(w[static_cast<std::size_t>(f * k + j)]) * x[static_cast<std::size_t>(r * k + j)]);
-          bound = bound * std::ldexp(1.0, -8) + 1e-5 * (1 + std::fabs(host[static_cast<std::size_t>(r * m + f)]));
-          const auto i = static_cast<std::size_t>(r * m + f);
-          outside += std::fabs(dev[i] - host[i]) > bound || std::fabs(dev_acc[i] - acc[i]) > bound;
-        }
-      CHECK(outside == 0);
+      CHECK(outside_bf16_bound(dev, host, w, x, n, k, m) == 0);
+      CHECK(outside_bf16_bound(dev_acc, acc, w, x, n, k, m) == 0);
       CHECK(rel(dev, host) > 0);  // the activations really were rounded: this path is not the f32 one
       if (n > 8 && tensor_core_shape && path != LinearPath::tensor_cores) {
         const auto ours = gpu::linear(x, n, k, w, m, &b, nullptr, true, LinearPath::tensor_cores);
@@ -173,6 +182,80 @@ TEST_CASE("The composite operations (Linears, SwiGluLinear, RopeKvWrite) and KvW
   // op::KvWrite alone (the parts' path): the whole batch's rows in one call.
   CHECK(rel(gpu::rope_kv_write(q, k, v, pos, cos_t, sin_t, tokens, first, heads, kvh, d, cap, false),
             reference(false)) < kTol);
+}
+
+TEST_CASE("Linears and SwiGluLinear with an input norm: the norm folded into the product == the host's RmsNorm, then the products") {
+  // The CUDA-core kernel (up to 8 rows) and the tensor-core kernel (BF16 weights, 9 to 32 rows,
+  // k a multiple of 16, aligned operands) fold the norm in; every other case normalises into
+  // scratch first. Rows of x differ in scale, so each row's own norm must reach its own outputs.
+  // k = 81 and a norm weight one float off a 16-byte boundary take the unvectorised loads (and
+  // cuBLAS past 8 rows); k = 80 ends in a half chunk of the tensor-core kernel.
+  for (int n : {1, 3, 8, 12, 32, 33})
+    for (auto [k, misalign] : {std::pair{80, 0}, {81, 0}, {80, 1}})
+      for (bool bf16_weights : {false, true}) {
+        auto x = randn(static_cast<std::size_t>(n * k), 51);
+        for (int r = 0; r < n; ++r)
+          for (int j = 0; j < k; ++j) x[static_cast<std::size_t>(r * k + j)] *= 0.25f + 0.5f * static_cast<float>(r);
+        const gpu::Norm norm{randn(static_cast<std::size_t>(k), 52), 1e-5f, true, misalign};
+        std::vector<float> xn(x.size());
+        Kernel<backend::Host, op::RmsNorm>::run(x.data(), n, k, norm.weight.data(), norm.eps, xn.data());
+        const int m[2] = {40, 8}, ms = 37;
+        std::vector<std::vector<float>> w, b;
+        for (int i = 0; i < 2; ++i) {
+          w.push_back(randn(static_cast<std::size_t>(m[i] * k), 53 + i));
+          b.push_back(randn(static_cast<std::size_t>(m[i]), 55 + i));
+        }
+        auto g = randn(static_cast<std::size_t>(ms * k), 57), u = randn(static_cast<std::size_t>(ms * k), 58);
+        if (bf16_weights)
+          for (auto* v : {&w[0], &w[1], &g, &u})
+            for (auto& e : *v) e = to_float(to_bf16(e));
+        std::vector<float> host, hg(static_cast<std::size_t>(n * ms)), hu(hg.size());
+        for (int i = 0; i < 2; ++i) {
+          std::vector<float> y(static_cast<std::size_t>(n * m[i]));
+          Kernel<backend::Host, op::Linear>::run(xn.data(), n, k, w[static_cast<std::size_t>(i)].data(), m[i],
+                                                 b[static_cast<std::size_t>(i)].data(), y.data());
+          host.insert(host.end(), y.begin(), y.end());
+        }
+        Kernel<backend::Host, op::Linear>::run(xn.data(), n, k, g.data(), ms, nullptr, hg.data());
+        Kernel<backend::Host, op::Linear>::run(xn.data(), n, k, u.data(), ms, nullptr, hu.data());
+        Kernel<backend::Host, op::SwiGlu>::run(hg.data(), hu.data(), n * ms);
+
+        const bool rounded = bf16_weights && n > 8;  // the activations go to the tensor cores as BF16
+        const bool folds = n <= 8 || (bf16_weights && n <= 32 && k % 16 == 0 && misalign == 0);
+        INFO("n ", n, " k ", k, " misalign ", misalign, " bf16 ", bf16_weights);
+        auto unfolded_norm = norm;
+        unfolded_norm.folded = false;
+        const auto stacked = gpu::linears(x, n, k, w, {m[0], m[1]}, b, bf16_weights, &norm);
+        const auto stacked_unfolded = gpu::linears(x, n, k, w, {m[0], m[1]}, b, bf16_weights, &unfolded_norm);
+        const auto swiglu = gpu::swiglu_linear(x, n, k, g, u, ms, bf16_weights, &norm);
+        const auto swiglu_unfolded = gpu::swiglu_linear(x, n, k, g, u, ms, bf16_weights, &unfolded_norm);
+        for (const auto* dev : {&stacked, &stacked_unfolded}) {
+          if (!rounded) {
+            CHECK(rel(*dev, host) < kTol);
+            continue;
+          }
+          std::size_t at = 0;
+          for (int i = 0; i < 2; ++i) {  // each product against its own bound
+            const std::size_t len = static_cast<std::size_t>(n * m[i]);
+            const std::vector<float> part(dev->begin() + static_cast<std::ptrdiff_t>(at),
+                                          dev->begin() + static_cast<std::ptrdiff_t>(at + len)),
+                host_part(host.begin() + static_cast<std::ptrdiff_t>(at), host.begin() + static_cast<std::ptrdiff_t>(at + len));
+            CHECK(outside_bf16_bound(part, host_part, w[static_cast<std::size_t>(i)], xn, n, k, m[i]) == 0);
+            at += len;
+          }
+        }
+        for (const auto* dev : {&swiglu, &swiglu_unfolded}) CHECK(rel(*dev, hg) < (rounded ? 0.05 : kTol));
+        // Folded, the kernels compute the norm in another order than op::RmsNorm (the rows are
+        // never written), so some output differs in its last bits; where they cannot fold it, the
+        // switch changes nothing.
+        if (folds) {
+          CHECK(stacked != stacked_unfolded);
+          CHECK(swiglu != swiglu_unfolded);
+        } else {
+          CHECK(stacked == stacked_unfolded);
+          CHECK(swiglu == swiglu_unfolded);
+        }
+      }
 }
 
 TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {

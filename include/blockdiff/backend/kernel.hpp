@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "blockdiff/core/error.hpp"
 #include "blockdiff/core/macros.hpp"
 #include "blockdiff/core/tensor.hpp"
 
@@ -107,11 +108,13 @@ struct RmsNorm {};
 struct Rope {};
 //! out[n, i] = silu(gate[n, i]) · up[n, i], written over gate.
 struct SwiGlu {};
-//! Several products of one input, y_i = x · w_iᵀ + b_i (a layer's q, k and v). Composite: a
-//! backend that does not specialise it runs one Linear per product.
+//! Several products of one input, y_i = x · w_iᵀ + b_i (a layer's q, k and v), the input
+//! optionally RMS-normalised first (InputNorm). Composite: a backend that does not specialise it
+//! runs the norm, then one Linear per product.
 struct Linears {};
-//! out[n, m] = silu(x · w_gateᵀ) · (x · w_upᵀ), the first half of the MLP. Composite: two
-//! Linears and a SwiGlu where not specialised.
+//! out[n, m] = silu(x · w_gateᵀ) · (x · w_upᵀ), the first half of the MLP, the input optionally
+//! RMS-normalised first (InputNorm). Composite: the norm, two Linears and a SwiGlu where not
+//! specialised.
 struct SwiGluLinear {};
 //! RoPE on q and k, then each row's k and v into its cache. Composite: two Ropes and a KvWrite
 //! where not specialised.
@@ -173,11 +176,34 @@ struct LinearOut {
   float* y = nullptr;           //!< [n, m]
 };
 
+//! An RMSNorm of the input of op::Linears or op::SwiGluLinear: the products read
+//! RmsNorm(x; weight, eps) as op::RmsNorm computes it. A backend may fold it into the products
+//! (the CUDA kernels of up to 32 rows do: the normalised rows are never written); otherwise the
+//! normalised rows go to `scratch` ([n, k]) and the products read them there. A null weight is
+//! no norm.
+struct InputNorm {
+  const float* weight = nullptr;  //!< [k]
+  float eps = 0.0f;
+  float* scratch = nullptr;  //!< [n, k]
+
+  explicit operator bool() const { return weight != nullptr; }
+};
+
+//! The rows a product reads: x itself, or op::RmsNorm of x written to norm.scratch.
+template <class Backend>
+const float* normed_input(const float* x, std::int64_t n, int k, const InputNorm& norm) {
+  if (!norm) return x;
+  require(norm.scratch != nullptr, "InputNorm: a norm weight and no scratch rows to normalise into");
+  Kernel<Backend, op::RmsNorm>::run(x, n, k, norm.weight, norm.eps, norm.scratch);
+  return norm.scratch;
+}
+
 //! The composite operations as their parts: what a backend runs unless it specialises them.
 template <class Backend>
 struct Kernel<Backend, op::Linears> {
   template <class W>
-  static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs) {
+  static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs, const InputNorm& norm = {}) {
+    x = normed_input<Backend>(x, n, k, norm);
     for (const auto& o : outs) Kernel<Backend, op::Linear>::run(x, n, k, o.w, o.m, o.bias, o.y);
   }
 };
@@ -185,7 +211,9 @@ template <class Backend>
 struct Kernel<Backend, op::SwiGluLinear> {
   //! `up` is [n, m] of scratch for the second product.
   template <class W>
-  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up) {
+  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up,
+                  const InputNorm& norm = {}) {
+    x = normed_input<Backend>(x, n, k, norm);
     Kernel<Backend, op::Linear>::run(x, n, k, w_gate, m, nullptr, out);
     Kernel<Backend, op::Linear>::run(x, n, k, w_up, m, nullptr, up);
     Kernel<Backend, op::SwiGlu>::run(out, up, n * m);

@@ -372,13 +372,13 @@ class Qwen2 {
         auto& Lw = layers_[static_cast<std::size_t>(l)];
         const std::span<const AttentionRow> layer_rows(rows_.data() + static_cast<std::int64_t>(l) * R,
                                                        static_cast<std::size_t>(R));
-        Kernel<Backend, op::RmsNorm>::run(x_.data(), T, H, Lw.input_norm.data(), eps, xn_.data());
         std::visit(
             [&]<class W>(const buffer<W>& wq) {
               const LinearOut<W> qkv[] = {{wq.data(), qd, Lw.bq.data(), q_.data()},
                                           {std::get<buffer<W>>(Lw.wk).data(), kvd, Lw.bk.data(), k_.data()},
                                           {std::get<buffer<W>>(Lw.wv).data(), kvd, Lw.bv.data(), v_.data()}};
-              Kernel<Backend, op::Linears>::run(xn_.data(), T, H, std::span<const LinearOut<W>>(qkv));
+              Kernel<Backend, op::Linears>::run(x_.data(), T, H, std::span<const LinearOut<W>>(qkv),
+                                                norm(Lw.input_norm, eps));
             },
             Lw.wq);
         Kernel<Backend, op::RopeKvWrite>::run(q_.data(), k_.data(), v_.data(), T, pos_.data(), cos_.data(), sin_.data(),
@@ -405,8 +405,13 @@ class Qwen2 {
       }
       // Final norm and lm_head on the requested rows only (already packed by a narrow last layer).
       if (!narrow_last) Backend::copy(hidden_out_.data(), x_.data(), static_cast<std::size_t>(T * H));
-      Kernel<Backend, op::RmsNorm>::run(hidden_out_.data(), n_logits, H, final_norm_.data(), eps, xn_.data());
-      linear(xn_.data(), n_logits, H, c.tie_word_embeddings ? embed_ : lm_head_, c.vocab_size, nullptr, logits_.data());
+      std::visit(
+          [&]<class W>(const buffer<W>& head) {
+            const LinearOut<W> out[] = {{head.data(), c.vocab_size, nullptr, logits_.data()}};
+            Kernel<Backend, op::Linears>::run(hidden_out_.data(), n_logits, H, std::span<const LinearOut<W>>(out),
+                                              norm(final_norm_, eps));
+          },
+          c.tie_word_embeddings ? embed_ : lm_head_);
     });
     for (auto& row : rows)
       if (row.advance) row.cache->set_committed(row.first_slot + static_cast<int>(row.tokens.size()));
@@ -432,15 +437,18 @@ class Qwen2 {
     const auto& c = config_;
     const int H = c.hidden_size, I = c.intermediate_size;
     linear(att, n, c.q_dim(), Lw.wo, H, nullptr, x, /*accumulate=*/true);
-    Kernel<Backend, op::RmsNorm>::run(x, n, H, Lw.post_norm.data(), eps, xn_.data());
     std::visit(
         [&]<class W>(const buffer<W>& wg) {
-          Kernel<Backend, op::SwiGluLinear>::run(xn_.data(), n, H, wg.data(), std::get<buffer<W>>(Lw.w_up).data(), I,
-                                                 gate_.data(), up_.data());
+          Kernel<Backend, op::SwiGluLinear>::run(x, n, H, wg.data(), std::get<buffer<W>>(Lw.w_up).data(), I,
+                                                 gate_.data(), up_.data(), norm(Lw.post_norm, eps));
         },
         Lw.w_gate);
     linear(gate_.data(), n, I, Lw.w_down, H, nullptr, x, /*accumulate=*/true);
   }
+
+  //! The RMSNorm (weight, eps) of a product's input; a backend that does not fold it into the
+  //! product writes the normalised rows to xn_.
+  InputNorm norm(const buffer<float>& weight, float eps) { return {weight.data(), eps, xn_.data()}; }
 
   //! y = x · wᵀ (+ bias) with w in whichever dtype it is held.
   static void linear(const float* x, std::int64_t n, int k, const Matrix& w, int m, const float* bias, float* y,

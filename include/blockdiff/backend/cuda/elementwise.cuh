@@ -7,11 +7,16 @@
 
 #include <cub/block/block_reduce.cuh>
 
-#include "blockdiff/backend/cuda/linear.cuh"
 #include "blockdiff/backend/cuda/runtime.cuh"
+#include "blockdiff/core/dtype.hpp"
 
 namespace blockdiff {
 namespace detail::cuda {
+
+//! Blocks of `threads` for one thread per element of n.
+inline unsigned blocks_for(std::int64_t n, int threads = 256) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
 
 template <class T>
 __global__ void embedding_kernel(const T* table, const int* ids, std::int64_t n, int h, float* out) {
@@ -68,6 +73,11 @@ __global__ void rope_kv_write_kernel(float* q, float* k, const float* v, const i
   }
 }
 
+//! The factor an RMSNorm scales a row by, from the sum of its k squares (as op::RmsNorm computes it).
+__device__ inline float rms_scale(float sum_squares, int k, float eps) {
+  return 1.0f / sqrtf(sum_squares / static_cast<float>(k) + eps);
+}
+
 template <int Threads>
 __global__ void rmsnorm_kernel(const float* x, int h, const float* w, float eps, float* y) {
   using Reduce = cub::BlockReduce<float, Threads>;
@@ -78,7 +88,7 @@ __global__ void rmsnorm_kernel(const float* x, int h, const float* w, float eps,
   float ss = 0.0f;
   for (int j = threadIdx.x; j < h; j += Threads) ss += xi[j] * xi[j];
   const float total = Reduce(tmp).Sum(ss);
-  if (threadIdx.x == 0) inv = 1.0f / sqrtf(total / static_cast<float>(h) + eps);
+  if (threadIdx.x == 0) inv = rms_scale(total, h, eps);
   __syncthreads();
   for (int j = threadIdx.x; j < h; j += Threads) yi[j] = (xi[j] * inv) * w[j];
 }
@@ -171,35 +181,6 @@ struct Kernel<backend::Cuda, op::RopeKvWrite> {
         q, k, v, positions, cos_t, sin_t, rows.data(), static_cast<int>(rows.size()), shape.heads, shape.kv_heads,
         shape.head_dim);
     BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
-  }
-};
-
-template <>
-struct Kernel<backend::Cuda, op::SwiGluLinear> {
-  //! Up to 8 rows, and up to 32 with BF16 weights: one launch that stores silu(gate) · up (`up`
-  //! unused), on the CUDA cores or the tensor cores. More: two cuBLAS products into `out` and
-  //! `up`, then SwiGlu.
-  template <class W>
-  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up) {
-    if (n == 0 || m == 0) return;
-    const auto make = [&]<class P>() {
-      P p;
-      p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
-      return p;
-    };
-    if constexpr (std::is_same_v<W, bf16>)
-      if (detail::cuda::mma_takes<W>(x, n, k, {w_gate, w_up}))
-        return detail::cuda::mma_rows_dispatch<detail::cuda::SwiGluPlan>(x, static_cast<int>(n), k, make,
-                                                                          backend::Cuda::stream());
-    if (n > detail::cuda::few_rows_max) {
-      const void* input = detail::cuda::blas_input<W>(x, n, k);
-      detail::cuda::blas_product(input, n, k, w_gate, m, nullptr, out, false);
-      detail::cuda::blas_product(input, n, k, w_up, m, nullptr, up, false);
-      Kernel<backend::Cuda, op::SwiGlu>::run(out, up, n * m);
-      return;
-    }
-    detail::cuda::few_rows_dispatch<W, detail::cuda::SwiGluPlan>(
-        x, static_cast<int>(n), k, detail::cuda::few_rows_aligned<W>(x, k, {w_gate, w_up}), make, backend::Cuda::stream());
   }
 };
 

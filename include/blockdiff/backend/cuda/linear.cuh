@@ -1,4 +1,5 @@
-// op::Linear on the device: y[n, m] (=|+=) x[n, k] · w[m, k]ᵀ (+ bias[m]), w in f32 or BF16.
+// The products on the device: op::Linear, y[n, m] (=|+=) x[n, k] · w[m, k]ᵀ (+ bias[m]), w in f32 or
+// BF16; op::Linears (several products of one input) and op::SwiGluLinear (gate, up and SwiGLU).
 //
 // Three implementations, chosen by the number of rows and the weights' type:
 //  - up to `few_rows_max` rows (a decode step, a sub-block): our own kernel on the CUDA cores.
@@ -16,24 +17,27 @@
 //  - the rest (a prompt; f32 weights past 8 rows): cuBLAS. f32 weights use an f32 GEMM (full f32
 //    math, no TF32); BF16 weights use cublasGemmEx with the activations rounded to BF16 and f32
 //    accumulation and output, on the tensor cores.
+// op::Linears and op::SwiGluLinear may normalise their input first (InputNorm). Both of our
+// kernels fold that RMSNorm into the product: every block reads whole rows of x anyway, so it
+// multiplies each activation by its norm weight as it reads it, sums the squares on the way, and
+// scales each row's sums by the row's rsqrt(mean(x²) + eps) before the plan stores them. A norm
+// then costs neither a launch nor a pass over x. cuBLAS products normalise into scratch first.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
+#include <utility>
 
 #include <cuda_bf16.h>
 
+#include "blockdiff/backend/cuda/elementwise.cuh"
 #include "blockdiff/backend/cuda/runtime.cuh"
 #include "blockdiff/core/dtype.hpp"
 
 namespace blockdiff {
 namespace detail::cuda {
-
-inline unsigned blocks_for(std::int64_t n, int threads = 256) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
-}
 
 constexpr int few_rows_max = 8;        //!< rows up to which the CUDA-core kernel runs
 constexpr int few_rows_threads = 128;  //!< threads per block; a block owns few_rows_features<R> features
@@ -64,6 +68,14 @@ struct Weights16<bf16> {
     }
   }
 };
+
+//! The row's sums of squares (squares[warp][row], each warp's share) added in a fixed order.
+template <int Warps, int Rows>
+__device__ inline float row_rms_scale(const float (&squares)[Warps][Rows], int row, int k, float eps) {
+  float s = 0.0f;
+  for (int w = 0; w < Warps; ++w) s += squares[w][row];
+  return rms_scale(s, k, eps);
+}
 
 //! Sums each of the N values a lane holds over the warp's 32 lanes. With N = 32 it is a
 //! butterfly that halves the values every step (31 shuffles instead of 5 N): afterwards lane l
@@ -178,19 +190,28 @@ struct SwiGluPlan {
 //! even for a short matrix), each keeping F x R partial sums; the warps' sums meet in shared
 //! memory and are added in a fixed order, so the result is deterministic. Columns [0, k_vec)
 //! run vectorised (k_vec is a multiple of the vector width, 0 when the operands are not 16-byte
-//! aligned), the rest one element per thread.
-template <class W, int R, class Plan>
+//! aligned), the rest one element per thread. With Norm, the input is RmsNorm(x; norm) (see the
+//! top of this file).
+template <class W, int R, bool Norm, class Plan>
 __global__ void __launch_bounds__(few_rows_threads)
-    few_rows_kernel(const float* __restrict__ x, int k, const Plan plan, int k_vec) {
+    few_rows_kernel(const float* __restrict__ x, int k, const Plan plan, int k_vec, const InputNorm norm) {
   constexpr int V = Weights16<W>::n, F = few_rows_features<R>, warps = few_rows_threads / 32;
   constexpr int N = F * R > 6 ? 32 : F * R;  // values per thread, padded for the butterfly
   const W* row[F];
   for (int f = 0; f < F; ++f) row[f] = plan.row(static_cast<int>(blockIdx.x), k, f);
   float acc[N] = {};  // acc[f * R + r]
+  float squares[R] = {};  // Norm: each row's sum of squares over the columns this thread reads
 #pragma unroll 2
   for (int j = threadIdx.x * V; j < k_vec; j += few_rows_threads * V) {
     float wf[F][V];
     for (int f = 0; f < F; ++f) Weights16<W>::load(row[f] + j, wf[f]);
+    float g[V];
+    if constexpr (Norm) {
+      for (int q = 0; q < V / 4; ++q) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(norm.weight + j) + q);
+        g[4 * q] = t.x, g[4 * q + 1] = t.y, g[4 * q + 2] = t.z, g[4 * q + 3] = t.w;
+      }
+    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float xv[V];
@@ -199,18 +220,28 @@ __global__ void __launch_bounds__(few_rows_threads)
         const float4 t = __ldg(xp + q);
         xv[4 * q] = t.x, xv[4 * q + 1] = t.y, xv[4 * q + 2] = t.z, xv[4 * q + 3] = t.w;
       }
+      if constexpr (Norm) {
+        for (int e = 0; e < V; ++e) squares[r] = fmaf(xv[e], xv[e], squares[r]), xv[e] *= g[e];
+      }
       for (int f = 0; f < F; ++f)
         for (int e = 0; e < V; ++e) acc[f * R + r] = fmaf(wf[f][e], xv[e], acc[f * R + r]);
     }
   }
   for (int j = k_vec + threadIdx.x; j < k; j += few_rows_threads) {
-    for (int f = 0; f < F; ++f) {
-      const float wv = to_float(row[f][j]);
-      for (int r = 0; r < R; ++r) acc[f * R + r] = fmaf(wv, x[static_cast<std::int64_t>(r) * k + j], acc[f * R + r]);
+    float wv[F];
+    for (int f = 0; f < F; ++f) wv[f] = to_float(row[f][j]);
+    for (int r = 0; r < R; ++r) {
+      float xj = x[static_cast<std::int64_t>(r) * k + j];
+      if constexpr (Norm) {
+        squares[r] = fmaf(xj, xj, squares[r]);
+        xj *= norm.weight[j];
+      }
+      for (int f = 0; f < F; ++f) acc[f * R + r] = fmaf(wv[f], xj, acc[f * R + r]);
     }
   }
   warp_sums(acc);
   __shared__ float partial[warps][F * R];
+  __shared__ float row_squares[warps][R];
   __shared__ float sums[F * R];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   if constexpr (N == 32) {
@@ -218,56 +249,77 @@ __global__ void __launch_bounds__(few_rows_threads)
   } else if (lane == 0) {
     for (int i = 0; i < F * R; ++i) partial[warp][i] = acc[i];
   }
+  if constexpr (Norm) {
+    warp_sums(squares);  // R <= 8: every lane holds every row's sum
+    if (lane == 0)
+      for (int r = 0; r < R; ++r) row_squares[warp][r] = squares[r];
+  }
   __syncthreads();
   if (threadIdx.x < F * R) {
     float v = 0.0f;
     for (int i = 0; i < warps; ++i) v += partial[i][threadIdx.x];
+    if constexpr (Norm) {
+      v *= row_rms_scale(row_squares, threadIdx.x % R, k, norm.eps);
+    }
     sums[threadIdx.x] = v;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < Plan::outputs * R; i += few_rows_threads) plan.store(static_cast<int>(blockIdx.x), sums, R, i);
 }
 
+//! Calls launch.template operator()<Norm>() with Norm = whether there is a norm to fold.
+template <class Launch>
+void with_norm(const InputNorm& norm, Launch&& launch) {
+  if (norm)
+    launch.template operator()<true>();
+  else
+    launch.template operator()<false>();
+}
+
 //! Launches the kernel for R rows with the plan that make_plan(F) returns.
 template <class W, int R, template <class, int> class Plan, class Make>
-void few_rows_launch(const float* x, int k, bool aligned, Make&& make_plan, cudaStream_t stream) {
+void few_rows_launch(const float* x, int k, bool aligned, Make&& make_plan, const InputNorm& norm, cudaStream_t stream) {
   constexpr int F = few_rows_features<R>;
   const Plan<W, F> plan = make_plan.template operator()<Plan<W, F>>();
   if (plan.blocks() == 0) return;
-  few_rows_kernel<W, R, Plan<W, F>>
-      <<<static_cast<unsigned>(plan.blocks()), few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0);
+  with_norm(norm, [&]<bool Norm>() {
+    few_rows_kernel<W, R, Norm, Plan<W, F>>
+        <<<static_cast<unsigned>(plan.blocks()), few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0, norm);
+  });
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
 //! Dispatches n (1 to few_rows_max) to its compiled row count.
 template <class W, template <class, int> class Plan, class Make>
-void few_rows_dispatch(const float* x, int n, int k, bool aligned, Make&& make_plan, cudaStream_t stream) {
+void few_rows_dispatch(const float* x, int n, int k, bool aligned, Make&& make_plan, const InputNorm& norm,
+                       cudaStream_t stream) {
   switch (n) {
-    case 1: return few_rows_launch<W, 1, Plan>(x, k, aligned, make_plan, stream);
-    case 2: return few_rows_launch<W, 2, Plan>(x, k, aligned, make_plan, stream);
-    case 3: return few_rows_launch<W, 3, Plan>(x, k, aligned, make_plan, stream);
-    case 4: return few_rows_launch<W, 4, Plan>(x, k, aligned, make_plan, stream);
-    case 5: return few_rows_launch<W, 5, Plan>(x, k, aligned, make_plan, stream);
-    case 6: return few_rows_launch<W, 6, Plan>(x, k, aligned, make_plan, stream);
-    case 7: return few_rows_launch<W, 7, Plan>(x, k, aligned, make_plan, stream);
-    case 8: return few_rows_launch<W, 8, Plan>(x, k, aligned, make_plan, stream);
+    case 1: return few_rows_launch<W, 1, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 2: return few_rows_launch<W, 2, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 3: return few_rows_launch<W, 3, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 4: return few_rows_launch<W, 4, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 5: return few_rows_launch<W, 5, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 6: return few_rows_launch<W, 6, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 7: return few_rows_launch<W, 7, Plan>(x, k, aligned, make_plan, norm, stream);
+    case 8: return few_rows_launch<W, 8, Plan>(x, k, aligned, make_plan, norm, stream);
     default: fail("few-row product: ", n, " rows; this kernel takes 1 to ", few_rows_max);
   }
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-//! Whether the vectorised path may run: k a multiple of the vector width, operands 16-byte aligned.
+//! Whether the vectorised path may run: k a multiple of the vector width, operands (and the norm
+//! weight, if any) 16-byte aligned.
 template <class W>
-bool few_rows_aligned(const float* x, int k, std::initializer_list<const W*> ws) {
-  return k % Weights16<W>::n == 0 && aligned16(x) && std::all_of(ws.begin(), ws.end(), aligned16);
+bool few_rows_aligned(const float* x, int k, std::initializer_list<const W*> ws, const InputNorm& norm = {}) {
+  return k % Weights16<W>::n == 0 && aligned16(x) && aligned16(norm.weight) && std::all_of(ws.begin(), ws.end(), aligned16);
 }
 
 //! The CUDA-core product for 1 <= n <= few_rows_max rows.
 template <class W>
 void few_rows_linear(const float* x, int n, int k, const W* w, int m, const float* bias, float* y, bool accumulate,
                      cudaStream_t stream) {
-  few_rows_dispatch<W, StackPlan>(x, n, k, few_rows_aligned<W>(x, k, {w}), one_product(w, m, bias, y, accumulate),
+  few_rows_dispatch<W, StackPlan>(x, n, k, few_rows_aligned<W>(x, k, {w}), one_product(w, m, bias, y, accumulate), {},
                                   stream);
 }
 
@@ -311,11 +363,12 @@ __device__ inline void mma_16x8x16(float (&d)[4], const unsigned (&a)[4], const 
 //! and its column 2t + 8 + e for 8t + 4s + 2 + e, in A and B alike: a permutation of k, which a
 //! sum over k does not see. Each weight byte is read once, with 16-byte loads. The warps' sums
 //! meet in shared memory and are added in a fixed order (deterministic); the plan stores them.
-//! k is a multiple of 16 (a last half chunk takes one product of 8-byte loads); x and the weight
-//! rows are 16-byte aligned.
-template <int T, int M, class Plan>
+//! k is a multiple of 16 (a last half chunk takes one product of 8-byte loads); x, the weight
+//! rows and the norm weight are 16-byte aligned. With Norm, the input is RmsNorm(x; norm), each
+//! activation multiplied by its norm weight before it is rounded (see the top of this file).
+template <int T, int M, bool Norm, class Plan>
 __global__ void __launch_bounds__(mma_threads)
-    mma_rows_kernel(const float* __restrict__ x, int n, int k, const Plan plan) {
+    mma_rows_kernel(const float* __restrict__ x, int n, int k, const Plan plan, const InputNorm norm) {
   constexpr int warps = mma_threads / 32, F = 16 * M;
   constexpr int U = 4 / M;  // chunks whose weight loads a warp issues together: 4 KB a warp
   const int block = static_cast<int>(blockIdx.x), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -327,11 +380,21 @@ __global__ void __launch_bounds__(mma_threads)
 #pragma unroll
   for (int j = 0; j < T; ++j) xr[j] = 8 * j + g < n ? x + static_cast<std::int64_t>(8 * j + g) * k : nullptr;
   float acc[M][T][4] = {};
-  // B of tile j over the 4 columns at c (x row absent: zeros).
-  auto b_at = [&](int j, int c, unsigned (&b)[2]) {
+  float squares[T] = {};  // Norm: the sum of squares of row 8 j + g over the columns this lane reads
+  // The norm weights of the 4 columns at c (ones without a norm).
+  auto norm_at = [&](int c) {
+    if constexpr (Norm) return __ldg(reinterpret_cast<const float4*>(norm.weight + c));
+    return make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+  };
+  // B of tile j over the 4 columns at c, scaled by their norm weights g (x row absent: zeros).
+  auto b_at = [&](int j, int c, const float4& g, unsigned (&b)[2]) {
     b[0] = b[1] = 0;
     if (xr[j] == nullptr) return;
-    const float4 v = __ldg(reinterpret_cast<const float4*>(xr[j] + c));
+    float4 v = __ldg(reinterpret_cast<const float4*>(xr[j] + c));
+    if constexpr (Norm) {
+      squares[j] = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, squares[j]))));
+      v.x *= g.x, v.y *= g.y, v.z *= g.z, v.w *= g.w;
+    }
     b[0] = bf16_pair(v.x, v.y), b[1] = bf16_pair(v.z, v.w);
   };
   const int chunks = k / 32;
@@ -349,11 +412,12 @@ __global__ void __launch_bounds__(mma_threads)
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * warps;
       if (c >= chunks) continue;
+      const float4 g0 = norm_at(32 * c + 8 * t), g1 = norm_at(32 * c + 8 * t + 4);
 #pragma unroll
       for (int j = 0; j < T; ++j) {
         unsigned b0[2], b1[2];
-        b_at(j, 32 * c + 8 * t, b0);
-        b_at(j, 32 * c + 8 * t + 4, b1);
+        b_at(j, 32 * c + 8 * t, g0, b0);
+        b_at(j, 32 * c + 8 * t + 4, g1, b1);
 #pragma unroll
         for (int i = 0; i < M; ++i) {
           const uint4 lo = a[u][i][0], hi = a[u][i][1];
@@ -365,10 +429,11 @@ __global__ void __launch_bounds__(mma_threads)
   }
   if (k % 32 != 0 && warp == chunks % warps) {  // the last 16 columns: 4 per lane
     const int c = 32 * chunks + 4 * t;
+    const float4 g = norm_at(c);
 #pragma unroll
     for (int j = 0; j < T; ++j) {
       unsigned b[2];
-      b_at(j, c, b);
+      b_at(j, c, g, b);
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         const uint2 lo = __ldcs(reinterpret_cast<const uint2*>(w[i][0] + c)), hi = __ldcs(reinterpret_cast<const uint2*>(w[i][1] + c));
@@ -377,6 +442,15 @@ __global__ void __launch_bounds__(mma_threads)
     }
   }
   __shared__ float partial[warps][F][8 * T];
+  __shared__ float row_squares[warps][8 * T];
+  if constexpr (Norm) {
+#pragma unroll
+    for (int j = 0; j < T; ++j) {  // the 4 lanes t of a row g read its columns between them
+      squares[j] += __shfl_xor_sync(0xffffffffu, squares[j], 1);
+      squares[j] += __shfl_xor_sync(0xffffffffu, squares[j], 2);
+      if (t == 0) row_squares[warp][8 * j + g] = squares[j];
+    }
+  }
 #pragma unroll
   for (int i = 0; i < M; ++i)
 #pragma unroll
@@ -390,6 +464,9 @@ __global__ void __launch_bounds__(mma_threads)
   for (int i = threadIdx.x; i < F * n; i += mma_threads) {
     float v = 0.0f;
     for (int wp = 0; wp < warps; ++wp) v += partial[wp][i / n][i % n];
+    if constexpr (Norm) {
+      v *= row_rms_scale(row_squares, i % n, k, norm.eps);
+    }
     sums[i] = v;
   }
   __syncthreads();
@@ -397,23 +474,25 @@ __global__ void __launch_bounds__(mma_threads)
 }
 
 template <int T, template <class, int> class Plan, class Make>
-void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, cudaStream_t stream) {
+void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, const InputNorm& norm, cudaStream_t stream) {
   constexpr int M = mma_tiles<T>;
   const Plan<bf16, 16 * M> plan = make_plan.template operator()<Plan<bf16, 16 * M>>();
   if (plan.blocks() == 0) return;
-  mma_rows_kernel<T, M, Plan<bf16, 16 * M>>
-      <<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan);
+  with_norm(norm, [&]<bool Norm>() {
+    mma_rows_kernel<T, M, Norm, Plan<bf16, 16 * M>>
+        <<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan, norm);
+  });
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
 //! The tensor-core kernel for 1 <= n <= mma_rows_max rows, with the plan that make_plan(F) returns.
 template <template <class, int> class Plan, class Make>
-void mma_rows_dispatch(const float* x, int n, int k, Make&& make_plan, cudaStream_t stream) {
+void mma_rows_dispatch(const float* x, int n, int k, Make&& make_plan, const InputNorm& norm, cudaStream_t stream) {
   switch ((n + 7) / 8) {
-    case 1: return mma_rows_launch<1, Plan>(x, n, k, make_plan, stream);
-    case 2: return mma_rows_launch<2, Plan>(x, n, k, make_plan, stream);
-    case 3: return mma_rows_launch<3, Plan>(x, n, k, make_plan, stream);
-    case 4: return mma_rows_launch<4, Plan>(x, n, k, make_plan, stream);
+    case 1: return mma_rows_launch<1, Plan>(x, n, k, make_plan, norm, stream);
+    case 2: return mma_rows_launch<2, Plan>(x, n, k, make_plan, norm, stream);
+    case 3: return mma_rows_launch<3, Plan>(x, n, k, make_plan, norm, stream);
+    case 4: return mma_rows_launch<4, Plan>(x, n, k, make_plan, norm, stream);
     default: fail("tensor-core product: ", n, " rows; this kernel takes 1 to ", mma_rows_max);
   }
 }
@@ -423,7 +502,7 @@ void mma_rows_dispatch(const float* x, int n, int k, Make&& make_plan, cudaStrea
 inline bool mma_compiled() {
   static const bool compiled = [] {
     cudaFuncAttributes a{};
-    if (cudaFuncGetAttributes(&a, mma_rows_kernel<1, 1, StackPlan<bf16, 16>>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&a, mma_rows_kernel<1, 1, false, StackPlan<bf16, 16>>) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
@@ -433,14 +512,14 @@ inline bool mma_compiled() {
 }
 
 //! Whether n rows of a product with weights W (rows of length k, all at `ws`) take the
-//! tensor-core kernel: BF16 weights, 9 to 32 rows, k a multiple of 16, 16-byte aligned operands,
-//! and the kernel not switched off (Cuda::use_mma_rows) nor compiled out.
+//! tensor-core kernel: BF16 weights, 9 to 32 rows, k a multiple of 16, 16-byte aligned operands
+//! (the norm's weight too), and the kernel not switched off (Cuda::use_mma_rows) nor compiled out.
 template <class W>
-bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<const W*> ws) {
+bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<const W*> ws, const InputNorm& norm = {}) {
   if constexpr (!std::is_same_v<W, bf16>) {
     return false;
   } else {
-    return n > few_rows_max && n <= mma_rows_max && k % 16 == 0 && few_rows_aligned<W>(x, k, ws) &&
+    return n > few_rows_max && n <= mma_rows_max && k % 16 == 0 && few_rows_aligned<W>(x, k, ws, norm) &&
            backend::Cuda::mma_rows() && mma_compiled();
   }
 }
@@ -448,7 +527,7 @@ bool mma_takes(const float* x, std::int64_t n, int k, std::initializer_list<cons
 //! The tensor-core product for 1 <= n <= mma_rows_max rows (BF16 weights; see mma_takes).
 inline void mma_linear(const float* x, int n, int k, const bf16* w, int m, const float* bias, float* y, bool accumulate,
                        cudaStream_t stream) {
-  mma_rows_dispatch<StackPlan>(x, n, k, one_product(w, m, bias, y, accumulate), stream);
+  mma_rows_dispatch<StackPlan>(x, n, k, one_product(w, m, bias, y, accumulate), {}, stream);
 }
 
 __global__ void broadcast_rows_kernel(const float* bias, std::int64_t n, int m, float* y) {
@@ -495,6 +574,14 @@ void blas_product(const void* input, std::int64_t n, int k, const W* w, int m, c
                                       CUBLAS_GEMM_DEFAULT));
 }
 
+//! The input as a product of n rows reads it: with a norm that the kernels will not fold (it is
+//! switched off, or cuBLAS runs the product), the rows normalised into the norm's scratch, and
+//! the norm cleared. Otherwise x and the norm as they are.
+inline const float* unfolded_norm(const float* x, std::int64_t n, int k, InputNorm& norm, bool kernels_take_it) {
+  if (!norm || (kernels_take_it && backend::Cuda::folded_norms())) return x;
+  return normed_input<backend::Cuda>(x, n, k, std::exchange(norm, InputNorm{}));
+}
+
 //! The cuBLAS path for any n.
 template <class W>
 void blas_linear(const float* x, std::int64_t n, int k, const W* w, int m, const float* bias, float* y,
@@ -525,15 +612,17 @@ struct Kernel<backend::Cuda, op::Linear> {
 template <>
 struct Kernel<backend::Cuda, op::Linears> {
   //! Up to 8 rows on the CUDA cores, up to 32 with BF16 weights on the tensor cores: one launch
-  //! for each 3 products. Otherwise the input rounded once, one cuBLAS product each.
+  //! for each 3 products, the norm folded in. Otherwise the input normalised and rounded once,
+  //! one cuBLAS product each.
   template <class W>
-  static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs) {
+  static void run(const float* x, std::int64_t n, int k, std::span<const LinearOut<W>> outs, InputNorm norm = {}) {
     using namespace detail::cuda;
     if (n == 0) return;
     const auto weights_aligned = [](auto group) {
       return std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
     };
-    const bool tensor_cores = mma_takes<W>(x, n, k, {}) && weights_aligned(outs);
+    x = unfolded_norm(x, n, k, norm, n <= few_rows_max || (mma_takes<W>(x, n, k, {}, norm) && weights_aligned(outs)));
+    const bool tensor_cores = mma_takes<W>(x, n, k, {}, norm) && weights_aligned(outs);  // on the rows it will read
     if (n > few_rows_max && !tensor_cores) {
       const void* input = blas_input<W>(x, n, k);
       for (const auto& o : outs) blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
@@ -548,11 +637,43 @@ struct Kernel<backend::Cuda, op::Linears> {
         return p;
       };
       if (!tensor_cores)
-        few_rows_dispatch<W, StackPlan>(x, static_cast<int>(n), k, few_rows_aligned<W>(x, k, {}) && weights_aligned(group),
-                                        make, backend::Cuda::stream());
+        few_rows_dispatch<W, StackPlan>(x, static_cast<int>(n), k,
+                                        few_rows_aligned<W>(x, k, {}, norm) && weights_aligned(group), make, norm,
+                                        backend::Cuda::stream());
       else if constexpr (std::is_same_v<W, bf16>)
-        mma_rows_dispatch<StackPlan>(x, static_cast<int>(n), k, make, backend::Cuda::stream());
+        mma_rows_dispatch<StackPlan>(x, static_cast<int>(n), k, make, norm, backend::Cuda::stream());
     }
+  }
+};
+
+template <>
+struct Kernel<backend::Cuda, op::SwiGluLinear> {
+  //! Up to 8 rows, and up to 32 with BF16 weights: one launch that stores silu(gate) · up (`up`
+  //! unused), on the CUDA cores or the tensor cores, the norm folded in. More: the input
+  //! normalised, two cuBLAS products into `out` and `up`, then SwiGlu.
+  template <class W>
+  static void run(const float* x, std::int64_t n, int k, const W* w_gate, const W* w_up, int m, float* out, float* up,
+                  InputNorm norm = {}) {
+    using namespace detail::cuda;
+    if (n == 0 || m == 0) return;
+    const auto make = [&]<class P>() {
+      P p;
+      p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
+      return p;
+    };
+    x = unfolded_norm(x, n, k, norm, n <= few_rows_max || mma_takes<W>(x, n, k, {w_gate, w_up}, norm));
+    const bool tensor_cores = mma_takes<W>(x, n, k, {w_gate, w_up}, norm);  // on the rows it will read
+    if constexpr (std::is_same_v<W, bf16>)
+      if (tensor_cores) return mma_rows_dispatch<SwiGluPlan>(x, static_cast<int>(n), k, make, norm, backend::Cuda::stream());
+    if (n > few_rows_max) {
+      const void* input = blas_input<W>(x, n, k);
+      blas_product(input, n, k, w_gate, m, nullptr, out, false);
+      blas_product(input, n, k, w_up, m, nullptr, up, false);
+      Kernel<backend::Cuda, op::SwiGlu>::run(out, up, n * m);
+      return;
+    }
+    few_rows_dispatch<W, SwiGluPlan>(x, static_cast<int>(n), k, few_rows_aligned<W>(x, k, {w_gate, w_up}, norm), make,
+                                     norm, backend::Cuda::stream());
   }
 };
 

@@ -114,6 +114,15 @@ struct Cuda {
     mma_flag() = on;
   }
 
+  //! Whether products of up to 32 rows fold the RMSNorm of their input into the product kernel
+  //! (the default: op::Linears and op::SwiGluLinear with an InputNorm, see linear.cuh) or run it
+  //! as its own launch first, for comparing the two. Switching drops the recorded graphs.
+  static bool folded_norms() { return fold_flag(); }
+  static void use_folded_norms(bool on) {
+    if (on != fold_flag()) ++graph_generation_ref();
+    fold_flag() = on;
+  }
+
   //! The stream every kernel, copy and cuBLAS call of the backend runs on.
   static cudaStream_t stream() {
     static cudaStream_t s = [] {
@@ -184,6 +193,10 @@ struct Cuda {
     return generation;
   }
   static bool& mma_flag() {
+    static bool on = true;
+    return on;
+  }
+  static bool& fold_flag() {
     static bool on = true;
     return on;
   }
