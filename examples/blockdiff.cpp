@@ -17,6 +17,7 @@
 
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
+#include "device_model.hpp"
 #include "eval_command.hpp"
 #include "generate_command.hpp"
 #include "text_command.hpp"
@@ -26,35 +27,23 @@ using namespace blockdiff;
 
 namespace {
 
-int run_logits(const std::string& dir, DType weights, const std::string& ids_text, const std::string& mask_name, int block) {
-  auto model = model::Qwen2<backend::Host>::load(dir, weights);
+int run_logits(const std::string& dir, DType weights, const cli::DeviceFlag& device, const std::string& ids_text,
+               const std::string& mask_name, int block) {
   const auto ids = cli::parse_ids(ids_text, "--ids");
-  decode::check_prompt(ids, 0, model.config(), 0, 1);
-  auto cache = model.make_cache(static_cast<int>(ids.size()));
-  model::ForwardRow<backend::Host> row;
-  row.tokens = ids;
-  row.cache = &cache;
-  std::span<model::ForwardRow<backend::Host>> rows(&row, 1);
-  TensorView<const float> logits;
-  if (mask_name == "causal") {
-    logits = model.forward<mask::Causal>(rows);
-  } else if (mask_name == "block-causal") {
-    logits = dispatch_value<4, 8, 16, 32, 64>(block, [&]<int B>() { return model.forward<mask::BlockCausal<B>>(rows); },
-                                              "--block");
-  } else {
-    fail("--mask must be causal or block-causal, got \"", mask_name, "\"");
-  }
+  cli::DeviceModel model(dir, weights, device);
+  const auto logits = model.logits(ids, mask_name, block);
+  const auto vocab = static_cast<std::ptrdiff_t>(model.config().vocab_size);
   nlohmann::json out;
   out["logits"] = nlohmann::json::array();
-  for (std::int64_t t = 0; t < logits.dim(0); ++t)
-    out["logits"].push_back(std::vector<float>(logits.row(t), logits.row(t) + logits.dim(1)));
+  for (auto row = logits.begin(); row != logits.end(); row += vocab) out["logits"].push_back(std::vector<float>(row, row + vocab));
   std::cout << out.dump() << "\n";
   return 0;
 }
 
-int run_ar(const std::string& dir, DType weights, const std::string& ids_text, const std::string& prompt_file,
-           const cli::PromptText& text, int max_new, std::optional<int> eos, bool ignore_eos, bool json) {
-  auto model = model::Qwen2<backend::Host>::load(dir, weights);
+int run_ar(const std::string& dir, DType weights, const cli::DeviceFlag& device, const std::string& ids_text,
+           const std::string& prompt_file, const cli::PromptText& text, int max_new, std::optional<int> eos,
+           bool ignore_eos, bool json) {
+  cli::DeviceModel model(dir, weights, device);
   const auto tok = cli::folder_tokenizer(text.tokenizer_path, dir);
   require(tok || !text.given(), dir, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
   std::vector<std::vector<int>> prompts;
@@ -67,7 +56,7 @@ int run_ar(const std::string& dir, DType weights, const std::string& ids_text, c
   decode::ArOptions options;
   options.max_new_tokens = max_new;
   options.eos_id = ignore_eos ? std::nullopt : eos ? eos : tokenizer::special_ids(model.config(), tok ? &*tok : nullptr).stop;
-  auto results = decode::ar_generate(model, prompts, options);
+  auto results = model.ar(prompts, options);
   auto to_json = [&](const decode::ArResult& r) {
     nlohmann::json j{{"tokens", r.tokens},
                      {"nfe", {{"prefill", r.prefill_forwards}, {"decode", r.decode_forwards}}},
@@ -96,6 +85,7 @@ int main(int argc, char** argv) {
   int block = 32;
   bool json = false;
   cli::WeightsFlag weights;
+  cli::DeviceFlag device;
 
   auto* logits = app.add_subcommand("logits", "One forward over --ids; prints every position's logits");
   logits->add_option("--model", model_dir, "checkpoint folder")->required();
@@ -103,6 +93,7 @@ int main(int argc, char** argv) {
   logits->add_option("--ids", ids, "comma-separated token ids")->required();
   logits->add_option("--mask", mask_name, "causal | block-causal")->capture_default_str();
   logits->add_option("--block", block, "block size of the block-causal mask")->capture_default_str();
+  device.add(logits);
   logits->add_flag("--json", json, "JSON output (the only format)");
 
   int max_new = 32;
@@ -120,6 +111,7 @@ int main(int argc, char** argv) {
   ar->add_option("--eos-id", eos, "stop token (default: the tokenizer's <|im_end|>, else eos_token_id of config.json)");
   bool ignore_eos = false;
   ar->add_flag("--ignore-eos", ignore_eos, "never stop at EOS (fixed-length runs for benchmarks)");
+  device.add(ar);
   ar->add_flag("--json", json, "compact JSON output");
 
   std::string out_dir, preset = "tiny", dtype_name = "f32";
@@ -147,10 +139,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (*logits) return run_logits(model_dir, weights.dtype(), ids, mask_name, block);
+    if (*logits) return run_logits(model_dir, weights.dtype(), device, ids, mask_name, block);
     if (*ar) {
       require(!ids.empty() || !prompt_file.empty() || ar_text.given(), "ar: give --prompt, --prompt-ids or --prompt-file");
-      return run_ar(model_dir, weights.dtype(), ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);
+      return run_ar(model_dir, weights.dtype(), device, ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);
     }
     if (*init) {
       const DType dtype = dtype_name == "f32" ? DType::f32 : dtype_name == "bf16" ? DType::bf16 : dtype_name == "f16" ? DType::f16

@@ -1,6 +1,6 @@
-// --device host|cuda for `generate` and `eval`. The GPU side of the program lives in
-// device_cuda.cu, which nvcc compiles; the rest of the program sees only this host-only
-// interface, so it stays plain C++ and builds the same without the CUDA toolkit.
+// --device host|cuda for `generate`, `chat`, `ar`, `logits` and `eval`. The GPU side of the
+// program lives in device_cuda.cu, which nvcc compiles; the rest of the program sees only this
+// host-only interface, so it stays plain C++ and builds the same without the CUDA toolkit.
 //
 // The GPU compiles its own, smaller set of decoders (each costs nvcc far more time than it costs
 // g++), which compiled_set.hpp lists beside the host's (gpu_set_help).
@@ -27,6 +27,31 @@ struct DeviceFlag {
   bool cuda() const { return name == "cuda"; }
 };
 
+//! The logits of one forward over `ids` from an empty cache, under the mask `mask_name` names
+//! ("causal", or "block-causal" with a block size among Blocks): [ids.size(), vocab], row-major,
+//! on the host.
+template <int... Blocks, class Model>
+std::vector<float> forward_logits(Model& model, const std::vector<int>& ids, const std::string& mask_name, int block) {
+  using Backend = typename Model::backend_type;
+  decode::check_prompt(ids, 0, model.config(), 0, 1);
+  auto cache = model.make_cache(static_cast<int>(ids.size()));
+  model::ForwardRow<Backend> row;
+  row.tokens = ids;
+  row.cache = &cache;
+  std::span<model::ForwardRow<Backend>> rows(&row, 1);
+  TensorView<const float> logits;
+  if (mask_name == "causal")
+    logits = model.template forward<mask::Causal>(rows);
+  else if (mask_name == "block-causal")
+    logits = dispatch_value<Blocks...>(
+        block, [&]<int B>() { return model.template forward<mask::BlockCausal<B>>(rows); }, "--block");
+  else
+    fail("--mask must be causal or block-causal, got \"", mask_name, "\"");
+  std::vector<float> out(static_cast<std::size_t>(logits.numel()));
+  Backend::download(out.data(), logits.data(), out.size());
+  return out;
+}
+
 //! A checkpoint loaded into GPU memory (model::Qwen2<backend::Cuda>), behind a host-only interface.
 class GpuModel {
  public:
@@ -37,6 +62,8 @@ class GpuModel {
                                                        const decode::DecodeOptions& options) = 0;
   //! Greedy AR decoding.
   virtual std::vector<decode::ArResult> ar(Prompts prompts, const decode::ArOptions& options) = 0;
+  //! forward_logits, with the block-causal block sizes the GPU's decoders compile (8 and 32).
+  virtual std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) = 0;
 };
 
 //! Loads `dir` into GPU memory. Fails, naming the cause, where this program was built without the

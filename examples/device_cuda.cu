@@ -38,6 +38,10 @@ class Loaded final : public GpuModel {
     return decode::ar_generate(model_, prompts, options);
   }
 
+  std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) override {
+    return forward_logits<8, 32>(model_, ids, mask_name, block);
+  }
+
  private:
   CudaModel model_;
 };

@@ -14,7 +14,7 @@
 #include "blockdiff/blockdiff.hpp"
 #include "cli_util.hpp"
 #include "decode_set.hpp"
-#include "device.hpp"
+#include "device_model.hpp"
 #include "text_util.hpp"
 
 namespace blockdiff::cli {
@@ -112,13 +112,8 @@ class GenerateCommand {
   int run() {
     require(!ids_.empty() || !prompt_file_.empty() || text_.given(),
             "generate: give --prompt, --prompt-ids or --prompt-file");
-    std::optional<HostModel> host;
-    std::unique_ptr<GpuModel> gpu;
-    if (device_.cuda())
-      gpu = load_on_gpu(model_dir_, weights_.dtype());
-    else
-      host.emplace(HostModel::load(model_dir_, weights_.dtype()));
-    const io::ModelConfig& config = gpu ? gpu->config() : host->config();
+    DeviceModel model(model_dir_, weights_.dtype(), device_);
+    const io::ModelConfig& config = model.config();
     const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);
     require(tok || !text_.given(), model_dir_, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
     std::vector<std::vector<int>> prompts;
@@ -136,7 +131,7 @@ class GenerateCommand {
     options.eos_id = ignore_eos_ ? std::nullopt : eos_id_ ? eos_id_ : found.stop;
     sampling_.apply(options);
     options.trace = trace_ || show_order_;
-    const auto results = gpu ? gpu->generate(spec_, prompts, options) : decode_batch(spec_, *host, prompts, options);
+    const auto results = model.generate(spec_, prompts, options);
     if (show_order_)
       for (std::size_t r = 0; r < results.size(); ++r)
         std::cerr << unmasking_order(results[r], static_cast<int>(prompts[r].size()), spec_.block);

@@ -20,6 +20,7 @@
 #include "blockdiff/tokenizer/chat.hpp"
 #include "blockdiff/tokenizer/tokenizer.hpp"
 #include "cli_util.hpp"
+#include "device_model.hpp"
 #include "generate_command.hpp"
 #include "text_util.hpp"
 
@@ -108,11 +109,12 @@ class ChatCommand {
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens per reply at most")->capture_default_str();
     sampling_.add_flags(cmd_);
     cmd_->add_flag("--stats", stats_, "after each reply, print tokens, forwards and tokens/s to stderr");
+    device_.add(cmd_);
   }
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    auto model = model::Qwen2<backend::Host>::load(model_dir_, weights_.dtype());
+    DeviceModel model(model_dir_, weights_.dtype(), device_);
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);
     const auto ids = tokenizer::special_ids(model.config(), &tok);
     require(ids.mask.has_value(), model_dir_, ": no mask id (no mask_token_id in config.json, no |<MASK>| token)");
@@ -152,7 +154,7 @@ class ChatCommand {
       options.on_tokens = [&](std::size_t, std::span<const int> t) {
         std::cout << stream.push(known_ids(tok, t)) << std::flush;
       };
-      const auto result = decode_batch(spec_, model, prompt, options);
+      const auto result = model.generate(spec_, prompt, options);
       std::cout << stream.flush() << "\n" << std::flush;
       auto reply = known_ids(tok, result[0].tokens);
       if (!reply.empty() && ids.stop && reply.back() == *ids.stop) reply.pop_back();
@@ -169,6 +171,7 @@ class ChatCommand {
   CLI::App* cmd_ = nullptr;
   std::string model_dir_, tokenizer_path_, system_;
   WeightsFlag weights_;
+  DeviceFlag device_;
   DecoderSpec spec_;
   int max_new_ = 512;
   SamplingFlags sampling_;

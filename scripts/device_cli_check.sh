@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The blockdiff program on the GPU against itself on the host: `generate` on the f32 golden model
 # (block/sub-block 32/8, each cache, thresholds 0.9 and 1.0, with and without the commit forward)
-# must give the same tokens and forward counts, and `eval` on the embedded models the same
-# accuracy, tokens and forwards. Run by scripts/gpu_checks.sh (parity) on a machine with a GPU.
+# and `ar` must give the same tokens and forward counts, `logits` the same values within f32
+# rounding, `chat` the same replies, and `eval` on the embedded models the same accuracy, tokens
+# and forwards. Run by scripts/gpu_checks.sh (parity) on a machine with a GPU.
 #
 #   bash scripts/device_cli_check.sh path/to/blockdiff
 set -uo pipefail
@@ -11,13 +12,12 @@ exe=${1:?usage: device_cli_check.sh path/to/blockdiff}
 model=tests/data/golden/model-f32-tied
 fails=0 cases=0
 
-# The fields that must agree: everything but wall-clock time and the device's name.
-same() {
-  local what=$1
-  shift
+# One case: what `show host` prints must equal what `show cuda` prints.
+check() {
+  local what=$1 show=$2
   local host cuda
-  host=$("$exe" "$@" --device host --json 2>&1 | sed -E 's/"(seconds|tokens_per_second|device)":[^,}]*,?//g')
-  cuda=$("$exe" "$@" --device cuda --json 2>&1 | sed -E 's/"(seconds|tokens_per_second|device)":[^,}]*,?//g')
+  host=$($show host)
+  cuda=$($show cuda)
   cases=$((cases + 1))
   if [ "$host" != "$cuda" ]; then
     fails=$((fails + 1))
@@ -25,6 +25,18 @@ same() {
     echo "  host: $host"
     echo "  cuda: $cuda"
   fi
+}
+
+# A command's JSON, with the fields that must agree: everything but wall-clock time and the
+# device's name.
+json_of() {
+  "$exe" "${command[@]}" --device "$1" --json 2>&1 | sed -E 's/"(seconds|tokens_per_second|device)":[^,}]*,?//g'
+}
+same() {
+  local what=$1
+  shift
+  command=("$@")
+  check "$what" json_of
 }
 
 for cache in none block hierarchical; do
@@ -35,6 +47,36 @@ for cache in none block hierarchical; do
     done
   done
 done
+same "ar" ar --model "$model" --prompt-ids 41,48,55,62 --max-new-tokens 48 --ignore-eos
+
+# logits: f32 arithmetic in another order, so every value within 2e-5 of the largest host value.
+close() {
+  local what=$1
+  shift
+  local host cuda
+  host=$("$exe" "$@" --device host --json 2>&1 | tr -c '0-9eE.+-' '\n' | grep -v '^$')
+  cuda=$("$exe" "$@" --device cuda --json 2>&1 | tr -c '0-9eE.+-' '\n' | grep -v '^$')
+  cases=$((cases + 1))
+  if [ "$(echo "$host" | wc -l)" != "$(echo "$cuda" | wc -l)" ] ||
+    ! paste <(echo "$host") <(echo "$cuda") |
+      awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > e) e = d; a = $1 < 0 ? -$1 : $1; if (a > m) m = a }
+           END { exit !(e <= 2e-5 * m) }'; then
+    fails=$((fails + 1))
+    echo "device_cli: $what differs beyond 2e-5 of the largest logit"
+  fi
+}
+ids=$(seq -s, 3 7 170)
+close "logits causal" logits --model "$model" --ids "$ids"
+close "logits block-causal 8" logits --model "$model" --ids "$ids" --mask block-causal --block 8
+close "logits block-causal 32" logits --model "$model" --ids "$ids" --mask block-causal --block 32
+
+# chat streams the same replies.
+chat() {
+  printf 'a:47+8-5+9=\n/reset\na:12-3+4=\n/quit\n' |
+    "$exe" chat --model models/tasks-fdllm2 --raw --block 8 --sub-block 4 --max-new-tokens 24 --device "$1" 2>&1
+}
+check "chat" chat
+
 same "eval --ar" eval --model models/tasks-ar --ar --n 40 --batch 4 --max-new-tokens 64
 same "eval 8/4 hierarchical" eval --model models/tasks-fdllm2 --n 40 --batch 4 --block 8 --sub-block 4 \
   --cache hierarchical --max-new-tokens 64

@@ -16,8 +16,8 @@ exe, golden = sys.argv[1], sys.argv[2]
 failures = []
 
 
-def run(*args):
-    return subprocess.run([exe, *args], capture_output=True, text=True)
+def run(*args, stdin=None):
+    return subprocess.run([exe, *args], capture_output=True, text=True, input=stdin)
 
 
 def read_safetensors(path):
@@ -87,6 +87,31 @@ probe = run("generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "
 gpu = probe.returncode == 0
 if not gpu and not any(cause in probe.stderr for cause in ("no CUDA device", "built without the CUDA backend")):
     failures.append(f"generate --device cuda without a GPU: exit {probe.returncode}, stderr {probe.stderr.strip()!r}")
+
+# ar and logits take --device too, failing as generate does where there is no GPU (chat: check_text.py);
+# on a GPU, ar's golden cases and the logits of the f32 golden model (within f32 rounding).
+tied = f"{golden}/model-f32-tied"
+for args, stdin in ((["ar", "--model", tied, "--prompt-ids", "1,2", "--max-new-tokens", "4", "--json"], None),
+                    (["logits", "--model", tied, "--ids", "1,2", "--json"], None),
+                    (["logits", "--model", tied, "--ids", "1,2", "--mask", "block-causal", "--block", "8", "--json"], None)):
+    r = run(*args, "--device", "cuda", stdin=stdin)
+    if (r.returncode == 0) != gpu or (not gpu and not any(cause in r.stderr for cause in
+                                                           ("no CUDA device", "built without the CUDA backend"))):
+        failures.append(f"{args[0]} --device cuda: exit {r.returncode} where generate's was {probe.returncode}, "
+                        f"stderr {r.stderr.strip()!r}")
+if gpu:
+    for line in open(f"{golden}/ar.jsonl"):
+        g = json.loads(line)
+        out = json.loads(run("ar", "--model", f"{golden}/{g['model']}", "--prompt-ids", ",".join(map(str, g["prompt_ids"])),
+                             "--max-new-tokens", str(g["max_new_tokens"]), "--device", "cuda", "--json").stdout)
+        if out["tokens"] != g["tokens"] or out["nfe"] != g["nfe"]:
+            failures.append(f"ar --device cuda {g['prompt_ids'][:3]}...: {out['nfe']} vs {g['nfe']}")
+    ids = ",".join(str((7 * i + 3) % 200) for i in range(24))
+    host, cuda = ([x for row in json.loads(run("logits", "--model", tied, "--ids", ids, "--device", device, "--json").stdout)["logits"]
+                   for x in row] for device in ("host", "cuda"))
+    err = max(abs(a - b) for a, b in zip(host, cuda)) / max(abs(a) for a in host)
+    if len(host) != len(cuda) or err > 2e-5:
+        failures.append(f"logits --device cuda against --device host: relative error {err}")
 
 count = 0
 generate_runs = [(json.loads(line), "f32", "host") for line in open(f"{golden}/generate.jsonl")]

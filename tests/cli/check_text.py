@@ -51,6 +51,16 @@ if replies[:2] != [expected_text, expected_text]:
 if "(conversation cleared)" not in chat.stderr:
     failures.append("chat did not acknowledge /reset")
 
+# chat --device cuda: on a GPU the same replies; elsewhere it fails, saying why.
+chat_args = ["chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4", "--max-new-tokens", "24",
+             "--device", "cuda"]
+r = run(*chat_args, stdin=f"{prompt}\n/quit\n", ok=False)
+if r.returncode == 0:
+    if r.stdout.split("\n")[:1] != [expected_text]:
+        failures.append(f"chat --device cuda replied {r.stdout.split(chr(10))[:1]!r}, the host {expected_text!r}")
+elif not any(cause in r.stderr for cause in ("no CUDA device", "built without the CUDA backend")):
+    failures.append(f"chat --device cuda without a GPU: exit {r.returncode}, stderr {r.stderr.strip()!r}")
+
 # Errors name what is wrong.
 r = run("generate", "--model", model, "--prompt", "hi", *flags, ok=False)
 if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr:

@@ -47,6 +47,10 @@ struct Host {
     std::copy_n(src, n, dst);
   }
   template <class T>
+  static void download(T* dst, const T* src, std::size_t n) {
+    std::copy_n(src, n, dst);
+  }
+  template <class T>
   static void copy(T* dst, const T* src, std::size_t n) {
     std::copy_n(src, n, dst);
   }
