@@ -19,9 +19,11 @@
 //    accumulation and output, on the tensor cores.
 // op::Linears and op::SwiGluLinear may normalise their input first (InputNorm). Both of our
 // kernels fold that RMSNorm into the product: every block reads whole rows of x anyway, so it
-// multiplies each activation by its norm weight as it reads it, sums the squares on the way, and
-// scales each row's sums by the row's rsqrt(mean(x²) + eps) before the plan stores them. A norm
-// then costs neither a launch nor a pass over x. cuBLAS products normalise into scratch first.
+// applies the norm weights as it reads (on the CUDA cores to the weights, so that no norm weight
+// stays live while the rows are read; on the tensor cores to the activations before they are
+// rounded), sums the squares of x on the way, and scales each row's sums by the row's
+// rsqrt(mean(x²) + eps) before the plan stores them. A norm then costs neither a launch nor a pass
+// over x. cuBLAS products normalise into scratch first.
 #pragma once
 
 #include <algorithm>
@@ -41,6 +43,11 @@ namespace detail::cuda {
 
 constexpr int few_rows_max = 8;        //!< rows up to which the CUDA-core kernel runs
 constexpr int few_rows_threads = 128;  //!< threads per block; a block owns few_rows_features<R> features
+//! Blocks a multiprocessor must hold at once when the kernel folds a norm in: a cap of 168
+//! registers a thread, what the plain 8-row kernel with BF16 weights uses (3 blocks), so that the
+//! norm's sums do not cost that kernel a third of its occupancy (uncapped, 8 rows with a norm took
+//! 208 registers, 2 blocks; capped, that instance spills 36 bytes).
+constexpr int few_rows_norm_min_blocks = 3;
 //! Output features per block: more rows share each activation load among more features.
 template <int R>
 constexpr int few_rows_features = R >= 4 ? 4 : 2;
@@ -191,10 +198,10 @@ struct SwiGluPlan {
 //! memory and are added in a fixed order, so the result is deterministic. Columns [0, k_vec)
 //! run vectorised (k_vec is a multiple of the vector width, 0 when the operands are not 16-byte
 //! aligned), the rest one element per thread. With Norm, the input is RmsNorm(x; norm) (see the
-//! top of this file).
+//! top of this file). The body of the two kernels below.
 template <class W, int R, bool Norm, class Plan>
-__global__ void __launch_bounds__(few_rows_threads)
-    few_rows_kernel(const float* __restrict__ x, int k, const Plan plan, int k_vec, const InputNorm norm) {
+__device__ __forceinline__ void few_rows_product(const float* __restrict__ x, int k, const Plan& plan, int k_vec,
+                                                 const InputNorm& norm) {
   constexpr int V = Weights16<W>::n, F = few_rows_features<R>, warps = few_rows_threads / 32;
   constexpr int N = F * R > 6 ? 32 : F * R;  // values per thread, padded for the butterfly
   const W* row[F];
@@ -205,11 +212,12 @@ __global__ void __launch_bounds__(few_rows_threads)
   for (int j = threadIdx.x * V; j < k_vec; j += few_rows_threads * V) {
     float wf[F][V];
     for (int f = 0; f < F; ++f) Weights16<W>::load(row[f] + j, wf[f]);
-    float g[V];
-    if constexpr (Norm) {
+    if constexpr (Norm) {  // w · (g x) as (w g) · x: the norm weights scale F weights, not R activations
       for (int q = 0; q < V / 4; ++q) {
         const float4 t = __ldg(reinterpret_cast<const float4*>(norm.weight + j) + q);
-        g[4 * q] = t.x, g[4 * q + 1] = t.y, g[4 * q + 2] = t.z, g[4 * q + 3] = t.w;
+        const float g[4] = {t.x, t.y, t.z, t.w};
+        for (int f = 0; f < F; ++f)
+          for (int e = 0; e < 4; ++e) wf[f][4 * q + e] *= g[e];
       }
     }
 #pragma unroll
@@ -221,7 +229,7 @@ __global__ void __launch_bounds__(few_rows_threads)
         xv[4 * q] = t.x, xv[4 * q + 1] = t.y, xv[4 * q + 2] = t.z, xv[4 * q + 3] = t.w;
       }
       if constexpr (Norm) {
-        for (int e = 0; e < V; ++e) squares[r] = fmaf(xv[e], xv[e], squares[r]), xv[e] *= g[e];
+        for (int e = 0; e < V; ++e) squares[r] = fmaf(xv[e], xv[e], squares[r]);
       }
       for (int f = 0; f < F; ++f)
         for (int e = 0; e < V; ++e) acc[f * R + r] = fmaf(wf[f][e], xv[e], acc[f * R + r]);
@@ -229,12 +237,11 @@ __global__ void __launch_bounds__(few_rows_threads)
   }
   for (int j = k_vec + threadIdx.x; j < k; j += few_rows_threads) {
     float wv[F];
-    for (int f = 0; f < F; ++f) wv[f] = to_float(row[f][j]);
+    for (int f = 0; f < F; ++f) wv[f] = to_float(row[f][j]) * (Norm ? norm.weight[j] : 1.0f);
     for (int r = 0; r < R; ++r) {
-      float xj = x[static_cast<std::int64_t>(r) * k + j];
+      const float xj = x[static_cast<std::int64_t>(r) * k + j];
       if constexpr (Norm) {
         squares[r] = fmaf(xj, xj, squares[r]);
-        xj *= norm.weight[j];
       }
       for (int f = 0; f < F; ++f) acc[f * R + r] = fmaf(wv[f], xj, acc[f * R + r]);
     }
@@ -267,13 +274,16 @@ __global__ void __launch_bounds__(few_rows_threads)
   for (int i = threadIdx.x; i < Plan::outputs * R; i += few_rows_threads) plan.store(static_cast<int>(blockIdx.x), sums, R, i);
 }
 
-//! Calls launch.template operator()<Norm>() with Norm = whether there is a norm to fold.
-template <class Launch>
-void with_norm(const InputNorm& norm, Launch&& launch) {
-  if (norm)
-    launch.template operator()<true>();
-  else
-    launch.template operator()<false>();
+template <class W, int R, class Plan>
+__global__ void __launch_bounds__(few_rows_threads)
+    few_rows_kernel(const float* __restrict__ x, int k, const Plan plan, int k_vec) {
+  few_rows_product<W, R, false>(x, k, plan, k_vec, InputNorm{});
+}
+//! The same with a norm folded in, held to the occupancy of the kernel without one.
+template <class W, int R, class Plan>
+__global__ void __launch_bounds__(few_rows_threads, few_rows_norm_min_blocks)
+    few_rows_norm_kernel(const float* __restrict__ x, int k, const Plan plan, int k_vec, const InputNorm norm) {
+  few_rows_product<W, R, true>(x, k, plan, k_vec, norm);
 }
 
 //! Launches the kernel for R rows with the plan that make_plan(F) returns.
@@ -282,10 +292,11 @@ void few_rows_launch(const float* x, int k, bool aligned, Make&& make_plan, cons
   constexpr int F = few_rows_features<R>;
   const Plan<W, F> plan = make_plan.template operator()<Plan<W, F>>();
   if (plan.blocks() == 0) return;
-  with_norm(norm, [&]<bool Norm>() {
-    few_rows_kernel<W, R, Norm, Plan<W, F>>
-        <<<static_cast<unsigned>(plan.blocks()), few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0, norm);
-  });
+  const auto blocks = static_cast<unsigned>(plan.blocks());
+  if (norm)
+    few_rows_norm_kernel<W, R, Plan<W, F>><<<blocks, few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0, norm);
+  else
+    few_rows_kernel<W, R, Plan<W, F>><<<blocks, few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0);
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -478,10 +489,11 @@ void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, const Input
   constexpr int M = mma_tiles<T>;
   const Plan<bf16, 16 * M> plan = make_plan.template operator()<Plan<bf16, 16 * M>>();
   if (plan.blocks() == 0) return;
-  with_norm(norm, [&]<bool Norm>() {
-    mma_rows_kernel<T, M, Norm, Plan<bf16, 16 * M>>
-        <<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan, norm);
-  });
+  const auto blocks = static_cast<unsigned>(plan.blocks());
+  if (norm)
+    mma_rows_kernel<T, M, true, Plan<bf16, 16 * M>><<<blocks, mma_threads, 0, stream>>>(x, n, k, plan, norm);
+  else
+    mma_rows_kernel<T, M, false, Plan<bf16, 16 * M>><<<blocks, mma_threads, 0, stream>>>(x, n, k, plan, norm);
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
