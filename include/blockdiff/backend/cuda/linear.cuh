@@ -489,11 +489,8 @@ void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, const Input
   constexpr int M = mma_tiles<T>;
   const Plan<bf16, 16 * M> plan = make_plan.template operator()<Plan<bf16, 16 * M>>();
   if (plan.blocks() == 0) return;
-  const auto blocks = static_cast<unsigned>(plan.blocks());
-  if (norm)
-    mma_rows_kernel<T, M, true, Plan<bf16, 16 * M>><<<blocks, mma_threads, 0, stream>>>(x, n, k, plan, norm);
-  else
-    mma_rows_kernel<T, M, false, Plan<bf16, 16 * M>><<<blocks, mma_threads, 0, stream>>>(x, n, k, plan, norm);
+  const auto kernel = norm ? mma_rows_kernel<T, M, true, Plan<bf16, 16 * M>> : mma_rows_kernel<T, M, false, Plan<bf16, 16 * M>>;
+  kernel<<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan, norm);
   BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -586,12 +583,15 @@ void blas_product(const void* input, std::int64_t n, int k, const W* w, int m, c
                                       CUBLAS_GEMM_DEFAULT));
 }
 
-//! The input as a product of n rows reads it: with a norm that the kernels will not fold (it is
-//! switched off, or cuBLAS runs the product), the rows normalised into the norm's scratch, and
-//! the norm cleared. Otherwise x and the norm as they are.
-inline const float* unfolded_norm(const float* x, std::int64_t n, int k, InputNorm& norm, bool kernels_take_it) {
-  if (!norm || (kernels_take_it && backend::Cuda::folded_norms())) return x;
-  return normed_input<backend::Cuda>(x, n, k, std::exchange(norm, InputNorm{}));
+//! Readies the input of a product of n rows with its norm, and says whether the tensor-core kernel
+//! takes it (`takes(x, norm)`: mma_takes for the product's weights). Where no kernel of ours will
+//! fold the norm in (switched off, or cuBLAS runs the product), x becomes the rows normalised into
+//! the norm's scratch and the norm is cleared; the answer is then asked of those rows.
+template <class Takes>
+bool ready_input(const float*& x, std::int64_t n, int k, InputNorm& norm, Takes&& takes) {
+  if (norm && !(backend::Cuda::folded_norms() && (n <= few_rows_max || takes(x, norm))))
+    x = normed_input<backend::Cuda>(x, n, k, std::exchange(norm, InputNorm{}));
+  return takes(x, norm);
 }
 
 //! The cuBLAS path for any n.
@@ -633,8 +633,9 @@ struct Kernel<backend::Cuda, op::Linears> {
     const auto weights_aligned = [](auto group) {
       return std::all_of(group.begin(), group.end(), [](const auto& o) { return aligned16(o.w); });
     };
-    x = unfolded_norm(x, n, k, norm, n <= few_rows_max || (mma_takes<W>(x, n, k, {}, norm) && weights_aligned(outs)));
-    const bool tensor_cores = mma_takes<W>(x, n, k, {}, norm) && weights_aligned(outs);  // on the rows it will read
+    const bool tensor_cores = ready_input(x, n, k, norm, [&](const float* in, const InputNorm& in_norm) {
+      return mma_takes<W>(in, n, k, {}, in_norm) && weights_aligned(outs);
+    });
     if (n > few_rows_max && !tensor_cores) {
       const void* input = blas_input<W>(x, n, k);
       for (const auto& o : outs) blas_product(input, n, k, o.w, o.m, o.bias, o.y, false);
@@ -673,8 +674,9 @@ struct Kernel<backend::Cuda, op::SwiGluLinear> {
       p.gate = w_gate, p.up = w_up, p.m = m, p.out = out;
       return p;
     };
-    x = unfolded_norm(x, n, k, norm, n <= few_rows_max || mma_takes<W>(x, n, k, {w_gate, w_up}, norm));
-    const bool tensor_cores = mma_takes<W>(x, n, k, {w_gate, w_up}, norm);  // on the rows it will read
+    const bool tensor_cores = ready_input(x, n, k, norm, [&](const float* in, const InputNorm& in_norm) {
+      return mma_takes<W>(in, n, k, {w_gate, w_up}, in_norm);
+    });
     if constexpr (std::is_same_v<W, bf16>)
       if (tensor_cores) return mma_rows_dispatch<SwiGluPlan>(x, static_cast<int>(n), k, make, norm, backend::Cuda::stream());
     if (n > few_rows_max) {
