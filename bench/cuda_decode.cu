@@ -11,7 +11,9 @@
 //    tensor-core kernel and cuBLAS, as weight bytes per second;
 //  - the three forwards again with the products of 9 to 32 rows sent to cuBLAS instead of the
 //    tensor-core kernel (`/cublas_rows`), and with each RMSNorm its own launch instead of folded
-//    into the product after it (`/unfolded_norms`), for the ratio each gains in the same run.
+//    into the product after it (`/unfolded_norms`), and with attention on the per-head kernel
+//    instead of the grouped one (`/per_head_attention`), for the ratio each gains in the same run;
+//  - op::Attention alone at the model's shape for the three forwards, on both kernels.
 // Before timing, the CUDA model's logits are checked against the host model's on a short input.
 #include <cuda_profiler_api.h>
 
@@ -115,13 +117,18 @@ void validate_against_host(benchmark::State& state) {
 
 //! The backend's switches a forward_shapes run sets (and sets back to these defaults after).
 struct Paths {
-  bool graphs = true, mma_rows = true, folded_norms = true;
+  bool graphs = true, mma_rows = true, folded_norms = true, grouped_attention = true;
+
+  void set() const {
+    Cuda::use_graphs(graphs);
+    Cuda::use_mma_rows(mma_rows);
+    Cuda::use_folded_norms(folded_norms);
+    Cuda::use_grouped_attention(grouped_attention);
+  }
 };
 
 void BM_ForwardShapes(benchmark::State& state, Paths paths) {
-  Cuda::use_graphs(paths.graphs);
-  Cuda::use_mma_rows(paths.mma_rows);
-  Cuda::use_folded_norms(paths.folded_norms);
+  paths.set();
   validate_against_host(state);  // on the paths this run times
   auto& m = gpu_model();
   const double bw = d2d_bandwidth_gbs();
@@ -168,10 +175,70 @@ void BM_ForwardShapes(benchmark::State& state, Paths paths) {
   state.counters["d2d_GB/s"] = bw;
   state.counters["roofline_ms"] = bytes / (bw * 1e9) * 1e3;
   state.counters["fraction_of_roofline"] = (bytes / (bw * 1e9) * 1e3) / (ar / n);
-  const Paths defaults;
-  Cuda::use_graphs(defaults.graphs);
-  Cuda::use_mma_rows(defaults.mma_rows);
-  Cuda::use_folded_norms(defaults.folded_norms);
+  Paths{}.set();
+}
+
+//! op::Attention alone at the timed model's shape, against a cache of 320 slots filled to 256
+//! (what forward_shapes runs): an AR step's one query (causal), a sub-block's 8 (full, against
+//! the block's 32 slots) and a block's 32 (block-causal), for `batch` rows each with its own
+//! cache, on the grouped kernel or the per-head one. Checked against the host before timing.
+template <class Mask>
+void BM_Attention(benchmark::State& state, int n_q, bool grouped) {
+  const auto c = model::preset_config(preset());
+  const int heads = c.num_attention_heads, kvh = c.num_key_value_heads, d = c.head_dim(), cap = 320;
+  const int batch = static_cast<int>(state.range(0));
+  const int first = n_q == 8 ? 264 : 256, kv_end = n_q == 1 ? 257 : 288;
+  Rng rng(7);
+  auto fill = [&](std::size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = static_cast<float>(rng.normal());
+    return v;
+  };
+  const auto q = fill(static_cast<std::size_t>(batch) * n_q * heads * d);
+  std::vector<std::vector<float>> k, v;
+  std::vector<AttentionRow> host_rows, dev_rows;
+  std::vector<DeviceBuffer<float>> dk, dv;
+  for (int b = 0; b < batch; ++b) {
+    k.push_back(fill(static_cast<std::size_t>(kvh) * cap * d));
+    v.push_back(fill(k.back().size()));
+    dk.emplace_back(Shape{static_cast<std::int64_t>(k.back().size())});
+    dv.emplace_back(Shape{static_cast<std::int64_t>(k.back().size())});
+    Cuda::upload(dk.back().data(), k.back().data(), k.back().size());
+    Cuda::upload(dv.back().data(), v.back().data(), v.back().size());
+    host_rows.push_back({std::int64_t{b} * n_q, n_q, first, kv_end, k.back().data(), v.back().data(), cap});
+    dev_rows.push_back({std::int64_t{b} * n_q, n_q, first, kv_end, dk.back().data(), dv.back().data(), cap});
+  }
+  DeviceBuffer<float> dq(Shape{static_cast<std::int64_t>(q.size())}), dout(dq.shape());
+  DeviceBuffer<AttentionRow> drows(Shape{batch});
+  Cuda::upload(dq.data(), q.data(), q.size());
+  Cuda::upload(drows.data(), dev_rows.data(), dev_rows.size());
+  const AttentionShape shape{heads, kvh, d, 1.0f / std::sqrt(static_cast<float>(d)), n_q, cap};
+  const std::span<const AttentionRow> rows(drows.data(), dev_rows.size());
+  Cuda::use_grouped_attention(grouped);
+  auto run = [&] { Kernel<Cuda, op::Attention<Mask>>::run(dq.data(), dout.data(), rows, shape, Mask{}); };
+  run();
+  std::vector<float> host(q.size()), got(q.size());
+  Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), host.data(), host_rows, shape, Mask{});
+  Cuda::download(got.data(), dout.data(), got.size());
+  double err = 0, mag = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, static_cast<double>(std::fabs(got[i] - host[i])));
+    mag = std::max(mag, static_cast<double>(std::fabs(host[i])));
+  }
+  if (err > 2e-5 * mag) state.SkipWithError("CUDA attention differs from the host's");
+  Events e;
+  double ms = 0;
+  constexpr int reps = 100;
+  for (auto _ : state) {
+    e.start();
+    for (int i = 0; i < reps; ++i) run();
+    ms += e.stop_ms() / reps;
+  }
+  Cuda::use_grouped_attention(Paths{}.grouped_attention);
+  const double per = ms / static_cast<double>(state.iterations());
+  state.counters["us"] = per * 1e3;
+  // The K and V bytes the queries may read (each row's [0, kv_end) of every key head), per second.
+  state.counters["kv_GB/s"] = 2.0 * batch * kvh * kv_end * d * sizeof(float) / (per * 1e-3) / 1e9;
 }
 
 enum class Path { few_rows, tensor_cores, cublas };
@@ -251,6 +318,7 @@ int main(int argc, char** argv) {
   for (const auto& [name, paths] : {std::pair{"graphs", Paths{}},
                                     {"graphs/cublas_rows", Paths{.mma_rows = false}},
                                     {"graphs/unfolded_norms", Paths{.folded_norms = false}},
+                                    {"graphs/per_head_attention", Paths{.grouped_attention = false}},
                                     {"direct", Paths{.graphs = false}}})
     benchmark::RegisterBenchmark((std::string("cuda/forward_shapes/context:256/") + name).c_str(), BM_ForwardShapes, paths)
         ->Iterations(20)
@@ -273,6 +341,15 @@ int main(int argc, char** argv) {
             (path == Path::tensor_cores && n >= detail::cuda::few_rows_max))
           b->Arg(n);
     }
+  for (const bool grouped : {true, false}) {
+    const std::string kernel = grouped ? "/grouped" : "/per_head";
+    benchmark::RegisterBenchmark(("cuda/attention/ar_step" + kernel).c_str(), BM_Attention<mask::Causal>, 1, grouped)
+        ->ArgName("batch")->Arg(1)->Arg(16)->Iterations(5)->UseRealTime();
+    benchmark::RegisterBenchmark(("cuda/attention/sub_block8" + kernel).c_str(), BM_Attention<mask::Full>, 8, grouped)
+        ->ArgName("batch")->Arg(1)->Iterations(5)->UseRealTime();
+    benchmark::RegisterBenchmark(("cuda/attention/block32" + kernel).c_str(), BM_Attention<mask::BlockCausal<32>>, 32, grouped)
+        ->ArgName("batch")->Arg(1)->Arg(16)->Iterations(5)->UseRealTime();
+  }
   for (int batch : {1, 4, 16, 64}) {
     benchmark::RegisterBenchmark("cuda/end_to_end/ar", BM_EndToEnd, false)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);
     benchmark::RegisterBenchmark("cuda/end_to_end/fdllm2_topk2_block", BM_EndToEnd, true)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);

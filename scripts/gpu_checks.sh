@@ -93,7 +93,7 @@ for stage in "$@"; do
       run bench.log 240 "$bin/bench_cuda_decode"
       run bench.log 150 env BLOCKDIFF_MODELS="$PWD/models" "$bin/bench_cuda_study"
       run bench.log 180 "$bin/bench_cuda_train"
-      summary bench.log "cuda/forward_shapes|cuda/end_to_end|study/|train_step|ERROR|exit" 40 ;;
+      summary bench.log "cuda/forward_shapes|cuda/attention|cuda/end_to_end|study/|train_step|ERROR|exit" 50 ;;
     bench-f32)
       run bench-f32.log 240 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes/context:256/(graphs|direct)$|end_to_end'
       summary bench-f32.log "cuda/forward_shapes|cuda/end_to_end|ERROR|exit" 12 ;;

@@ -186,19 +186,29 @@ std::vector<float> swiglu(const std::vector<float>& gate, const std::vector<floa
   return down(dg, gate.size());
 }
 
-std::vector<float> attention(const std::string& mask_name, const std::vector<float>& q, int n_q, int first_slot,
-                             int kv_end, const std::vector<float>& k, const std::vector<float>& v, int heads,
-                             int kv_heads, int d, int capacity) {
+std::vector<float> attention(const std::string& mask_name, const std::vector<float>& q,
+                             const std::vector<AttentionCall>& calls, const std::vector<float>& k,
+                             const std::vector<float>& v, int heads, int kv_heads, int d, int capacity, bool grouped) {
   auto dq = up(q), dk = up(k), dv = up(v);
   DeviceBuffer<float> dout(Shape{static_cast<std::int64_t>(q.size())});
-  const AttentionRow row{0, n_q, first_slot, kv_end, dk.data(), dv.data(), capacity};
-  const AttentionShape shape{heads, kv_heads, d, 1.0f / std::sqrt(static_cast<float>(d)), n_q, capacity};
-  auto drow = up(std::vector<AttentionRow>{row});
-  std::span<const AttentionRow> rows(drow.data(), 1);  // rows live in device memory
-  if (mask_name == "causal") Kernel<Cuda, op::Attention<mask::Causal>>::run(dq.data(), dout.data(), rows, shape, {});
-  else if (mask_name == "block-causal") Kernel<Cuda, op::Attention<mask::BlockCausal<8>>>::run(dq.data(), dout.data(), rows, shape, {});
-  else if (mask_name == "full") Kernel<Cuda, op::Attention<mask::Full>>::run(dq.data(), dout.data(), rows, shape, {});
-  else Kernel<Cuda, op::Attention<mask::BlockDiffusionTraining<4>>>::run(dq.data(), dout.data(), rows, shape, {kv_end / 2});
+  std::vector<AttentionRow> rows;
+  std::int64_t begin = 0;
+  int max_q = 0;
+  for (const auto& c : calls) {
+    rows.push_back({begin, c.n_q, c.first_slot, c.kv_end, dk.data(), dv.data(), capacity});
+    begin += c.n_q;
+    max_q = std::max(max_q, c.n_q);
+  }
+  const AttentionShape shape{heads, kv_heads, d, 1.0f / std::sqrt(static_cast<float>(d)), max_q, capacity};
+  auto drows = up(rows);
+  std::span<const AttentionRow> span(drows.data(), rows.size());  // rows live in device memory
+  const bool before = Cuda::grouped_attention();
+  Cuda::use_grouped_attention(grouped);
+  if (mask_name == "causal") Kernel<Cuda, op::Attention<mask::Causal>>::run(dq.data(), dout.data(), span, shape, {});
+  else if (mask_name == "block-causal") Kernel<Cuda, op::Attention<mask::BlockCausal<8>>>::run(dq.data(), dout.data(), span, shape, {});
+  else if (mask_name == "full") Kernel<Cuda, op::Attention<mask::Full>>::run(dq.data(), dout.data(), span, shape, {});
+  else Kernel<Cuda, op::Attention<mask::BlockDiffusionTraining<4>>>::run(dq.data(), dout.data(), span, shape, {calls.front().kv_end / 2});
+  Cuda::use_grouped_attention(before);
   return down(dout, q.size());
 }
 

@@ -55,10 +55,18 @@ std::vector<float> rmsnorm(const std::vector<float>& x, int n, int h, const std:
 std::vector<float> rope(const std::vector<float>& x, int n, int heads, int d, const std::vector<int>& positions,
                         const std::vector<float>& cos_t, const std::vector<float>& sin_t);
 std::vector<float> swiglu(const std::vector<float>& gate, const std::vector<float>& up);
-//! mask: "causal", "block-causal" (block 8), "full", "training" (block 4, length = kv_end / 2).
-std::vector<float> attention(const std::string& mask, const std::vector<float>& q, int n_q, int first_slot, int kv_end,
+//! One row of an attention call: its queries (packed one row after another in q), the cache slot
+//! of the first, and the end of the keys they attend.
+struct AttentionCall {
+  int n_q = 0, first_slot = 0, kv_end = 0;
+};
+//! op::Attention over rows that share one cache (k and v: [kv_heads, capacity, d]), on the
+//! grouped kernel or, with `grouped` false, the per-head one (Cuda::use_grouped_attention).
+//! mask: "causal", "block-causal" (block 8), "full", "training" (block 4, length = the first
+//! row's kv_end / 2).
+std::vector<float> attention(const std::string& mask, const std::vector<float>& q, const std::vector<AttentionCall>& rows,
                              const std::vector<float>& k, const std::vector<float>& v, int heads, int kv_heads, int d,
-                             int capacity);
+                             int capacity, bool grouped = true);
 std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab);
 std::vector<PositionStats> sample(const std::vector<float>& logits, int vocab, const std::vector<SampleRequest>& requests,
                                   float temperature, float top_p);

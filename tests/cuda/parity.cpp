@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
@@ -258,45 +259,62 @@ TEST_CASE("Linears and SwiGluLinear with an input norm: the norm folded into the
       }
 }
 
-TEST_CASE("Attention for each mask kind and the sub-block case: CUDA == host") {
-  // A cache of 80 slots is one pass of a block; one of 1000 splits each query's keys over 8
-  // blocks and merges them (fewer than 128 queries), or not (128 and more). head_dim 128 runs
-  // the kernel compiled for it, 64 the one for any head_dim.
-  const int heads = 4, kvh = 2;
-  int d = 64;
-  int cap = 80;
-  std::vector<float> k, v;
-  auto check = [&]<class Mask>(const std::string& name, Mask mask, int n_q, int first, int kv_end) {
-    auto q = randn(static_cast<std::size_t>(n_q * heads * d), static_cast<std::uint64_t>(n_q + first));
-    std::vector<float> host(q.size());
-    AttentionRow row{0, n_q, first, kv_end, k.data(), v.data(), cap};
-    Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), host.data(), std::span<const AttentionRow>(&row, 1),
-                                                    {heads, kvh, d, 1.0f / std::sqrt(float(d))}, mask);
-    INFO(name, " n_q ", n_q, " first ", first, " kv_end ", kv_end);
-    CHECK(rel(gpu::attention(name, q, n_q, first, kv_end, k, v, heads, kvh, d, cap), host) < kTol);
+TEST_CASE("Attention for each mask kind, the sub-block case and batched rows, grouped and per head: CUDA == host") {
+  // A cache of 80 slots is 3 tiles of keys for the grouped kernel (one pass of the per-head
+  // one); one of 1000 splits a query's keys over many blocks, whose partials the last block
+  // merges (fewer than 128 queries for the per-head kernel; the grouped one splits until a call
+  // has enough blocks). Heads : key heads 4:2; 12:2 (a 1.5B model, head_dim 128: both kernels'
+  // 128 variants); 14:2 (a 0.5B model: a grouped block's 32 pairs end inside a query's heads);
+  // 4:4 (no sharing) at head_dim 80 (not a multiple of 32); head_dim 66 is not a multiple of 4,
+  // which only the per-head kernel takes.
+  struct Config {
+    int heads, kv_heads, d;
   };
-  for (int c : {80, 1000}) {
-    cap = c;
-    k = randn(static_cast<std::size_t>(kvh * cap * d), 12 + c);
-    v = randn(static_cast<std::size_t>(kvh * cap * d), 13 + c);
-    const int at = cap - 80;  // the same cases near the end of the cache
-    check("causal", mask::Causal{}, 37, 0, 37);
-    check("causal", mask::Causal{}, 1, at + 70, at + 71);     // decode: one query, long cache
-    check("block-causal", mask::BlockCausal<8>{}, 21, 0, 21);
-    check("block-causal", mask::BlockCausal<8>{}, 8, at + 64, at + 72);
-    check("full", mask::Full{}, 4, at + 68, at + 72);         // sub-block against [committed ; scratch]
-    check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
-  }
-  check("causal", mask::Causal{}, 200, 700, 900);             // many queries: one block each
-  check("full", mask::Full{}, 3, 0, 0);                       // no key at all: zeros
-  d = 128;
-  k = randn(static_cast<std::size_t>(kvh * cap * d), 50);
-  v = randn(static_cast<std::size_t>(kvh * cap * d), 51);
-  check("causal", mask::Causal{}, 1, 900, 901);
-  check("full", mask::Full{}, 8, 904, 928);
-  check("block-causal", mask::BlockCausal<8>{}, 32, 896, 928);
-  check("causal", mask::Causal{}, 40, 0, 40);
-  check("training", mask::BlockDiffusionTraining<4>{32}, 64, 0, 64);
+  for (const Config cfg : {Config{4, 2, 64}, Config{12, 2, 128}, Config{14, 2, 64}, Config{4, 4, 80}, Config{4, 2, 66}})
+    for (const int cap : {80, 1000}) {
+      const int heads = cfg.heads, kvh = cfg.kv_heads, d = cfg.d;
+      const auto k = randn(static_cast<std::size_t>(kvh * cap * d), 12 + cap + d);
+      const auto v = randn(static_cast<std::size_t>(kvh * cap * d), 13 + cap + d);
+      std::uint64_t seed = 100;
+      auto check = [&]<class Mask>(const std::string& name, Mask mask, std::vector<gpu::AttentionCall> calls) {
+        std::vector<AttentionRow> rows;
+        std::int64_t total = 0;
+        for (const auto& c : calls) {
+          rows.push_back({total, c.n_q, c.first_slot, c.kv_end, const_cast<float*>(k.data()), const_cast<float*>(v.data()), cap});
+          total += c.n_q;
+        }
+        const auto q = randn(static_cast<std::size_t>(total * heads * d), ++seed);
+        std::vector<float> host(q.size());
+        Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), host.data(), rows, {heads, kvh, d, 1.0f / std::sqrt(float(d))},
+                                                        mask);
+        std::string shape = name + ", heads " + std::to_string(heads) + ":" + std::to_string(kvh) + ", head_dim " +
+                            std::to_string(d) + ", capacity " + std::to_string(cap) + ", rows (n_q, first, kv_end):";
+        for (const auto& c : calls)
+          shape += " (" + std::to_string(c.n_q) + ", " + std::to_string(c.first_slot) + ", " + std::to_string(c.kv_end) + ")";
+        INFO(shape);
+        const auto grouped = gpu::attention(name, q, calls, k, v, heads, kvh, d, cap, true);
+        const auto per_head = gpu::attention(name, q, calls, k, v, heads, kvh, d, cap, false);
+        CHECK(rel(grouped, host) < kTol);
+        CHECK(rel(per_head, host) < kTol);
+        // The switch takes effect: the kernels add in different orders wherever a query sees
+        // many keys, and are the same kernel where head_dim is not a multiple of 4.
+        if (total >= 4 && calls.front().kv_end >= 64) CHECK((grouped != per_head) == (d % 4 == 0));
+      };
+      const int at = cap - 80;  // the same cases near the end of the cache
+      check("causal", mask::Causal{}, {{37, 0, 37}});
+      check("causal", mask::Causal{}, {{1, at + 70, at + 71}});  // decode: one query, long cache
+      check("block-causal", mask::BlockCausal<8>{}, {{21, 0, 21}});
+      check("block-causal", mask::BlockCausal<8>{}, {{8, at + 64, at + 72}});
+      check("full", mask::Full{}, {{4, at + 68, at + 72}});  // sub-block against [committed ; scratch]
+      check("training", mask::BlockDiffusionTraining<4>{32}, {{64, 0, 64}});
+      // A batch: rows of different lengths and positions in one call (the shorter rows leave
+      // blocks of the grid with no queries).
+      check("causal", mask::Causal{}, {{1, at + 70, at + 71}, {8, at + 64, at + 72}, {5, 3, 8}, {1, 0, 1}});
+      check("block-causal", mask::BlockCausal<8>{}, {{8, at + 64, at + 72}, {32, at + 48, at + 80}, {3, 16, 19}});
+      check("full", mask::Full{}, {{8, at + 64, at + 72}, {8, at + 56, at + 64}});
+      if (cap == 1000) check("causal", mask::Causal{}, {{200, 700, 900}});  // many queries
+      check("full", mask::Full{}, {{3, 0, 0}});                               // no key at all: zeros
+    }
 }
 
 TEST_CASE("VocabStats, each trait combination: CUDA == host") {

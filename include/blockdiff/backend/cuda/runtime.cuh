@@ -123,6 +123,16 @@ struct Cuda {
     fold_flag() = on;
   }
 
+  //! Whether attention runs the grouped kernel (the default where head_dim is a multiple of 4 up
+  //! to 128: a block serves every query head of a key head, reading each K and V tile once for
+  //! all of them) or the per-head kernel (a block per query head), for comparing the two.
+  //! Switching drops the recorded graphs.
+  static bool grouped_attention() { return group_flag(); }
+  static void use_grouped_attention(bool on) {
+    if (on != group_flag()) ++graph_generation_ref();
+    group_flag() = on;
+  }
+
   //! The stream every kernel, copy and cuBLAS call of the backend runs on.
   static cudaStream_t stream() {
     static cudaStream_t s = [] {
@@ -197,6 +207,10 @@ struct Cuda {
     return on;
   }
   static bool& fold_flag() {
+    static bool on = true;
+    return on;
+  }
+  static bool& group_flag() {
     static bool on = true;
     return on;
   }
