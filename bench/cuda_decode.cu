@@ -12,7 +12,8 @@
 //  - the three forwards again with the products of 9 to 32 rows sent to cuBLAS instead of the
 //    tensor-core kernel (`/cublas_rows`), and with each RMSNorm its own launch instead of folded
 //    into the product after it (`/unfolded_norms`), and with attention on the per-head kernel
-//    instead of the grouped one (`/per_head_attention`), for the ratio each gains in the same run;
+//    instead of the grouped one (`/per_head_attention`), and with programmatic dependent launches
+//    (`/dependent_launches`, off by default), for the ratio each gains in the same run;
 //  - op::Attention alone at the model's shape for the three forwards, on both kernels.
 // Before timing, the CUDA model's logits are checked against the host model's on a short input.
 #include <cuda_profiler_api.h>
@@ -117,9 +118,10 @@ void validate_against_host(benchmark::State& state) {
 
 //! The backend's switches a forward_shapes run sets (and sets back to these defaults after).
 struct Paths {
-  bool graphs = true, mma_rows = true, folded_norms = true, grouped_attention = true;
+  bool graphs = true, mma_rows = true, folded_norms = true, grouped_attention = true, dependent_launches = false;
 
   void set() const {
+    Cuda::use_dependent_launches(dependent_launches);
     Cuda::use_graphs(graphs);
     Cuda::use_mma_rows(mma_rows);
     Cuda::use_folded_norms(folded_norms);
@@ -319,6 +321,7 @@ int main(int argc, char** argv) {
                                     {"graphs/cublas_rows", Paths{.mma_rows = false}},
                                     {"graphs/unfolded_norms", Paths{.folded_norms = false}},
                                     {"graphs/per_head_attention", Paths{.grouped_attention = false}},
+                                    {"graphs/dependent_launches", Paths{.dependent_launches = true}},
                                     {"direct", Paths{.graphs = false}}})
     benchmark::RegisterBenchmark((std::string("cuda/forward_shapes/context:256/") + name).c_str(), BM_ForwardShapes, paths)
         ->Iterations(20)

@@ -49,6 +49,13 @@ std::vector<bf16> bf16_of(const std::vector<float>& v) {
 
 int device_count() { return Cuda::device_count(); }
 
+bool use_dependent_launches(bool on, bool* supported) {
+  const bool before = Cuda::pdl_flag();
+  Cuda::use_dependent_launches(on);
+  if (supported) *supported = Cuda::compute_capability() >= 90;
+  return before;
+}
+
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
                           const std::vector<float>* bias, const std::vector<float>* accumulate_into,
                           bool bf16_weights, LinearPath path) {

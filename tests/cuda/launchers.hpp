@@ -17,6 +17,9 @@
 namespace blockdiff::test::cuda {
 
 int device_count();
+//! Cuda::use_dependent_launches(on); returns whether they were on before, and whether the device
+//! takes them (compute capability 9.0 and up) in `supported`.
+bool use_dependent_launches(bool on, bool* supported = nullptr);
 
 //! Which implementation a product runs on: the one op::Linear picks, the tensor-core kernel
 //! (BF16 weights, 1 to 32 rows, k a multiple of 16) whatever the rows, or op::Linear with that

@@ -417,6 +417,50 @@ TEST_CASE("CUDA graphs: a replayed decode equals the directly launched one, and 
   CHECK(launches == 22);
 }
 
+TEST_CASE("dependent launches change no result: logits and decodes with them == without") {
+  // The same kernels in the same order, so the results must be equal to the bit; a kernel that
+  // touched its inputs before waiting for the one before it would show here as a difference.
+  bool supported = false;
+  const bool before = gpu::use_dependent_launches(false, &supported);
+  if (!supported) MESSAGE("compute capability below 9.0: dependent launches are not used, so this compares a run with itself");
+  auto both = [](auto&& run) {
+    gpu::use_dependent_launches(false);
+    auto off = run();
+    gpu::use_dependent_launches(true);
+    auto on = run();
+    gpu::use_dependent_launches(false);
+    return std::pair{off, on};
+  };
+  const auto f32 = test::golden("model-f32-tied").string(), bf = test::golden("model-bf16-untied").string();
+  for (int n : {1, 8, 20, 37}) {
+    std::vector<int> ids;
+    for (int i = 0; i < n; ++i) ids.push_back((i * 13 + 5) % 300);
+    INFO(n, " tokens");
+    auto [off, on] = both([&] { return gpu::logits(f32, ids, "block-causal"); });
+    CHECK(on == off);
+    auto [off16, on16] = both([&] { return gpu::logits(bf, ids, "block-causal", true); });
+    CHECK(on16 == off16);
+  }
+  const std::vector<int> prompt{7, 20, 33, 46, 59, 72, 85, 98, 111};
+  for (const bool graphs : {false, true}) {
+    INFO("graphs ", graphs);
+    auto [off, on] = both([&] { return gpu::ar_graphs(f32, prompt, 24, graphs).first; });
+    REQUIRE(off.size() == 24);
+    CHECK(on == off);
+  }
+  std::vector<std::vector<int>> prompts{{41, 48, 55}, {7, 20, 33, 46, 59, 72, 85, 98}};
+  auto [off, on] = both([&] { return gpu::generate(f32, prompts, "32/8", "threshold", "hierarchical", 0.9f, 40, 318, 319); });
+  REQUIRE(on.size() == off.size());
+  for (std::size_t r = 0; r < on.size(); ++r) {
+    CHECK(on[r].tokens == off[r].tokens);
+    CHECK(on[r].committed == off[r].committed);
+  }
+  auto [soff, son] = both([&] { return gpu::generate(f32, prompts, "8/4", "threshold", "block", 0.9f, 40, 318, 319, 1.0f, 0.9f, 5); });
+  REQUIRE(son.size() == soff.size());
+  for (std::size_t r = 0; r < son.size(); ++r) CHECK(son[r].tokens == soff[r].tokens);
+  gpu::use_dependent_launches(before);
+}
+
 TEST_CASE("whole decodes: CUDA == host tokens and committed positions, policy x shape x cache, batched") {
   const auto dir = test::golden("model-f32-tied").string();
   using Model = model::Qwen2<backend::Host>;

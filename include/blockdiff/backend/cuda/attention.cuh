@@ -109,6 +109,7 @@ template <class Mask, int D>
 __global__ void __launch_bounds__(32 * attention_warps)
     attention_kernel(const float* q, float* out, const AttentionRow* rows, int max_queries, int heads, int kv_heads,
                      int d_runtime, float scale, Mask mask, int keys_per_split, float* partial, unsigned* done) {
+  after_upstream();
   const int d = D > 0 ? D : d_runtime;
   const AttentionRow row = rows[blockIdx.y / max_queries];
   const int i = static_cast<int>(blockIdx.y % max_queries);  // query within the row
@@ -258,7 +259,8 @@ inline GroupPlan group_plan(std::int64_t rows, int max_queries, int group, int k
   p.pair_tiles = (max_queries * group + p.pairs - 1) / p.pairs;
   const std::int64_t blocks = rows * p.pair_tiles * kv_heads;
   const int tiles = (max_keys + group_tile_keys - 1) / group_tile_keys;
-  const int want = static_cast<int>(std::clamp<std::int64_t>((group_target_blocks + blocks - 1) / blocks, 1, group_max_splits));
+  const auto want = static_cast<int>(
+      std::clamp<std::int64_t>((group_target_blocks + blocks - 1) / blocks, 1, group_max_splits));
   const int tiles_per_split = (tiles + std::min(want, tiles) - 1) / std::min(want, tiles);
   p.split.keys_per_split = tiles_per_split * group_tile_keys;
   p.split.splits = (max_keys + p.split.keys_per_split - 1) / p.split.keys_per_split;
@@ -282,9 +284,11 @@ __global__ void __launch_bounds__(32 * attention_warps)
     attention_group_kernel(const float* q, float* out, const AttentionRow* rows, int pair_tiles, int pairs_per_block,
                            int heads, int kv_heads, int d_runtime, float scale, Mask mask, int keys_per_split,
                            float* partial, unsigned* done) {
+  after_upstream();
   constexpr int per_warp = group_max_pairs / attention_warps;
   constexpr int per_lane = group_max_head_dim / 32;
-  constexpr int tile_loads = group_tile_keys * group_max_head_dim / 4 / (32 * attention_warps);  // 16-byte loads a thread
+  // 16-byte loads a thread makes of a tile's K (and as many of V)
+  constexpr int tile_loads = group_tile_keys * group_max_head_dim / 4 / (32 * attention_warps);
   const int d = D > 0 ? D : d_runtime;
   const int stride = d + 4;  // a K row in shared memory
   const int group = heads / kv_heads, g = static_cast<int>(blockIdx.z);
@@ -447,7 +451,6 @@ struct Kernel<backend::Cuda, op::Attention<Mask>> {
       run_grouped(q, out, rows, shape, mask);
     else
       run_per_head(q, out, rows, shape, mask);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
   }
 
  private:
@@ -467,9 +470,10 @@ struct Kernel<backend::Cuda, op::Attention<Mask>> {
       done = backend::Cuda::scratch<unsigned>(groups, /*zeroed=*/true);
     }
     auto launch = [&]<int D>() {
-      attention_group_kernel<Mask, D><<<grid, 32 * attention_warps, plan.shared_bytes, backend::Cuda::stream()>>>(
-          q, out, rows.data(), plan.pair_tiles, plan.pairs, shape.heads, shape.kv_heads, shape.head_dim, shape.scale,
-          mask, plan.split.keys_per_split, partial, done);
+      backend::Cuda::launch(attention_group_kernel<Mask, D>, grid, 32 * attention_warps, plan.shared_bytes,
+                            backend::Cuda::stream(), q, out, rows.data(), plan.pair_tiles, plan.pairs, shape.heads,
+                            shape.kv_heads, shape.head_dim, shape.scale, mask, plan.split.keys_per_split, partial,
+                            done);
     };
     if (shape.head_dim == 128) launch.template operator()<128>();
     else launch.template operator()<0>();
@@ -490,9 +494,9 @@ struct Kernel<backend::Cuda, op::Attention<Mask>> {
     const dim3 grid(static_cast<unsigned>(split.splits), static_cast<unsigned>(queries),
                     static_cast<unsigned>(shape.heads));
     auto launch = [&]<int D>() {
-      attention_kernel<Mask, D><<<grid, 32 * attention_warps, 0, backend::Cuda::stream()>>>(
-          q, out, rows.data(), shape.max_queries, shape.heads, shape.kv_heads, shape.head_dim, shape.scale, mask,
-          split.keys_per_split, partial, done);
+      backend::Cuda::launch(attention_kernel<Mask, D>, grid, 32 * attention_warps, 0, backend::Cuda::stream(), q, out,
+                            rows.data(), shape.max_queries, shape.heads, shape.kv_heads, shape.head_dim, shape.scale,
+                            mask, split.keys_per_split, partial, done);
     };
     // The head_dim-128 kernel holds a whole tile's loads in registers (about 170 a thread): on
     // an H100 it made a 1.5B-shaped AR step (36 blocks) and sub-block forward (288) faster and a

@@ -20,6 +20,7 @@ inline unsigned blocks_for(std::int64_t n, int threads = 256) {
 
 template <class T>
 __global__ void embedding_kernel(const T* table, const int* ids, std::int64_t n, int h, float* out) {
+  after_upstream();
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * h) return;
   const std::int64_t t = i / h;
@@ -28,6 +29,7 @@ __global__ void embedding_kernel(const T* table, const int* ids, std::int64_t n,
 
 //! Grid (max_queries, rows); the threads of a block copy one token's kv_heads x d values.
 __global__ void kv_write_kernel(const float* k, const float* v, const AttentionRow* rows, int kv_heads, int d) {
+  after_upstream();
   const AttentionRow row = rows[blockIdx.y];
   const int t = blockIdx.x;
   if (t >= row.n_q) return;
@@ -45,6 +47,7 @@ __global__ void kv_write_kernel(const float* k, const float* v, const AttentionR
 __global__ void rope_kv_write_kernel(float* q, float* k, const float* v, const int* positions, const float* cos_t,
                                      const float* sin_t, const AttentionRow* rows, int n_rows, int heads, int kv_heads,
                                      int d) {
+  after_upstream();
   const int t = static_cast<int>(blockIdx.x), hh = static_cast<int>(blockIdx.y), half = d / 2;
   const bool is_q = hh < heads;
   float* x = is_q ? q + (static_cast<std::int64_t>(t) * heads + hh) * d
@@ -80,6 +83,7 @@ __device__ inline float rms_scale(float sum_squares, int k, float eps) {
 
 template <int Threads>
 __global__ void rmsnorm_kernel(const float* x, int h, const float* w, float eps, float* y) {
+  after_upstream();
   using Reduce = cub::BlockReduce<float, Threads>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float inv;
@@ -95,6 +99,7 @@ __global__ void rmsnorm_kernel(const float* x, int h, const float* w, float eps,
 
 __global__ void rope_kernel(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_t,
                             const float* sin_t) {
+  after_upstream();
   const int half = d / 2;
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * heads * half) return;
@@ -109,6 +114,7 @@ __global__ void rope_kernel(float* x, std::int64_t n, int heads, int d, const in
 }
 
 __global__ void swiglu_kernel(float* gate, const float* up, std::int64_t n) {
+  after_upstream();
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float g = gate[i];
@@ -123,9 +129,8 @@ struct Kernel<backend::Cuda, op::Embedding> {
   template <class T>
   static void run(const T* table, const int* ids, std::int64_t n, int h, float* out) {
     if (n == 0) return;
-    detail::cuda::embedding_kernel<<<detail::cuda::blocks_for(n * h), 256, 0, backend::Cuda::stream()>>>(table, ids, n,
-                                                                                                          h, out);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::embedding_kernel<T>, detail::cuda::blocks_for(n * h), 256, 0,
+                          backend::Cuda::stream(), table, ids, n, h, out);
   }
 };
 
@@ -135,9 +140,8 @@ struct Kernel<backend::Cuda, op::KvWrite> {
   static void run(const float* k, const float* v, std::span<const AttentionRow> rows, const AttentionShape& shape) {
     if (rows.empty() || shape.max_queries == 0) return;
     const dim3 grid(static_cast<unsigned>(shape.max_queries), static_cast<unsigned>(rows.size()));
-    detail::cuda::kv_write_kernel<<<grid, 256, 0, backend::Cuda::stream()>>>(k, v, rows.data(), shape.kv_heads,
-                                                                             shape.head_dim);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::kv_write_kernel, grid, 256, 0, backend::Cuda::stream(), k, v, rows.data(),
+                          shape.kv_heads, shape.head_dim);
   }
 };
 
@@ -145,8 +149,8 @@ template <>
 struct Kernel<backend::Cuda, op::RmsNorm> {
   static void run(const float* x, std::int64_t n, int h, const float* w, float eps, float* y) {
     if (n == 0) return;
-    detail::cuda::rmsnorm_kernel<256><<<static_cast<unsigned>(n), 256, 0, backend::Cuda::stream()>>>(x, h, w, eps, y);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::rmsnorm_kernel<256>, static_cast<unsigned>(n), 256, 0, backend::Cuda::stream(),
+                          x, h, w, eps, y);
   }
 };
 
@@ -155,9 +159,8 @@ struct Kernel<backend::Cuda, op::Rope> {
   static void run(float* x, std::int64_t n, int heads, int d, const int* positions, const float* cos_t,
                   const float* sin_t) {
     if (n == 0) return;
-    detail::cuda::rope_kernel<<<detail::cuda::blocks_for(n * heads * (d / 2)), 256, 0, backend::Cuda::stream()>>>(
-        x, n, heads, d, positions, cos_t, sin_t);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::rope_kernel, detail::cuda::blocks_for(n * heads * (d / 2)), 256, 0,
+                          backend::Cuda::stream(), x, n, heads, d, positions, cos_t, sin_t);
   }
 };
 
@@ -165,8 +168,8 @@ template <>
 struct Kernel<backend::Cuda, op::SwiGlu> {
   static void run(float* gate, const float* up, std::int64_t n) {
     if (n == 0) return;
-    detail::cuda::swiglu_kernel<<<detail::cuda::blocks_for(n), 256, 0, backend::Cuda::stream()>>>(gate, up, n);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::swiglu_kernel, detail::cuda::blocks_for(n), 256, 0, backend::Cuda::stream(),
+                          gate, up, n);
   }
 };
 
@@ -177,10 +180,9 @@ struct Kernel<backend::Cuda, op::RopeKvWrite> {
                   const float* sin_t, std::span<const AttentionRow> rows, const AttentionShape& shape) {
     if (n == 0 || rows.empty()) return;
     const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(shape.heads + shape.kv_heads));
-    detail::cuda::rope_kv_write_kernel<<<grid, 64, 0, backend::Cuda::stream()>>>(
-        q, k, v, positions, cos_t, sin_t, rows.data(), static_cast<int>(rows.size()), shape.heads, shape.kv_heads,
-        shape.head_dim);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::rope_kv_write_kernel, grid, 64, 0, backend::Cuda::stream(), q, k, v, positions,
+                          cos_t, sin_t, rows.data(), static_cast<int>(rows.size()), shape.heads, shape.kv_heads,
+                          shape.head_dim);
   }
 };
 

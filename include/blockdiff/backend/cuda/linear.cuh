@@ -204,6 +204,12 @@ __device__ __forceinline__ void few_rows_product(const float* __restrict__ x, in
                                                  const InputNorm& norm) {
   constexpr int V = Weights16<W>::n, F = few_rows_features<R>, warps = few_rows_threads / 32;
   constexpr int N = F * R > 6 ? 32 : F * R;  // values per thread, padded for the butterfly
+  // While the kernel before may still run (dependent launches): the first 4 KB of each weight
+  // row (the loop's first two passes) into L2, one 128-byte line a thread.
+  if (threadIdx.x * 128 < min(4096, k * static_cast<int>(sizeof(W))))
+    for (int f = 0; f < F; ++f)
+      prefetch_l2(reinterpret_cast<const char*>(plan.row(static_cast<int>(blockIdx.x), k, f)) + threadIdx.x * 128);
+  after_upstream();
   const W* row[F];
   for (int f = 0; f < F; ++f) row[f] = plan.row(static_cast<int>(blockIdx.x), k, f);
   float acc[N] = {};  // acc[f * R + r]
@@ -294,10 +300,11 @@ void few_rows_launch(const float* x, int k, bool aligned, Make&& make_plan, cons
   if (plan.blocks() == 0) return;
   const auto blocks = static_cast<unsigned>(plan.blocks());
   if (norm)
-    few_rows_norm_kernel<W, R, Plan<W, F>><<<blocks, few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0, norm);
+    backend::Cuda::launch(few_rows_norm_kernel<W, R, Plan<W, F>>, blocks, few_rows_threads, 0, stream, x, k, plan,
+                          aligned ? k : 0, norm);
   else
-    few_rows_kernel<W, R, Plan<W, F>><<<blocks, few_rows_threads, 0, stream>>>(x, k, plan, aligned ? k : 0);
-  BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(few_rows_kernel<W, R, Plan<W, F>>, blocks, few_rows_threads, 0, stream, x, k, plan,
+                          aligned ? k : 0);
 }
 
 //! Dispatches n (1 to few_rows_max) to its compiled row count.
@@ -384,6 +391,17 @@ __global__ void __launch_bounds__(mma_threads)
   constexpr int U = 4 / M;  // chunks whose weight loads a warp issues together: 4 KB a warp
   const int block = static_cast<int>(blockIdx.x), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
+  // While the kernel before may still run (dependent launches): the weights of the first pass
+  // over k into L2.
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (warp + u * warps < k / 32) {
+#pragma unroll
+      for (int i = 0; i < M; ++i)
+        for (int h = 0; h < 2; ++h) prefetch_l2(plan.row(block, k, 16 * i + 8 * h + g) + 32 * (warp + u * warps) + 8 * t);
+    }
+  }
+  after_upstream();
   const bf16* w[M][2];  // rows g and g + 8 of each tile
 #pragma unroll
   for (int i = 0; i < M; ++i) w[i][0] = plan.row(block, k, 16 * i + g), w[i][1] = plan.row(block, k, 16 * i + g + 8);
@@ -490,8 +508,7 @@ void mma_rows_launch(const float* x, int n, int k, Make&& make_plan, const Input
   const Plan<bf16, 16 * M> plan = make_plan.template operator()<Plan<bf16, 16 * M>>();
   if (plan.blocks() == 0) return;
   const auto kernel = norm ? mma_rows_kernel<T, M, true, Plan<bf16, 16 * M>> : mma_rows_kernel<T, M, false, Plan<bf16, 16 * M>>;
-  kernel<<<static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream>>>(x, n, k, plan, norm);
-  BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+  backend::Cuda::launch(kernel, static_cast<unsigned>(plan.blocks()), mma_threads, 0, stream, x, n, k, plan, norm);
 }
 
 //! The tensor-core kernel for 1 <= n <= mma_rows_max rows, with the plan that make_plan(F) returns.
@@ -540,11 +557,13 @@ inline void mma_linear(const float* x, int n, int k, const bf16* w, int m, const
 }
 
 __global__ void broadcast_rows_kernel(const float* bias, std::int64_t n, int m, float* y) {
+  after_upstream();
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i < n * m) y[i] = bias[i % m];
 }
 
 __global__ void round_to_bf16_kernel(const float* x, std::int64_t n, bf16* out) {
+  after_upstream();
   const std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = to_bf16(x[i]);
 }
@@ -557,8 +576,7 @@ const void* blas_input(const float* x, std::int64_t n, int k) {
     return x;
   } else {
     bf16* xb = backend::Cuda::scratch<bf16>(static_cast<std::size_t>(n * k));
-    round_to_bf16_kernel<<<blocks_for(n * k), 256, 0, backend::Cuda::stream()>>>(x, n * k, xb);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(round_to_bf16_kernel, blocks_for(n * k), 256, 0, backend::Cuda::stream(), x, n * k, xb);
     return xb;
   }
 }
@@ -571,8 +589,7 @@ void blas_product(const void* input, std::int64_t n, int k, const W* w, int m, c
                   bool accumulate) {
   float beta = accumulate ? 1.0f : 0.0f;
   if (bias != nullptr && !accumulate) {
-    broadcast_rows_kernel<<<blocks_for(n * m), 256, 0, backend::Cuda::stream()>>>(bias, n, m, y);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(broadcast_rows_kernel, blocks_for(n * m), 256, 0, backend::Cuda::stream(), bias, n, m, y);
     beta = 1.0f;
   }
   const float alpha = 1.0f;

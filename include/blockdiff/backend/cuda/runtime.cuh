@@ -88,6 +88,39 @@ class DeviceBuffer {
   Shape shape_{};
 };
 
+namespace detail::cuda {
+
+// Programmatic dependent launch (sm_90 and up; no-ops below, and where a kernel was launched
+// without it). A kernel that Cuda::launch starts may begin while the kernel before it in the
+// stream is still running, once every block of that one has called release_dependents(). So
+// every kernel of the backend calls wait_for_upstream() before it reads anything that earlier
+// work wrote or writes anything that earlier work reads; what comes before the wait may only
+// touch what no kernel writes (the weights: the products prefetch theirs into L2 there).
+
+//! Waits until the work before this kernel in the stream has finished and its writes are seen.
+__device__ __forceinline__ void wait_for_upstream() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+//! Lets the next kernel in the stream start its blocks (they wait in wait_for_upstream()).
+__device__ __forceinline__ void release_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+//! Both, first thing in a kernel that has nothing to do before its inputs are ready.
+__device__ __forceinline__ void after_upstream() {
+  wait_for_upstream();
+  release_dependents();
+}
+//! Asks L2 for the 128-byte line at p (memory no kernel writes: the weights).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+}  // namespace detail::cuda
+
 namespace backend {
 
 class GraphReplay;
@@ -131,6 +164,36 @@ struct Cuda {
   static void use_grouped_attention(bool on) {
     if (on != group_flag()) ++graph_generation_ref();
     group_flag() = on;
+  }
+
+  //! Whether kernels start with programmatic dependent launch (compute capability 9.0 and up):
+  //! a kernel's blocks may be scheduled while the kernel before it finishes, run what does not
+  //! depend on it (the products prefetch their weights into L2), then wait for it (see
+  //! wait_for_upstream), which takes the launch latency and the tail of each kernel out of a
+  //! decode step's critical path. Off by default; on where the environment variable
+  //! BLOCKDIFF_CUDA_PDL=1, or use_dependent_launches(true). Switching drops the recorded graphs
+  //! (which hold the dependencies).
+  static bool dependent_launches() { return pdl_flag() && compute_capability() >= 90; }
+  static void use_dependent_launches(bool on) {
+    if (on != pdl_flag()) ++graph_generation_ref();
+    pdl_flag() = on;
+  }
+
+  //! Launches kernel<<<grid, block, shared, stream>>>(args...), as a programmatic dependent
+  //! launch when dependent_launches(); checks the launch.
+  template <class... Params, class... Args>
+  static void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared, cudaStream_t stream,
+                     Args&&... args) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared;
+    config.stream = stream;
+    if (dependent_launches()) config.attrs = &attribute, config.numAttrs = 1;
+    BLOCKDIFF_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
   }
 
   //! The stream every kernel, copy and cuBLAS call of the backend runs on.
@@ -214,6 +277,13 @@ struct Cuda {
     static bool on = true;
     return on;
   }
+  static bool& pdl_flag() {
+    static bool on = [] {
+      const char* e = std::getenv("BLOCKDIFF_CUDA_PDL");
+      return e != nullptr && std::string_view(e) == "1";
+    }();
+    return on;
+  }
   static bool& graphs_flag() {
     static bool on = [] {
       const char* e = std::getenv("BLOCKDIFF_CUDA_GRAPHS");
@@ -231,6 +301,18 @@ struct Cuda {
       return count;
     }();
     return n;
+  }
+
+  //! Compute capability of the current device as 10 major + minor (read once).
+  static int compute_capability() {
+    static const int cc = [] {
+      int device = 0, major = 0, minor = 0;
+      BLOCKDIFF_CUDA_CHECK(cudaGetDevice(&device));
+      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+      return 10 * major + minor;
+    }();
+    return cc;
   }
 
   //! Number of visible CUDA devices (0 when there is no GPU or no driver).

@@ -38,6 +38,7 @@ struct Tempered {
 template <int Threads>
 __global__ void tempered_probs_kernel(const float* logits, int vocab, const SampleRequest* requests, int n,
                                       double temperature, double* probs, int* order, int* offsets, Tempered* tempered) {
+  after_upstream();
   __shared__ double sum;
   const float* l = logits + requests[blockIdx.x].row * vocab;
   const std::int64_t out = static_cast<std::int64_t>(blockIdx.x) * vocab;
@@ -72,6 +73,7 @@ struct FirstCrossing {
 template <int Threads>
 __global__ void draw_kernel(const double* probs, const int* order, int vocab, const SampleRequest* requests,
                             double top_p, const Tempered* tempered, PositionStats* stats) {
+  after_upstream();
   using Scan = cub::BlockScan<double, Threads>;
   using Reduce = cub::BlockReduce<Crossing, Threads>;
   __shared__ union {
@@ -162,10 +164,9 @@ struct Kernel<backend::Cuda, op::Sample> {
         w.sorted_order.resize(tokens);
       }
       const cudaStream_t stream = backend::Cuda::stream();
-      tempered_probs_kernel<threads><<<static_cast<unsigned>(n), threads, 0, stream>>>(
-          logits, vocab, w.requests.data(), n, static_cast<double>(temperature), w.probs.data(),
-          nucleus ? w.order.data() : nullptr, w.offsets.data(), w.tempered.data());
-      BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+      backend::Cuda::launch(tempered_probs_kernel<threads>, static_cast<unsigned>(n), threads, 0, stream, logits, vocab,
+                            w.requests.data(), n, static_cast<double>(temperature), w.probs.data(),
+                            nucleus ? w.order.data() : nullptr, w.offsets.data(), w.tempered.data());
       if (nucleus) {
         std::size_t bytes = 0;
         const auto sort = [&](void* space) {
@@ -177,10 +178,9 @@ struct Kernel<backend::Cuda, op::Sample> {
         w.sort_space.resize(Shape{static_cast<std::int64_t>(std::max<std::size_t>(bytes, 1))});
         sort(w.sort_space.data());
       }
-      draw_kernel<threads><<<static_cast<unsigned>(n), threads, 0, stream>>>(
-          nucleus ? w.sorted_probs.data() : w.probs.data(), nucleus ? w.sorted_order.data() : nullptr, vocab,
-          w.requests.data(), static_cast<double>(top_p), w.tempered.data(), w.stats.data());
-      BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+      backend::Cuda::launch(draw_kernel<threads>, static_cast<unsigned>(n), threads, 0, stream,
+                            nucleus ? w.sorted_probs.data() : w.probs.data(), nucleus ? w.sorted_order.data() : nullptr,
+                            vocab, w.requests.data(), static_cast<double>(top_p), w.tempered.data(), w.stats.data());
       backend::Cuda::download(out + first, w.stats.data(), static_cast<std::size_t>(n));
     }
   }

@@ -68,6 +68,7 @@ __device__ RowSoftmax row_softmax(const float* l, int vocab, double temperature)
 
 template <int Threads, bool SecondProb, bool Entropy>
 __global__ void vocab_stats_kernel(const float* logits, int vocab, PositionStats* stats) {
+  after_upstream();
   const RowSoftmax r = row_softmax<Threads, Entropy>(logits + static_cast<std::int64_t>(blockIdx.x) * vocab, vocab, 1.0);
   if (threadIdx.x == 0) {
     PositionStats s;
@@ -87,9 +88,8 @@ struct Kernel<backend::Cuda, op::VocabStats<SecondProb, Entropy>> {
   static void run(const float* logits, std::int64_t rows, int vocab, PositionStats* stats) {
     if (rows == 0) return;
     PositionStats* device_stats = backend::Cuda::scratch<PositionStats>(static_cast<std::size_t>(rows));
-    detail::cuda::vocab_stats_kernel<256, SecondProb, Entropy>
-        <<<static_cast<unsigned>(rows), 256, 0, backend::Cuda::stream()>>>(logits, vocab, device_stats);
-    BLOCKDIFF_CUDA_CHECK(cudaGetLastError());
+    backend::Cuda::launch(detail::cuda::vocab_stats_kernel<256, SecondProb, Entropy>, static_cast<unsigned>(rows), 256,
+                          0, backend::Cuda::stream(), logits, vocab, device_stats);
     backend::Cuda::download(stats, device_stats, static_cast<std::size_t>(rows));
   }
 };
