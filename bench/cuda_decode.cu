@@ -61,6 +61,29 @@ struct Events {
   }
 };
 
+//! Whether got is within tol times the largest |want| of want everywhere.
+bool close_to(const float* got, const float* want, std::size_t n, double tol) {
+  double err = 0, mag = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    err = std::max(err, static_cast<double>(std::fabs(got[i] - want[i])));
+    mag = std::max(mag, static_cast<double>(std::fabs(want[i])));
+  }
+  return err <= tol * mag;
+}
+
+//! Mean milliseconds of one run(): `reps` back to back, timed with events, each iteration.
+template <class F>
+double mean_ms(benchmark::State& state, int reps, F&& run) {
+  Events e;
+  double ms = 0;
+  for (auto _ : state) {
+    e.start();
+    for (int i = 0; i < reps; ++i) run();
+    ms += e.stop_ms() / reps;
+  }
+  return ms / static_cast<double>(state.iterations());
+}
+
 double d2d_bandwidth_gbs() {
   const std::size_t n = std::size_t{1} << 31;
   DeviceBuffer<char> a(Shape{static_cast<std::int64_t>(n)}), b(Shape{static_cast<std::int64_t>(n)});
@@ -106,13 +129,8 @@ void validate_against_host(benchmark::State& state) {
     auto dl = dev.forward<mask::BlockCausal<32>>(dr);
     std::vector<float> got(static_cast<std::size_t>(dl.numel()));
     Cuda::download(got.data(), dl.data(), got.size());
-    double err = 0, mag = 0;
-    for (std::size_t i = 0; i < got.size(); ++i) {
-      err = std::max(err, static_cast<double>(std::fabs(got[i] - hl.data()[i])));
-      mag = std::max(mag, static_cast<double>(std::fabs(hl.data()[i])));
-    }
     const double tol = n > 8 && weights() == DType::bf16 ? 0.03 : 1e-4;
-    if (err > tol * mag) state.SkipWithError("CUDA logits differ from the host's");
+    if (!close_to(got.data(), hl.data(), got.size(), tol)) state.SkipWithError("CUDA logits differ from the host's");
   }
 }
 
@@ -222,22 +240,9 @@ void BM_Attention(benchmark::State& state, int n_q, bool grouped) {
   std::vector<float> host(q.size()), got(q.size());
   Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), host.data(), host_rows, shape, Mask{});
   Cuda::download(got.data(), dout.data(), got.size());
-  double err = 0, mag = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    err = std::max(err, static_cast<double>(std::fabs(got[i] - host[i])));
-    mag = std::max(mag, static_cast<double>(std::fabs(host[i])));
-  }
-  if (err > 2e-5 * mag) state.SkipWithError("CUDA attention differs from the host's");
-  Events e;
-  double ms = 0;
-  constexpr int reps = 100;
-  for (auto _ : state) {
-    e.start();
-    for (int i = 0; i < reps; ++i) run();
-    ms += e.stop_ms() / reps;
-  }
+  if (!close_to(got.data(), host.data(), got.size(), 2e-5)) state.SkipWithError("CUDA attention differs from the host's");
+  const double per = mean_ms(state, 100, run);
   Cuda::use_grouped_attention(Paths{}.grouped_attention);
-  const double per = ms / static_cast<double>(state.iterations());
   state.counters["us"] = per * 1e3;
   // The K and V bytes the queries may read (each row's [0, kv_end) of every key head), per second.
   state.counters["kv_GB/s"] = 2.0 * batch * kvh * kv_end * d * sizeof(float) / (per * 1e-3) / 1e9;
@@ -263,15 +268,7 @@ void BM_Linear(benchmark::State& state, int k, int m, Path path) {
     }
   };
   run();
-  Events e;
-  double ms = 0;
-  constexpr int reps = 50;
-  for (auto _ : state) {
-    e.start();
-    for (int i = 0; i < reps; ++i) run();
-    ms += e.stop_ms() / reps;
-  }
-  const double per = ms / static_cast<double>(state.iterations());
+  const double per = mean_ms(state, 50, run);
   state.counters["us"] = per * 1e3;
   state.counters["weight_GB/s"] = static_cast<double>(w.bytes()) / (per * 1e-3) / 1e9;
   state.counters["of_copy_bw"] = static_cast<double>(w.bytes()) / (per * 1e-3) / 1e9 / bw;
