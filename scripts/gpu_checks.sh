@@ -7,8 +7,9 @@
 # Stages, in the order worth running them (each writes <stage>.log under $OUT, or results/gpu):
 #   parity      every CUDA test: operations, whole models and decodes, sampling, training; and the
 #               blockdiff program's --device cuda against --device host (generate, eval)
-#   bench       bench_cuda_decode (BF16 weights), bench_cuda_study (the study's headline on the
-#               embedded models) and bench_cuda_train
+#   bench       bench_cuda_decode (BF16 weights) and bench_cuda_study (the study's headline on the
+#               embedded models)
+#   bench-train bench_cuda_train
 #   bench-f32   bench_cuda_decode's forwards and end-to-end runs with f32 weights
 #   memcheck    compute-sanitizer memcheck over every case but the whole decodes, and over the
 #               decode benchmark's recorded graphs
@@ -32,17 +33,17 @@ if [ "${1:-}" = "pack" ]; then
     cp -L "$lib" "$bin/lib/"
   done
   du -sh "$bin"
-  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then bench-f32, memcheck, memcheck-decodes, racecheck)"
+  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)"
   exit 0
 fi
 
 for stage in "$@"; do
-  case "$stage" in parity | bench | bench-f32 | memcheck | memcheck-decodes | racecheck) ;;
-    *) echo "unknown stage \"$stage\" (pack, or: parity, bench, bench-f32, memcheck, memcheck-decodes, racecheck)" >&2
+  case "$stage" in parity | bench | bench-train | bench-f32 | memcheck | memcheck-decodes | racecheck) ;;
+    *) echo "unknown stage \"$stage\" (pack, or: parity, bench, bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)" >&2
        exit 2 ;;
   esac
 done
-[ $# -gt 0 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,18p' "$0"; exit 2; }
 [ -x "$bin/test_cuda_parity" ] || { echo "no $bin/test_cuda_parity: run 'bash scripts/gpu_checks.sh pack' first" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || { echo "no GPU here" >&2; exit 77; }
 mkdir -p "$out"
@@ -90,10 +91,12 @@ for stage in "$@"; do
       run racecheck.log 540 "$sanitizer" --tool racecheck "$bin/test_cuda_parity" -tce="*whole decodes*"
       summary racecheck.log "RACECHECK SUMMARY|test cases|exit" ;;
     bench)
-      run bench.log 240 "$bin/bench_cuda_decode"
+      run bench.log 330 "$bin/bench_cuda_decode"
       run bench.log 150 env BLOCKDIFF_MODELS="$PWD/models" "$bin/bench_cuda_study"
-      run bench.log 180 "$bin/bench_cuda_train"
-      summary bench.log "cuda/forward_shapes|cuda/attention|cuda/end_to_end|study/|train_step|ERROR|exit" 50 ;;
+      summary bench.log "cuda/forward_shapes|cuda/attention|cuda/end_to_end|study/|ERROR|exit" 50 ;;
+    bench-train)
+      run bench-train.log 180 "$bin/bench_cuda_train"
+      summary bench-train.log "train_step|ERROR|exit" 12 ;;
     bench-f32)
       run bench-f32.log 240 env BLOCKDIFF_BENCH_WEIGHTS=f32 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes/context:256/(graphs|direct)$|end_to_end'
       summary bench-f32.log "cuda/forward_shapes|cuda/end_to_end|ERROR|exit" 12 ;;
