@@ -244,11 +244,12 @@ inline bool grouped_attention_fits(int d) { return d > 0 && d % 4 == 0 && d <= g
 
 //! How a grouped call divides its work: blocks per (row, key head) over the row's (query, head)
 //! pairs, and splits over the keys. It depends on the call's shape only (not on the device), so
-//! that a result does not depend on the GPU it ran on.
+//! that a result does not depend on the GPU it ran on, and not on the keys in use (the shape's
+//! max_keys is the caches' capacity), so that a recorded graph replays as the rows grow.
 struct GroupPlan {
   int pairs = 0;       //!< pairs a block serves (the last tile of a row may have fewer)
   int pair_tiles = 0;  //!< blocks per (row, key head) over its max_queries x group pairs
-  AttentionSplit split;
+  int splits = 1;      //!< blocks that share each group's keys
   std::size_t shared_bytes = 0;  //!< Q of the pairs, K (rows padded by 4 floats), V
 };
 
@@ -261,9 +262,7 @@ inline GroupPlan group_plan(std::int64_t rows, int max_queries, int group, int k
   const int tiles = (max_keys + group_tile_keys - 1) / group_tile_keys;
   const auto want = static_cast<int>(
       std::clamp<std::int64_t>((group_target_blocks + blocks - 1) / blocks, 1, group_max_splits));
-  const int tiles_per_split = (tiles + std::min(want, tiles) - 1) / std::min(want, tiles);
-  p.split.keys_per_split = tiles_per_split * group_tile_keys;
-  p.split.splits = (max_keys + p.split.keys_per_split - 1) / p.split.keys_per_split;
+  p.splits = std::min(want, tiles);
   p.shared_bytes = static_cast<std::size_t>(p.pairs * d + kv_tile_floats) * sizeof(float);
   return p;
 }
@@ -280,10 +279,10 @@ inline GroupPlan group_plan(std::int64_t rows, int max_queries, int group, int k
 //! which the last block of the group to finish merges in split order (merge_splits).
 //! D is head_dim when it is compiled for (128), or 0 for any multiple of 4 up to 128.
 template <class Mask, int D>
-__global__ void __launch_bounds__(32 * attention_warps)
+__global__ void __launch_bounds__(32 * attention_warps, 2)
     attention_group_kernel(const float* q, float* out, const AttentionRow* rows, int pair_tiles, int pairs_per_block,
-                           int heads, int kv_heads, int d_runtime, float scale, Mask mask, int keys_per_split,
-                           float* partial, unsigned* done) {
+                           int heads, int kv_heads, int d_runtime, float scale, Mask mask, float* partial,
+                           unsigned* done) {
   after_upstream();
   constexpr int per_warp = group_max_pairs / attention_warps;
   constexpr int per_lane = group_max_head_dim / 32;
@@ -311,12 +310,16 @@ __global__ void __launch_bounds__(32 * attention_warps)
     v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
     *reinterpret_cast<float4*>(qsh + (c / chunks) * d + 4 * (c % chunks)) = v;
   }
-  // The keys this block reads: its split, cut at the furthest bound of its queries.
+  // The keys this block reads: the group's keys, up to the furthest bound of its queries, in
+  // whole tiles shared evenly by the splits (which the caches' capacity sized, so that a short
+  // row's keys still spread over all of them).
   int bound = 0;
   for (int i = first_pair / group; i <= (first_pair + pairs - 1) / group; ++i)
     bound = max(bound, key_end(mask, row.first_slot + i, row.kv_end));
-  const int k_begin = static_cast<int>(blockIdx.x) * keys_per_split;
-  const int k_end = min(bound, k_begin + keys_per_split);
+  const int bound_tiles = (bound + group_tile_keys - 1) / group_tile_keys;
+  const int per_split = (bound_tiles + static_cast<int>(gridDim.x) - 1) / static_cast<int>(gridDim.x) * group_tile_keys;
+  const int k_begin = static_cast<int>(blockIdx.x) * per_split;
+  const int k_end = min(bound, k_begin + per_split);
 
   float m[per_warp], l[per_warp], acc[per_warp][per_lane];
 #pragma unroll
@@ -460,20 +463,19 @@ struct Kernel<backend::Cuda, op::Attention<Mask>> {
     const auto rows_n = static_cast<std::int64_t>(rows.size());
     const GroupPlan plan = group_plan(rows_n, shape.max_queries, shape.heads / shape.kv_heads, shape.kv_heads,
                                       shape.max_keys, shape.head_dim);
-    const dim3 grid(static_cast<unsigned>(plan.split.splits), static_cast<unsigned>(rows_n * plan.pair_tiles),
+    const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(rows_n * plan.pair_tiles),
                     static_cast<unsigned>(shape.kv_heads));
     float* partial = nullptr;
     unsigned* done = nullptr;
-    if (plan.split.splits > 1) {
+    if (plan.splits > 1) {
       const std::size_t groups = std::size_t{grid.y} * grid.z;
-      partial = backend::Cuda::scratch<float>(groups * plan.pairs * plan.split.splits * (shape.head_dim + 2));
+      partial = backend::Cuda::scratch<float>(groups * plan.pairs * plan.splits * (shape.head_dim + 2));
       done = backend::Cuda::scratch<unsigned>(groups, /*zeroed=*/true);
     }
     auto launch = [&]<int D>() {
       backend::Cuda::launch(attention_group_kernel<Mask, D>, grid, 32 * attention_warps, plan.shared_bytes,
                             backend::Cuda::stream(), q, out, rows.data(), plan.pair_tiles, plan.pairs, shape.heads,
-                            shape.kv_heads, shape.head_dim, shape.scale, mask, plan.split.keys_per_split, partial,
-                            done);
+                            shape.kv_heads, shape.head_dim, shape.scale, mask, partial, done);
     };
     if (shape.head_dim == 128) launch.template operator()<128>();
     else launch.template operator()<0>();
