@@ -10,7 +10,7 @@
 // key head and up to 32 (query, head) pairs of its group: every query head that shares the key
 // head and as many queries as fit, so each K and V tile is read from memory once and staged in
 // shared memory for all of them (an AR step of a 6:1 GQA model reads its cache once instead of
-// six times; a 32-token block forward, 192 times less). The per-head one gives a block one
+// six times; its 32-token block forward 7 times instead of 192). The per-head one gives a block one
 // (query, head) pair and reads K and V itself; it serves other head_dims and
 // `Cuda::use_grouped_attention(false)`, for comparison.
 #pragma once
@@ -229,7 +229,6 @@ __global__ void __launch_bounds__(32 * attention_warps)
   merge_splits(part, static_cast<int>(gridDim.x), d, o, static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
 }
 
-
 constexpr int group_tile_keys = 32;  //!< keys of K and V a grouped block stages per pass, one per lane
 constexpr int group_max_pairs = 32;  //!< (query, head) pairs a grouped block serves: 8 per warp
 constexpr int group_max_head_dim = 128;
@@ -316,8 +315,9 @@ __global__ void __launch_bounds__(32 * attention_warps, 2)
   int bound = 0;
   for (int i = first_pair / group; i <= (first_pair + pairs - 1) / group; ++i)
     bound = max(bound, key_end(mask, row.first_slot + i, row.kv_end));
+  const int splits = static_cast<int>(gridDim.x);
   const int bound_tiles = (bound + group_tile_keys - 1) / group_tile_keys;
-  const int per_split = (bound_tiles + static_cast<int>(gridDim.x) - 1) / static_cast<int>(gridDim.x) * group_tile_keys;
+  const int per_split = (bound_tiles + splits - 1) / splits * group_tile_keys;
   const int k_begin = static_cast<int>(blockIdx.x) * per_split;
   const int k_end = min(bound, k_begin + per_split);
 
@@ -406,7 +406,6 @@ __global__ void __launch_bounds__(32 * attention_warps, 2)
     }
   }
 
-  const int splits = static_cast<int>(gridDim.x);
   const std::int64_t grp = static_cast<std::int64_t>(blockIdx.y) * gridDim.z + g;  // (row x pair tile, key head)
   auto output = [&](int pp) {  // where the warp's pp-th pair writes its result
     const int t = first_pair + warp + attention_warps * pp;

@@ -142,29 +142,20 @@ struct Cuda {
   //! tensor-core kernel (the default) or on cuBLAS, for comparing the two. Switching drops the
   //! recorded graphs (graph_generation()).
   static bool mma_rows() { return mma_flag(); }
-  static void use_mma_rows(bool on) {
-    if (on != mma_flag()) ++graph_generation_ref();
-    mma_flag() = on;
-  }
+  static void use_mma_rows(bool on) { switch_path(mma_flag(), on); }
 
   //! Whether products of up to 32 rows fold the RMSNorm of their input into the product kernel
   //! (the default: op::Linears and op::SwiGluLinear with an InputNorm, see linear.cuh) or run it
   //! as its own launch first, for comparing the two. Switching drops the recorded graphs.
   static bool folded_norms() { return fold_flag(); }
-  static void use_folded_norms(bool on) {
-    if (on != fold_flag()) ++graph_generation_ref();
-    fold_flag() = on;
-  }
+  static void use_folded_norms(bool on) { switch_path(fold_flag(), on); }
 
   //! Whether attention runs the grouped kernel (the default where head_dim is a multiple of 4 up
   //! to 128: a block serves every query head of a key head, reading each K and V tile once for
   //! all of them) or the per-head kernel (a block per query head), for comparing the two.
   //! Switching drops the recorded graphs.
   static bool grouped_attention() { return group_flag(); }
-  static void use_grouped_attention(bool on) {
-    if (on != group_flag()) ++graph_generation_ref();
-    group_flag() = on;
-  }
+  static void use_grouped_attention(bool on) { switch_path(group_flag(), on); }
 
   //! Whether kernels start with programmatic dependent launch (compute capability 9.0 and up):
   //! a kernel's blocks may be scheduled while the kernel before it finishes, run what does not
@@ -174,10 +165,7 @@ struct Cuda {
   //! BLOCKDIFF_CUDA_PDL=1, or use_dependent_launches(true). Switching drops the recorded graphs
   //! (which hold the dependencies).
   static bool dependent_launches() { return pdl_flag() && compute_capability() >= 90; }
-  static void use_dependent_launches(bool on) {
-    if (on != pdl_flag()) ++graph_generation_ref();
-    pdl_flag() = on;
-  }
+  static void use_dependent_launches(bool on) { switch_path(pdl_flag(), on); }
 
   //! Launches kernel<<<grid, block, shared, stream>>>(args...), as a programmatic dependent
   //! launch when dependent_launches(); checks the launch.
@@ -265,6 +253,11 @@ struct Cuda {
     static long generation = 0;
     return generation;
   }
+  //! Sets a kernel-path switch; a change drops the recorded graphs, whose kernels it changes.
+  static void switch_path(bool& flag, bool on) {
+    if (on != flag) ++graph_generation_ref();
+    flag = on;
+  }
   static bool& mma_flag() {
     static bool on = true;
     return on;
@@ -294,25 +287,22 @@ struct Cuda {
 
   //! Multiprocessors of the current device (read once).
   static int multiprocessors() {
-    static const int n = [] {
-      int device = 0, count = 0;
-      BLOCKDIFF_CUDA_CHECK(cudaGetDevice(&device));
-      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-      return count;
-    }();
+    static const int n = device_attribute(cudaDevAttrMultiProcessorCount);
     return n;
   }
 
   //! Compute capability of the current device as 10 major + minor (read once).
   static int compute_capability() {
-    static const int cc = [] {
-      int device = 0, major = 0, minor = 0;
-      BLOCKDIFF_CUDA_CHECK(cudaGetDevice(&device));
-      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-      BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-      return 10 * major + minor;
-    }();
+    static const int cc = 10 * device_attribute(cudaDevAttrComputeCapabilityMajor) +
+                          device_attribute(cudaDevAttrComputeCapabilityMinor);
     return cc;
+  }
+  //! An attribute of the current device.
+  static int device_attribute(cudaDeviceAttr attribute) {
+    int device = 0, value = 0;
+    BLOCKDIFF_CUDA_CHECK(cudaGetDevice(&device));
+    BLOCKDIFF_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+    return value;
   }
 
   //! Number of visible CUDA devices (0 when there is no GPU or no driver).
