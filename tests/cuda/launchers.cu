@@ -56,6 +56,28 @@ bool use_dependent_launches(bool on, bool* supported) {
   return before;
 }
 
+int programmatic_edges(bool dependent_launches) {
+  const bool before = Cuda::pdl_flag();
+  Cuda::use_dependent_launches(dependent_launches);
+  DeviceBuffer<float> x(Shape{64}), w(Shape{64}), y(Shape{64});
+  const cudaStream_t stream = Cuda::stream();
+  BLOCKDIFF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  Kernel<Cuda, op::RmsNorm>::run(x.data(), 2, 32, w.data(), 1e-6f, y.data());
+  Kernel<Cuda, op::RmsNorm>::run(y.data(), 2, 32, w.data(), 1e-6f, x.data());
+  cudaGraph_t graph = nullptr;
+  BLOCKDIFF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  std::size_t n = 0;
+  BLOCKDIFF_CUDA_CHECK(cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &n));
+  std::vector<cudaGraphNode_t> from(n), to(n);
+  std::vector<cudaGraphEdgeData> data(n);
+  BLOCKDIFF_CUDA_CHECK(cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &n));
+  cudaGraphDestroy(graph);
+  Cuda::use_dependent_launches(before);
+  int programmatic = 0;
+  for (const auto& e : data) programmatic += e.type == cudaGraphDependencyTypeProgrammatic;
+  return programmatic;
+}
+
 std::vector<float> linear(const std::vector<float>& x, int n, int k, const std::vector<float>& w, int m,
                           const std::vector<float>* bias, const std::vector<float>* accumulate_into,
                           bool bf16_weights, LinearPath path) {

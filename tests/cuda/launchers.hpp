@@ -20,6 +20,9 @@ int device_count();
 //! Cuda::use_dependent_launches(on); returns whether they were on before, and whether the device
 //! takes them (compute capability 9.0 and up) in `supported`.
 bool use_dependent_launches(bool on, bool* supported = nullptr);
+//! Captures two RMSNorm launches on the backend's stream, dependent launches on or off, and
+//! returns how many of the graph's edges are programmatic (the kernel after may start early).
+int programmatic_edges(bool dependent_launches);
 
 //! Which implementation a product runs on: the one op::Linear picks, the tensor-core kernel
 //! (BF16 weights, 1 to 32 rows, k a multiple of 16) whatever the rows, or op::Linear with that

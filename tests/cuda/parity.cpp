@@ -423,6 +423,10 @@ TEST_CASE("dependent launches change no result: logits and decodes with them == 
   bool supported = false;
   const bool before = gpu::use_dependent_launches(false, &supported);
   if (!supported) MESSAGE("compute capability below 9.0: dependent launches are not used, so this compares a run with itself");
+  // The switch takes effect: a captured pair of kernels is joined by a programmatic edge with
+  // it, and only with it.
+  CHECK(gpu::programmatic_edges(false) == 0);
+  if (supported) CHECK(gpu::programmatic_edges(true) == 1);
   auto both = [](auto&& run) {
     gpu::use_dependent_launches(false);
     auto off = run();
