@@ -14,11 +14,14 @@
 //    into the product after it (`/unfolded_norms`), and with attention on the per-head kernel
 //    instead of the grouped one (`/per_head_attention`), and with programmatic dependent launches
 //    (`/dependent_launches`, off by default), for the ratio each gains in the same run;
-//  - op::Attention alone at the model's shape for the three forwards, on both kernels.
+//  - op::Attention alone at the model's shape for the three forwards, on both kernels;
+//  - op::Unmask (the unmasking policy's decision) for 1 and 64 rows, on the device and on the host.
 // Before timing, the CUDA model's logits are checked against the host model's on a short input.
 #include <cuda_profiler_api.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "blockdiff/cuda.cuh"
 #include "common.hpp"
@@ -274,6 +277,32 @@ void BM_Linear(benchmark::State& state, int k, int m, Path path) {
   state.counters["of_copy_bw"] = static_cast<double>(w.bytes()) / (per * 1e-3) / 1e9 / bw;
 }
 
+//! op::Unmask for `rows` rows of a sub-block's 8 candidates, on the device (one call: its two
+//! copies and its kernel) or on the host; the device's decisions are held to the host's first.
+template <class P>
+void BM_Unmask(benchmark::State& state, P policy, bool device) {
+  const int n_rows = static_cast<int>(state.range(0)), per_row = 8;
+  std::vector<Candidate> candidates(static_cast<std::size_t>(n_rows * per_row));
+  Rng draw(3);
+  for (auto& c : candidates) {
+    c.stats.p1 = draw.uniform(), c.stats.p2 = (1.0f - c.stats.p1) * draw.uniform();
+    c.stats.entropy = 2.0f * draw.uniform(), c.stats.token = static_cast<int>(draw.below(151936));
+  }
+  std::vector<UnmaskRow> rows(static_cast<std::size_t>(n_rows));
+  for (int r = 0; r < n_rows; ++r) rows[r].first = r * per_row, rows[r].n = per_row, rows[r].context.masked_at_start = per_row;
+  const auto run = [&](bool on_device, std::vector<UnmaskRow>& rs, bool* chosen) {
+    if (on_device) Kernel<Cuda, op::Unmask<P>>::run(policy, candidates.data(), rs, chosen);
+    else Kernel<backend::Host, op::Unmask<P>>::run(policy, candidates.data(), rs, chosen);
+  };
+  std::unique_ptr<bool[]> host(new bool[candidates.size()]()), dev(new bool[candidates.size()]());
+  auto host_rows = rows, dev_rows = rows;
+  run(false, host_rows, host.get());
+  run(true, dev_rows, dev.get());
+  if (!std::equal(host.get(), host.get() + candidates.size(), dev.get()))
+    state.SkipWithError("the device's decisions differ from the host's");
+  for (auto _ : state) run(device, dev_rows, dev.get());
+}
+
 void BM_EndToEnd(benchmark::State& state, bool diffusion) {
   auto& m = gpu_model();
   const int batch = static_cast<int>(state.range(0)), max_new = 128;
@@ -349,6 +378,15 @@ int main(int argc, char** argv) {
         ->ArgName("batch")->Arg(1)->Iterations(5)->UseRealTime();
     benchmark::RegisterBenchmark(("cuda/attention/block32" + kernel).c_str(), BM_Attention<mask::BlockCausal<32>>, 32, grouped)
         ->ArgName("batch")->Arg(1)->Arg(16)->Iterations(5)->UseRealTime();
+  }
+  for (const bool device : {true, false}) {
+    const std::string where = device ? "/device" : "/host";
+    benchmark::RegisterBenchmark(("cuda/unmask/threshold" + where).c_str(), BM_Unmask<unmask::Threshold>,
+                                 unmask::Threshold{0.9f}, device)
+        ->ArgName("rows")->Arg(1)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("cuda/unmask/entropy_bounded" + where).c_str(), BM_Unmask<unmask::EntropyBounded>,
+                                 unmask::EntropyBounded{0.5f}, device)
+        ->ArgName("rows")->Arg(1)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
   }
   for (int batch : {1, 4, 16, 64}) {
     benchmark::RegisterBenchmark("cuda/end_to_end/ar", BM_EndToEnd, false)->Arg(batch)->ArgName("batch")->Iterations(1)->UseRealTime()->Unit(benchmark::kSecond);

@@ -2,7 +2,10 @@
 // the statistics it needs; the decoder picks the vocabulary reduction from those traits.
 //
 // This one commits every position whose margin p1 - p2 exceeds tau, but at most `cap` per
-// forward, most confident first, and always at least one.
+// forward, most confident first, and always at least one. Its `select` uses the standard
+// library, so it runs on the host on every backend; a policy whose `select` is
+// BLOCKDIFF_HOST_DEVICE and uses no host-only code may declare
+// `static constexpr bool device_select = true;`, and the CUDA backend then runs it in a kernel.
 //
 //   examples/02_custom_policy MODEL_DIR
 #include <algorithm>

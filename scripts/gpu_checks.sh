@@ -93,7 +93,7 @@ for stage in "$@"; do
     bench)
       run bench.log 330 "$bin/bench_cuda_decode"
       run bench.log 150 env BLOCKDIFF_MODELS="$PWD/models" "$bin/bench_cuda_study"
-      summary bench.log "cuda/forward_shapes|cuda/attention|cuda/end_to_end|study/|ERROR|exit" 50 ;;
+      summary bench.log "cuda/forward_shapes|cuda/attention|cuda/unmask|cuda/end_to_end|study/|ERROR|exit" 60 ;;
     bench-train)
       run bench-train.log 180 "$bin/bench_cuda_train"
       summary bench-train.log "train_step|ERROR|exit" 12 ;;

@@ -7,6 +7,7 @@
 #include "blockdiff/backend/cuda/linear.cuh"
 #include "blockdiff/backend/cuda/runtime.cuh"
 #include "blockdiff/backend/cuda/sample.cuh"
+#include "blockdiff/backend/cuda/unmask.cuh"
 #include "blockdiff/train/cuda_ops.cuh"
 #include "blockdiff/backend/cuda/vocab_stats.cuh"
 #include "blockdiff/blockdiff.hpp"

@@ -259,6 +259,14 @@ std::vector<PositionStats> sample(const std::vector<float>& logits, int vocab, c
   return out;
 }
 
+void unmask(const std::string& policy, float knob, const std::vector<Candidate>& candidates, std::vector<UnmaskRow>& rows,
+            bool* chosen) {
+  with_policy(policy, knob, [&]<class P>(const P& p) {
+    static_assert(DeviceSelectable<P>, "the device's kernel, not the host's");
+    Kernel<Cuda, op::Unmask<P>>::run(p, candidates.data(), rows, chosen);
+  });
+}
+
 std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask_name,
                           bool bf16_weights) {
   auto m = model::Qwen2<Cuda>::load(model_dir, bf16_weights ? DType::bf16 : DType::f32);

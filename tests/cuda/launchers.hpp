@@ -9,6 +9,7 @@
 
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/io/config.hpp"
+#include "blockdiff/policy/unmask.hpp"
 #include "blockdiff/train/batch.hpp"
 #include "blockdiff/train/data.hpp"
 #include "blockdiff/train/ops.hpp"
@@ -76,6 +77,27 @@ std::vector<float> attention(const std::string& mask, const std::vector<float>& 
 std::vector<PositionStats> vocab_stats(bool second, bool entropy, const std::vector<float>& logits, int rows, int vocab);
 std::vector<PositionStats> sample(const std::vector<float>& logits, int vocab, const std::vector<SampleRequest>& requests,
                                   float temperature, float top_p);
+//! Calls f with the built-in unmasking policy of that name ("threshold", "topk", "scheduled" (with
+//! the cosine schedule), "margin", "entropy", "entropy-bounded", "factor", "random") and knob (a
+//! count for topk, scheduled and random).
+template <class F>
+void with_policy(const std::string& name, float knob, F&& f) {
+  const int k = static_cast<int>(knob);
+  if (name == "threshold") f(unmask::Threshold{knob});
+  else if (name == "topk") f(unmask::TopK{k});
+  else if (name == "scheduled") f(unmask::Scheduled<schedule::Cosine>{k});
+  else if (name == "margin") f(unmask::Margin{knob});
+  else if (name == "entropy") f(unmask::Entropy{knob});
+  else if (name == "entropy-bounded") f(unmask::EntropyBounded{knob});
+  else if (name == "factor") f(unmask::Factor{knob});
+  else if (name == "random") f(unmask::Random{k});
+  else fail("no unmasking policy named ", name);
+}
+//! op::Unmask on the device for a built-in policy, by its name and knob as with_policy takes
+//! them; `rows` come back with their generators advanced, `chosen` (one flag a candidate) with
+//! the decisions.
+void unmask(const std::string& policy, float knob, const std::vector<Candidate>& candidates, std::vector<UnmaskRow>& rows,
+            bool* chosen);
 
 std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask,
                           bool bf16_weights = false);

@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -360,6 +361,55 @@ TEST_CASE("Sample, with a nucleus and without, at two temperatures: CUDA == host
         CHECK(dev[i].entropy == doctest::Approx(host[i].entropy).epsilon(1e-5));
       }
     }
+}
+
+TEST_CASE("Unmask selection, each built-in policy on the device == on the host, batched rows") {
+  // Five rows of 1 to 32 candidates with a gap between two of them (index 6, no row's), ties
+  // of confidence and of entropy, and each row at another step of its sub-block.
+  const std::vector<std::pair<int, int>> spans = {{0, 5}, {7, 1}, {8, 32}, {40, 8}, {48, 3}};
+  std::vector<Candidate> candidates(51);
+  Rng draw(21);
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    auto& s = candidates[i].stats;
+    candidates[i].offset = static_cast<int>(i % 32) + 1;
+    s.token = static_cast<int>(i) * 7;
+    s.p1 = i % 9 == 4 ? 0.93f : draw.uniform();
+    s.p2 = (1.0f - s.p1) * draw.uniform();
+    s.entropy = i % 11 == 2 ? 0.25f : 2.0f * draw.uniform();
+  }
+  std::vector<UnmaskRow> rows;
+  for (std::size_t r = 0; r < spans.size(); ++r) {
+    UnmaskRow row;
+    row.first = spans[r].first, row.n = spans[r].second;
+    row.context = StepContext{static_cast<int>(r % 3), 4, row.n + static_cast<int>(r), nullptr};
+    row.rng = Rng(100 + r);
+    rows.push_back(row);
+  }
+  const auto on_host = [&](const std::string& policy, float knob, std::vector<UnmaskRow>& rs, bool* chosen) {
+    gpu::with_policy(policy, knob, [&]<class P>(const P& p) {
+      Kernel<backend::Host, op::Unmask<P>>::run(p, candidates.data(), rs, chosen);
+    });
+  };
+  const std::vector<std::pair<std::string, float>> policies = {
+      {"threshold", 0.9f}, {"threshold", 0.5f}, {"topk", 3}, {"scheduled", 8}, {"margin", 0.4f},
+      {"entropy", 0.6f},   {"entropy-bounded", 1.5f},      {"factor", 1.0f}, {"random", 2}};
+  for (const auto& [policy, knob] : policies) {
+    INFO(policy, " ", knob);
+    auto host_rows = rows, dev_rows = rows;
+    bool host[51], dev[51];
+    std::fill_n(host, 51, true);  // stale flags: cleared in every row, kept in the gap
+    std::fill_n(dev, 51, true);
+    on_host(policy, knob, host_rows, host);
+    gpu::unmask(policy, knob, candidates, dev_rows, dev);
+    int committed = 0;
+    for (int i = 0; i < 51; ++i) {
+      CHECK_MESSAGE(dev[i] == host[i], "candidate ", i);
+      committed += host[i];
+    }
+    CHECK(host[6]);                                          // the gap kept its flag,
+    CHECK(committed > static_cast<int>(spans.size()) + 1);  // and every row commits one at least
+    for (std::size_t r = 0; r < rows.size(); ++r) CHECK(dev_rows[r].rng.next() == host_rows[r].rng.next());
+  }
 }
 
 TEST_CASE("whole-model logits: CUDA == host on both golden models") {

@@ -2,6 +2,7 @@
 // the noise schedules against their formulas.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -131,3 +132,41 @@ static_assert(!UnmaskingPolicy<schedule::Linear>);
 static_assert(!NoiseSchedule<unmask::Threshold>);
 static_assert(!CacheStrategy<unmask::TopK>);
 static_assert(!UnmaskingPolicy<int>);
+
+TEST_CASE("op::Unmask: a batch of rows, each decided as its policy decides it alone") {
+  // Three rows over one candidate array, with a gap (index 3) that no row owns.
+  auto c = cands({0.5f, 0.95f, 0.91f, 0.99f, 0.3f, 0.2f, 0.97f, 0.6f, 0.4f});
+  std::vector<UnmaskRow> rows(3);
+  rows[0].first = 0, rows[0].n = 3;
+  rows[1].first = 4, rows[1].n = 4;
+  rows[2].first = 8, rows[2].n = 1;
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    rows[r].context = StepContext{0, 1, rows[r].n, nullptr};
+    rows[r].rng = Rng(40 + r);
+  }
+  bool chosen[9];
+  std::fill_n(chosen, 9, true);  // stale flags: the op clears a row's before the policy marks them
+
+  SUBCASE("Threshold") {
+    Kernel<backend::Host, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, c.data(), rows, chosen);
+    const bool expected[9] = {false, true, true, true, false, false, true, false, true};
+    for (int i = 0; i < 9; ++i) CHECK_MESSAGE(chosen[i] == expected[i], "candidate ", i);
+  }
+  SUBCASE("Random: each row draws from its own generator, which comes back advanced") {
+    const auto before = rows;
+    Kernel<backend::Host, op::Unmask<unmask::Random>>::run(unmask::Random{2}, c.data(), rows, chosen);
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      INFO("row ", r);
+      Rng alone = before[r].rng;
+      const auto own = std::vector<Candidate>(c.begin() + rows[r].first, c.begin() + rows[r].first + rows[r].n);
+      std::vector<int> batched;
+      for (int i = 0; i < rows[r].n; ++i)
+        if (chosen[rows[r].first + i]) batched.push_back(i);
+      CHECK(batched == pick(unmask::Random{2}, own, StepContext{0, 1, rows[r].n, &alone}));
+      Rng unmoved = before[r].rng, back = rows[r].rng;
+      CHECK(back.next() != unmoved.next());       // it was advanced,
+      CHECK(rows[r].rng.next() == alone.next());  // by the draws the row takes alone
+    }
+    CHECK(chosen[3]);  // the gap is no row's: left as it was
+  }
+}

@@ -130,6 +130,12 @@ struct Attention {};
 //! when the unmasking policy asks for them.
 template <bool SecondProb, bool Entropy>
 struct VocabStats {};
+//! After a denoising forward, each row's unmasking decision: the policy's `select` over the
+//! masked positions of the row's active sub-block, for a whole batch in one call (types and the
+//! host's kernel in policy/unmask.hpp). A backend may run it where its kernels run when the
+//! policy declares `device_select` (the CUDA backend does, one thread a row).
+template <class Policy>
+struct Unmask {};
 //! Per requested logit row: one token drawn at temperature T from the top-p nucleus, as the
 //! official code samples (§3.3). softmax(logits / T); keep the smallest prefix of tokens, by
 //! decreasing probability (lower index first on ties), whose cumulative probability exceeds p

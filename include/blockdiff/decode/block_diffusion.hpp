@@ -484,15 +484,18 @@ class BlockDiffusionDecoder {
           logits.data(), n_rows, config.vocab_size, stats_.data());
       const bool sampling = options.sampling.temperature > 0;
       if (sampling) draw(stepping, logits.data(), options);
+      const auto stats_of = [&](std::size_t i) {
+        return std::span<const PositionStats>(stats_).subspan(static_cast<std::size_t>(model_.logit_offset(i)));
+      };
+      decide(stepping, stats_of, sampling, options);
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const UnmaskRow* decision = unmask_rows_.data();
       for (std::size_t i = 0; i < stepping.size(); ++i) {
         Row& row = *stepping[i];
         const std::size_t kind = static_cast<std::size_t>(row.kind);
         row.trace.forwards[kind] += 1;
         row.trace.seconds[kind] += dt;
-        const std::int64_t offset = model_.logit_offset(i);
-        consume(row, std::span<const PositionStats>(stats_).subspan(static_cast<std::size_t>(offset)),
-                sampling ? samples_.data() + first_request_[i] : nullptr, options);
+        consume(row, stats_of(i), rows_.denoising(row) ? decision++ : nullptr, options);
       }
       std::erase_if(active, [](const Row& r) { return r.finished; });
     }
@@ -518,19 +521,41 @@ class BlockDiffusionDecoder {
                                           o.sampling.top_p, samples_.data());
   }
 
-  //! Commits what the forward decided for `r`, from its logit rows' statistics (and, when
-  //! sampling, the draws of its masked positions).
-  void consume(Row& r, std::span<const PositionStats> stats, const PositionStats* sampled, const DecodeOptions& o) {
+  //! The policy's decisions for every denoising row of the forward, in one op::Unmask call:
+  //! each row's candidates (from its logit rows' statistics, or its draws when sampling) and
+  //! context go to unmask_rows_, in stepping order, and the flags to chosen_.
+  template <class StatsOf>
+  void decide(const std::vector<Row*>& stepping, StatsOf&& stats_of, bool sampling, const DecodeOptions& o) {
+    unmask_rows_.clear();
+    candidates_.clear();
+    for (std::size_t i = 0; i < stepping.size(); ++i) {
+      Row& row = *stepping[i];
+      if (!rows_.denoising(row)) continue;
+      UnmaskRow u;
+      u.first = static_cast<int>(candidates_.size());
+      candidates_.resize(candidates_.size() + B);
+      u.n = rows_.candidates(row, stats_of(i), sampling ? samples_.data() + first_request_[i] : nullptr, o,
+                             candidates_.data() + u.first);
+      candidates_.resize(static_cast<std::size_t>(u.first + u.n));
+      u.context = rows_.context(row);
+      u.rng = row.rng;
+      unmask_rows_.push_back(u);
+    }
+    chosen_.resize(::blockdiff::Shape{static_cast<std::int64_t>(candidates_.size())});
+    Kernel<backend_type, op::Unmask<Unmask>>::run(policy_, candidates_.data(), unmask_rows_, chosen_.data());
+  }
+
+  //! Commits what the forward decided for `r`: from its logit rows' statistics after a prefill
+  //! or commit forward, or as `decision` (its row of the op::Unmask call) says after a
+  //! denoising one.
+  void consume(Row& r, std::span<const PositionStats> stats, const UnmaskRow* decision, const DecodeOptions& o) {
     TraceStep step{r.kind, {}};
     if (!rows_.denoising(r)) {
       rows_.take_next_token(r, stats, step, o);
     } else {
-      Candidate cand[B];
-      bool chosen[B] = {};
-      const int n = rows_.candidates(r, stats, sampled, o, cand);
-      StepContext ctx = rows_.context(r);
-      policy_.select(cand, n, ctx, chosen);
-      rows_.commit(r, cand, n, chosen, step, Unmask::name);
+      r.rng = decision->rng;  // as the policy left it
+      rows_.commit(r, candidates_.data() + decision->first, decision->n, chosen_.data() + decision->first, step,
+                   Unmask::name);
     }
     if (o.trace) r.trace.steps.push_back(std::move(step));
   }
@@ -542,6 +567,9 @@ class BlockDiffusionDecoder {
   std::vector<SampleRequest> requests_;     // sampling: the draws of a forward,
   std::vector<std::size_t> first_request_;  // where each stepping row's draws start,
   std::vector<PositionStats> samples_;      // and what they drew
+  std::vector<Candidate> candidates_;       // the denoising rows' candidates,
+  std::vector<UnmaskRow> unmask_rows_;      // each row's share of them,
+  Buffer<bool> chosen_;                     // and which the policy chose
 };
 
 }  // namespace blockdiff::decode

@@ -8,12 +8,16 @@
 // (the decoder checks, and reports a policy that does not).
 //
 // Runtime knobs (tau, k, gamma, f, steps) are data members; the type is the algorithm.
-// `select` is BLOCKDIFF_HOST_DEVICE so the same code runs on the host and inside a kernel.
+// The decoder asks for every row's decision of a forward at once, through op::Unmask<Policy>.
+// The built-in policies' `select` is BLOCKDIFF_HOST_DEVICE and declares `device_select`, so a
+// device backend runs that same code in a kernel; a policy without the trait (one that uses the
+// standard library, say) is run on the host by every backend.
 #pragma once
 
 #include <cmath>
 #include <concepts>
 #include <cstdint>
+#include <span>
 
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/error.hpp"
@@ -86,6 +90,7 @@ struct Threshold {
   static constexpr const char* name = "threshold";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   float tau = 0.9f;
 
   void validate() const { require(tau >= 0.0f && tau <= 1.0f, "threshold ", tau, " is outside [0, 1]"); }
@@ -101,6 +106,7 @@ struct TopK {
   static constexpr const char* name = "topk";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   int k = 2;
 
   void validate() const { require(k >= 1, "k must be >= 1, got ", k); }
@@ -113,12 +119,15 @@ struct TopK {
 //! sub-blocks; at step s of n the schedule says how many of the sub-block's masked positions
 //! should be revealed by now (1 - mask_prob(1 - (s+1)/n), normalised), and the most confident
 //! ones make up the difference. The last step reveals everything left.
+//! (It runs on the device with its schedule's `mask_prob`, which is BLOCKDIFF_HOST_DEVICE in
+//! every built-in schedule.)
 template <NoiseSchedule Schedule = schedule::Linear>
 struct Scheduled {
   using policy_kind = kind::unmasking;
   static constexpr const char* name = "scheduled";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   int steps = 8;
   Schedule schedule{};
 
@@ -145,6 +154,7 @@ struct Margin {
   static constexpr const char* name = "margin";
   static constexpr bool needs_second_prob = true;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   float tau = 0.8f;
 
   void validate() const { require(tau >= 0.0f && tau <= 1.0f, "margin threshold ", tau, " is outside [0, 1]"); }
@@ -165,6 +175,7 @@ struct Entropy {
   static constexpr const char* name = "entropy";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = true;
+  static constexpr bool device_select = true;
   float tau = 0.3f;
 
   void validate() const { require(tau >= 0.0f, "entropy threshold ", tau, " must be >= 0"); }
@@ -185,6 +196,7 @@ struct EntropyBounded {
   static constexpr const char* name = "entropy-bounded";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = true;
+  static constexpr bool device_select = true;
   float gamma = 0.5f;
 
   void validate() const { require(gamma >= 0.0f, "entropy bound ", gamma, " must be >= 0"); }
@@ -207,6 +219,7 @@ struct Factor {
   static constexpr const char* name = "factor";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   float f = 1.0f;
 
   void validate() const { require(f > 0.0f, "factor ", f, " must be > 0"); }
@@ -227,6 +240,7 @@ struct Random {
   static constexpr const char* name = "random";
   static constexpr bool needs_second_prob = false;
   static constexpr bool needs_entropy = false;
+  static constexpr bool device_select = true;
   int k = 1;
 
   void validate() const { require(k >= 1, "k must be >= 1, got ", k); }
@@ -247,13 +261,47 @@ struct Random {
 
 }  // namespace unmask
 
-static_assert(UnmaskingPolicy<unmask::Threshold>);
-static_assert(UnmaskingPolicy<unmask::TopK>);
-static_assert(UnmaskingPolicy<unmask::Scheduled<>>);
-static_assert(UnmaskingPolicy<unmask::Margin>);
-static_assert(UnmaskingPolicy<unmask::Entropy>);
-static_assert(UnmaskingPolicy<unmask::EntropyBounded>);
-static_assert(UnmaskingPolicy<unmask::Factor>);
-static_assert(UnmaskingPolicy<unmask::Random>);
+//! Whether the policy's `select` may run in a device kernel (see the top of this file).
+template <class P>
+concept DeviceSelectable = UnmaskingPolicy<P> && requires {
+  requires P::device_select;
+};
+
+//! One row of an op::Unmask call: its candidates, where its sub-block stands, and its generator.
+struct UnmaskRow {
+  int first = 0;        //!< its candidates are [first, first + n) of the call's
+  int n = 0;
+  StepContext context;  //!< its `rng` is not read: the op points it at `rng` below
+  Rng rng{0};           //!< a copy of the row's generator; a policy that draws advances it
+};
+
+namespace detail {
+//! One row's decision: clears its flags, then lets the policy mark the candidates to commit.
+template <class P>
+BLOCKDIFF_HOST_DEVICE void select_row(const P& policy, const Candidate* candidates, UnmaskRow& row, bool* chosen) {
+  StepContext ctx = row.context;
+  ctx.rng = &row.rng;
+  for (int i = 0; i < row.n; ++i) chosen[row.first + i] = false;
+  policy.select(candidates + row.first, row.n, ctx, chosen + row.first);
+}
+}  // namespace detail
+
+//! op::Unmask on the host, for every backend unless it specialises the op: `candidates`,
+//! `rows` and `chosen` (one flag a candidate) are in host memory, as the decoder keeps them.
+template <class Backend, UnmaskingPolicy P>
+struct Kernel<Backend, op::Unmask<P>> {
+  static void run(const P& policy, const Candidate* candidates, std::span<UnmaskRow> rows, bool* chosen) {
+    for (UnmaskRow& row : rows) detail::select_row(policy, candidates, row, chosen);
+  }
+};
+
+static_assert(DeviceSelectable<unmask::Threshold>);
+static_assert(DeviceSelectable<unmask::TopK>);
+static_assert(DeviceSelectable<unmask::Scheduled<>>);
+static_assert(DeviceSelectable<unmask::Margin>);
+static_assert(DeviceSelectable<unmask::Entropy>);
+static_assert(DeviceSelectable<unmask::EntropyBounded>);
+static_assert(DeviceSelectable<unmask::Factor>);
+static_assert(DeviceSelectable<unmask::Random>);
 
 }  // namespace blockdiff
