@@ -30,7 +30,9 @@ struct TraceStep {
 
 struct Trace {
   std::array<int, 4> forwards{};      //!< by ForwardKind
-  std::array<double, 4> seconds{};    //!< wall time of the forwards this sequence took part in
+  //! Wall time of the forwards this sequence took part in, each with its statistics pass, its
+  //! draws and its unmasking decisions.
+  std::array<double, 4> seconds{};
   std::vector<TraceStep> steps;       //!< empty unless tracing was asked for
 
   int count(ForwardKind k) const { return forwards[static_cast<std::size_t>(k)]; }
