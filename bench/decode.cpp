@@ -116,14 +116,14 @@ void BM_PolicyStep(benchmark::State& state) {
   std::vector<Candidate> cand(rows);
   bool chosen[max_block_size];
   unmask::Threshold policy{0.9f};
-  StepContext ctx{};
+  std::vector<UnmaskRow> decision(1);
+  decision[0].n = rows;
   double policy_s = 0;
   for (auto _ : state) {
     const auto t0 = std::chrono::steady_clock::now();
     Kernel<Host, op::VocabStats<false, false>>::run(logits.data(), rows, V, stats.data());
     for (int i = 0; i < rows; ++i) cand[static_cast<std::size_t>(i)] = {i, stats[static_cast<std::size_t>(i)]};
-    std::fill_n(chosen, rows, false);
-    policy.select(cand.data(), rows, ctx, chosen);
+    Kernel<Host, op::Unmask<unmask::Threshold>>::run(policy, cand.data(), decision, chosen);
     benchmark::DoNotOptimize(chosen);
     policy_s += seconds_since(t0);
   }
