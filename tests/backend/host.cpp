@@ -349,7 +349,7 @@ TEST_CASE("Attention under each mask kind, with GQA, against a naive loop") {
   check_attention(mask::BlockDiffusionTraining<4>{16}, 32, 0, 32);
 }
 
-TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops") {
+TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vector width") {
   const int vocab = 151936, rows = 4;
   auto l = randn(static_cast<std::size_t>(rows) * vocab, 21);
   for (auto& x : l) x *= 4;
@@ -357,36 +357,38 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops") {
   l[vocab + 1000] = l[vocab + 90000] = 25.0f;                     // row 1: a tie, the lowest index wins
   for (int i = 0; i < vocab; ++i) l[2 * std::size_t{vocab} + i] = -1000.0f;  // row 2: one live logit,
   l[2 * std::size_t{vocab} + vocab - 1] = 0.0f;                                //   the last (a tail element)
-  std::vector<PositionStats> s(rows);
-  Kernel<backend::Host, op::VocabStats<true, true>>::run(l.data(), rows, vocab, s.data());
-  for (int r = 0; r < rows; ++r) {
-    const float* row = l.data() + std::int64_t{r} * vocab;
-    int best = 0;
-    for (int i = 1; i < vocab; ++i)
-      if (row[i] > row[best]) best = i;
-    double second = -1e30;
-    for (int i = 0; i < vocab; ++i)
-      if (i != best) second = std::max(second, double(row[i]));
-    double z = 0, w = 0;
-    for (int i = 0; i < vocab; ++i) {
-      const double d = double(row[i]) - row[best];
-      z += std::exp(d);
-      w += std::exp(d) * d;
+  at_each_isa([&] {  // the vocabulary passes are compiled for each width
+    std::vector<PositionStats> s(rows);
+    Kernel<backend::Host, op::VocabStats<true, true>>::run(l.data(), rows, vocab, s.data());
+    for (int r = 0; r < rows; ++r) {
+      const float* row = l.data() + std::int64_t{r} * vocab;
+      int best = 0;
+      for (int i = 1; i < vocab; ++i)
+        if (row[i] > row[best]) best = i;
+      double second = -1e30;
+      for (int i = 0; i < vocab; ++i)
+        if (i != best) second = std::max(second, double(row[i]));
+      double z = 0, w = 0;
+      for (int i = 0; i < vocab; ++i) {
+        const double d = double(row[i]) - row[best];
+        z += std::exp(d);
+        w += std::exp(d) * d;
+      }
+      CAPTURE(r);
+      CHECK(s[r].token == best);
+      CHECK(s[r].p1 == doctest::Approx(1.0 / z).epsilon(1e-6));
+      CHECK(s[r].p2 == doctest::Approx(std::exp(second - row[best]) / z).epsilon(1e-5));
+      CHECK(s[r].entropy == doctest::Approx(std::log(z) - w / z).epsilon(1e-5));
     }
-    CAPTURE(r);
-    CHECK(s[r].token == best);
-    CHECK(s[r].p1 == doctest::Approx(1.0 / z).epsilon(1e-6));
-    CHECK(s[r].p2 == doctest::Approx(std::exp(second - row[best]) / z).epsilon(1e-5));
-    CHECK(s[r].entropy == doctest::Approx(std::log(z) - w / z).epsilon(1e-5));
-  }
-  CHECK(s[0].token == 77);
-  CHECK(s[1].token == 1000);
-  CHECK(s[2].token == vocab - 1);
-  CHECK(s[2].p1 == 1.0f);
-  std::vector<float> nan_row(40, std::numeric_limits<float>::quiet_NaN());
-  PositionStats n;
-  Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
-  CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
+    CHECK(s[0].token == 77);
+    CHECK(s[1].token == 1000);
+    CHECK(s[2].token == vocab - 1);
+    CHECK(s[2].p1 == 1.0f);
+    std::vector<float> nan_row(40, std::numeric_limits<float>::quiet_NaN());
+    PositionStats n;
+    Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
+    CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
+  });
 }
 
 TEST_CASE("Sample against a full stable sort of the tempered distribution, with many ties") {

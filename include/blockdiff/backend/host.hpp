@@ -51,16 +51,21 @@ typedef float Vec16 __attribute__((vector_size(64)));
 typedef float Vec8 __attribute__((vector_size(32)));
 template <class V>
 constexpr int lanes = static_cast<int>(sizeof(V) / sizeof(float));
+//! One SSE register: the portable build's vector where lanes are compared (GCC splits a
+//! comparison of vectors wider than the build's registers into scalar code).
+typedef float Vec4 __attribute__((vector_size(16)));
 typedef std::int32_t Vec16i __attribute__((vector_size(64)));
 typedef std::int32_t Vec8i __attribute__((vector_size(32)));
+typedef std::int32_t Vec4i __attribute__((vector_size(16)));
 //! The integer vector of V's width, for comparisons' masks and bit operations.
 template <class V>
-using IntLanes = std::conditional_t<lanes<V> == 16, Vec16i, Vec8i>;
+using IntLanes = std::conditional_t<lanes<V> == 16, Vec16i, std::conditional_t<lanes<V> == 8, Vec8i, Vec4i>>;
 
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
 inline void load_lanes(Vec16& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 inline void load_lanes(Vec8& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+inline void load_lanes(Vec4& v, const float* p) { std::memcpy(&v, p, sizeof v); }
 // BF16 weights widen as they are loaded: a BF16 is the top half of an f32, so zero-extending each
 // word and shifting it up 16 bits is exact. (GCC emits the 16-lane extension as two 8-lane ones,
 // an extract and an insert; still cheaper than the bytes saved, see docs/performance.md.)
@@ -787,23 +792,37 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
 };
 
 namespace detail {
-// The vocabulary passes of the policy step (151,936 logits a row at Qwen's size) in Vec16 lanes.
-inline void max_into(Vec16& acc, const Vec16& v) {
-  const Vec16i take = v > acc;
-  acc = (Vec16)(((Vec16i)v & take) | ((Vec16i)acc & ~take));
+// The vocabulary passes of the policy step (151,936 logits a row at Qwen's size), in V lanes with
+// four vectors in flight, compiled for each ISA like the few-row kernel: the widest registers
+// that host_isa() allows, and SSE's 4 lanes in the portable build.
+template <class V>
+[[gnu::always_inline]] inline void max_into(V& acc, const V& v) {
+  using I = IntLanes<V>;
+  const I take = v > acc;  // a NaN never wins
+  acc = (V)(((I)v & take) | ((I)acc & ~take));
 }
-//! max of l[begin, end); −inf when empty.
-inline float max_of(const float* l, int begin, int end) {
+//! max of l[begin, end), NaNs ignored; −inf when empty.
+template <class V>
+[[gnu::always_inline]] inline float max_lanes(const float* l, int begin, int end) {
+  constexpr int L = lanes<V>;
   constexpr float lowest = -std::numeric_limits<float>::infinity();
-  Vec16 acc, v;
-  for (int j = 0; j < 16; ++j) acc[j] = lowest;
+  V acc[4], v;
+  for (V& a : acc) a = V{} + lowest;
   int i = begin;
-  for (; i + 16 <= end; i += 16) {
+  for (; i + 4 * L <= end; i += 4 * L)
+    for (int k = 0; k < 4; ++k) {
+      load_lanes(v, l + i + k * L);
+      max_into(acc[k], v);
+    }
+  for (; i + L <= end; i += L) {
     load_lanes(v, l + i);
-    max_into(acc, v);
+    max_into(acc[0], v);
   }
+  max_into(acc[0], acc[1]);
+  max_into(acc[2], acc[3]);
+  max_into(acc[0], acc[2]);
   float m = lowest;
-  for (int j = 0; j < 16; ++j) m = std::max(m, acc[j]);
+  for (int j = 0; j < L; ++j) m = std::max(m, acc[0][j]);
   for (; i < end; ++i) m = std::max(m, l[i]);
   return m;
 }
@@ -812,21 +831,22 @@ struct ExpSums {
 };
 //! Lane sums in f32 over 1,024 logits at a time, then into f64, so that a row's sum keeps about
 //! f64's accuracy relative to the largest term (which is 1).
-template <bool Weighted>
-ExpSums exp_sums(const float* l, int vocab, float m) {
+template <class V, bool Weighted>
+[[gnu::always_inline]] inline ExpSums exp_sums_lanes(const float* l, int vocab, float m) {
+  constexpr int L = lanes<V>;
   ExpSums out;
   int i = 0;
-  while (i + 16 <= vocab) {
-    Vec16 sum{}, weighted{}, z;
-    for (const int chunk_end = std::min(vocab / 16 * 16, i + 1024); i < chunk_end; i += 16) {
+  while (i + L <= vocab) {
+    V sum{}, weighted{}, z;
+    for (const int chunk_end = std::min(vocab / L * L, i + 1024); i < chunk_end; i += L) {
       load_lanes(z, l + i);
       z -= m;
-      Vec16 e = z;
+      V e = z;
       exp_nonpositive(e);
       sum += e;
       if constexpr (Weighted) weighted += e * z;
     }
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < L; ++j) {
       out.sum += sum[j];
       if constexpr (Weighted) out.weighted += weighted[j];
     }
@@ -837,6 +857,51 @@ ExpSums exp_sums(const float* l, int vocab, float m) {
     if constexpr (Weighted) out.weighted += e * z;
   }
   return out;
+}
+#if defined(BLOCKDIFF_AVX512_CLONE)
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline float max_avx512(const float* l, int begin,
+                                                                                           int end) {
+  return max_lanes<Vec16>(l, begin, end);
+}
+template <bool Weighted>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline ExpSums exp_sums_avx512(const float* l,
+                                                                                                  int vocab, float m) {
+  return exp_sums_lanes<Vec16, Weighted>(l, vocab, m);
+}
+#endif
+#if defined(BLOCKDIFF_AVX2_CLONE)
+__attribute__((target("avx2,fma"))) inline float max_avx2(const float* l, int begin, int end) {
+  return max_lanes<Vec8>(l, begin, end);
+}
+template <bool Weighted>
+__attribute__((target("avx2,fma"))) inline ExpSums exp_sums_avx2(const float* l, int vocab, float m) {
+  return exp_sums_lanes<Vec8, Weighted>(l, vocab, m);
+}
+#endif
+//! The build's own vector for these passes: its widest, or SSE's in the portable build.
+using VocabVec = std::conditional_t<build_isa == Isa::portable, Vec4, BuildVec>;
+//! max of l[begin, end) (NaNs ignored; −inf when empty) in the widest vectors host_isa() allows.
+inline float max_of(const float* l, int begin, int end) {
+  [[maybe_unused]] const Isa isa = host_isa();
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  if (isa == Isa::avx512) return max_avx512(l, begin, end);
+#endif
+#if defined(BLOCKDIFF_AVX2_CLONE)
+  if (isa == Isa::avx2) return max_avx2(l, begin, end);
+#endif
+  return max_lanes<VocabVec>(l, begin, end);
+}
+//! Σ e^(l−m) (and, when Weighted, Σ e^(l−m)·(l−m)) over a row, likewise.
+template <bool Weighted>
+ExpSums exp_sums(const float* l, int vocab, float m) {
+  [[maybe_unused]] const Isa isa = host_isa();
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  if (isa == Isa::avx512) return exp_sums_avx512<Weighted>(l, vocab, m);
+#endif
+#if defined(BLOCKDIFF_AVX2_CLONE)
+  if (isa == Isa::avx2) return exp_sums_avx2<Weighted>(l, vocab, m);
+#endif
+  return exp_sums_lanes<VocabVec, Weighted>(l, vocab, m);
 }
 }  // namespace detail
 
