@@ -169,4 +169,13 @@ TEST_CASE("op::Unmask: a batch of rows, each decided as its policy decides it al
     }
     CHECK(chosen[3]);  // the gap is no row's: left as it was
   }
+  SUBCASE("a row no policy can take is refused, and no flag is touched") {
+    rows[1].n = 0;
+    CHECK_ERROR((Kernel<backend::Host, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, c.data(), rows, chosen)),
+                "op::Unmask: row 1 has 0 candidates from index 4");
+    rows[1].n = max_block_size + 1;
+    CHECK_ERROR((Kernel<backend::Host, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, c.data(), rows, chosen)),
+                "a row has 1 to");
+    CHECK(std::all_of(chosen, chosen + 9, [](bool b) { return b; }));
+  }
 }

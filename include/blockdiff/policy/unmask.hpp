@@ -276,6 +276,12 @@ struct UnmaskRow {
 };
 
 namespace detail {
+//! Rejects a row of an op::Unmask call that no policy can take (every policy commits one of a
+//! row's candidates, and orders at most a block's), naming it.
+inline void check_unmask_row(const UnmaskRow& row, std::size_t index) {
+  require(row.first >= 0 && row.n >= 1 && row.n <= max_block_size, "op::Unmask: row ", index, " has ", row.n,
+          " candidates from index ", row.first, "; a row has 1 to ", max_block_size, " from index 0 on");
+}
 //! One row's decision: clears its flags, then lets the policy mark the candidates to commit.
 template <class P>
 BLOCKDIFF_HOST_DEVICE void select_row(const P& policy, const Candidate* candidates, UnmaskRow& row, bool* chosen) {
@@ -291,6 +297,7 @@ BLOCKDIFF_HOST_DEVICE void select_row(const P& policy, const Candidate* candidat
 template <class Backend, UnmaskingPolicy P>
 struct Kernel<Backend, op::Unmask<P>> {
   static void run(const P& policy, const Candidate* candidates, std::span<UnmaskRow> rows, bool* chosen) {
+    for (std::size_t r = 0; r < rows.size(); ++r) detail::check_unmask_row(rows[r], r);
     for (UnmaskRow& row : rows) detail::select_row(policy, candidates, row, chosen);
   }
 };

@@ -10,6 +10,7 @@
 // with the flags, so a flag that no row owns comes back as it went.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <span>
@@ -53,7 +54,10 @@ struct Kernel<backend::Cuda, op::Unmask<P>> {
     using namespace detail::cuda;
     if (rows.empty()) return;
     std::size_t n_candidates = 0;
-    for (const UnmaskRow& row : rows) n_candidates = std::max(n_candidates, static_cast<std::size_t>(row.first + row.n));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      detail::check_unmask_row(rows[r], r);
+      n_candidates = std::max(n_candidates, static_cast<std::size_t>(rows[r].first + rows[r].n));
+    }
     const UnmaskLayout at(n_candidates, rows.size());
     Workspace& w = workspace();
     w.host.resize(at.end);
