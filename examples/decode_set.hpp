@@ -108,6 +108,19 @@ void with_decoder(const DecoderSpec& spec, F&& f) {
        spec.unmask, "\"");
 }
 
+//! Why the configuration `spec` names cannot decode (the compiled set's error, or a value out of
+//! range), or nothing where it can: lets a caller check every configuration before decoding any.
+inline std::optional<std::string> why_not_compiled(const DecoderSpec& spec) {
+  try {
+    // [&], though nothing is captured: a lambda without captures converts to a function pointer,
+    // whose unused template parameters nvcc warns of.
+    with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy&) {});
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return std::nullopt;
+}
+
 //! Decodes `prompts` if the configuration `spec` names lies in part `Part` of the compiled set,
 //! else returns nothing. Raises the compiled set's errors for a configuration that is in no part.
 template <int Part>

@@ -1,4 +1,4 @@
-// --device host|cuda for `generate`, `chat`, `ar`, `logits` and `eval`. The GPU side of the
+// --device host|cuda for `generate`, `chat`, `ar`, `logits`, `eval` and `study`. The GPU side of the
 // program lives in device_cuda.cu, which nvcc compiles; the rest of the program sees only this
 // host-only interface, so it stays plain C++ and builds the same without the CUDA toolkit.
 //
@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,9 @@ class GpuModel {
  public:
   virtual ~GpuModel() = default;
   virtual const io::ModelConfig& config() const = 0;
+  //! Why the configuration `spec` names cannot decode on the GPU (it lies outside the GPU's set,
+  //! or the compiled set's error), or nothing where it can.
+  virtual std::optional<std::string> why_not_compiled(const DecoderSpec& spec) const = 0;
   //! Block-diffusion decoding with the configuration `spec` names; it must lie in the GPU's set.
   virtual std::vector<decode::GenerateResult> generate(const DecoderSpec& spec, Prompts prompts,
                                                        const decode::DecodeOptions& options) = 0;

@@ -20,8 +20,19 @@ class Loaded final : public GpuModel {
 
   const io::ModelConfig& config() const override { return model_.config(); }
 
+  std::optional<std::string> why_not_compiled(const DecoderSpec& spec) const override {
+    if (auto why = cli::why_not_compiled(spec)) return why;
+    bool found = false;
+    with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy&) { found = on_gpu<Shape, Policy>(); });
+    if (found) return std::nullopt;
+    return detail::concat("--device cuda: --unmask ", spec.unmask, " at block/sub-block ", spec.block, "/",
+                          spec.sub_block, " is not compiled for the GPU; add it in on_gpu, examples/device_cuda.cu\n",
+                          gpu_set_help);
+  }
+
   std::vector<decode::GenerateResult> generate(const DecoderSpec& spec, Prompts prompts,
                                                const decode::DecodeOptions& options) override {
+    if (auto why = why_not_compiled(spec)) fail(*why);
     std::optional<std::vector<decode::GenerateResult>> results;
     with_decoder(spec, [&]<class Shape, class Policy, class Cache>(const Policy& policy) {
       if constexpr (on_gpu<Shape, Policy>()) {
@@ -29,8 +40,6 @@ class Loaded final : public GpuModel {
         results = decoder.generate(prompts, options);
       }
     });
-    require(results.has_value(), "--device cuda: --unmask ", spec.unmask, " at block/sub-block ", spec.block, "/",
-            spec.sub_block, " is not compiled for the GPU; add it in on_gpu, examples/device_cuda.cu\n", gpu_set_help);
     return std::move(*results);
   }
 

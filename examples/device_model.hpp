@@ -14,8 +14,8 @@
 
 namespace blockdiff::cli {
 
-//! A checkpoint on the device that --device names: what `generate`, `chat`, `ar` and `logits`
-//! ask of the host model or of the GPU's alike.
+//! A checkpoint on the device that --device names: what `generate`, `chat`, `ar`, `logits`, `eval`
+//! and `study` ask of the host model or of the GPU's alike.
 class DeviceModel {
  public:
   DeviceModel(const std::string& dir, DType weights, const DeviceFlag& device) {
@@ -26,6 +26,10 @@ class DeviceModel {
   }
 
   const io::ModelConfig& config() const { return gpu_ ? gpu_->config() : host_->config(); }
+  //! Why the configuration `spec` names cannot decode on this device, or nothing where it can.
+  std::optional<std::string> why_not_compiled(const DecoderSpec& spec) const {
+    return gpu_ ? gpu_->why_not_compiled(spec) : cli::why_not_compiled(spec);
+  }
   //! Block-diffusion decoding with the configuration `spec` names (the GPU compiles fewer).
   std::vector<decode::GenerateResult> generate(const DecoderSpec& spec, Prompts prompts,
                                                const decode::DecodeOptions& options) {

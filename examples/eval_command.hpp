@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,7 @@
 #include "blockdiff/eval/eval.hpp"
 #include "blockdiff/tokenizer/char_vocab.hpp"
 #include "blockdiff/train/tasks.hpp"
-#include "device.hpp"
+#include "device_model.hpp"
 #include "generate_command.hpp"
 
 namespace blockdiff::cli {
@@ -35,26 +36,26 @@ inline tokenizer::CharVocab task_vocab(const std::string& dir, const io::ModelCo
   return vocab;
 }
 
-//! A loaded model folder with its character vocabulary.
+//! A task model on the device --device names, with its character vocabulary: the decoders that
+//! `eval` and `study` run, as eval::BatchDecoder.
 struct TaskModel {
-  model::Qwen2<backend::Host> model;
+  DeviceModel model;
   tokenizer::CharVocab vocab;
-  static TaskModel load(const std::string& dir, DType weights = DType::f32) {
-    auto model = model::Qwen2<backend::Host>::load(dir, weights);
-    auto vocab = task_vocab(dir, model.config());
-    return {std::move(model), std::move(vocab)};
+
+  TaskModel(const std::string& dir, DType weights, const DeviceFlag& device)
+      : model(dir, weights, device), vocab(task_vocab(dir, model.config())) {}
+
+  //! Greedy AR decoding of at most `max_new` tokens.
+  eval::BatchDecoder ar(int max_new) {
+    return [this, o = eval::ar_options(vocab, max_new)](Prompts prompts) { return eval::row_outputs(model.ar(prompts, o)); };
+  }
+  //! Block-diffusion decoding with `spec` (chosen at run time) of at most `max_new` tokens.
+  eval::BatchDecoder diffusion(const DecoderSpec& spec, int max_new) {
+    return [this, spec, o = eval::decode_options(vocab, max_new)](Prompts prompts) {
+      return eval::row_outputs(model.generate(spec, prompts, o));
+    };
   }
 };
-
-//! AR decoding as an eval::BatchDecoder.
-inline eval::BatchDecoder ar_decoder(TaskModel& m, int max_new) { return eval::ar_decoder(m.model, m.vocab, max_new); }
-
-//! Block-diffusion decoding with `spec` (chosen at run time) as an eval::BatchDecoder.
-inline eval::BatchDecoder diffusion_decoder(TaskModel& m, DecoderSpec spec, int max_new) {
-  return [&m, spec, o = eval::decode_options(m.vocab, max_new)](std::span<const std::vector<int>> prompts) {
-    return eval::row_outputs(decode_batch(spec, m.model, prompts, o));
-  };
-}
 
 inline nlohmann::ordered_json report_json(const eval::Report& r) {
   return {{"n", r.n},
@@ -87,20 +88,8 @@ class EvalCommand {
 
   int run() {
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
-    eval::Report report;
-    if (device_.cuda()) {
-      const auto gpu = load_on_gpu(model_, weights_.dtype());
-      const auto vocab = task_vocab(model_, gpu->config());
-      const auto ar = eval::ar_options(vocab, max_new_);
-      const auto diffusion = eval::decode_options(vocab, max_new_);
-      report = eval::evaluate(examples, vocab, batch_, [&](Prompts prompts) {
-        return ar_ ? eval::row_outputs(gpu->ar(prompts, ar)) : eval::row_outputs(gpu->generate(spec_, prompts, diffusion));
-      });
-    } else {
-      auto m = TaskModel::load(model_, weights_.dtype());
-      report = eval::evaluate(examples, m.vocab, batch_,
-                              ar_ ? ar_decoder(m, max_new_) : diffusion_decoder(m, spec_, max_new_));
-    }
+    TaskModel m(model_, weights_.dtype(), device_);
+    const auto report = eval::evaluate(examples, m.vocab, batch_, ar_ ? m.ar(max_new_) : m.diffusion(spec_, max_new_));
     auto out = report_json(report);
     out["device"] = device_.name;
     out["task"] = task_;
@@ -143,6 +132,7 @@ class StudyCommand {
         ->check(CLI::PositiveNumber);
     cmd_->add_option("--out", out_, "folder for study.csv and study.svg")->capture_default_str();
     cmd_->add_flag("--no-plot", no_plot_, "skip the SVG plot (needs gnuplot)");
+    device_.add(cmd_);
   }
   bool parsed() const { return cmd_->parsed(); }
 
@@ -154,8 +144,8 @@ class StudyCommand {
   };
 
   int run() {
-    auto base = TaskModel::load(ar_model_, weights_.dtype());
-    auto diff = TaskModel::load(model_, weights_.dtype());
+    TaskModel base(ar_model_, weights_.dtype(), device_);
+    TaskModel diff(model_, weights_.dtype(), device_);
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     std::vector<Row> rows;
     auto add = [&](std::string group, DecoderSpec s, std::string decoder) {
@@ -199,20 +189,30 @@ class StudyCommand {
     }
     // The commit forward (§3.3): re-encoding a finished block for clean K/V and the next block's
     // first token, against keeping the last denoising forward's K/V and last row (Commit::reuse).
-    if (PolicyShapes::visit(block_, sub_block_, []<class>() {})) {
-      for (std::string c : {"block", "hierarchical"})
-        for (float t : {0.9f, 1.0f})
-          for (bool reuse : {false, true}) {
-            auto s = d;
-            s.cache = c;
-            s.threshold = t;
-            s.no_commit = reuse;
-            add("commit forward", s, "threshold");
-          }
-    } else {
-      std::fprintf(stderr, "study: no commit-forward group (--no-commit is compiled at block/sub-block %s only)\n",
-                   PolicyShapes::list);
-    }
+    for (std::string c : {"block", "hierarchical"})
+      for (float t : {0.9f, 1.0f})
+        for (bool reuse : {false, true}) {
+          auto s = d;
+          s.cache = c;
+          s.threshold = t;
+          s.no_commit = reuse;
+          add("commit forward", s, "threshold");
+        }
+
+    // Every configuration is checked before any is decoded: the study's own shape (--block,
+    // --sub-block) must decode on the device, and any other configuration that does not (it lies
+    // outside the device's compiled set) is skipped, said so on stderr and under the table.
+    if (auto why = diff.model.why_not_compiled(d)) fail("study: ", *why);
+    std::vector<Row> skipped;
+    std::erase_if(rows, [&](const Row& r) {
+      const auto why = r.ar ? std::nullopt : diff.model.why_not_compiled(r.spec);
+      if (why) {
+        std::fprintf(stderr, "study: skipping %s %s: %s\n", r.group.c_str(), label(r).c_str(),
+                     why->substr(0, why->find('\n')).c_str());
+        skipped.push_back(r);
+      }
+      return why.has_value();
+    });
 
     // Progress: one line rewritten in place on a terminal, a line per configuration in a log.
     const bool terminal = isatty(fileno(stderr)) != 0;
@@ -222,7 +222,7 @@ class StudyCommand {
       std::fprintf(stderr, "%s[%zu/%zu] %-26s %-16s%s", terminal ? "\r" : "", i + 1, rows.size(), r.group.c_str(),
                    label(r).c_str(), terminal ? " ..." : "\n");
       for (int rep = 0; rep < repeats_; ++rep) {
-        auto report = eval::evaluate(examples, m.vocab, batch_, r.ar ? ar_decoder(m, 32) : diffusion_decoder(m, r.spec, 32));
+        auto report = eval::evaluate(examples, m.vocab, batch_, r.ar ? m.ar(32) : m.diffusion(r.spec, 32));
         // Decoding is deterministic (greedy, fixed seeds): only the time may differ between runs.
         require(rep == 0 || (report.correct == r.report.correct && report.new_tokens == r.report.new_tokens &&
                              report.total_forwards == r.report.total_forwards),
@@ -232,7 +232,7 @@ class StudyCommand {
     }
     if (terminal) std::fprintf(stderr, "\r%-80s\r", "");
     const double ar_tps = rows[0].report.tokens_per_second();
-    print_table(rows, ar_tps);
+    print_table(rows, skipped, ar_tps);
     std::filesystem::create_directories(out_);
     write_csv(rows, ar_tps, std::filesystem::path(out_) / "study.csv");
     if (!no_plot_) plot(std::filesystem::path(out_));
@@ -254,9 +254,10 @@ class StudyCommand {
            " " + r.spec.cache + (r.spec.no_commit ? " no-commit" : "");
   }
 
-  void print_table(const std::vector<Row>& rows, double ar_tps) const {
-    std::printf("task %s, %d held-out examples, batch %d, block %d (trained), OMP threads %s\n\n", task_.c_str(), n_,
-                batch_, block_, std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "default");
+  void print_table(const std::vector<Row>& rows, const std::vector<Row>& skipped, double ar_tps) const {
+    const char* threads = std::getenv("OMP_NUM_THREADS");
+    std::printf("task %s, %d held-out examples, batch %d, block %d (trained), %s%s\n\n", task_.c_str(), n_, batch_,
+                block_, device_.cuda() ? "device cuda" : "OMP threads ", device_.cuda() ? "" : threads ? threads : "default");
     std::printf("%-25s %-8s %-16s %-6s %5s %4s %-12s %-7s %8s %9s %7s %7s %8s\n", "group", "model", "decoder", "knob",
                 "block", "sub", "cache", "commit", "accuracy", "tokens/s", "tok/fwd", "fwd/tok", "vs AR");
     std::string last;
@@ -269,6 +270,11 @@ class StudyCommand {
                   commit_text(r).c_str(), 100 * r.report.accuracy(), r.report.tokens_per_second(), r.report.tokens_per_forward(),
                   r.report.forwards_per_token(), r.report.tokens_per_second() / ar_tps);
     }
+    if (!skipped.empty()) {
+      std::printf("\nnot compiled for --device %s, skipped (examples/compiled_set.hpp lists what is):\n",
+                  device_.name.c_str());
+      for (auto& r : skipped) std::printf("%-25s %s\n", r.group.c_str(), label(r).c_str());
+    }
     std::fflush(stdout);
   }
 
@@ -276,14 +282,14 @@ class StudyCommand {
     std::ofstream f(path);
     require(f.good(), path.string(), ": cannot write");
     f << "group,model,decoder,knob,block,sub_block,cache,n,accuracy,tokens_per_second,tokens_per_forward,"
-         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar,commit\n";
+         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar,commit,device\n";
     for (auto& r : rows)
       f << r.group << "," << r.model << "," << r.decoder << "," << knob_text(r) << "," << (r.ar ? 0 : r.spec.block) << ","
         << (r.ar ? 0 : r.spec.sub_block) << "," << (r.ar ? "-" : r.spec.cache) << "," << r.report.n << ","
         << r.report.accuracy() << "," << r.report.tokens_per_second() << "," << r.report.tokens_per_forward() << ","
         << r.report.forwards_per_token() << "," << r.report.new_tokens << "," << r.report.denoising_forwards << ","
         << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << ","
-        << commit_text(r) << "\n";
+        << commit_text(r) << "," << device_.name << "\n";
     std::printf("\nwrote %s\n", path.string().c_str());
   }
 
@@ -295,7 +301,8 @@ class StudyCommand {
     g << "set terminal svg size 900,600 dynamic font 'sans,12'\n"
       << "set output '" << (dir / "study.svg").string() << "'\n"
       << "set datafile separator ','\n"
-      << "set title 'Accuracy vs throughput (" << task_ << ", n = " << n_ << ", batch " << batch_ << ")'\n"
+      << "set title 'Accuracy vs throughput (" << task_ << ", n = " << n_ << ", batch " << batch_ << ", "
+      << device_.name << ")'\n"
       << "set xlabel 'tokens/s'\nset ylabel 'accuracy (%)'\nset key bottom right\nset grid\n"
       << "csv = '" << (dir / "study.csv").string() << "'\n"
       << "plot \\\n";
@@ -320,6 +327,7 @@ class StudyCommand {
   int n_ = 200, batch_ = 1, block_ = 8, sub_block_ = 4, repeats_ = 3;
   bool no_plot_ = false;
   WeightsFlag weights_;
+  DeviceFlag device_;
 };
 
 }  // namespace blockdiff::cli

@@ -115,6 +115,7 @@ class ChatCommand {
 
   int run() {
     DeviceModel model(model_dir_, weights_.dtype(), device_);
+    if (auto why = model.why_not_compiled(spec_)) fail(*why);  // before the first prompt, not after it
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);
     const auto ids = tokenizer::special_ids(model.config(), &tok);
     require(ids.mask.has_value(), model_dir_, ": no mask id (no mask_token_id in config.json, no |<MASK>| token)");

@@ -2,8 +2,8 @@
 # The blockdiff program on the GPU against itself on the host: `generate` on the f32 golden model
 # (block/sub-block 32/8, each cache, thresholds 0.9 and 1.0, with and without the commit forward)
 # and `ar` must give the same tokens and forward counts, `logits` the same values within f32
-# rounding, `chat` the same replies, and `eval` on the embedded models the same accuracy, tokens
-# and forwards. Run by scripts/gpu_checks.sh (parity) on a machine with a GPU.
+# rounding, `chat` the same replies, and `eval` and `study` on the embedded models the same
+# accuracy, tokens and forwards. Run by scripts/gpu_checks.sh (parity) on a machine with a GPU.
 #
 #   bash scripts/device_cli_check.sh path/to/blockdiff
 set -uo pipefail
@@ -80,5 +80,21 @@ check "chat" chat
 same "eval --ar" eval --model models/tasks-ar --ar --n 40 --batch 4 --max-new-tokens 64
 same "eval 8/4 hierarchical" eval --model models/tasks-fdllm2 --n 40 --batch 4 --block 8 --sub-block 4 \
   --cache hierarchical --max-new-tokens 64
+# study: every configuration the GPU compiles (threshold at 8/4: 32 of the host's rows) must give
+# the host's accuracy, tokens and forwards.
+study_dir=$(mktemp -d)
+for device in host cuda; do
+  "$exe" study --ar-model models/tasks-ar --model models/tasks-fdllm2 --n 40 --batch 4 --repeats 1 --no-plot \
+    --device "$device" --out "$study_dir/$device" >/dev/null 2>&1
+done
+counts() { cut -d, -f1-9,13-15,18 "$study_dir/$1/study.csv" 2>/dev/null | sort; }
+cases=$((cases + 1))
+missing=$(comm -13 <(counts host) <(counts cuda))
+if [ "$(counts cuda | wc -l)" != 33 ] || [ -n "$missing" ]; then  # 32 rows and the header
+  fails=$((fails + 1))
+  echo "device_cli: study --device cuda has $(counts cuda | wc -l) lines; not among the host's:"
+  echo "$missing"
+fi
+
 echo "device_cli: $cases cases, $fails differ"
 [ "$fails" -eq 0 ]

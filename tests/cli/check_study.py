@@ -2,6 +2,7 @@
 models must print its table and write a CSV with every row it should have, whose figures agree
 with each other (tokens per forward = new tokens / denoising forwards, and so on)."""
 import csv
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,57 @@ for c in ("block", "hierarchical"):
 for line in ("group", "baseline", "threshold x cache", "policy", "commit forward"):
     if line not in run.stdout:
         failures.append(f"the printed table lacks {line!r}")
+# A study at a shape outside part of the compiled set runs what is compiled and lists the rest:
+# the other policies and --no-commit are compiled at block/sub-block 32/8 and 8/4 only
+# (examples/compiled_set.hpp), so at 8/2 the six policy rows and the four no-commit rows are
+# skipped, and every threshold row still runs.
+out2 = tempfile.mkdtemp()
+run2 = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "2",
+                       "--repeats", "1", "--block", "8", "--sub-block", "2", "--out", out2, "--no-plot"],
+                      capture_output=True, text=True)
+if run2.returncode != 0:
+    failures.append(f"study at sub-block 2: exit {run2.returncode}, {run2.stderr.strip()[-300:]!r}")
+else:
+    got = {}
+    for r in csv.DictReader(open(f"{out2}/study.csv")):
+        got[r["group"]] = got.get(r["group"], 0) + 1
+        if r["device"] != "host" or (r["decoder"] != "ar" and r["sub_block"] != str(min(2, int(r["block"])))
+                                     and r["group"] != "sub-block (Table 3)"):
+            failures.append(f"study at sub-block 2: row {r}")
+    want = {"baseline": 2, "threshold x cache": 18, "sub-block (Table 3)": 8, "block mismatch (Table 4)": 10,
+            "commit forward": 4}
+    if got != want:
+        failures.append(f"study at sub-block 2: groups {got}, expected {want}")
+    listed = run2.stdout[run2.stdout.find("skipped"):]
+    skipped = [line for line in listed.split("\n")[1:] if line.strip() and not line.startswith("wrote")]
+    if len(skipped) != 10 or sum("no-commit" in line for line in skipped) != 4 or \
+            sum(line.startswith("policy") for line in skipped) != 6:
+        failures.append(f"study at sub-block 2: the skipped list {skipped}")
+    if run2.stderr.count("study: skipping") != 10 or "compiled for block/sub-block 32/8, 8/4 only" not in run2.stderr:
+        failures.append(f"study at sub-block 2: stderr does not say why each row is skipped")
+
+# A shape that is not compiled at all is refused before anything is decoded (no progress line,
+# no CSV); --device cuda decodes on a GPU where one is visible, and is refused, saying why, elsewhere.
+out3 = tempfile.mkdtemp()
+bad = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "2",
+                      "--block", "12", "--out", f"{out3}/x"], capture_output=True, text=True)
+if bad.returncode == 0 or "--block 12 is not compiled in" not in bad.stderr or "[1/" in bad.stderr or \
+        os.path.exists(f"{out3}/x"):
+    failures.append(f"study --block 12: exit {bad.returncode}, {bad.stderr.strip()!r}")
+gpu = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "6",
+                      "--repeats", "1", "--batch", "3", "--device", "cuda", "--out", f"{out3}/cuda", "--no-plot"],
+                     capture_output=True, text=True)
+if gpu.returncode == 0:
+    # The GPU's set (threshold at 32/8 and 8/4) decodes the same tokens as the host on these f32 models.
+    host = {(r["group"], r["decoder"], r["knob"], r["block"], r["sub_block"], r["cache"], r["commit"]): r for r in rows}
+    for r in csv.DictReader(open(f"{out3}/cuda/study.csv")):
+        key = (r["group"], r["decoder"], r["knob"], r["block"], r["sub_block"], r["cache"], r["commit"])
+        h = host.get(key)
+        if r["device"] != "cuda" or h is None or any(r[f] != h[f] for f in ("accuracy", "new_tokens", "total_forwards")):
+            failures.append(f"study --device cuda: {key} differs from the host's")
+elif not any(cause in gpu.stderr for cause in ("no CUDA device", "built without the CUDA backend")) or "[1/" in gpu.stderr:
+    failures.append(f"study --device cuda without a GPU: exit {gpu.returncode}, {gpu.stderr.strip()!r}")
+
 for f in failures:
     print("FAIL:", f)
 print(f"study: {len(rows)} rows, {len(failures)} failures")

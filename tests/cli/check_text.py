@@ -90,6 +90,11 @@ chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4"
 if "the prompt fills the model's context" not in chat.stderr or chat.stdout.split("\n")[0] != expected_text:
     failures.append(f"chat after an over-long prompt: {chat.stdout!r} {chat.stderr.strip()!r}")
 
+# A decoder outside the compiled set is refused before the first prompt is read.
+chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "3", stdin=f"{prompt}\n", ok=False)
+if chat.returncode == 0 or "--sub-block 3 is not compiled in" not in chat.stderr or "> " in chat.stderr:
+    failures.append(f"chat with a decoder that is not compiled: exit {chat.returncode}, {chat.stderr.strip()!r}")
+
 for f in failures:
     print("FAIL:", f)
 print(f"text commands: {len(failures)} failures")
