@@ -141,7 +141,14 @@ class ChatCommand {
       }
       if (line.empty()) continue;
       if (!raw_) history.push_back({"user", line});
-      const std::vector<std::vector<int>> prompt{tok.encode(raw_ ? line : chat_template.render(history))};
+      std::vector<std::vector<int>> prompt(1);
+      try {
+        prompt[0] = raw_ ? tok.encode(line) : encode_templated(tok, chat_template.render(history));
+      } catch (const Error& e) {  // a line the tokenizer cannot encode ends neither the session nor its history
+        std::fprintf(stderr, "error: %s\n", e.what());
+        if (!raw_) history.pop_back();
+        continue;
+      }
       // A reply fits in what is left of the context (with a block of padding).
       const int room = model.config().max_position_embeddings - int(prompt[0].size()) - spec_.block;
       if (room <= 0) {

@@ -25,6 +25,16 @@ inline tokenizer::Tokenizer load_tokenizer(const std::string& path, const std::s
   return tokenizer::Tokenizer::load(file);
 }
 
+//! A prompt rendered by the chat template, encoded. Where the tokenizer cannot encode it (a model
+//! not tuned for chat may lack the template's markup), the error says the template was applied.
+inline std::vector<int> encode_templated(const tokenizer::Tokenizer& tok, const std::string& rendered) {
+  try {
+    return tok.encode(rendered);
+  } catch (const Error& e) {
+    fail(e.what(), " (in the prompt as the chat template renders it; --raw encodes the prompt without it)");
+  }
+}
+
 //! `--prompt TEXT` and `--raw`: text prompts for generate and ar.
 struct PromptText {
   std::string text, tokenizer_path, system;
@@ -44,7 +54,7 @@ struct PromptText {
     std::vector<tokenizer::Message> messages;
     if (!system.empty()) messages.push_back({"system", system});
     messages.push_back({"user", text});
-    return tok.encode(tokenizer::ChatTemplate::from_folder(model_dir).render(messages));
+    return encode_templated(tok, tokenizer::ChatTemplate::from_folder(model_dir).render(messages));
   }
 };
 

@@ -63,7 +63,7 @@ elif not any(cause in r.stderr for cause in ("no CUDA device", "built without th
 
 # Errors name what is wrong.
 r = run("generate", "--model", model, "--prompt", "hi", *flags, ok=False)
-if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr:
+if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr or "--raw" not in r.stderr:
     failures.append(f"the chat template on a character vocabulary: {r.stderr.strip()!r}")
 r = run("detokenize", "--tokenizer", model, "--ids", "5,999", ok=False)
 if r.returncode == 0 or "token id 999 is not in the vocabulary" not in r.stderr:
@@ -90,6 +90,16 @@ chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4"
 if "the prompt fills the model's context" not in chat.stderr or chat.stdout.split("\n")[0] != expected_text:
     failures.append(f"chat after an over-long prompt: {chat.stdout!r} {chat.stderr.strip()!r}")
 
+# A chat line the tokenizer cannot encode is refused, and the session goes on: with the chat
+# template ("<" is not in this vocabulary, so no templated line encodes), and raw ("~" is not either).
+chat = run("chat", "--model", model, "--block", "8", "--sub-block", "4", "--max-new-tokens", "24",
+           stdin=f"{prompt}\n{prompt}\n/quit\n")
+if chat.stderr.count("\"<\" is not in the vocabulary") != 2 or "--raw" not in chat.stderr or chat.stdout.strip():
+    failures.append(f"chat with the template on a character vocabulary: {chat.stdout!r} {chat.stderr.strip()!r}")
+chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "4", "--max-new-tokens", "24",
+           stdin=f"a:1~2=\n{prompt}\n/quit\n")
+if "\"~\" is not in the vocabulary" not in chat.stderr or chat.stdout.split("\n")[0] != expected_text:
+    failures.append(f"chat after a line it cannot encode: {chat.stdout!r} {chat.stderr.strip()!r}")
 # A decoder outside the compiled set is refused before the first prompt is read.
 chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "3", stdin=f"{prompt}\n", ok=False)
 if chat.returncode == 0 or "--sub-block 3 is not compiled in" not in chat.stderr or "> " in chat.stderr:
