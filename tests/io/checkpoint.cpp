@@ -4,6 +4,8 @@
 
 #include <cstring>
 #include <fstream>
+#include <set>
+#include <string>
 
 #include "../support/check_error.hpp"
 #include "../support/paths.hpp"
@@ -88,6 +90,45 @@ TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model 
     CHECK(pa[i].name == pb[i].name);
     CHECK(std::memcmp(pa[i].f32().data(), pb[i].f32().data(), pa[i].f32().bytes()) == 0);
   }
+}
+
+TEST_CASE("saving over a checkpoint of another layout leaves only the new one to load") {
+  // The loader prefers model.safetensors.index.json to model.safetensors, so a layout's files
+  // left behind by the last save would be loaded in place of the new weights.
+  const auto dir = test::temp_dir("ckpt-relayout");
+  const auto cfg = model::preset_config("tiny");
+  model::write_random_checkpoint(dir / "a", cfg, 1, DType::f32);
+  model::write_random_checkpoint(dir / "b", cfg, 2, DType::f32);
+  auto a = model::Qwen2<backend::Host>::load(dir / "a");
+  auto b = model::Qwen2<backend::Host>::load(dir / "b");
+  const auto same_weights = [](model::Qwen2<backend::Host>& x, model::Qwen2<backend::Host>& y) {
+    auto px = x.parameters(), py = y.parameters();
+    for (std::size_t i = 0; i < px.size(); ++i)
+      if (std::memcmp(px[i].f32().data(), py[i].f32().data(), px[i].f32().bytes()) != 0) return false;
+    return px.size() == py.size();
+  };
+  REQUIRE_FALSE(same_weights(a, b));
+  const auto out = dir / "out";
+  const auto files = [&] {
+    std::set<std::string> names;
+    for (auto& e : std::filesystem::directory_iterator(out)) names.insert(e.path().filename().string());
+    return names;
+  };
+
+  model::save_checkpoint(a, out, DType::f32, 3);  // sharded, then one file over it
+  model::save_checkpoint(b, out, DType::f32, 1);
+  CHECK(files() == std::set<std::string>{"config.json", "model.safetensors"});
+  auto loaded = model::Qwen2<backend::Host>::load(out);
+  CHECK(same_weights(loaded, b));
+
+  model::save_checkpoint(a, out, DType::f32, 3);  // one file, then sharded over it
+  CHECK(files() == std::set<std::string>{"config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors",
+                                         "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"});
+  model::save_checkpoint(b, out, DType::f32, 2);  // and fewer shards over more
+  CHECK(files() == std::set<std::string>{"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                                         "model-00002-of-00002.safetensors"});
+  auto reloaded = model::Qwen2<backend::Host>::load(out);
+  CHECK(same_weights(reloaded, b));
 }
 
 TEST_CASE("broken checkpoint folders are errors that name the file and the entry") {

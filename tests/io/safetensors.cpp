@@ -1,14 +1,17 @@
 // safetensors: bit-exact round trips, files written by hand in the test, and every kind of bad
-// file named in the error.
+// file named in the error; files replaced whole.
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "../support/check_error.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/core/rng.hpp"
+#include "blockdiff/io/file.hpp"
 #include "blockdiff/io/safetensors.hpp"
 
 using namespace blockdiff;
@@ -131,4 +134,26 @@ TEST_CASE("bad safetensors files are errors that name the file and the entry") {
   SafetensorsWriter w;
   std::vector<float> v(3);
   CHECK_ERROR(w.add<float>("t", {2, 2}, v), "tensor \"t\"");
+}
+
+TEST_CASE("replace_file: a reader finds the old file or the new one, and a failed write keeps the old") {
+  const auto dir = test::temp_dir("replace-file");
+  const auto path = dir / "f.txt";
+  const auto read = [&] {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  io::replace_file(path, [](std::ofstream& out) { out << "old"; });
+  CHECK(read() == "old");
+  CHECK_ERROR(io::replace_file(path,
+                               [](std::ofstream& out) {
+                                 out << "half of the new";
+                                 out.setstate(std::ios::badbit);  // as a full disk would
+                               }),
+              "f.txt: write failed (the file there, if any, is unchanged)");
+  CHECK(read() == "old");
+  CHECK_FALSE(std::filesystem::exists(dir / "f.txt.tmp"));
+  io::replace_file(path, [](std::ofstream& out) { out << "new"; });
+  CHECK(read() == "new");
+  CHECK_ERROR(io::replace_file(dir / "no such folder" / "f.txt", [](std::ofstream&) {}), "cannot open for writing");
 }

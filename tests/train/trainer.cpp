@@ -93,6 +93,8 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
     train::Trainer t(m, train::FastDllmV2Objective<4>(15), examples, half);
     t.run(dir / "part");
   }
+  std::filesystem::copy(dir / "part", dir / "torn-model");  // step 3, for the interrupted saves below
+  std::filesystem::copy(dir / "part", dir / "torn-optimizer");
   {
     auto m = fresh_model(99);  // the weights come from the checkpoint
     train::Trainer t(m, train::FastDllmV2Objective<4>(15), examples, o);
@@ -122,6 +124,17 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   train::Trainer t3(m, train::ArObjective{}, examples, o);
   CHECK_ERROR(t3.resume(dir / "part"), "trained with the \"fdllm2\" objective");
   CHECK_ERROR(t3.resume(dir / "nothing"), "no trainer_state.json");
+  // A save interrupted after the weights, or after the optimiser state, left a step-6 file beside
+  // step-3 ones: resuming would mix the two, so it is refused, naming the file and both steps.
+  const auto copy_over = std::filesystem::copy_options::overwrite_existing;
+  std::filesystem::copy_file(dir / "whole" / "model.safetensors", dir / "torn-model" / "model.safetensors", copy_over);
+  std::filesystem::copy_file(dir / "whole" / "optimizer.safetensors", dir / "torn-optimizer" / "optimizer.safetensors",
+                             copy_over);
+  auto m4 = fresh_model(4);
+  train::Trainer t4(m4, train::FastDllmV2Objective<4>(15), examples, o);
+  CHECK_ERROR(t4.resume(dir / "torn-model"), "model.safetensors holds step 6 but trainer_state.json step 3");
+  CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "optimizer.safetensors holds step 6 but trainer_state.json step 3");
+  CHECK(t4.step() == 0);
 }
 
 TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its step") {

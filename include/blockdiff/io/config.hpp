@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/file.hpp"
 
 namespace blockdiff::io {
 
@@ -179,9 +180,7 @@ struct ModelConfig {
   }
 
   void save(const std::filesystem::path& path) const {
-    std::ofstream out(path);
-    require(out.good(), path.string(), ": cannot open for writing");
-    out << to_json().dump(2) << "\n";
+    replace_file(path, [&](std::ofstream& out) { out << to_json().dump(2) << "\n"; });
   }
 };
 

@@ -27,6 +27,7 @@
 #include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/tensor.hpp"
+#include "blockdiff/io/file.hpp"
 
 namespace blockdiff::io {
 
@@ -273,19 +274,18 @@ class SafetensorsWriter {
     }
     std::string text = header.dump();
     while ((text.size() + 8) % 8 != 0) text += ' ';
-    const auto tmp = path.string() + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      require(out.good(), tmp, ": cannot open for writing");
-      unsigned char len[8];
-      std::uint64_t n = text.size();
-      for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-      out.write(reinterpret_cast<const char*>(len), 8);
-      out.write(text.data(), static_cast<std::streamsize>(text.size()));
-      for (auto& t : tensors_) out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
-      require(out.good(), tmp, ": write failed");
-    }
-    std::filesystem::rename(tmp, path);
+    replace_file(
+        path,
+        [&](std::ofstream& out) {
+          unsigned char len[8];
+          std::uint64_t n = text.size();
+          for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+          out.write(reinterpret_cast<const char*>(len), 8);
+          out.write(text.data(), static_cast<std::streamsize>(text.size()));
+          for (auto& t : tensors_)
+            out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+        },
+        std::ios::binary);
   }
 
  private:

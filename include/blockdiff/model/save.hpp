@@ -1,16 +1,19 @@
 // Writes a model as a Hugging Face checkpoint folder: config.json and one model.safetensors, or
 // `shards` files model-0000k-of-0000n.safetensors with model.safetensors.index.json, in F32,
-// BF16 or F16. Tensors are split across shards in checkpoint order, as transformers does.
+// BF16 or F16. Tensors are split across shards in checkpoint order, as transformers does. Saving
+// over a folder replaces the checkpoint there, whatever its layout.
 #pragma once
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "blockdiff/io/file.hpp"
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/qwen2.hpp"
 
@@ -23,9 +26,11 @@ struct NamedTensor {
   std::span<const float> values;
 };
 
-//! Writes `tensors` and `config` as a checkpoint folder in `dtype`, split into `shards` files.
+//! Writes `tensors` and `config` as a checkpoint folder in `dtype`, split into `shards` files,
+//! each carrying `metadata` beside {"format": "pt"} in its header.
 inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const NamedTensor> tensors,
-                            const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1) {
+                            const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1,
+                            const std::map<std::string, std::string>& metadata = {}) {
   require(shards >= 1, "save_checkpoint: shards must be >= 1, got ", shards);
   std::filesystem::create_directories(dir);
   std::size_t total = 0;
@@ -39,14 +44,18 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   std::size_t written = 0;
   int shard = 0;
-  io::SafetensorsWriter writer;
-  writer.set_metadata("format", "pt");
+  const auto fresh_writer = [&] {
+    io::SafetensorsWriter w;
+    w.set_metadata("format", "pt");
+    for (const auto& [key, value] : metadata) w.set_metadata(key, value);
+    return w;
+  };
+  io::SafetensorsWriter writer = fresh_writer();
   for (auto& p : tensors) {
     const std::size_t bytes = p.values.size() * size_of(dtype);
     if (shard + 1 < shards && writer.size() > 0 && written + bytes > per_shard * static_cast<std::size_t>(shard + 1)) {
       writer.write(dir / shard_name(shard));
-      writer = io::SafetensorsWriter{};
-      writer.set_metadata("format", "pt");
+      writer = fresh_writer();
       ++shard;
     }
     writer.add_converted(p.name, dtype, p.shape, p.values);
@@ -56,15 +65,29 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   // Write every remaining shard, empty ones included, so the file names stay -of-N.
   for (; shard < shards; ++shard) {
     writer.write(dir / shard_name(shard));
-    writer = io::SafetensorsWriter{};
+    writer = fresh_writer();
   }
   if (shards > 1) {
     nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::ofstream(dir / "model.safetensors.index.json") << index.dump(2) << "\n";
+    io::replace_file(dir / "model.safetensors.index.json", [&](std::ofstream& out) { out << index.dump(2) << "\n"; });
   }
   auto config = config_in;
   config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   config.save(dir / "config.json");
+  // The weight files of an earlier save in another layout go, after the new ones are whole: the
+  // loader prefers the index to model.safetensors, so a stale one would shadow these weights.
+  char of_n[32];  // the shard names of this save end so
+  std::snprintf(of_n, sizeof of_n, "-of-%05d.safetensors", shards);
+  std::vector<std::filesystem::path> stale_files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool shard_file = name.size() == 32 && name.starts_with("model-") && name.compare(11, 4, "-of-") == 0 &&
+                            name.ends_with(".safetensors");  // model-0000k-of-0000n.safetensors
+    const bool stale = (shard_file && (shards == 1 || !name.ends_with(of_n))) ||
+                       name == (shards == 1 ? "model.safetensors.index.json" : "model.safetensors");
+    if (stale) stale_files.push_back(entry.path());
+  }
+  for (const auto& path : stale_files) std::filesystem::remove(path);
 }
 
 //! Writes a host model. BF16-held matrices are widened (exactly) to f32 copies first, and then

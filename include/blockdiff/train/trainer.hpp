@@ -28,6 +28,7 @@
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
+#include "blockdiff/io/file.hpp"
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/save.hpp"
 #include "blockdiff/train/data.hpp"
@@ -129,8 +130,11 @@ class BasicTrainerCore {
     const std::vector<float> params = model_.download_parameters();
     for (auto& t : model_.tensors())
       tensors.push_back({t.name, t.shape, {params.data() + t.offset, std::size_t(t.numel)}});
-    model::save_checkpoint(model_.config(), tensors, dir);
+    // Each file names its step, so that resume() can tell a folder whose save was interrupted.
+    const std::string step = std::to_string(step_);
+    model::save_checkpoint(model_.config(), tensors, dir, DType::f32, 1, {{"step", step}});
     io::SafetensorsWriter opt;
+    opt.set_metadata("step", step);
     const std::vector<float> m = download(optimizer_.first_moment()), v = download(optimizer_.second_moment());
     for (auto& t : model_.tensors()) {
       opt.add("exp_avg." + t.name, t.shape, std::span<const float>(m.data() + t.offset, std::size_t(t.numel)));
@@ -147,7 +151,7 @@ class BasicTrainerCore {
                                  {"lr", options_.lr.peak},
                                  {"warmup", options_.lr.warmup},
                                  {"parameters", params.size()}};
-    std::ofstream(dir / "trainer_state.json") << state.dump(2) << "\n";
+    io::replace_file(dir / "trainer_state.json", [&](std::ofstream& out) { out << state.dump(2) << "\n"; });
     if (log_.is_open()) log_.flush();
     last_saved_ = step_;
   }
@@ -158,7 +162,19 @@ class BasicTrainerCore {
     const auto state_path = dir / "trainer_state.json";
     require(std::filesystem::exists(state_path), dir.string(), ": no trainer_state.json, so nothing to resume");
     auto state = nlohmann::json::parse(std::ifstream(state_path), nullptr, false);
-    require(!state.is_discarded() && state.is_object(), state_path.string(), ": not valid JSON");
+    require(!state.is_discarded() && state.is_object() && state.contains("step") && state["step"].is_number_integer(),
+            state_path.string(), ": not valid JSON with an integer \"step\"");
+    // save() writes the weights, then the optimiser state, then trainer_state.json, each file
+    // whole; one interrupted between them leaves files of two steps, which must not be mixed.
+    const std::string step = std::to_string(state["step"].get<int>());
+    for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+      if (!std::filesystem::exists(dir / file)) continue;  // weights in shards; the optimiser's is required below
+      const io::SafetensorsFile f(dir / file);
+      const auto at = f.metadata().find("step");
+      const std::string held = at == f.metadata().end() ? step : at->second;  // files of older saves name none
+      require(held == step, (dir / file).string(), " holds step ", held, " but trainer_state.json step ", step,
+              ": a save was interrupted, so the folder mixes two checkpoints");
+    }
     const auto resumed = TrainableQwen2<float>::load(dir);
     const auto& a = resumed.config();
     const auto& b = model_.config();
