@@ -9,6 +9,11 @@ namespace blockdiff::cli {
 int TrainCommand::run() {
   require(!data_.empty() || !task_.empty(), "train: give --data or --task");
   require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
+  // A fresh run does not write over a trained model: --resume continues it, --overwrite replaces it.
+  if (!resume_ && !overwrite_)
+    for (const char* file : {"trainer_state.json", "model.safetensors", "model.safetensors.index.json"})
+      require(!std::filesystem::exists(std::filesystem::path(out_) / file), out_, " holds a checkpoint already (", file,
+              "): --resume continues its run, --overwrite replaces it");
   require(decay_ == "constant" || decay_ == "cosine", "--decay must be constant or cosine, got \"", decay_, "\"");
   options_.lr.decay = decay_ == "cosine" ? train::LrSchedule::Decay::cosine : train::LrSchedule::Decay::constant;
   options_.lr.total = options_.steps;

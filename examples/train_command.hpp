@@ -103,7 +103,9 @@ class TrainCommand {
     cmd_->add_option("--save-every", options_.save_every, "checkpoint every N steps (0 = at the end)")
         ->capture_default_str();
     cmd_->add_option("--out", out_, "output folder (checkpoint, optimizer state, loss.csv)")->required();
-    cmd_->add_flag("--resume", resume_, "continue the run checkpointed in --out");
+    auto* resume = cmd_->add_flag("--resume", resume_, "continue the run checkpointed in --out");
+    cmd_->add_flag("--overwrite", overwrite_, "replace a checkpoint already in --out (a fresh run there is refused)")
+        ->excludes(resume);
     cmd_->add_flag("--quiet", quiet_, "no progress line");
   }
 
@@ -115,7 +117,7 @@ class TrainCommand {
   CLI::App* cmd_ = nullptr;
   std::string data_, task_, init_, preset_, out_, decay_ = "cosine";
   int examples_ = 20000;
-  bool resume_ = false, quiet_ = false;
+  bool resume_ = false, overwrite_ = false, quiet_ = false;
   ObjectiveSpec spec_;
   train::TrainOptions options_;
 };

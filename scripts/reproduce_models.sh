@@ -9,6 +9,6 @@ source "$(dirname "$0")/build_cli.sh"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 out="${OUT:-models}"
 $bin train --task mix --examples 50000 --preset tasks --objective ar --context 64 --batch 16 \
-  --steps "${AR_STEPS:-4000}" --lr 2e-3 --warmup 200 --decay cosine --seed 1 --out "$out/tasks-ar"
+  --steps "${AR_STEPS:-4000}" --lr 2e-3 --warmup 200 --decay cosine --seed 1 --out "$out/tasks-ar" --overwrite
 $bin train --task mix --examples 50000 --init "$out/tasks-ar" --objective fdllm2 --block 8 --context 64 --batch 8 \
-  --steps "${FT_STEPS:-12000}" --lr 1e-3 --warmup 100 --decay cosine --seed 2 --out "$out/tasks-fdllm2"
+  --steps "${FT_STEPS:-12000}" --lr 1e-3 --warmup 100 --decay cosine --seed 2 --out "$out/tasks-fdllm2" --overwrite

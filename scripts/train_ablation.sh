@@ -22,7 +22,7 @@ for v in "${variants[@]}"; do
   echo "== $name ($flags)" >&2
   # shellcheck disable=SC2086
   $bin train --task mix --examples 50000 --init models/tasks-ar --objective fdllm2 --block 8 $flags --context 64 \
-    --batch 8 --steps "${STEPS:-600}" --lr 1e-3 --warmup 50 --decay cosine --seed 2 --out "$out/$name" --quiet >/dev/null
+    --batch 8 --steps "${STEPS:-600}" --lr 1e-3 --warmup 50 --decay cosine --seed 2 --out "$out/$name" --overwrite --quiet >/dev/null
   loss=$(tail -n 20 "$out/$name/loss.csv" | awk -F, '{s += $2} END {printf "%.4f", s / NR}')
   for thr in 1.0 0.9; do
     r=$($bin eval --model "$out/$name" --task mix --n "${N:-200}" --block 8 --sub-block 4 --cache hierarchical \

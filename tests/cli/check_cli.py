@@ -176,6 +176,29 @@ for args, needle in bad_cases:
     if out.returncode == 0 or needle not in out.stderr:
         failures.append(f"{' '.join(args[:1] + args[3:])}: exit {out.returncode}, stderr {out.stderr.strip()!r}, wanted {needle!r}")
 
+# train into a folder that holds a checkpoint: refused, the folder untouched, unless --overwrite
+# (which replaces it) or --resume (which continues it; the two exclude each other).
+held = tempfile.mkdtemp()
+train = ["train", "--task", "mix", "--preset", "tasks", "--objective", "ar", "--examples", "50", "--context", "64",
+         "--batch", "2", "--steps", "1", "--quiet", "--out", held]
+first = run(*train)
+before = {f: open(f"{held}/{f}", "rb").read() for f in sorted(os.listdir(held))}
+again = run(*train, "--seed", "9")
+after = {f: open(f"{held}/{f}", "rb").read() for f in sorted(os.listdir(held))}
+if first.returncode != 0 or "model.safetensors" not in before:
+    failures.append(f"train into an empty folder: exit {first.returncode}, {first.stderr.strip()!r}")
+elif again.returncode == 0 or "holds a checkpoint already" not in again.stderr or "--overwrite" not in again.stderr \
+        or after != before:
+    failures.append(f"train over a checkpoint: exit {again.returncode}, {again.stderr.strip()!r}, "
+                    f"folder {'unchanged' if after == before else 'changed'}")
+else:
+    over = run(*train, "--seed", "9", "--overwrite")
+    if over.returncode != 0 or open(f"{held}/model.safetensors", "rb").read() == before["model.safetensors"]:
+        failures.append(f"train --overwrite: exit {over.returncode}, {over.stderr.strip()!r}")
+    both = run(*train, "--overwrite", "--resume")
+    if both.returncode == 0 or "excludes" not in both.stderr:
+        failures.append(f"train --overwrite --resume: exit {both.returncode}, {both.stderr.strip()!r}")
+
 # blockdiff loss: the loss and every gradient of the golden batch, as an outside checker reads them.
 loss_golden = json.load(open(f"{golden}/loss.json"))
 loss_cases = 0
