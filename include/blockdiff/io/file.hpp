@@ -12,7 +12,7 @@
 namespace blockdiff::io {
 
 //! Calls `write(std::ofstream&)` on a file beside `path`, then renames it over `path`. A failed
-//! write leaves `path` as it was, removes the partial file and throws, naming it.
+//! write or rename leaves `path` as it was, removes the partial file and throws, naming it.
 template <class Write>
 void replace_file(const std::filesystem::path& path, Write&& write, std::ios::openmode mode = std::ios::out) {
   const std::filesystem::path tmp = path.string() + ".tmp";
@@ -30,7 +30,11 @@ void replace_file(const std::filesystem::path& path, Write&& write, std::ios::op
     fail(path.string(), ": write failed (the file there, if any, is unchanged)");
   }
   std::filesystem::rename(tmp, path, ec);
-  require(!ec, path.string(), ": cannot replace it with ", tmp.string(), ": ", ec.message());
+  if (ec) {
+    const std::string why = ec.message();
+    std::filesystem::remove(tmp, ec);
+    fail(path.string(), ": cannot replace it with ", tmp.string(), ": ", why);
+  }
 }
 
 }  // namespace blockdiff::io

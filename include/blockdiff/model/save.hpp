@@ -76,8 +76,7 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   config.save(dir / "config.json");
   // The weight files of an earlier save in another layout go, after the new ones are whole: the
   // loader prefers the index to model.safetensors, so a stale one would shadow these weights.
-  char of_n[32];  // the shard names of this save end so
-  std::snprintf(of_n, sizeof of_n, "-of-%05d.safetensors", shards);
+  const std::string of_n = shard_name(0).substr(11);  // "-of-0000n.safetensors" where shards > 1
   std::vector<std::filesystem::path> stale_files;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();

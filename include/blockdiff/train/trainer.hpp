@@ -166,7 +166,8 @@ class BasicTrainerCore {
             state_path.string(), ": not valid JSON with an integer \"step\"");
     // save() writes the weights, then the optimiser state, then trainer_state.json, each file
     // whole; one interrupted between them leaves files of two steps, which must not be mixed.
-    const std::string step = std::to_string(state["step"].get<int>());
+    const int saved_step = state["step"].get<int>();
+    const std::string step = std::to_string(saved_step);
     for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
       if (!std::filesystem::exists(dir / file)) continue;  // weights in shards; the optimiser's is required below
       const io::SafetensorsFile f(dir / file);
@@ -197,7 +198,7 @@ class BasicTrainerCore {
         std::memcpy(values.data(), e.bytes.data(), values.size() * sizeof(float));
         Ops::upload(dst.data() + t.offset, values.data(), values.size());
       }
-    step_ = state.at("step").get<int>();
+    step_ = saved_step;
     require(step_ >= 0 && step_ <= options_.steps, dir.string(), ": resumed at step ", step_, " of a run of ",
             options_.steps);
     optimizer_.set_steps(step_);
