@@ -116,13 +116,14 @@ int main(int argc, char** argv) {
 
   std::string out_dir, preset = "tiny", dtype_name = "f32";
   std::uint64_t seed = 0;
-  bool flat = false;
+  bool flat = false, init_overwrite = false;
   auto* init = app.add_subcommand("init", "Write a randomly initialised checkpoint of a named shape");
   init->add_option("--out", out_dir, "output folder")->required();
   init->add_option("--preset", preset, "tiny | tasks | qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b")->capture_default_str();
   init->add_option("--seed", seed, "random seed")->capture_default_str();
   init->add_option("--dtype", dtype_name, "f32 | bf16 | f16")->capture_default_str();
   init->add_flag("--flat", flat, "plain random weights (default: peaked next-token distributions)");
+  init->add_flag("--overwrite", init_overwrite, "replace a checkpoint already in --out, and forget its training run");
 
   cli::GenerateCommand generate(app);
   cli::TrainCommand train(app);
@@ -147,7 +148,9 @@ int main(int argc, char** argv) {
     if (*init) {
       const DType dtype = dtype_name == "f32" ? DType::f32 : dtype_name == "bf16" ? DType::bf16 : dtype_name == "f16" ? DType::f16
                           : (fail("--dtype must be f32, bf16 or f16, got \"", dtype_name, "\""), DType::f32);
+      if (!init_overwrite) cli::refuse_checkpoint(out_dir, "--overwrite replaces it");
       model::write_random_checkpoint(out_dir, model::preset_config(preset), seed, dtype, !flat);
+      if (init_overwrite) cli::forget_run(out_dir);
       std::cout << nlohmann::json{{"out", out_dir}, {"preset", preset}, {"dtype", dtype_name}, {"seed", seed}}.dump() << "\n";
       return 0;
     }

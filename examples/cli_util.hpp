@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -33,6 +34,19 @@ inline std::vector<int> parse_ids(const std::string& text, const std::string& fl
     begin = end + 1;
   }
   return ids;
+}
+
+//! Refuses to write a new model into `dir` where one is already (a trained model is hours of
+//! work): names the file found and `remedy`, the flags that continue or replace it.
+inline void refuse_checkpoint(const std::filesystem::path& dir, const std::string& remedy) {
+  for (const char* file : {"trainer_state.json", "model.safetensors", "model.safetensors.index.json"})
+    require(!std::filesystem::exists(dir / file), dir.string(), " holds a checkpoint already (", file, "): ", remedy);
+}
+
+//! Removes the training run's files from `dir` (its state, optimiser moments and loss log), so
+//! that the model about to replace the one there is not resumed as that run.
+inline void forget_run(const std::filesystem::path& dir) {
+  for (const char* file : {"trainer_state.json", "optimizer.safetensors", "loss.csv"}) std::filesystem::remove(dir / file);
 }
 
 //! Calls `f(line_number, value)` for the JSON value on each non-empty line of `path`.

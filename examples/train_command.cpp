@@ -10,10 +10,7 @@ int TrainCommand::run() {
   require(!data_.empty() || !task_.empty(), "train: give --data or --task");
   require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
   // A fresh run does not write over a trained model: --resume continues it, --overwrite replaces it.
-  if (!resume_ && !overwrite_)
-    for (const char* file : {"trainer_state.json", "model.safetensors", "model.safetensors.index.json"})
-      require(!std::filesystem::exists(std::filesystem::path(out_) / file), out_, " holds a checkpoint already (", file,
-              "): --resume continues its run, --overwrite replaces it");
+  if (!resume_ && !overwrite_) refuse_checkpoint(out_, "--resume continues its run, --overwrite replaces it");
   require(decay_ == "constant" || decay_ == "cosine", "--decay must be constant or cosine, got \"", decay_, "\"");
   options_.lr.decay = decay_ == "cosine" ? train::LrSchedule::Decay::cosine : train::LrSchedule::Decay::constant;
   options_.lr.total = options_.steps;
@@ -48,6 +45,7 @@ int TrainCommand::run() {
     trainer = std::make_unique<train::Trainer<decltype(objective)>>(*model, objective, examples, options_);
   });
   if (resume_) trainer->resume(out_);
+  if (overwrite_) forget_run(out_);  // the old weights stay until the new ones are saved
   const auto start = std::chrono::steady_clock::now();
   const int first = trainer->step();
   std::int64_t tokens = 0;

@@ -16,6 +16,7 @@
 
 #include "blockdiff/blockdiff.hpp"
 #include "blockdiff/train/tasks.hpp"
+#include "cli_util.hpp"
 
 namespace blockdiff::cli {
 

@@ -198,6 +198,21 @@ else:
     both = run(*train, "--overwrite", "--resume")
     if both.returncode == 0 or "excludes" not in both.stderr:
         failures.append(f"train --overwrite --resume: exit {both.returncode}, {both.stderr.strip()!r}")
+    # init over the trained model: refused likewise; --overwrite replaces the model and forgets
+    # the run (its state, optimiser moments and loss log), which can then not be resumed.
+    trained = {f: open(f"{held}/{f}", "rb").read() for f in sorted(os.listdir(held))}
+    init = run("init", "--out", held, "--preset", "tasks")
+    if init.returncode == 0 or "holds a checkpoint already" not in init.stderr or \
+            {f: open(f"{held}/{f}", "rb").read() for f in sorted(os.listdir(held))} != trained:
+        failures.append(f"init over a checkpoint: exit {init.returncode}, {init.stderr.strip()!r}")
+    init = run("init", "--out", held, "--preset", "tasks", "--overwrite")
+    left = sorted(os.listdir(held))
+    resumed = run(*train, "--resume")
+    if init.returncode != 0 or any(f in left for f in ("trainer_state.json", "optimizer.safetensors", "loss.csv")) \
+            or open(f"{held}/model.safetensors", "rb").read() == trained["model.safetensors"] \
+            or resumed.returncode == 0 or "no trainer_state.json" not in resumed.stderr:
+        failures.append(f"init --overwrite: exit {init.returncode}, {init.stderr.strip()!r}, folder {left}, "
+                        f"then train --resume: exit {resumed.returncode}, {resumed.stderr.strip()!r}")
 
 # blockdiff loss: the loss and every gradient of the golden batch, as an outside checker reads them.
 loss_golden = json.load(open(f"{golden}/loss.json"))

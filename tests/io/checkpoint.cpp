@@ -129,6 +129,11 @@ TEST_CASE("saving over a checkpoint of another layout leaves only the new one to
                                          "model-00002-of-00002.safetensors"});
   auto reloaded = model::Qwen2<backend::Host>::load(out);
   CHECK(same_weights(reloaded, b));
+
+  model::write_random_checkpoint(out, cfg, 1, DType::f32);  // a random init over the shards: model a
+  CHECK(files() == std::set<std::string>{"config.json", "model.safetensors"});
+  auto initialised = model::Qwen2<backend::Host>::load(out);
+  CHECK(same_weights(initialised, a));
 }
 
 TEST_CASE("broken checkpoint folders are errors that name the file and the entry") {

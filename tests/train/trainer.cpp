@@ -8,6 +8,7 @@
 #include "../support/check_error.hpp"
 #include "../support/configs.hpp"
 #include "../support/paths.hpp"
+#include "blockdiff/model/init.hpp"
 #include "blockdiff/train/trainer.hpp"
 
 using namespace blockdiff;
@@ -100,6 +101,9 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
     train::Trainer t(m, train::FastDllmV2Objective<4>(15), examples, o);
     t.resume(dir / "part");
     CHECK(t.step() == 3);
+    // A run that crashed after its checkpoint logged a step past it, and cut off a line of a
+    // later one ("1" of "12,..."): neither belongs to the resumed log.
+    std::ofstream(dir / "part" / "loss.csv", std::ios::app) << "4,9.5,0.001,1.5,256,0.01\n1";
     t.run(dir / "part");
   }
   for (const char* f : {"model.safetensors", "optimizer.safetensors"}) {
@@ -134,6 +138,9 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   train::Trainer t4(m4, train::FastDllmV2Objective<4>(15), examples, o);
   CHECK_ERROR(t4.resume(dir / "torn-model"), "model.safetensors holds step 6 but trainer_state.json step 3");
   CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "optimizer.safetensors holds step 6 but trainer_state.json step 3");
+  // A model written over the run by other means (a random init here) names no step.
+  model::write_random_checkpoint(dir / "torn-optimizer", small_config(), 1, DType::f32);
+  CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "model.safetensors names no step but trainer_state.json step 3");
   CHECK(t4.step() == 0);
 }
 

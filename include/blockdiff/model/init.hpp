@@ -18,6 +18,7 @@
 #include "blockdiff/io/config.hpp"
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/qwen2.hpp"
+#include "blockdiff/model/save.hpp"
 
 namespace blockdiff::model {
 
@@ -120,7 +121,8 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
   return m;
 }
 
-//! Writes config.json and model.safetensors of a random model into `dir` (created if needed).
+//! Writes config.json and model.safetensors of a random model into `dir` (created if needed),
+//! replacing the checkpoint there whatever its layout.
 inline void write_random_checkpoint(const std::filesystem::path& dir, io::ModelConfig config, std::uint64_t seed,
                                     DType dtype, bool peaked = true) {
   require(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16, "init: dtype must be f32, bf16 or f16");
@@ -142,6 +144,7 @@ inline void write_random_checkpoint(const std::filesystem::path& dir, io::ModelC
       });
   writer.write(dir / "model.safetensors");
   config.save(dir / "config.json");
+  remove_other_layouts(dir, 1);  // a sharded checkpoint's index there would shadow these weights
 }
 
 }  // namespace blockdiff::model

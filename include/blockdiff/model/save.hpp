@@ -26,6 +26,32 @@ struct NamedTensor {
   std::span<const float> values;
 };
 
+//! The file of shard `i` (from 0) of a checkpoint in `shards` files: model.safetensors when
+//! there is one, else model-0000k-of-0000n.safetensors as transformers names them.
+inline std::string shard_file_name(int i, int shards) {
+  if (shards == 1) return "model.safetensors";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", i + 1, shards);
+  return buf;
+}
+
+//! Removes from `dir` the weight files of a checkpoint laid out in other than `shards` files:
+//! the loader prefers model.safetensors.index.json to model.safetensors, so a stale index would
+//! shadow new weights, and stale shards would sit beside them. Call it once the new files are whole.
+inline void remove_other_layouts(const std::filesystem::path& dir, int shards) {
+  const std::string of_n = shard_file_name(0, shards).substr(11);  // "-of-0000n.safetensors" where shards > 1
+  std::vector<std::filesystem::path> stale_files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool shard_file = name.size() == 32 && name.starts_with("model-") && name.compare(11, 4, "-of-") == 0 &&
+                            name.ends_with(".safetensors");  // model-0000k-of-0000n.safetensors
+    const bool stale = (shard_file && (shards == 1 || !name.ends_with(of_n))) ||
+                       name == (shards == 1 ? "model.safetensors.index.json" : "model.safetensors");
+    if (stale) stale_files.push_back(entry.path());
+  }
+  for (const auto& path : stale_files) std::filesystem::remove(path);
+}
+
 //! Writes `tensors` and `config` as a checkpoint folder in `dtype`, split into `shards` files,
 //! each carrying `metadata` beside {"format": "pt"} in its header.
 inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const NamedTensor> tensors,
@@ -36,11 +62,6 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   std::size_t total = 0;
   for (auto& p : tensors) total += p.values.size() * size_of(dtype);
   const std::size_t per_shard = (total + static_cast<std::size_t>(shards) - 1) / static_cast<std::size_t>(shards);
-  auto shard_name = [&](int i) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "model-%05d-of-%05d.safetensors", i + 1, shards);
-    return shards == 1 ? std::string("model.safetensors") : std::string(buf);
-  };
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   std::size_t written = 0;
   int shard = 0;
@@ -54,17 +75,17 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   for (auto& p : tensors) {
     const std::size_t bytes = p.values.size() * size_of(dtype);
     if (shard + 1 < shards && writer.size() > 0 && written + bytes > per_shard * static_cast<std::size_t>(shard + 1)) {
-      writer.write(dir / shard_name(shard));
+      writer.write(dir / shard_file_name(shard, shards));
       writer = fresh_writer();
       ++shard;
     }
     writer.add_converted(p.name, dtype, p.shape, p.values);
-    weight_map[p.name] = shard_name(shard);
+    weight_map[p.name] = shard_file_name(shard, shards);
     written += bytes;
   }
   // Write every remaining shard, empty ones included, so the file names stay -of-N.
   for (; shard < shards; ++shard) {
-    writer.write(dir / shard_name(shard));
+    writer.write(dir / shard_file_name(shard, shards));
     writer = fresh_writer();
   }
   if (shards > 1) {
@@ -74,19 +95,8 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
   auto config = config_in;
   config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   config.save(dir / "config.json");
-  // The weight files of an earlier save in another layout go, after the new ones are whole: the
-  // loader prefers the index to model.safetensors, so a stale one would shadow these weights.
-  const std::string of_n = shard_name(0).substr(11);  // "-of-0000n.safetensors" where shards > 1
-  std::vector<std::filesystem::path> stale_files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    const bool shard_file = name.size() == 32 && name.starts_with("model-") && name.compare(11, 4, "-of-") == 0 &&
-                            name.ends_with(".safetensors");  // model-0000k-of-0000n.safetensors
-    const bool stale = (shard_file && (shards == 1 || !name.ends_with(of_n))) ||
-                       name == (shards == 1 ? "model.safetensors.index.json" : "model.safetensors");
-    if (stale) stale_files.push_back(entry.path());
-  }
-  for (const auto& path : stale_files) std::filesystem::remove(path);
+  // The weight files of an earlier save in another layout go, after the new ones are whole.
+  remove_other_layouts(dir, shards);
 }
 
 //! Writes a host model. BF16-held matrices are widened (exactly) to f32 copies first, and then

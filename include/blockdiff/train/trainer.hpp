@@ -14,6 +14,7 @@
 // the weights, gradients and AdamW moments on the device, and checkpoints are the same files.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -165,17 +166,23 @@ class BasicTrainerCore {
     require(!state.is_discarded() && state.is_object() && state.contains("step") && state["step"].is_number_integer(),
             state_path.string(), ": not valid JSON with an integer \"step\"");
     // save() writes the weights, then the optimiser state, then trainer_state.json, each file
-    // whole; one interrupted between them leaves files of two steps, which must not be mixed.
+    // whole and naming its step; one interrupted between them leaves files of two steps, which
+    // must not be mixed, and nor may weights written there by other means (they name no step).
+    // The files of saves older than the step's naming name none, and pass together.
     const int saved_step = state["step"].get<int>();
     const std::string step = std::to_string(saved_step);
+    std::vector<std::pair<std::filesystem::path, std::string>> named;  // (file, the step it names or "")
     for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
       if (!std::filesystem::exists(dir / file)) continue;  // weights in shards; the optimiser's is required below
       const io::SafetensorsFile f(dir / file);
       const auto at = f.metadata().find("step");
-      const std::string held = at == f.metadata().end() ? step : at->second;  // files of older saves name none
-      require(held == step, (dir / file).string(), " holds step ", held, " but trainer_state.json step ", step,
-              ": a save was interrupted, so the folder mixes two checkpoints");
+      named.emplace_back(dir / file, at == f.metadata().end() ? std::string() : at->second);
     }
+    const bool any_named = std::any_of(named.begin(), named.end(), [](const auto& n) { return !n.second.empty(); });
+    for (const auto& [path, held] : named)
+      require(!any_named || held == step, path.string(), held.empty() ? std::string(" names no step") : " holds step " + held,
+              " but trainer_state.json step ", step,
+              ": the folder mixes two checkpoints (a save was interrupted, or a model was written over the run)");
     const auto resumed = TrainableQwen2<float>::load(dir);
     const auto& a = resumed.config();
     const auto& b = model_.config();
@@ -258,7 +265,9 @@ class BasicTrainerCore {
     }
   }
 
-  //! Opens loss.csv in `out`, keeping the lines of steps already done when resuming.
+  //! Opens loss.csv in `out` for appending, after rewriting it whole with the header and, when
+  //! resuming, the lines of the steps already done: the steps a crash cut off after the last
+  //! checkpoint, and a line it left half-written, are dropped, so the log runs 1, 2, ... again.
   void open_log(const std::filesystem::path& out) {
     std::filesystem::create_directories(out);
     const auto path = out / "loss.csv";
@@ -269,13 +278,16 @@ class BasicTrainerCore {
       std::getline(in, line);  // header
       while (std::getline(in, line)) {
         const int s = std::atoi(line.c_str());
-        if (s >= 1 && s <= step_) keep.push_back(line);
+        const bool whole = std::count(line.begin(), line.end(), ',') == 5;
+        if (whole && s == int(keep.size()) + 1 && s <= step_) keep.push_back(line);
       }
     }
-    log_.open(path, std::ios::trunc);
-    require(log_.good(), path.string(), ": cannot write the loss log");
-    log_ << "step,loss,lr,grad_norm,tokens,seconds\n";
-    for (auto& line : keep) log_ << line << "\n";
+    io::replace_file(path, [&](std::ofstream& f) {
+      f << "step,loss,lr,grad_norm,tokens,seconds\n";
+      for (auto& line : keep) f << line << "\n";
+    });
+    log_.open(path, std::ios::app);
+    require(log_.good(), path.string(), ": cannot append to the loss log");
   }
 
   Model& model_;
