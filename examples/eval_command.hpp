@@ -214,6 +214,13 @@ class StudyCommand {
       return why.has_value();
     });
 
+    // The results' folder is made now, so that an --out that cannot be one fails before the
+    // minutes of decoding rather than after them.
+    std::error_code made;
+    std::filesystem::create_directories(out_, made);
+    require(!made && std::filesystem::is_directory(out_), "study: --out ", out_, " cannot be made a folder (",
+            made ? made.message() : std::string("a file is there"), ")");
+
     // Progress: one line rewritten in place on a terminal, a line per configuration in a log.
     const bool terminal = isatty(fileno(stderr)) != 0;
     for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -233,7 +240,6 @@ class StudyCommand {
     if (terminal) std::fprintf(stderr, "\r%-80s\r", "");
     const double ar_tps = rows[0].report.tokens_per_second();
     print_table(rows, skipped, ar_tps);
-    std::filesystem::create_directories(out_);
     write_csv(rows, ar_tps, std::filesystem::path(out_) / "study.csv");
     if (!no_plot_) plot(std::filesystem::path(out_));
     return 0;
@@ -278,19 +284,33 @@ class StudyCommand {
     std::fflush(stdout);
   }
 
+  //! The table as CSV, written whole (a reader never finds half of it).
   void write_csv(const std::vector<Row>& rows, double ar_tps, const std::filesystem::path& path) const {
-    std::ofstream f(path);
-    require(f.good(), path.string(), ": cannot write");
-    f << "group,model,decoder,knob,block,sub_block,cache,n,accuracy,tokens_per_second,tokens_per_forward,"
-         "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar,commit,device\n";
-    for (auto& r : rows)
-      f << r.group << "," << r.model << "," << r.decoder << "," << knob_text(r) << "," << (r.ar ? 0 : r.spec.block) << ","
-        << (r.ar ? 0 : r.spec.sub_block) << "," << (r.ar ? "-" : r.spec.cache) << "," << r.report.n << ","
-        << r.report.accuracy() << "," << r.report.tokens_per_second() << "," << r.report.tokens_per_forward() << ","
-        << r.report.forwards_per_token() << "," << r.report.new_tokens << "," << r.report.denoising_forwards << ","
-        << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << ","
-        << commit_text(r) << "," << device_.name << "\n";
+    io::replace_file(path, [&](std::ofstream& f) {
+      f << "group,model,decoder,knob,block,sub_block,cache,n,accuracy,tokens_per_second,tokens_per_forward,"
+           "forwards_per_token,new_tokens,denoising_forwards,total_forwards,seconds,speedup_vs_ar,commit,device\n";
+      for (auto& r : rows)
+        f << r.group << "," << r.model << "," << r.decoder << "," << knob_text(r) << "," << (r.ar ? 0 : r.spec.block)
+          << "," << (r.ar ? 0 : r.spec.sub_block) << "," << (r.ar ? "-" : r.spec.cache) << "," << r.report.n << ","
+          << r.report.accuracy() << "," << r.report.tokens_per_second() << "," << r.report.tokens_per_forward() << ","
+          << r.report.forwards_per_token() << "," << r.report.new_tokens << "," << r.report.denoising_forwards << ","
+          << r.report.total_forwards << "," << r.report.seconds << "," << r.report.tokens_per_second() / ar_tps << ","
+          << commit_text(r) << "," << device_.name << "\n";
+    });
     std::printf("\nwrote %s\n", path.string().c_str());
+  }
+
+  //! `text` in single quotes for gnuplot, which doubles a quote inside them.
+  static std::string gnuplot_quoted(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+  }
+  //! `text` in single quotes for the shell, where a quote inside them is closed, escaped, reopened.
+  static std::string shell_quoted(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
   }
 
   //! accuracy vs tokens/s (the paper's Figure 4): one series per cache strategy over the
@@ -299,12 +319,12 @@ class StudyCommand {
     const auto script = dir / "study.gnuplot";
     std::ofstream g(script);
     g << "set terminal svg size 900,600 dynamic font 'sans,12'\n"
-      << "set output '" << (dir / "study.svg").string() << "'\n"
+      << "set output " << gnuplot_quoted((dir / "study.svg").string()) << "\n"
       << "set datafile separator ','\n"
       << "set title 'Accuracy vs throughput (" << task_ << ", n = " << n_ << ", batch " << batch_ << ", "
       << device_.name << ")'\n"
       << "set xlabel 'tokens/s'\nset ylabel 'accuracy (%)'\nset key bottom right\nset grid\n"
-      << "csv = '" << (dir / "study.csv").string() << "'\n"
+      << "csv = " << gnuplot_quoted((dir / "study.csv").string()) << "\n"
       << "plot \\\n";
     for (std::string c : {"none", "block", "hierarchical"})
       g << "  csv using (strcol(1) eq 'threshold x cache' && strcol(7) eq '" << c
@@ -315,7 +335,7 @@ class StudyCommand {
          "ps 1.5 title 'no commit forward (threshold 0.9, 1.0)', \\\n"
       << "  csv using (strcol(1) eq 'baseline' ? $10 : 1/0):($9*100) with points pt 7 ps 2 title 'AR decoding'\n";
     g.close();
-    const std::string cmd = "gnuplot '" + script.string() + "' 2>&1";
+    const std::string cmd = "gnuplot " + shell_quoted(script.string());  // its warnings go to stderr
     if (std::system(cmd.c_str()) == 0)
       std::printf("wrote %s\n", (dir / "study.svg").string().c_str());
     else

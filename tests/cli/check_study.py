@@ -3,6 +3,7 @@ models must print its table and write a CSV with every row it should have, whose
 with each other (tokens per forward = new tokens / denoising forwards, and so on)."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,10 +70,14 @@ for line in ("group", "baseline", "threshold x cache", "policy", "commit forward
 # the other policies and --no-commit are compiled at block/sub-block 32/8 and 8/4 only
 # (examples/compiled_set.hpp), so at 8/2 the six policy rows and the four no-commit rows are
 # skipped, and every threshold row still runs.
-out2 = tempfile.mkdtemp()
+# It also plots, into a folder whose name needs quoting for the shell and for gnuplot.
+out2 = os.path.join(tempfile.mkdtemp(), "it's a study")
 run2 = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "2",
-                       "--repeats", "1", "--block", "8", "--sub-block", "2", "--out", out2, "--no-plot"],
+                       "--repeats", "1", "--block", "8", "--sub-block", "2", "--out", out2],
                       capture_output=True, text=True)
+svg = os.path.join(out2, "study.svg")
+if run2.returncode == 0 and shutil.which("gnuplot") and not (os.path.exists(svg) and os.path.getsize(svg) > 0):
+    failures.append(f"study --out {out2!r}: no plot, stdout {run2.stdout.strip()[-200:]!r}")
 if run2.returncode != 0:
     failures.append(f"study at sub-block 2: exit {run2.returncode}, {run2.stderr.strip()[-300:]!r}")
 else:
@@ -102,6 +107,12 @@ bad = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model
 if bad.returncode == 0 or "--block 12 is not compiled in" not in bad.stderr or "[1/" in bad.stderr or \
         os.path.exists(f"{out3}/x"):
     failures.append(f"study --block 12: exit {bad.returncode}, {bad.stderr.strip()!r}")
+# An --out that cannot be a folder is refused before anything is decoded, not after.
+open(f"{out3}/file", "w").close()
+bad = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "2",
+                      "--out", f"{out3}/file"], capture_output=True, text=True)
+if bad.returncode == 0 or "cannot be made a folder" not in bad.stderr or "[1/" in bad.stderr:
+    failures.append(f"study --out FILE: exit {bad.returncode}, {bad.stderr.strip()!r}")
 gpu = subprocess.run([exe, "study", "--ar-model", f"{models}/tasks-ar", "--model", f"{models}/tasks-fdllm2", "--n", "6",
                       "--repeats", "1", "--batch", "3", "--device", "cuda", "--out", f"{out3}/cuda", "--no-plot"],
                      capture_output=True, text=True)
