@@ -15,6 +15,18 @@
 
 namespace blockdiff::cli {
 
+//! A check for an integer option that must be positive, whose error says so plainly.
+inline CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        long value = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (ec == std::errc() && end == text.data() + text.size() && value > 0) return {};
+        return "must be a positive integer, got " + text;
+      },
+      "POSITIVE");
+}
+
 //! "1,2,3" -> {1, 2, 3}; names the flag and the bad entry on error.
 inline std::vector<int> parse_ids(const std::string& text, const std::string& flag) {
   std::vector<int> ids;

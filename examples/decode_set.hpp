@@ -7,6 +7,9 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -26,7 +29,7 @@ struct DecoderSpec {
   int block = 32, sub_block = 8;
   std::string unmask = "threshold", schedule = "linear", cache = "block";
   bool no_commit = false;
-  float threshold = 0.9f, gamma = 0.5f, factor = 1.0f;
+  float threshold = 0.9f;
   int k = 2, steps = 8;
 
   void add_flags(CLI::App* app) {
@@ -44,6 +47,21 @@ struct DecoderSpec {
         ->capture_default_str();
     app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
     app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
+  }
+
+  //! The parameters of the policy `unmask` names, by their names in the paper and the policy
+  //! types ({"threshold": 0.9}, {"k": 2}, ...), floats at the decimal they were given as.
+  nlohmann::ordered_json policy_parameters() const {
+    const auto decimal = [](float v) {  // 0.9f, not 0.8999999761581421
+      char text[32];
+      *std::to_chars(text, text + sizeof text - 1, v).ptr = '\0';
+      return std::strtod(text, nullptr);
+    };
+    if (unmask == "topk" || unmask == "random") return {{"k", k}};
+    if (unmask == "scheduled") return {{"steps", steps}, {"schedule", schedule}};
+    if (unmask == "entropy-bounded") return {{"gamma", decimal(threshold)}};
+    if (unmask == "factor") return {{"factor", decimal(threshold)}};
+    return {{"threshold", decimal(threshold)}};
   }
 };
 

@@ -76,7 +76,7 @@ class EvalCommand {
     cmd_->add_option("--model", model_, "checkpoint folder with tokenizer.json")->required();
     weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
-    cmd_->add_option("--n", n_, "held-out examples")->capture_default_str();
+    cmd_->add_option("--n", n_, "held-out examples")->capture_default_str()->check(positive());
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str();
     cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
@@ -98,7 +98,7 @@ class EvalCommand {
       out["block"] = spec_.block;
       out["sub_block"] = spec_.sub_block;
       out["cache"] = spec_.cache;
-      out["threshold"] = spec_.threshold;
+      out.update(spec_.policy_parameters());
       out["commit"] = spec_.no_commit ? "reuse" : "forward";
     }
     std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
@@ -123,13 +123,13 @@ class StudyCommand {
     cmd_->add_option("--model", model_, "the block-diffusion model")->required();
     weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
-    cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str();
+    cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str()->check(positive());
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
     cmd_->add_option("--block", block_, "the block size the model was trained with")->capture_default_str();
     cmd_->add_option("--sub-block", sub_block_, "the default sub-block size")->capture_default_str();
     cmd_->add_option("--repeats", repeats_, "runs of each configuration; tokens/s is the best (the first warms up)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(positive());
     cmd_->add_option("--out", out_, "folder for study.csv and study.svg")->capture_default_str();
     cmd_->add_flag("--no-plot", no_plot_, "skip the SVG plot (needs gnuplot)");
     device_.add(cmd_);

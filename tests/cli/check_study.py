@@ -2,6 +2,7 @@
 models must print its table and write a CSV with every row it should have, whose figures agree
 with each other (tokens per forward = new tokens / denoising forwards, and so on)."""
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,26 @@ for c in ("block", "hierarchical"):
 for line in ("group", "baseline", "threshold x cache", "policy", "commit forward"):
     if line not in run.stdout:
         failures.append(f"the printed table lacks {line!r}")
+# eval decodes one configuration as the study does: the same counts as the study's row, and its
+# JSON names the policy's own parameters at the decimal given.
+def evaluate(*flags):
+    e = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "6", "--batch", "3", "--block", "8",
+                        "--sub-block", "4", *flags, "--json"], capture_output=True, text=True)
+    return json.loads(e.stdout) if e.returncode == 0 else {"error": e.stderr.strip()}
+for flags, decoder, knob, params in ((["--cache", "block", "--threshold", "0.9"], "threshold", "0.90", {"threshold": 0.9}),
+                                     (["--cache", "hierarchical", "--unmask", "topk", "--k", "2"], "topk", "k=2", {"k": 2})):
+    got = evaluate(*flags)
+    row = [r for r in rows if r["decoder"] == decoder and r["knob"] == knob and r["cache"] == flags[1] and
+           r["block"] == "8" and r["sub_block"] == "4" and r["commit"] == "forward"]
+    if not row or any(str(got.get(f)) != row[0][f] for f in ("new_tokens", "denoising_forwards", "total_forwards")) or \
+            abs(got.get("accuracy", -1) - float(row[0]["accuracy"])) > 1e-9:
+        failures.append(f"eval {' '.join(flags)}: {got}, the study's row {row[:1]}")
+    if any(got.get(k) != v for k, v in params.items()) or ("threshold" in got) != ("threshold" in params):
+        failures.append(f"eval {' '.join(flags)}: the policy's parameters in {got}, expected {params}")
+bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "0"], capture_output=True, text=True)
+if bad.returncode == 0 or "--n: must be a positive integer, got 0" not in bad.stderr:
+    failures.append(f"eval --n 0: exit {bad.returncode}, {bad.stderr.strip()!r}")
+
 # A study at a shape outside part of the compiled set runs what is compiled and lists the rest:
 # the other policies and --no-commit are compiled at block/sub-block 32/8 and 8/4 only
 # (examples/compiled_set.hpp), so at 8/2 the six policy rows and the four no-commit rows are
