@@ -138,9 +138,10 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   train::Trainer t4(m4, train::FastDllmV2Objective<4>(15), examples, o);
   CHECK_ERROR(t4.resume(dir / "torn-model"), "model.safetensors holds step 6 but trainer_state.json step 3");
   CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "optimizer.safetensors holds step 6 but trainer_state.json step 3");
-  // A model written over the run by other means (a random init here) names no step.
-  model::write_random_checkpoint(dir / "torn-optimizer", small_config(), 1, DType::f32);
-  CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "model.safetensors names no step but trainer_state.json step 3");
+  // A model written over a whole run by other means (a random init here) names no step.
+  std::filesystem::copy(dir / "part", dir / "overwritten");  // step 6 throughout
+  model::write_random_checkpoint(dir / "overwritten", small_config(), 1, DType::f32);
+  CHECK_ERROR(t4.resume(dir / "overwritten"), "model.safetensors names no step but trainer_state.json step 6");
   CHECK(t4.step() == 0);
 }
 
