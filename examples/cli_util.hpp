@@ -55,12 +55,6 @@ inline void refuse_checkpoint(const std::filesystem::path& dir, const std::strin
     require(!std::filesystem::exists(dir / file), dir.string(), " holds a checkpoint already (", file, "): ", remedy);
 }
 
-//! Removes the training run's files from `dir` (its state, optimiser moments and loss log), so
-//! that the model about to replace the one there is not resumed as that run.
-inline void forget_run(const std::filesystem::path& dir) {
-  for (const char* file : {"trainer_state.json", "optimizer.safetensors", "loss.csv"}) std::filesystem::remove(dir / file);
-}
-
 //! Calls `f(line_number, value)` for the JSON value on each non-empty line of `path`.
 template <class F>
 void for_each_json_line(const std::string& path, F&& f) {

@@ -45,7 +45,7 @@ int TrainCommand::run() {
     trainer = std::make_unique<train::Trainer<decltype(objective)>>(*model, objective, examples, options_);
   });
   if (resume_) trainer->resume(out_);
-  if (overwrite_) forget_run(out_);  // the old weights stay until the new ones are saved
+  if (overwrite_) train::forget_run(out_);  // the old weights stay until the new ones are saved
   const auto start = std::chrono::steady_clock::now();
   const int first = trainer->step();
   std::int64_t tokens = 0;

@@ -134,6 +134,14 @@ TEST_CASE("saving over a checkpoint of another layout leaves only the new one to
   CHECK(files() == std::set<std::string>{"config.json", "model.safetensors"});
   auto initialised = model::Qwen2<backend::Host>::load(out);
   CHECK(same_weights(initialised, a));
+
+  // Weights in a dtype config.json cannot name are refused before a file changes.
+  CHECK_ERROR(model::save_checkpoint(b, out, DType::i32, 2), "weights are f32, bf16 or f16, not I32");
+  CHECK_ERROR(model::write_random_checkpoint(out, cfg, 2, DType::u8), "weights are f32, bf16 or f16, not U8");
+  CHECK(files() == std::set<std::string>{"config.json", "model.safetensors"});
+  auto kept = model::Qwen2<backend::Host>::load(out);
+  CHECK(same_weights(kept, a));
+  CHECK(io::ModelConfig::load(out / "config.json").torch_dtype == "float32");
 }
 
 TEST_CASE("broken checkpoint folders are errors that name the file and the entry") {

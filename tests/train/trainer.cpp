@@ -143,6 +143,33 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   model::write_random_checkpoint(dir / "overwritten", small_config(), 1, DType::f32);
   CHECK_ERROR(t4.resume(dir / "overwritten"), "model.safetensors names no step but trainer_state.json step 6");
   CHECK(t4.step() == 0);
+
+  // A fresh run, or one resumed from elsewhere, does not write into another run's folder: its
+  // log and checkpoint are left as they were, until forget_run() discards that run.
+  const std::string whole_log = read_bytes(dir / "whole" / "loss.csv");
+  const std::string whole_model = read_bytes(dir / "whole" / "model.safetensors");
+  CHECK_ERROR(t4.run(dir / "whole"), "whole holds another training run (at step 6): resume() from it");
+  auto m5 = fresh_model(4);
+  train::Trainer t5(m5, train::FastDllmV2Objective<4>(15), examples, o);
+  t5.resume(dir / "part");
+  std::filesystem::copy(dir / "part", dir / "part-copy");
+  CHECK_ERROR(t5.run(dir / "part-copy"), "part-copy holds another training run (at step 6)");
+  const std::string part_log = read_bytes(dir / "part" / "loss.csv");
+  t5.run(dir / "torn-model" / ".." / "part");  // its own folder, by another path: nothing left to do
+  CHECK(read_bytes(dir / "part" / "loss.csv") == part_log);
+  CHECK(read_bytes(dir / "whole" / "loss.csv") == whole_log);
+  CHECK(read_bytes(dir / "whole" / "model.safetensors") == whole_model);
+  CHECK(t4.step() == 0);
+  train::forget_run(dir / "whole");
+  for (const char* f : {"trainer_state.json", "optimizer.safetensors", "loss.csv"})
+    CHECK_FALSE(std::filesystem::exists(dir / "whole" / f));
+  CHECK(std::filesystem::exists(dir / "whole" / "model.safetensors"));
+  t4.run(dir / "whole");  // the same run as before, written again
+  CHECK(read_bytes(dir / "whole" / "model.safetensors") == whole_model);
+  CHECK(without_seconds(read_bytes(dir / "whole" / "loss.csv")) == without_seconds(whole_log));
+  const std::string rewritten_log = read_bytes(dir / "whole" / "loss.csv");
+  t4.run(dir / "whole");  // run again once done: nothing to do, and the log stays whole
+  CHECK(read_bytes(dir / "whole" / "loss.csv") == rewritten_log);
 }
 
 TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its step") {

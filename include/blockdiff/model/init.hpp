@@ -125,9 +125,8 @@ Qwen2<Backend> random_model(const io::ModelConfig& config, std::uint64_t seed, b
 //! replacing the checkpoint there whatever its layout.
 inline void write_random_checkpoint(const std::filesystem::path& dir, io::ModelConfig config, std::uint64_t seed,
                                     DType dtype, bool peaked = true) {
-  require(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16, "init: dtype must be f32, bf16 or f16");
+  config.torch_dtype = torch_dtype_name(dtype);  // refuses a dtype weights cannot have, before any file is written
   std::filesystem::create_directories(dir);
-  config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   io::SafetensorsWriter writer;
   writer.set_metadata("format", "pt");
   std::vector<float> values;

@@ -35,6 +35,16 @@ inline std::string shard_file_name(int i, int shards) {
   return buf;
 }
 
+//! config.json's "torch_dtype" for weights stored in `dtype` (f32, bf16 or f16).
+inline std::string torch_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return "float32";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
+    default: fail("a checkpoint's weights are f32, bf16 or f16, not ", name_of(dtype));
+  }
+}
+
 //! Removes from `dir` the weight files of a checkpoint laid out in other than `shards` files:
 //! the loader prefers model.safetensors.index.json to model.safetensors, so a stale index would
 //! shadow new weights, and stale shards would sit beside them. Call it once the new files are whole.
@@ -58,6 +68,8 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
                             const std::filesystem::path& dir, DType dtype = DType::f32, int shards = 1,
                             const std::map<std::string, std::string>& metadata = {}) {
   require(shards >= 1, "save_checkpoint: shards must be >= 1, got ", shards);
+  auto config = config_in;
+  config.torch_dtype = torch_dtype_name(dtype);  // before any file is written: refuses a dtype weights cannot have
   std::filesystem::create_directories(dir);
   std::size_t total = 0;
   for (auto& p : tensors) total += p.values.size() * size_of(dtype);
@@ -92,8 +104,6 @@ inline void save_checkpoint(const io::ModelConfig& config_in, std::span<const Na
     nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     io::replace_file(dir / "model.safetensors.index.json", [&](std::ofstream& out) { out << index.dump(2) << "\n"; });
   }
-  auto config = config_in;
-  config.torch_dtype = dtype == DType::f32 ? "float32" : dtype == DType::bf16 ? "bfloat16" : "float16";
   config.save(dir / "config.json");
   // The weight files of an earlier save in another layout go, after the new ones are whole.
   remove_other_layouts(dir, shards);

@@ -62,6 +62,12 @@ struct TrainOptions {
   }
 };
 
+//! Removes the training run's own files from `dir`: trainer_state.json, optimizer.safetensors and
+//! loss.csv. The weights stay, no longer resumable as that run, until a new save replaces them.
+inline void forget_run(const std::filesystem::path& dir) {
+  for (const char* file : {"trainer_state.json", "optimizer.safetensors", "loss.csv"}) std::filesystem::remove(dir / file);
+}
+
 //! What one optimiser step did.
 struct StepLog {
   int step = 0;  //!< 1-based, the number of updates done
@@ -90,8 +96,13 @@ class BasicTrainerCore {
   //! Runs until `options().steps` updates are done, calling `on_step` after each; checkpoints
   //! into `out` (every save_every steps and at the end) when `out` is not empty. A NaN or Inf
   //! loss stops the run with an error naming the step; the last checkpoint stays as it was.
+  //! `out` may hold no other run: only the one this trainer resumed from or saved, so that a
+  //! fresh run does not write over another's log and checkpoints (forget_run() discards one).
   void run(const std::filesystem::path& out, const std::function<void(const StepLog&)>& on_step = {}) {
-    if (!out.empty()) open_log(out);
+    if (!out.empty()) {
+      refuse_other_run(out);
+      open_log(out);
+    }
     while (step_ < options_.steps) {
       const auto t0 = std::chrono::steady_clock::now();
       StepLog log;
@@ -155,6 +166,7 @@ class BasicTrainerCore {
     io::replace_file(dir / "trainer_state.json", [&](std::ofstream& out) { out << state.dump(2) << "\n"; });
     if (log_.is_open()) log_.flush();
     last_saved_ = step_;
+    own_ = std::filesystem::weakly_canonical(dir);
   }
 
   //! Continues from a folder written by save(): weights, optimiser moments and the step count.
@@ -210,6 +222,7 @@ class BasicTrainerCore {
             options_.steps);
     optimizer_.set_steps(step_);
     last_saved_ = step_;
+    own_ = std::filesystem::weakly_canonical(dir);
   }
 
  protected:
@@ -265,10 +278,21 @@ class BasicTrainerCore {
     }
   }
 
+  //! Refuses an `out` that holds a run (its trainer_state.json) other than this trainer's own.
+  void refuse_other_run(const std::filesystem::path& out) const {
+    const auto state = out / "trainer_state.json";
+    if (!std::filesystem::exists(state) || std::filesystem::weakly_canonical(out) == own_) return;
+    const auto j = nlohmann::json::parse(std::ifstream(state), nullptr, false);
+    const bool has_step = !j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number_integer();
+    fail(out.string(), " holds another training run", has_step ? " (at step " + std::to_string(j["step"].get<int>()) + ")" : "",
+         ": resume() from it to continue that run, or train::forget_run() to discard it, or train elsewhere");
+  }
+
   //! Opens loss.csv in `out` for appending, after rewriting it whole with the header and, when
   //! resuming, the lines of the steps already done: the steps a crash cut off after the last
   //! checkpoint, and a line it left half-written, are dropped, so the log runs 1, 2, ... again.
   void open_log(const std::filesystem::path& out) {
+    if (log_.is_open()) log_.close();  // an earlier run()'s, ended or stopped by an error
     std::filesystem::create_directories(out);
     const auto path = out / "loss.csv";
     std::vector<std::string> keep;
@@ -291,6 +315,7 @@ class BasicTrainerCore {
   }
 
   Model& model_;
+  std::filesystem::path own_;  //!< the folder this trainer resumed from or last saved, canonical
   const char* objective_name_;
   int pad_block_;
   std::vector<Example> examples_;
