@@ -44,8 +44,7 @@ class TokenizeCommand {
     auto prepare = [&](const std::string& s) {
       if (!chat_) return s;
       const std::vector<tokenizer::Message> m{{"user", s}};
-      const std::filesystem::path p(path_);
-      return tokenizer::ChatTemplate::from_folder(std::filesystem::is_directory(p) ? p : p.parent_path()).render(m);
+      return tokenizer::ChatTemplate::from_folder(tokenizer_folder(path_, "")).render(m);
     };
     if (!jsonl_.empty()) {
       tokenizer::Encoder enc(tok);
@@ -103,7 +102,7 @@ class ChatCommand {
     cmd_->add_option("--model", model_dir_, "checkpoint folder")->required();
     weights_.add(cmd_);
     cmd_->add_option("--tokenizer", tokenizer_path_, "tokenizer.json or its folder (default: the model folder)");
-    cmd_->add_option("--system", system_, "system prompt (default: the folder's, or Fast-dLLM v2's)");
+    cmd_->add_option("--system", system_, "system prompt (default: the tokenizer folder's, or Fast-dLLM v2's)");
     cmd_->add_flag("--raw", raw_, "each line is a whole prompt: no chat template, no history (models not tuned for chat)");
     spec_.add_flags(cmd_);
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens per reply at most")->capture_default_str();
@@ -119,7 +118,7 @@ class ChatCommand {
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);
     const auto ids = tokenizer::special_ids(model.config(), &tok);
     require(ids.mask.has_value(), model_dir_, ": no mask id (no mask_token_id in config.json, no |<MASK>| token)");
-    const auto chat_template = tokenizer::ChatTemplate::from_folder(model_dir_);
+    const auto chat_template = tokenizer::ChatTemplate::from_folder(tokenizer_folder(tokenizer_path_, model_dir_));
     decode::DecodeOptions options;
     options.max_new_tokens = max_new_;
     options.mask_id = *ids.mask;

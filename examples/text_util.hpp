@@ -25,6 +25,14 @@ inline tokenizer::Tokenizer load_tokenizer(const std::string& path, const std::s
   return tokenizer::Tokenizer::load(file);
 }
 
+//! The folder of the tokenizer load_tokenizer(path, model_dir) reads. Its chat template
+//! (tokenizer_config.json) is read from there too, as a Hugging Face folder keeps them together.
+inline std::filesystem::path tokenizer_folder(const std::string& path, const std::string& model_dir) {
+  if (path.empty()) return model_dir;
+  const std::filesystem::path p(path);
+  return std::filesystem::is_directory(p) ? p : p.parent_path();
+}
+
 //! A prompt rendered by the chat template, encoded. Where the tokenizer cannot encode it (a model
 //! not tuned for chat may lack the template's markup), the error says the template was applied.
 inline std::vector<int> encode_templated(const tokenizer::Tokenizer& tok, const std::string& rendered) {
@@ -44,7 +52,7 @@ struct PromptText {
     auto* p = app->add_option("--prompt", text, "prompt text; the chat template is applied unless --raw");
     p->excludes(excludes);
     app->add_flag("--raw", raw, "use --prompt as it is, without the chat template");
-    app->add_option("--system", system, "system prompt of the chat template (default: the folder's, or Fast-dLLM v2's)");
+    app->add_option("--system", system, "system prompt of the chat template (default: the tokenizer folder's, or Fast-dLLM v2's)");
     app->add_option("--tokenizer", tokenizer_path, "tokenizer.json or its folder (default: the model folder)");
   }
   bool given() const { return !text.empty(); }
@@ -54,7 +62,8 @@ struct PromptText {
     std::vector<tokenizer::Message> messages;
     if (!system.empty()) messages.push_back({"system", system});
     messages.push_back({"user", text});
-    return encode_templated(tok, tokenizer::ChatTemplate::from_folder(model_dir).render(messages));
+    const auto chat_template = tokenizer::ChatTemplate::from_folder(tokenizer_folder(tokenizer_path, model_dir));
+    return encode_templated(tok, chat_template.render(messages));
   }
 };
 

@@ -2,6 +2,7 @@
 detokenize against the vocabulary read here, --prompt against --prompt-ids, the chat command's
 streamed reply against generate's text, and clear errors."""
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,46 @@ if "\"~\" is not in the vocabulary" not in chat.stderr or chat.stdout.split("\n"
 chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "3", stdin=f"{prompt}\n", ok=False)
 if chat.returncode == 0 or "--sub-block 3 is not compiled in" not in chat.stderr or "> " in chat.stderr:
     failures.append(f"chat with a decoder that is not compiled: exit {chat.returncode}, {chat.stderr.strip()!r}")
+
+# The chat template is read beside the tokenizer: a model folder without tokenizer files, and
+# --tokenizer naming a folder whose tokenizer_config.json sets its own default system prompt.
+# tokenize --chat, generate --prompt and chat must all render that prompt, with the same length.
+work = tempfile.mkdtemp()
+chars = ["\n"] + [chr(c) for c in range(32, 127)]
+specials = ["<|im_start|>", "<|im_end|>", "|<MASK>|"]
+tokens = specials + chars
+char_tokenizer = {"version": "1.0", "truncation": None, "padding": None, "normalizer": None, "pre_tokenizer": None,
+                  "post_processor": None, "decoder": None,
+                  "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                                    "normalized": False, "special": True} for i, t in enumerate(specials)],
+                  "model": {"type": "BPE", "vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}}
+system = "You answer in digits, and only in digits, whatever the question is."
+os.makedirs(f"{work}/tok")
+json.dump(char_tokenizer, open(f"{work}/tok/tokenizer.json", "w"))
+json.dump({"chat_template": "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\n" + system +
+           "<|im_end|>\\n' }}{%- endif %}"}, open(f"{work}/tok/tokenizer_config.json", "w"))
+run("init", "--preset", "tiny", "--out", f"{work}/model")
+question = "1+2="
+templated = json.loads(run("tokenize", "--tokenizer", f"{work}/tok", "--chat", "--text", question).stdout)
+rendered = "".join(tokens[i] for i in templated["ids"])
+if system not in rendered:
+    failures.append(f"tokenize --chat did not render the folder's system prompt: {rendered!r}")
+n = templated["count"]
+for tokenizer in (f"{work}/tok", f"{work}/tok/tokenizer.json"):
+    r = run("generate", "--model", f"{work}/model", "--tokenizer", tokenizer, "--prompt", question,
+            "--max-new-tokens", "100000", ok=False)
+    if f"prompt of {n} tokens plus max_new_tokens 100000" not in r.stderr:
+        failures.append(f"generate --tokenizer {tokenizer} did not encode the {n} tokens of tokenize --chat: "
+                        f"{r.stderr.strip()!r}")
+# A context that holds the templated prompt and a block, but no more: the chat refuses the turn
+# only if it rendered the folder's (longer) system prompt, then goes on with --raw.
+config = json.load(open(f"{work}/model/config.json"))
+config["max_position_embeddings"] = n + 8
+json.dump(config, open(f"{work}/model/config.json", "w"))
+chat = run("chat", "--model", f"{work}/model", "--tokenizer", f"{work}/tok", "--block", "8", "--sub-block", "4",
+           "--max-new-tokens", "4", stdin=f"{question}\n/quit\n")
+if "(the conversation fills the model's context" not in chat.stderr:
+    failures.append(f"chat --tokenizer did not render the folder's system prompt: {chat.stderr.strip()!r}")
 
 for f in failures:
     print("FAIL:", f)
