@@ -198,6 +198,16 @@ else:
     both = run(*train, "--overwrite", "--resume")
     if both.returncode == 0 or "excludes" not in both.stderr:
         failures.append(f"train --overwrite --resume: exit {both.returncode}, {both.stderr.strip()!r}")
+    # --resume continues only the run the folder holds: another seed is refused, naming it.
+    other = run(*train, "--resume")
+    two = list(train)
+    two[two.index("--steps") + 1] = "2"
+    longer = run(*two, "--seed", "9", "--resume")
+    state = json.load(open(f"{held}/trainer_state.json"))
+    if other.returncode == 0 or "seed 0 (the checkpoint's 9)" not in other.stderr or longer.returncode != 0 \
+            or state["step"] != 2:
+        failures.append(f"train --resume with another seed: exit {other.returncode}, {other.stderr.strip()!r}; "
+                        f"with the same: exit {longer.returncode}, {longer.stderr.strip()!r}, step {state['step']}")
     # init over the trained model: refused likewise; --overwrite replaces the model and forgets
     # the run (its state, optimiser moments and loss log), which can then not be resumed.
     trained = {f: open(f"{held}/{f}", "rb").read() for f in sorted(os.listdir(held))}

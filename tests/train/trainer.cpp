@@ -172,6 +172,72 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   CHECK(read_bytes(dir / "whole" / "loss.csv") == rewritten_log);
 }
 
+TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
+  const auto dir = test::temp_dir("trainer-same-run");
+  const auto examples = reverse_task(32, 3);
+  using Objective = train::FastDllmV2Objective<4>;
+  auto o = options(3);
+  o.lr.warmup = 0;  // cosine from the first step
+  {
+    auto m = fresh_model(4);
+    train::Trainer t(m, Objective(15), examples, o);
+    t.run(dir / "cosine");
+  }
+  const auto refused = [&](train::TrainOptions other, std::vector<train::Example> data, const std::string& message,
+                           Objective objective = Objective(15)) {
+    auto m = fresh_model(4);
+    const auto before = m.download_parameters();
+    train::Trainer t(m, objective, std::move(data), other);
+    CHECK_ERROR(t.resume(dir / "cosine"), message);
+    CHECK(t.step() == 0);
+    CHECK(m.download_parameters() == before);
+  };
+  auto other = o;
+  other.batch = 4;
+  other.seed = 6;
+  refused(other, examples, "this run differs from the checkpoint's in seed 6 (the checkpoint's 5), batch 4 (the checkpoint's 8);");
+  other = o;
+  other.adam.weight_decay = 0.0;
+  refused(other, examples, "weight_decay 0.0 (the checkpoint's 0.1)");
+  refused(o, reverse_task(32, 4), "in data_fingerprint");
+  refused(o, reverse_task(33, 3), "in examples 33 (the checkpoint's 32), data_fingerprint");
+  refused(o, examples, "objective_spec \"fdllm2: block 4, linear noise, +pad +CM, token shift, [MASK] 13\"", Objective(13));
+  // A cosine decay spans the run: three more steps would have run the first three at other rates.
+  other = o;
+  other.steps = other.lr.total = 6;
+  refused(other, examples, "step 2 ran at learning rate");
+
+  // A constant rate may run longer: the same as a run of that length throughout.
+  o.lr.decay = train::LrSchedule::Decay::constant;
+  o.lr.warmup = 1;
+  auto longer = o;
+  longer.steps = longer.lr.total = 5;
+  for (const auto& [name, steps] : {std::pair{"whole", 5}, std::pair{"part", 3}}) {
+    auto m = fresh_model(4);
+    train::Trainer t(m, Objective(15), examples, steps == 5 ? longer : o);
+    t.run(dir / name);
+  }
+  auto m = fresh_model(99);
+  train::Trainer t(m, Objective(15), examples, longer);
+  t.resume(dir / "part");
+  t.run(dir / "part");
+  CHECK(read_bytes(dir / "whole" / "model.safetensors") == read_bytes(dir / "part" / "model.safetensors"));
+
+  // A state written before these fields were recorded is held only to those it records.
+  const auto state_path = dir / "part" / "trainer_state.json";
+  auto state = nlohmann::json::parse(read_bytes(state_path));
+  for (const char* key : {"objective_spec", "lr_total", "decay", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay",
+                          "clip", "examples", "data_fingerprint"})
+    state.erase(key);
+  std::ofstream(state_path) << state.dump(2);
+  auto decayed = longer;
+  decayed.adam.weight_decay = 0.0;
+  auto m2 = fresh_model(4);
+  train::Trainer t2(m2, Objective(15), reverse_task(32, 4), decayed);
+  t2.resume(dir / "part");
+  CHECK(t2.step() == 5);
+}
+
 TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its step") {
   auto examples = reverse_task(16, 6);
   auto m = fresh_model(7);

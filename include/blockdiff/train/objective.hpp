@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
@@ -99,6 +100,13 @@ struct FastDllmV2Objective {
   int pad_block() const { return R.pad ? Block : 0; }
   mask::BlockDiffusionTraining<Block> mask(int L) const { return {L}; }
 
+  //! The objective with its parameters, as a checkpoint records it.
+  std::string describe() const {
+    return ::blockdiff::detail::concat(name, ": block ", Block, ", ", Schedule::name, " noise, ", R.pad ? "+pad" : "no pad",
+                                       R.complementary ? " +CM" : " one view",
+                                       R.token_shift ? ", token shift" : ", no token shift", ", [MASK] ", mask_id);
+  }
+
   //! Draws the per-block noise from `rng` and builds the views of windows [first, first + count).
   void build(const Windows& w, int first, int count, Rng& rng, ModelBatch& out) const {
     masks_.resize(std::size_t(count) * w.length);
@@ -148,6 +156,16 @@ struct FastDllmV2Objective {
  private:
   mutable std::vector<std::uint8_t> masks_;  // reused between steps
 };
+
+//! An objective with its parameters, as a checkpoint records it (so that resume() can refuse
+//! another): `o.describe()` where O has one, else its name.
+template <Objective O>
+std::string describe_objective(const O& o) {
+  if constexpr (requires { { o.describe() } -> std::convertible_to<std::string>; })
+    return o.describe();
+  else
+    return O::name;
+}
 
 static_assert(Objective<ArObjective>);
 static_assert(Objective<FastDllmV2Objective<32>>);

@@ -7,7 +7,8 @@
 //
 // A checkpoint folder is a Hugging Face folder the inference path loads (config.json,
 // model.safetensors), plus optimizer.safetensors (exp_avg.NAME, exp_avg_sq.NAME) and
-// trainer_state.json. loss.csv beside them logs every step.
+// trainer_state.json (the step, and what defines the run: resume() continues only that run).
+// loss.csv beside them logs every step.
 //
 // The backend is a template parameter of the model, the optimiser and the loop alike:
 // `Trainer<O>` trains on the host, `Trainer<O, backend::Cuda>` (with <blockdiff/cuda.cuh>) keeps
@@ -18,6 +19,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -153,16 +155,8 @@ class BasicTrainerCore {
       opt.add("exp_avg_sq." + t.name, t.shape, std::span<const float>(v.data() + t.offset, std::size_t(t.numel)));
     }
     opt.write(dir / "optimizer.safetensors");
-    nlohmann::ordered_json state{{"step", step_},
-                                 {"seed", options_.seed},
-                                 {"objective", objective_name_},
-                                 {"context", options_.context},
-                                 {"batch", options_.batch},
-                                 {"accumulate", options_.accumulate},
-                                 {"steps", options_.steps},
-                                 {"lr", options_.lr.peak},
-                                 {"warmup", options_.lr.warmup},
-                                 {"parameters", params.size()}};
+    nlohmann::ordered_json state{{"step", step_}};
+    state.update(run_state());
     io::replace_file(dir / "trainer_state.json", [&](std::ofstream& out) { out << state.dump(2) << "\n"; });
     if (log_.is_open()) log_.flush();
     last_saved_ = step_;
@@ -205,6 +199,7 @@ class BasicTrainerCore {
             dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
     require(state.value("objective", std::string()) == objective_name_, dir.string(), ": the checkpoint was trained with the \"",
             state.value("objective", std::string()), "\" objective, not \"", objective_name_, "\"");
+    refuse_another_run(dir, state, saved_step);
     model_.upload_parameters(resumed.parameters());
     io::SafetensorsFile opt(dir / "optimizer.safetensors");
     for (auto& t : model_.tensors())
@@ -226,10 +221,10 @@ class BasicTrainerCore {
   }
 
  protected:
-  BasicTrainerCore(Model& model, const char* objective_name, int pad_block, std::vector<Example> examples,
-                   TrainOptions options)
-      : model_(model), objective_name_(objective_name), pad_block_(pad_block), examples_(std::move(examples)),
-        options_(options) {
+  BasicTrainerCore(Model& model, const char* objective_name, std::string objective_spec, int pad_block,
+                   std::vector<Example> examples, TrainOptions options)
+      : model_(model), objective_name_(objective_name), objective_spec_(std::move(objective_spec)), pad_block_(pad_block),
+        examples_(std::move(examples)), options_(options), data_fingerprint_(fingerprint(examples_)) {
     options_.validate(pad_block_);
     require(!examples_.empty(), "training needs at least one example");
     pad_id_ = model.config().mask_token_id.value_or(-1);
@@ -278,6 +273,73 @@ class BasicTrainerCore {
     }
   }
 
+  //! What defines the run beside its step, as trainer_state.json records it: resume() refuses a
+  //! checkpoint whose run differs in any of these (save_every alone may change), since the run
+  //! it would continue is then neither the one saved nor one that could have been.
+  nlohmann::ordered_json run_state() const {
+    const TrainOptions& o = options_;
+    return {{"seed", o.seed},
+            {"objective", objective_name_},
+            {"objective_spec", objective_spec_},
+            {"context", o.context},
+            {"batch", o.batch},
+            {"accumulate", o.accumulate},
+            {"steps", o.steps},
+            {"lr", o.lr.peak},
+            {"warmup", o.lr.warmup},
+            {"lr_total", o.lr.total},
+            {"decay", o.lr.decay == LrSchedule::Decay::cosine ? "cosine" : "constant"},
+            {"min_lr_ratio", o.lr.min_ratio},
+            {"beta1", o.adam.beta1},
+            {"beta2", o.adam.beta2},
+            {"eps", o.adam.eps},
+            {"weight_decay", o.adam.weight_decay},
+            {"clip", o.clip},
+            {"examples", examples_.size()},
+            {"data_fingerprint", data_fingerprint_},
+            {"parameters", model_.parameters().size()}};
+  }
+
+  //! Refuses to resume `state` (trainer_state.json of `dir`, at `saved_step`) as this run unless
+  //! it is this run: every field of run_state() the state records is the same, and the steps done
+  //! ran at the rates this run's schedule gives them (so a constant rate may run longer, a
+  //! cosine decay may not). States written before a field was recorded are not held to it.
+  void refuse_another_run(const std::filesystem::path& dir, const nlohmann::json& state, int saved_step) const {
+    const nlohmann::ordered_json mine = run_state();
+    std::string differs;
+    for (const auto& [key, value] : mine.items()) {
+      if (key == "steps" || key == "lr_total" || !state.contains(key) || state[key] == value) continue;
+      differs += ::blockdiff::detail::concat(differs.empty() ? "" : ", ", key, " ", value.dump(), " (the checkpoint's ",
+                                             state[key].dump(), ")");
+    }
+    require(differs.empty(), dir.string(), ": this run differs from the checkpoint's in ", differs,
+            "; resume() continues a run under the options it began with (to change them, start a new run from its "
+            "weights)");
+    if (!state.contains("lr_total") || !state["lr_total"].is_number_integer()) return;
+    LrSchedule was = options_.lr;  // the same but for the step count it spans (checked equal above)
+    was.total = state["lr_total"].get<int>();
+    for (int s = 0; s < saved_step; ++s)
+      require(was.at(s) == options_.lr.at(s), dir.string(), ": step ", s + 1, " ran at learning rate ", was.at(s),
+              ", but this run's schedule over ", options_.lr.total, " steps gives it ", options_.lr.at(s),
+              "; a decaying rate spans the run's steps, so the run cannot be resumed with another step count");
+  }
+
+  //! FNV-1a over the examples (their lengths and ids, in order): the data a checkpoint was trained on.
+  static std::string fingerprint(const std::vector<Example>& examples) {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    const auto mix = [&](std::uint64_t v) {
+      for (int b = 0; b < 8; ++b) h = (h ^ ((v >> (8 * b)) & 0xff)) * 0x100000001b3ull;
+    };
+    for (const auto& e : examples)
+      for (const auto* part : {&e.prompt, &e.response}) {
+        mix(part->size());
+        for (int id : *part) mix(std::uint64_t(std::uint32_t(id)));
+      }
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+    return hex;
+  }
+
   //! Refuses an `out` that holds a run (its trainer_state.json) other than this trainer's own.
   void refuse_other_run(const std::filesystem::path& out) const {
     const auto state = out / "trainer_state.json";
@@ -317,9 +379,11 @@ class BasicTrainerCore {
   Model& model_;
   std::filesystem::path own_;  //!< the folder this trainer resumed from or last saved, canonical
   const char* objective_name_;
+  std::string objective_spec_;  //!< the objective with its parameters (describe_objective)
   int pad_block_;
   std::vector<Example> examples_;
   TrainOptions options_;
+  std::string data_fingerprint_;
   AdamW<float, Backend> optimizer_;
   Windows windows_, staging_;
   ModelBatch batch_;
@@ -338,7 +402,8 @@ class Trainer final : public BasicTrainerCore<Backend> {
 
  public:
   Trainer(typename Core::Model& model, O objective, std::vector<Example> examples, TrainOptions options)
-      : Core(model, O::name, objective.pad_block(), std::move(examples), options), objective_(std::move(objective)) {}
+      : Core(model, O::name, describe_objective(objective), objective.pad_block(), std::move(examples), options),
+        objective_(std::move(objective)) {}
 
  private:
   double micro_batch(int k) override {
