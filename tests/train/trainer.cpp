@@ -206,6 +206,8 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   other = o;
   other.steps = other.lr.total = 6;
   refused(other, examples, "step 2 ran at learning rate");
+  other.steps = other.lr.total = 2;  // fewer steps than the checkpoint has done
+  refused(other, examples, "cosine: resumed at step 3 of a run of 2");
 
   // A constant rate may run longer: the same as a run of that length throughout.
   o.lr.decay = train::LrSchedule::Decay::constant;

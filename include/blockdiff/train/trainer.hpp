@@ -199,6 +199,8 @@ class BasicTrainerCore {
             dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
     require(state.value("objective", std::string()) == objective_name_, dir.string(), ": the checkpoint was trained with the \"",
             state.value("objective", std::string()), "\" objective, not \"", objective_name_, "\"");
+    require(saved_step >= 0 && saved_step <= options_.steps, dir.string(), ": resumed at step ", saved_step,
+            " of a run of ", options_.steps);
     refuse_another_run(dir, state, saved_step);
     model_.upload_parameters(resumed.parameters());
     io::SafetensorsFile opt(dir / "optimizer.safetensors");
@@ -213,8 +215,6 @@ class BasicTrainerCore {
         Ops::upload(dst.data() + t.offset, values.data(), values.size());
       }
     step_ = saved_step;
-    require(step_ >= 0 && step_ <= options_.steps, dir.string(), ": resumed at step ", step_, " of a run of ",
-            options_.steps);
     optimizer_.set_steps(step_);
     last_saved_ = step_;
     own_ = std::filesystem::weakly_canonical(dir);
