@@ -18,8 +18,7 @@ int TrainCommand::run() {
   // With --resume the weights come from the checkpoint (Trainer::resume); only the shape is read here.
   std::optional<train::TrainableQwen2<float>> model;
   if (resume_) {
-    require(std::filesystem::exists(std::filesystem::path(out_) / "trainer_state.json"), out_,
-            ": no trainer_state.json, so nothing to resume");
+    train::run_state_file(out_);  // before the config, so that a folder without a run says so
     model.emplace(io::ModelConfig::load(std::filesystem::path(out_) / "config.json"));
   } else if (!init_.empty()) {
     model.emplace(train::TrainableQwen2<float>::load(init_));

@@ -70,6 +70,13 @@ inline void forget_run(const std::filesystem::path& dir) {
   for (const char* file : {"trainer_state.json", "optimizer.safetensors", "loss.csv"}) std::filesystem::remove(dir / file);
 }
 
+//! The trainer_state.json of `dir`, which a folder must hold to be resumed.
+inline std::filesystem::path run_state_file(const std::filesystem::path& dir) {
+  auto path = dir / "trainer_state.json";
+  require(std::filesystem::exists(path), dir.string(), ": no trainer_state.json, so nothing to resume");
+  return path;
+}
+
 //! What one optimiser step did.
 struct StepLog {
   int step = 0;  //!< 1-based, the number of updates done
@@ -166,8 +173,7 @@ class BasicTrainerCore {
   //! Continues from a folder written by save(): weights, optimiser moments and the step count.
   //! The model must have the same shape; the options must name the same run.
   void resume(const std::filesystem::path& dir) {
-    const auto state_path = dir / "trainer_state.json";
-    require(std::filesystem::exists(state_path), dir.string(), ": no trainer_state.json, so nothing to resume");
+    const auto state_path = run_state_file(dir);
     auto state = nlohmann::json::parse(std::ifstream(state_path), nullptr, false);
     require(!state.is_discarded() && state.is_object() && state.contains("step") && state["step"].is_number_integer(),
             state_path.string(), ": not valid JSON with an integer \"step\"");
