@@ -23,6 +23,11 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "$jobs"
 ctest --preset fuzz -j "$jobs" | tee .cache/ctest-fuzz.log | tail -n 8
 
+# What a failing test printed (the logs above show only their tails): 80 lines from each failure.
+for log in .cache/ctest-host.log .cache/ctest-sanitize.log .cache/ctest-fuzz.log; do
+  awk '/\*\*\*(Failed|Exception|Timeout)/ { left = 80; print "--- " FILENAME } left > 0 { print; left-- }' "$log"
+done
+
 # The closing line, over all three runs.
 passed=0; failed=0; total=0
 for log in .cache/ctest-host.log .cache/ctest-sanitize.log .cache/ctest-fuzz.log; do

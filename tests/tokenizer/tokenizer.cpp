@@ -173,6 +173,20 @@ TEST_CASE("bad tokenizer.json files are errors that name the file and the entry"
   CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"].erase(tokenizer::detail::to_byte_level("\x01")); })),
               "lacks the token of byte 1");
   CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["single_word"] = true; })), "single_word");
+  // Fields of the wrong type are errors naming the field, never a JSON library's exception.
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = false; })),
+              "bad/tokenizer.json: the Split pre-tokenizer's \"behavior\" must be a string, not false");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["invert"] = "no"; })),
+              "the Split pre-tokenizer's \"invert\" must be a boolean, not \"no\"");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = 0; })),
+              "the ByteLevel pre_tokenizer's \"use_regex\" must be a boolean, not 0");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["special"] = "yes"; })),
+              "added token <|endoftext|>'s \"special\" must be a boolean, not \"yes\"");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["type"] = 3; })), "model.\"type\" must be a string, not 3");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["byte_fallback"] = "false"; })),
+              "model.\"byte_fallback\" must be a boolean");
+  // Null means absent, as in files Hugging Face writes.
+  CHECK_NOTHROW(load(with([](auto& j) { j["added_tokens"][0]["lstrip"] = nullptr; })));
   auto tok = tiny(test::tiny_tokenizer());
   CHECK_ERROR(tok.decode(std::vector<int>{100000}), "token id 100000 is not in the vocabulary of tiny.json");
   CHECK_ERROR(Tokenizer::load("/nonexistent/folder"), "cannot open");

@@ -77,4 +77,11 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "merges.json"), "has no merges");
   test::write_text(dir / "wordlevel.json", R"({"model": {"type": "WordLevel", "vocab": {}}})");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "wordlevel.json"), "expected a BPE model");
+  // Wrongly typed fields name themselves (nlohmann's own type_error would escape as another exception).
+  test::write_text(dir / "typed.json", R"({"model": {"type": 7, "vocab": {}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "model.\"type\" must be a string, not 7");
+  test::write_text(dir / "typed.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": "none"}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "has no merges");
+  test::write_text(dir / "typed.json", R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "a": "1"}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "token \"a\" has the id \"1\", not an integer");
 }

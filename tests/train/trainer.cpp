@@ -238,6 +238,12 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   train::Trainer t2(m2, Objective(15), reverse_task(32, 4), decayed);
   t2.resume(dir / "part");
   CHECK(t2.step() == 5);
+  // A field of the wrong type is refused by name.
+  state["objective"] = 5;
+  std::ofstream(state_path) << state.dump(2);
+  auto m3 = fresh_model(4);
+  train::Trainer t3(m3, Objective(15), reverse_task(32, 4), decayed);
+  CHECK_ERROR(t3.resume(dir / "part"), "trainer_state.json: \"objective\" must be a string, not 5");
 }
 
 TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its step") {

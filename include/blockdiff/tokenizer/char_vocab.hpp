@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/json.hpp"
 
 namespace blockdiff::tokenizer {
 
@@ -108,14 +109,18 @@ class CharVocab {
     require(in.good(), path.string(), ": cannot open");
     auto j = nlohmann::json::parse(in, nullptr, false);
     require(!j.is_discarded() && j.is_object(), path.string(), ": not valid JSON");
-    require(j.contains("model") && j["model"].value("type", "") == "BPE" && j["model"].contains("vocab") &&
-                j["model"]["vocab"].is_object(),
+    require(j.contains("model") && j["model"].is_object() &&
+                io::optional_field(j["model"], "type", std::string(), path.string(), "model.") == "BPE" &&
+                j["model"].contains("vocab") && j["model"]["vocab"].is_object(),
             path.string(), ": expected a BPE model with a vocab");
-    require(j["model"].value("merges", nlohmann::json::array()).empty(), path.string(),
+    const auto& merges = j["model"].contains("merges") ? j["model"]["merges"] : nlohmann::json();
+    require(merges.is_null() || (merges.is_array() && merges.empty()), path.string(),
             ": a character-level vocabulary has no merges");
     const auto& v = j["model"]["vocab"];
     std::vector<std::string> by_id(v.size());
     for (auto it = v.begin(); it != v.end(); ++it) {
+      require(it.value().is_number_integer(), path.string(), ": token \"", it.key(), "\" has the id ",
+              it.value().dump(), ", not an integer");
       const auto id = it.value().get<std::int64_t>();
       require(id >= 0 && id < std::int64_t(v.size()) && by_id[std::size_t(id)].empty(), path.string(), ": token \"",
               it.key(), "\" has a bad or repeated id ", id);

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/json.hpp"
 #include "blockdiff/tokenizer/utf8.hpp"
 
 namespace blockdiff::tokenizer {
@@ -448,7 +449,7 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
   // The model: BPE over a vocabulary and ranked merges.
   require(j.contains("model") && j["model"].is_object(), origin, ": missing object \"model\"");
   const auto& model = j["model"];
-  const auto model_type = model.value("type", std::string("BPE"));
+  const auto model_type = io::optional_field(model, "type", std::string("BPE"), origin, "model.");
   require(model_type == "BPE", origin, ": model type \"", model_type,
           "\" is not supported (blockdiff reads BPE tokenizers)");
   auto empty_or_null = [&](const char* field) {
@@ -461,7 +462,7 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
   require(!model.contains("dropout") || model["dropout"].is_null() ||
               (model["dropout"].is_number() && model["dropout"].get<double>() == 0.0),
           origin, ": BPE dropout is not supported");
-  require(!model.value("byte_fallback", false), origin, ": byte_fallback is not supported");
+  require(!io::optional_field(model, "byte_fallback", false, origin, "model."), origin, ": byte_fallback is not supported");
   require(model.contains("vocab") && model["vocab"].is_object(), origin, ": model.vocab is missing");
   int size = 0;
   for (auto& [token, id] : model["vocab"].items()) {
@@ -478,11 +479,13 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
       require(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
                   a["content"].is_string(),
               origin, ": an added token lacks an integer \"id\" or a string \"content\": ", a.dump());
-      AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), a.value("special", false),
-                   a.value("lstrip", false), a.value("rstrip", false)};
+      const auto flag = [&](const char* key) {
+        return io::optional_field(a, key, false, origin, "added token " + a["content"].get<std::string>() + "'s ");
+      };
+      AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), flag("special"), flag("lstrip"), flag("rstrip")};
       require(t.id >= 0 && t.id < (1 << 30) && !t.content.empty(), origin, ": added token ", a.dump(),
               " has a bad id or empty content");
-      require(!a.value("single_word", false), origin, ": added token \"", t.content,
+      require(!flag("single_word"), origin, ": added token \"", t.content,
               "\" sets single_word, which is not supported");
       size = std::max(size, t.id + 1);
       m->added.push_back(std::move(t));
@@ -519,11 +522,15 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
     const auto t = type_of(p, "the pre_tokenizer");
     if (t == "ByteLevel") {
       byte_level_pre = true;
-      m->add_prefix_space = p.value("add_prefix_space", false);
-      if (p.value("use_regex", true)) set_pattern(gpt2_pattern, "ByteLevel use_regex");
+      const auto flag = [&](const char* key, bool fallback) {
+        return io::optional_field(p, key, fallback, origin, "the ByteLevel pre_tokenizer's ");
+      };
+      m->add_prefix_space = flag("add_prefix_space", false);
+      if (flag("use_regex", true)) set_pattern(gpt2_pattern, "ByteLevel use_regex");
     } else if (t == "Split") {
-      require(p.value("behavior", std::string()) == "Isolated" && !p.value("invert", false), origin,
-              ": Split pre-tokenizer with behavior \"", p.value("behavior", std::string()),
+      const auto behavior = io::optional_field(p, "behavior", std::string(), origin, "the Split pre-tokenizer's ");
+      require(behavior == "Isolated" && !io::optional_field(p, "invert", false, origin, "the Split pre-tokenizer's "),
+              origin, ": Split pre-tokenizer with behavior \"", behavior,
               "\" is not supported (blockdiff reads Isolated, not inverted)");
       require(p.contains("pattern") && p["pattern"].is_object(), origin, ": Split pre-tokenizer has no pattern");
       const auto& pat = p["pattern"];

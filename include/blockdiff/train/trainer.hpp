@@ -32,6 +32,7 @@
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/io/file.hpp"
+#include "blockdiff/io/json.hpp"
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/save.hpp"
 #include "blockdiff/train/data.hpp"
@@ -203,8 +204,9 @@ class BasicTrainerCore {
                 a.num_key_value_heads == b.num_key_value_heads && a.vocab_size == b.vocab_size &&
                 a.tie_word_embeddings == b.tie_word_embeddings,
             dir.string(), ": the checkpoint holds a model of a different shape from the one being trained");
-    require(state.value("objective", std::string()) == objective_name_, dir.string(), ": the checkpoint was trained with the \"",
-            state.value("objective", std::string()), "\" objective, not \"", objective_name_, "\"");
+    const auto objective = io::optional_field(state, "objective", std::string(), state_path.string());
+    require(objective == objective_name_, dir.string(), ": the checkpoint was trained with the \"", objective,
+            "\" objective, not \"", objective_name_, "\"");
     require(saved_step >= 0 && saved_step <= options_.steps, dir.string(), ": resumed at step ", saved_step,
             " of a run of ", options_.steps);
     refuse_another_run(dir, state, saved_step);
