@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -76,8 +77,9 @@ inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
     require(j.is_array(), path, ": line ", number, " is not a JSON array of token ids");
     std::vector<int> ids;
     for (auto& v : j) {
-      require(v.is_number_integer(), path, ": line ", number, " holds ", v.dump(), ", which is not an integer id");
-      ids.push_back(v.get<int>());
+      require(v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= INT32_MAX, path,
+              ": line ", number, " holds ", v.dump(), ", which is not a token id");
+      ids.push_back(int(v.get<std::int64_t>()));
     }
     prompts.push_back(std::move(ids));
   });

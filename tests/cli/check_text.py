@@ -69,6 +69,13 @@ if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr or "--r
 r = run("detokenize", "--tokenizer", model, "--ids", "5,999", ok=False)
 if r.returncode == 0 or "token id 999 is not in the vocabulary" not in r.stderr:
     failures.append(f"detokenize of an unknown id: {r.stderr.strip()!r}")
+# An id past 32 bits is refused as itself, not read as the id it wraps to (2**32 + 5 is not 5).
+ids_file = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+ids_file.write(f"[3]\n[{2**32 + 5}]\n")
+ids_file.close()
+r = run("detokenize", "--tokenizer", model, "--jsonl", ids_file.name, ok=False)
+if r.returncode == 0 or f"line 2 holds {2**32 + 5}, which is not a token id" not in r.stderr:
+    failures.append(f"detokenize of an id past 32 bits: exit {r.returncode}, {r.stderr.strip()!r}")
 r = run("tokenize", "--tokenizer", "/nonexistent", "--text", "x", ok=False)
 if r.returncode == 0 or "no tokenizer.json" not in r.stderr:
     failures.append(f"a missing tokenizer: {r.stderr.strip()!r}")

@@ -64,6 +64,9 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   j["mask_token_id"] = 320;
   CHECK_ERROR(parse(j), "\"mask_token_id\" 320 is outside the vocabulary");
   j = base();
+  j["eos_token_id"] = 4294967296LL + 318;  // not 318
+  CHECK_ERROR(parse(j), "\"eos_token_id\" must be an integer id, got 4294967614");
+  j = base();
   j["architectures"] = {"LlamaForCausalLM"};
   CHECK_ERROR(parse(j), "architecture \"LlamaForCausalLM\" is not supported");
   j = base();

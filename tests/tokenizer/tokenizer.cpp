@@ -185,6 +185,7 @@ TEST_CASE("bad tokenizer.json files are errors that name the file and the entry"
   CHECK_ERROR(load(with([](auto& j) { j["model"]["type"] = 3; })), "model.\"type\" must be a string, not 3");
   CHECK_ERROR(load(with([](auto& j) { j["model"]["byte_fallback"] = "false"; })),
               "model.\"byte_fallback\" must be a boolean");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["id"] = (1LL << 32) + 300; })), "has a bad id");
   // Null means absent, as in files Hugging Face writes.
   CHECK_NOTHROW(load(with([](auto& j) { j["added_tokens"][0]["lstrip"] = nullptr; })));
   auto tok = tiny(test::tiny_tokenizer());

@@ -482,9 +482,10 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
       const auto flag = [&](const char* key) {
         return io::optional_field(a, key, false, origin, "added token " + a["content"].get<std::string>() + "'s ");
       };
-      AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), flag("special"), flag("lstrip"), flag("rstrip")};
-      require(t.id >= 0 && t.id < (1 << 30) && !t.content.empty(), origin, ": added token ", a.dump(),
+      const auto id = a["id"].get<std::int64_t>();
+      require(id >= 0 && id < (1 << 30) && !a["content"].get<std::string>().empty(), origin, ": added token ", a.dump(),
               " has a bad id or empty content");
+      AddedToken t{int(id), a["content"].get<std::string>(), flag("special"), flag("lstrip"), flag("rstrip")};
       require(!flag("single_word"), origin, ": added token \"", t.content,
               "\" sets single_word, which is not supported");
       size = std::max(size, t.id + 1);
