@@ -1,6 +1,7 @@
 // The training loop: it learns, it resumes bit-identically, and it refuses bad runs by name.
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -142,6 +143,29 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   std::filesystem::copy(dir / "part", dir / "overwritten");  // step 6 throughout
   model::write_random_checkpoint(dir / "overwritten", small_config(), 1, DType::f32);
   CHECK_ERROR(t4.resume(dir / "overwritten"), "model.safetensors names no step but trainer_state.json step 6");
+  CHECK(t4.step() == 0);
+  // An optimiser moment of the wrong dtype (here the last one, read after every weight) is
+  // refused before the weights are replaced.
+  std::filesystem::copy(dir / "part", dir / "bad-moment");
+  {
+    const io::SafetensorsFile good(dir / "part" / "optimizer.safetensors");
+    io::SafetensorsWriter bad;
+    bad.set_metadata("step", good.metadata().at("step"));
+    const auto last = "exp_avg_sq." + m4.tensors().back().name;
+    for (const auto& e : good.entries()) {
+      if (e.name != last) {
+        bad.add(e.name, e.dtype, e.shape, e.bytes);
+        continue;
+      }
+      std::vector<float> values(std::size_t(e.numel()));
+      std::memcpy(values.data(), e.bytes.data(), e.bytes.size());
+      bad.add_converted(e.name, DType::bf16, e.shape, values);
+    }
+    bad.write(dir / "bad-moment" / "optimizer.safetensors");
+  }
+  const auto before_resume = m4.download_parameters();
+  CHECK_ERROR(t4.resume(dir / "bad-moment"), "\"exp_avg_sq." + m4.tensors().back().name + "\" has dtype BF16");
+  CHECK(m4.download_parameters() == before_resume);
   CHECK(t4.step() == 0);
 
   // A fresh run, or one resumed from elsewhere, does not write into another run's folder: its
