@@ -39,7 +39,7 @@ class TokenizeCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
-    require(!text_.empty() || !jsonl_.empty(), "tokenize: give --text or --jsonl");
+    require(cmd_->count("--text") > 0 || !jsonl_.empty(), "tokenize: give --text or --jsonl");
     const auto tok = load_tokenizer(path_, "");
     auto prepare = [&](const std::string& s) {
       if (!chat_) return s;

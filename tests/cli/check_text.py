@@ -27,6 +27,9 @@ ids = [vocab[c] for c in prompt]
 got = json.loads(run("tokenize", "--tokenizer", model, "--text", prompt).stdout)
 if got["ids"] != ids:
     failures.append(f"tokenize: {got['ids']} != {ids}")
+empty = json.loads(run("tokenize", "--tokenizer", model, "--text", "").stdout)
+if empty != {"ids": [], "count": 0}:
+    failures.append(f"tokenize of the empty text: {empty}")
 text = json.loads(run("detokenize", "--tokenizer", model, "--ids", ",".join(map(str, ids))).stdout)["text"]
 if text != prompt:
     failures.append(f"detokenize: {text!r} != {prompt!r}")

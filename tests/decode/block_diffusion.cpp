@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "../support/check_error.hpp"
@@ -410,6 +411,9 @@ TEST_CASE("bad decoding input is a clear error") {
   d.policy().tau = 0.9f;
   o.sampling.top_p = 0.0f;
   CHECK_ERROR(d.generate(std::vector<int>{1}, o), "top-p");
+  o.sampling.top_p = 1.0f;
+  o.sampling.temperature = std::numeric_limits<float>::infinity();
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "temperature must be finite and >= 0, got inf");
 }
 
 namespace {

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -131,7 +132,8 @@ class BlockDecoding {
     if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
     require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
     require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
-    require(options.sampling.temperature >= 0.0f, "temperature must be >= 0, got ", options.sampling.temperature);
+    require(options.sampling.temperature >= 0.0f && std::isfinite(options.sampling.temperature),
+            "temperature must be finite and >= 0, got ", options.sampling.temperature);
     require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
             options.sampling.top_p);
     for (std::size_t r = 0; r < prompts.size(); ++r) {
