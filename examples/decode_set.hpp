@@ -48,6 +48,9 @@ struct DecoderSpec {
     app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
     app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
   }
+  //! The flags add_flags() adds, for an option that makes them meaningless to exclude.
+  static constexpr const char* flags[] = {"--block", "--sub-block", "--unmask",   "--threshold", "--k",
+                                          "--steps", "--schedule",  "--cache",    "--no-commit"};
 
   //! The parameters of the policy `unmask` names, by their names in the paper and the policy
   //! types ({"threshold": 0.9}, {"k": 2}, ...), floats at the decimal they were given as.

@@ -79,8 +79,9 @@ class EvalCommand {
     cmd_->add_option("--n", n_, "held-out examples")->capture_default_str()->check(positive());
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str();
-    cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
+    auto* ar = cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
     spec_.add_flags(cmd_);
+    for (const char* flag : DecoderSpec::flags) ar->excludes(cmd_->get_option(flag));  // AR has no blocks or policy
     device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }

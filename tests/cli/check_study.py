@@ -86,6 +86,11 @@ for flags, decoder, knob, params in ((["--cache", "block", "--threshold", "0.9"]
 bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "0"], capture_output=True, text=True)
 if bad.returncode == 0 or "--n: must be a positive integer, got 0" not in bad.stderr:
     failures.append(f"eval --n 0: exit {bad.returncode}, {bad.stderr.strip()!r}")
+# AR decoding has no block or policy: a block-diffusion flag beside --ar is refused, not ignored.
+bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-ar", "--n", "1", "--ar", "--block", "8"],
+                     capture_output=True, text=True)
+if bad.returncode == 0 or "--ar excludes --block" not in bad.stderr:
+    failures.append(f"eval --ar --block 8: exit {bad.returncode}, {bad.stderr.strip()!r}")
 
 # A study at a shape outside part of the compiled set runs what is compiled and lists the rest:
 # the other policies and --no-commit are compiled at block/sub-block 32/8 and 8/4 only
