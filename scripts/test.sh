@@ -11,27 +11,34 @@ mkdir -p .cache  # the test logs live here, wherever ccache keeps its cache
 # CI builds what the tests need and no benchmarks (its budget is compile time on two cores);
 # elsewhere the host build keeps compiling the benchmarks so that they cannot rot.
 bench=ON; [ "${CI:-}" = "true" ] && bench=OFF
+
+# Runs the tests of a preset into .cache/ctest-PRESET.log and shows the log's last `lines` lines,
+# then 80 lines of what each failing test printed. A failure does not stop the script: the later
+# runs still run, and the closing line below counts it.
+run_tests() {
+  local preset=$1 lines=$2 log=.cache/ctest-$1.log
+  ctest --preset "$preset" -j "$jobs" > "$log" 2>&1 || true
+  tail -n "$lines" "$log"
+  awk '/\*\*\*(Failed|Exception|Timeout)/ { left = 80; print "--- " FILENAME } left > 0 { print; left-- }' "$log"
+}
+
 cmake --preset host -DBLOCKDIFF_BUILD_BENCH=$bench >/dev/null
 cmake --build --preset host -j "$jobs"
-ctest --preset host -j "$jobs" | tee .cache/ctest-host.log | tail -n 25
+run_tests host 25
 
 cmake --preset sanitize >/dev/null
 cmake --build --preset sanitize -j "$jobs"
-ctest --preset sanitize -j "$jobs" | tee .cache/ctest-sanitize.log | tail -n 8
+run_tests sanitize 8
 
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j "$jobs"
-ctest --preset fuzz -j "$jobs" | tee .cache/ctest-fuzz.log | tail -n 8
-
-# What a failing test printed (the logs above show only their tails): 80 lines from each failure.
-for log in .cache/ctest-host.log .cache/ctest-sanitize.log .cache/ctest-fuzz.log; do
-  awk '/\*\*\*(Failed|Exception|Timeout)/ { left = 80; print "--- " FILENAME } left > 0 { print; left-- }' "$log"
-done
+run_tests fuzz 8
 
 # The closing line, over all three runs.
 passed=0; failed=0; total=0
 for log in .cache/ctest-host.log .cache/ctest-sanitize.log .cache/ctest-fuzz.log; do
-  line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log" | tail -n 1)
+  line=$(grep -E "tests passed, [0-9]+ tests failed out of [0-9]+" "$log" | tail -n 1) ||
+    { echo "$log: ctest printed no summary"; failed=$((failed + 1)); continue; }
   f=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
   t=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/' <<<"$line")
   failed=$((failed + f)); total=$((total + t))
