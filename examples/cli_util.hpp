@@ -13,6 +13,7 @@
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/json.hpp"
 
 namespace blockdiff::cli {
 
@@ -77,9 +78,9 @@ inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
     require(j.is_array(), path, ": line ", number, " is not a JSON array of token ids");
     std::vector<int> ids;
     for (auto& v : j) {
-      require(v.is_number_integer() && v.get<std::int64_t>() >= 0 && v.get<std::int64_t>() <= INT32_MAX, path,
-              ": line ", number, " holds ", v.dump(), ", which is not a token id");
-      ids.push_back(int(v.get<std::int64_t>()));
+      require(io::holds_integer_in(v, 0, INT32_MAX), path, ": line ", number, " holds ", v.dump(),
+              ", which is not a token id");
+      ids.push_back(v.get<int>());
     }
     prompts.push_back(std::move(ids));
   });

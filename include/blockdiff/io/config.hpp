@@ -17,6 +17,7 @@
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/io/file.hpp"
+#include "blockdiff/io/json.hpp"
 
 namespace blockdiff::io {
 
@@ -118,9 +119,9 @@ struct ModelConfig {
       const auto& v = j[field];
       // Some configs list several EOS ids; the first one is the stop token.
       const auto& first = v.is_array() && !v.empty() ? v[0] : v;
-      require(first.is_number_integer() && first.get<std::int64_t>() >= 0 && first.get<std::int64_t>() <= INT32_MAX,
-              where, ": field \"", field, "\" must be an integer id, got ", v.dump());
-      out = int(first.get<std::int64_t>());
+      require(holds_integer_in(first, 0, INT32_MAX), where, ": field \"", field, "\" must be an integer id, got ",
+              v.dump());
+      out = first.get<int>();
     };
     auto get_double = [&](const char* field, double& out) {
       if (!j.contains(field) || j[field].is_null()) return;

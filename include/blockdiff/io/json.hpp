@@ -56,4 +56,9 @@ T optional_field(const nlohmann::json& object, std::string_view key, T fallback,
   return it->template get<T>();
 }
 
+//! Whether `v` is an integer in [lo, hi], read as 64 bits so that a larger one cannot wrap into range.
+inline bool holds_integer_in(const nlohmann::json& v, std::int64_t lo, std::int64_t hi) {
+  return v.is_number_integer() && v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi;
+}
+
 }  // namespace blockdiff::io

@@ -466,7 +466,7 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
   require(model.contains("vocab") && model["vocab"].is_object(), origin, ": model.vocab is missing");
   int size = 0;
   for (auto& [token, id] : model["vocab"].items()) {
-    require(id.is_number_integer() && id.get<std::int64_t>() >= 0 && id.get<std::int64_t>() < (1 << 30), origin,
+    require(io::holds_integer_in(id, 0, (1 << 30) - 1), origin,
             ": model.vocab[\"", token, "\"] is not a valid id");
     require(m->vocab.emplace(token, id.get<int>()).second, origin, ": token \"", token, "\" appears twice");
     size = std::max(size, id.get<int>() + 1);
@@ -482,10 +482,9 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
       const auto flag = [&](const char* key) {
         return io::optional_field(a, key, false, origin, "added token " + a["content"].get<std::string>() + "'s ");
       };
-      const auto id = a["id"].get<std::int64_t>();
-      require(id >= 0 && id < (1 << 30) && !a["content"].get<std::string>().empty(), origin, ": added token ", a.dump(),
-              " has a bad id or empty content");
-      AddedToken t{int(id), a["content"].get<std::string>(), flag("special"), flag("lstrip"), flag("rstrip")};
+      require(io::holds_integer_in(a["id"], 0, (1 << 30) - 1) && !a["content"].get<std::string>().empty(), origin,
+              ": added token ", a.dump(), " has a bad id or empty content");
+      AddedToken t{a["id"].get<int>(), a["content"].get<std::string>(), flag("special"), flag("lstrip"), flag("rstrip")};
       require(!flag("single_word"), origin, ": added token \"", t.content,
               "\" sets single_word, which is not supported");
       size = std::max(size, t.id + 1);
