@@ -48,7 +48,7 @@ struct DecoderSpec {
     app->add_option("--cache", cache, "none | block | hierarchical")->capture_default_str();
     app->add_flag("--no-commit", no_commit, "skip the commit forward (reuse the last denoising K/V)");
   }
-  //! The flags add_flags() adds, for an option that makes them meaningless to exclude.
+  //! The flags add_flags() adds: an option that makes them meaningless (eval's --ar) excludes them.
   static constexpr const char* flags[] = {"--block", "--sub-block", "--unmask",   "--threshold", "--k",
                                           "--steps", "--schedule",  "--cache",    "--no-commit"};
 

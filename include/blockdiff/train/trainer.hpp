@@ -212,22 +212,21 @@ class BasicTrainerCore {
     refuse_another_run(dir, state, saved_step);
     // Every moment is checked before anything is replaced: a refused resume leaves the trainer as it was.
     io::SafetensorsFile opt(dir / "optimizer.safetensors");
-    using Moment = std::pair<const char*, decltype(optimizer_.first_moment())>;
-    const Moment moments[] = {{"exp_avg.", optimizer_.first_moment()}, {"exp_avg_sq.", optimizer_.second_moment()}};
+    std::vector<std::pair<const io::TensorEntry*, float*>> moments;  // (checked entry, where it goes)
     for (auto& t : model_.tensors())
-      for (auto [prefix, dst] : moments) {
+      for (auto [prefix, dst] : {std::pair{"exp_avg.", optimizer_.first_moment()},
+                                 std::pair{"exp_avg_sq.", optimizer_.second_moment()}}) {
         const auto& e = opt.at(prefix + t.name);
         require(e.dtype == DType::f32 && e.numel() == t.numel, opt.path(), ": \"", e.name, "\" has dtype ",
                 name_of(e.dtype), " and ", e.numel(), " elements; expected F32 and ", t.numel);
+        moments.emplace_back(&e, dst.data() + t.offset);
       }
     model_.upload_parameters(resumed.parameters());
-    for (auto& t : model_.tensors())
-      for (auto [prefix, dst] : moments) {
-        const auto& e = opt.at(prefix + t.name);
-        std::vector<float> values(std::size_t(t.numel));
-        std::memcpy(values.data(), e.bytes.data(), values.size() * sizeof(float));
-        Ops::upload(dst.data() + t.offset, values.data(), values.size());
-      }
+    for (auto [e, dst] : moments) {
+      std::vector<float> values(std::size_t(e->numel()));
+      std::memcpy(values.data(), e->bytes.data(), e->bytes.size());
+      Ops::upload(dst, values.data(), values.size());
+    }
     step_ = saved_step;
     optimizer_.set_steps(step_);
     last_saved_ = step_;
