@@ -8,6 +8,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
+#include <algorithm>
+#include <initializer_list>
 #include <vector>
 
 #include "blockdiff/backend/kernel.hpp"
@@ -27,6 +30,25 @@ inline CLI::Validator positive() {
         return "must be a positive integer, got " + text;
       },
       "POSITIVE");
+}
+
+//! A flag that only some values of a choice flag read: --k is read by --unmask topk and random.
+struct ReadBy {
+  const char* flag;
+  std::vector<std::string_view> values;
+};
+
+//! Refuses each flag of `flags` given on `app` that `chosen`, the value of the choice flag `choice`,
+//! does not read: the run would go on without it, and report settings it never used.
+inline void refuse_unread(const CLI::App& app, std::string_view choice, std::string_view chosen,
+                          std::initializer_list<ReadBy> flags) {
+  for (const auto& f : flags) {
+    if (app.count(f.flag) == 0 || std::ranges::find(f.values, chosen) != f.values.end()) continue;
+    std::string readers;
+    for (std::size_t i = 0; i < f.values.size(); ++i)
+      readers += std::string(i == 0 ? "" : i + 1 == f.values.size() ? " or " : ", ") + std::string(f.values[i]);
+    fail(f.flag, " is read by ", choice, " ", readers, " only; ", choice, " ", chosen, " does not use it");
+  }
 }
 
 //! "1,2,3" -> {1, 2, 3}; names the flag and the bad entry on error.

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "blockdiff/blockdiff.hpp"
+#include "cli_util.hpp"
 #include "compiled_set.hpp"
 
 namespace blockdiff::cli {
@@ -33,6 +34,7 @@ struct DecoderSpec {
   int k = 2, steps = 8;
 
   void add_flags(CLI::App* app) {
+    app_ = app;
     app->add_option("--block", block, "block size")->capture_default_str();
     app->add_option("--sub-block", sub_block, "sub-block size")->capture_default_str();
     app->add_option("--unmask", unmask,
@@ -52,6 +54,20 @@ struct DecoderSpec {
   static constexpr const char* flags[] = {"--block", "--sub-block", "--unmask",   "--threshold", "--k",
                                           "--steps", "--schedule",  "--cache",    "--no-commit"};
 
+  //! Refuses a parameter flag that the policy `unmask` names does not read (--k 4 with threshold).
+  //! A no-op for a spec that add_flags() did not fill, and for an unknown policy, which the
+  //! dispatch names.
+  void refuse_unread_flags() const {
+    static constexpr std::string_view policies[] = {"threshold", "margin", "entropy", "entropy-bounded",
+                                                    "factor",    "topk",   "random",  "scheduled"};
+    if (app_ == nullptr || std::ranges::find(policies, unmask) == std::end(policies)) return;
+    refuse_unread(*app_, "--unmask", unmask,
+                  {{"--threshold", {"threshold", "margin", "entropy", "entropy-bounded", "factor"}},
+                   {"--k", {"topk", "random"}},
+                   {"--steps", {"scheduled"}},
+                   {"--schedule", {"scheduled"}}});
+  }
+
   //! The parameters of the policy `unmask` names, by their names in the paper and the policy
   //! types ({"threshold": 0.9}, {"k": 2}, ...), floats at the decimal they were given as.
   nlohmann::ordered_json policy_parameters() const {
@@ -66,6 +82,9 @@ struct DecoderSpec {
     if (unmask == "factor") return {{"factor", decimal(threshold)}};
     return {{"threshold", decimal(threshold)}};
   }
+
+ private:
+  const CLI::App* app_ = nullptr;  // the command add_flags() filled this from
 };
 
 //! Calls `f.template operator()<Shape, Policy, Cache>(policy)` for the configuration `spec` names.

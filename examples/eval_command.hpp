@@ -88,6 +88,7 @@ class EvalCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
+    spec_.refuse_unread_flags();
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     TaskModel m(model_, weights_.dtype(), device_);
     const auto report = eval::evaluate(examples, m.vocab, batch_, ar_ ? m.ar(max_new_) : m.diffusion(spec_, max_new_));

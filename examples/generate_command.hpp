@@ -112,6 +112,7 @@ class GenerateCommand {
   int run() {
     require(!ids_.empty() || !prompt_file_.empty() || text_.given(),
             "generate: give --prompt, --prompt-ids or --prompt-file");
+    spec_.refuse_unread_flags();
     DeviceModel model(model_dir_, weights_.dtype(), device_);
     const io::ModelConfig& config = model.config();
     const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);

@@ -113,6 +113,7 @@ class ChatCommand {
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
+    spec_.refuse_unread_flags();
     DeviceModel model(model_dir_, weights_.dtype(), device_);
     if (auto why = model.why_not_compiled(spec_)) fail(*why);  // before the first prompt, not after it
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);

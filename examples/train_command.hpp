@@ -27,6 +27,7 @@ struct ObjectiveSpec {
   bool no_pad = false, no_complementary = false, no_token_shift = false;
 
   void add_flags(CLI::App* app) {
+    app_ = app;
     app->add_option("--objective", objective, "ar | fdllm2")->capture_default_str();
     app->add_option("--block", block, "block size of fdllm2: 4 | 8 | 16 | 32")->capture_default_str();
     app->add_option("--schedule", schedule, "noise schedule of fdllm2: linear | loglinear | cosine")
@@ -39,12 +40,14 @@ struct ObjectiveSpec {
   //! Calls f(objective) with the objective type the flags name.
   template <class F>
   void visit(int mask_id, F&& f) const {
-    if (objective == "ar") {
-      require(!no_pad && !no_complementary && !no_token_shift && schedule == "linear",
-              "--no-pad, --no-complementary, --no-token-shift and --schedule apply to --objective fdllm2 only");
-      return f(train::ArObjective{});
+    require(objective == "ar" || objective == "fdllm2", "--objective must be ar or fdllm2, got \"", objective, "\"");
+    if (app_ != nullptr) {
+      const std::vector<std::string_view> fdllm2{"fdllm2"};
+      refuse_unread(*app_, "--objective", objective,
+                    {{"--block", fdllm2}, {"--schedule", fdllm2}, {"--no-pad", fdllm2},
+                     {"--no-complementary", fdllm2}, {"--no-token-shift", fdllm2}});
     }
-    require(objective == "fdllm2", "--objective must be ar or fdllm2, got \"", objective, "\"");
+    if (objective == "ar") return f(train::ArObjective{});
     require(mask_id >= 0, "fdllm2 needs a [MASK] id: set mask_token_id in config.json");
     auto with_recipe = [&]<class Schedule, int B>() {
       auto go = [&]<train::Recipe R>() { f(train::FastDllmV2Objective<B, Schedule, R>(mask_id)); };
@@ -67,6 +70,9 @@ struct ObjectiveSpec {
       fail("--schedule must be linear, loglinear or cosine, got \"", schedule, "\"");
     }, "--block");
   }
+
+ private:
+  const CLI::App* app_ = nullptr;  // the command add_flags() filled this from
 };
 
 inline std::string duration_text(double seconds) {

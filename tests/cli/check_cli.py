@@ -164,7 +164,22 @@ bad_cases = [
     (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "fdllm2",
       "--block", "12"], "--block 12 is not compiled in"),
     (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "ar",
-      "--no-pad"], "apply to --objective fdllm2 only"),
+      "--no-pad"], "--no-pad is read by --objective fdllm2 only; --objective ar does not use it"),
+    # A flag that the chosen policy or objective does not read is refused, not silently ignored.
+    (["loss", "--model", f"{golden}/model-f32-tied", "--batch", f"{golden}/loss-batch.json", "--objective", "ar",
+      "--block", "8"], "--block is read by --objective fdllm2 only"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--k", "4"],
+     "--k is read by --unmask topk or random only; --unmask threshold does not use it"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "topk", "--threshold", "0.5"],
+     "--threshold is read by --unmask threshold, margin, entropy, entropy-bounded or factor only"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "margin", "--steps", "4"],
+     "--steps is read by --unmask scheduled only; --unmask margin does not use it"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--schedule", "cosine"],
+     "--schedule is read by --unmask scheduled only"),
+    (["chat", "--model", f"{golden}/model-f32-tied", "--unmask", "random", "--threshold", "0.5"],
+     "--threshold is read by --unmask threshold, margin"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "bogus", "--k", "4"],
+     "--unmask must be threshold, topk"),
     (["train", "--task", "mix", "--preset", "tiny", "--out", tempfile.mkdtemp()], "needs a model with the task vocabulary"),
     (["train", "--task", "mix", "--preset", "tasks", "--block", "8", "--context", "60", "--out", tempfile.mkdtemp()],
      "the context 60 is not a multiple of the block size 8"),
@@ -175,6 +190,17 @@ for args, needle in bad_cases:
     out = run(*args)
     if out.returncode == 0 or needle not in out.stderr:
         failures.append(f"{' '.join(args[:1] + args[3:])}: exit {out.returncode}, stderr {out.stderr.strip()!r}, wanted {needle!r}")
+
+# ... and a flag the policy reads is taken and used. After a prompt of one block, the prefill
+# gives the next block's first token (token shift), leaving 3 + 4 masked positions in its two
+# sub-blocks: topk commits k per forward, so --k 4 takes 1 + 1 forwards and --k 1 takes 3 + 4.
+for args, forwards in ((["--unmask", "topk", "--k", "4"], 2), (["--unmask", "topk", "--k", "1"], 7),
+                       (["--unmask", "scheduled", "--steps", "4", "--schedule", "cosine"], None)):
+    out = run("generate", "--model", tied, "--prompt-ids", "1,2,3,4,5,6,7,8", "--block", "8", "--sub-block", "4",
+              "--max-new-tokens", "8", "--ignore-eos", *args, "--json")
+    got = json.loads(out.stdout)["nfe"] if out.returncode == 0 else None
+    if got is None or (forwards is not None and got["block"] + got["sub_block"] != forwards):
+        failures.append(f"generate {' '.join(args)}: exit {out.returncode}, nfe {got}, wanted {forwards} denoising forwards")
 
 # train into a folder that holds a checkpoint: refused, the folder untouched, unless --overwrite
 # (which replaces it) or --resume (which continues it; the two exclude each other).
@@ -230,8 +256,9 @@ loss_cases = 0
 for model in ("f32-tied", "bf16-untied"):
     for objective in ("fdllm2", "ar"):
         grads_path = tempfile.mktemp(suffix=".safetensors")
+        block = ["--block", "8"] if objective == "fdllm2" else []  # AR has no blocks: --block is refused there
         out = run("loss", "--model", f"{golden}/model-{model}", "--batch", f"{golden}/loss-batch.json", "--objective",
-                  objective, "--block", "8", "--grads-out", grads_path, "--json")
+                  objective, *block, "--grads-out", grads_path, "--json")
         loss_cases += 1
         if out.returncode != 0:
             failures.append(f"loss {model} {objective}: exit {out.returncode}: {out.stderr.strip()}")

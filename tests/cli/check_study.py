@@ -91,6 +91,11 @@ bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-ar", "--n", "1", 
                      capture_output=True, text=True)
 if bad.returncode == 0 or "--ar excludes --block" not in bad.stderr:
     failures.append(f"eval --ar --block 8: exit {bad.returncode}, {bad.stderr.strip()!r}")
+# Nor is a parameter beside a policy that does not read it (it would be ignored).
+bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "1", "--unmask", "topk", "--threshold", "0.5"],
+                     capture_output=True, text=True)
+if bad.returncode == 0 or "--threshold is read by --unmask threshold" not in bad.stderr:
+    failures.append(f"eval --unmask topk --threshold 0.5: exit {bad.returncode}, {bad.stderr.strip()!r}")
 
 # A study at a shape outside part of the compiled set runs what is compiled and lists the rest:
 # the other policies and --no-commit are compiled at block/sub-block 32/8 and 8/4 only
