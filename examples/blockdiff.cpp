@@ -28,10 +28,10 @@ using namespace blockdiff;
 namespace {
 
 int run_logits(const std::string& dir, DType weights, const cli::DeviceFlag& device, const std::string& ids_text,
-               const std::string& mask_name, int block) {
+               const std::string& mask_name, std::optional<int> block) {
   const auto ids = cli::parse_ids(ids_text, "--ids");
   cli::DeviceModel model(dir, weights, device);
-  const auto logits = model.logits(ids, mask_name, block);
+  const auto logits = model.logits(ids, mask_name, block.value_or(model.config().bd_size));
   const auto vocab = static_cast<std::ptrdiff_t>(model.config().vocab_size);
   nlohmann::json out;
   out["logits"] = nlohmann::json::array();
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   app.footer(cli::compiled_set_help());
 
   std::string model_dir, ids, mask_name = "causal", prompt_file;
-  int block = 32;
+  std::optional<int> block;
   bool json = false;
   cli::WeightsFlag weights;
   cli::DeviceFlag device;
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   weights.add(logits);
   logits->add_option("--ids", ids, "comma-separated token ids")->required();
   logits->add_option("--mask", mask_name, "causal | block-causal")->capture_default_str();
-  logits->add_option("--block", block, "block size of the block-causal mask")->capture_default_str();
+  logits->add_option("--block", block, "block size of the block-causal mask (default: config.json's bd_size)");
   device.add(logits);
   logits->add_flag("--json", json, "JSON output (the only format)");
 
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   auto* init = app.add_subcommand("init", "Write a randomly initialised checkpoint of a named shape");
   init->add_option("--out", out_dir, "output folder")->required();
   init->add_option("--preset", preset, "tiny | tasks | qwen2.5-0.5b | qwen2.5-1.5b | qwen2.5-7b")->capture_default_str();
-  init->add_option("--seed", seed, "random seed")->capture_default_str();
+  init->add_option("--seed", seed, "random seed")->capture_default_str()->check(cli::unsigned64());
   init->add_option("--dtype", dtype_name, "f32 | bf16 | f16")->capture_default_str();
   init->add_flag("--flat", flat, "plain random weights (default: peaked next-token distributions)");
   init->add_flag("--overwrite", init_overwrite, "replace a checkpoint already in --out, and forget its training run");
@@ -140,7 +140,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (*logits) return run_logits(model_dir, weights.dtype(), device, ids, mask_name, block);
+    if (*logits) {
+      if (mask_name == "causal") cli::refuse_unread(*logits, "--mask", mask_name, {{"--block", {"block-causal"}}});
+      return run_logits(model_dir, weights.dtype(), device, ids, mask_name, block);
+    }
     if (*ar) {
       require(!ids.empty() || !prompt_file.empty() || ar_text.given(), "ar: give --prompt, --prompt-ids or --prompt-file");
       return run_ar(model_dir, weights.dtype(), device, ids, prompt_file, ar_text, max_new, eos, ignore_eos, json);

@@ -20,17 +20,22 @@
 
 namespace blockdiff::cli {
 
-//! A check for an integer option that must be positive, whose error says so plainly.
-inline CLI::Validator positive() {
+//! A check that an integer option's text is a whole `T` of at least `lowest`, whose error says so
+//! plainly. CLI11 alone reads "-1" into an unsigned option as 2^64 - 1, and a number past an
+//! unsigned type's range as its largest value.
+template <class T>
+CLI::Validator whole_number(T lowest, std::string want, std::string name) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
-        long value = 0;
+      [=](std::string& text) -> std::string {
+        T value{};
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-        if (ec == std::errc() && end == text.data() + text.size() && value > 0) return {};
-        return "must be a positive integer, got " + text;
+        if (ec == std::errc() && end == text.data() + text.size() && value >= lowest) return {};
+        return "must be " + want + ", got " + text;
       },
-      "POSITIVE");
+      std::move(name));
 }
+inline CLI::Validator positive() { return whole_number<long>(1, "a positive integer", "POSITIVE"); }
+inline CLI::Validator unsigned64() { return whole_number<std::uint64_t>(0, "an integer in [0, 2^64)", "UINT64"); }
 
 //! A flag that only some values of a choice flag read: --k is read by --unmask topk and random.
 struct ReadBy {

@@ -35,8 +35,8 @@ struct DecoderSpec {
 
   void add_flags(CLI::App* app) {
     app_ = app;
-    app->add_option("--block", block, "block size")->capture_default_str();
-    app->add_option("--sub-block", sub_block, "sub-block size")->capture_default_str();
+    app->add_option("--block", block, "block size (default: the model's, config.json's bd_size)");
+    app->add_option("--sub-block", sub_block, "sub-block size (default: min(8, block / 2))");
     app->add_option("--unmask", unmask,
                     "threshold | topk | scheduled | margin | entropy | entropy-bounded | factor | random")
         ->capture_default_str();
@@ -53,6 +53,19 @@ struct DecoderSpec {
   //! The flags add_flags() adds: an option that makes them meaningless (eval's --ar) excludes them.
   static constexpr const char* flags[] = {"--block", "--sub-block", "--unmask",   "--threshold", "--k",
                                           "--steps", "--schedule",  "--cache",    "--no-commit"};
+
+  //! The block and sub-block that `app`'s command line left out, from `config`: the block the model
+  //! was trained with (config.json's bd_size; another decodes worse, much worse far from it: the
+  //! study's Table 4 rows), and a sub-block of min(8, block / 2): the paper's 8 at its block 32, and
+  //! half the block below 16, so that a block is always decoded in sub-blocks.
+  static void default_shape(const CLI::App& app, const io::ModelConfig& config, int& block, int& sub_block) {
+    if (app.count("--block") == 0) block = config.bd_size;
+    if (app.count("--sub-block") == 0) sub_block = std::max(1, std::min(8, block / 2));
+  }
+  //! default_shape() of this spec's flags; a no-op for a spec that add_flags() did not fill.
+  void default_shape(const io::ModelConfig& config) {
+    if (app_ != nullptr) default_shape(*app_, config, block, sub_block);
+  }
 
   //! Refuses a parameter flag that the policy `unmask` names does not read (--k 4 with threshold).
   //! A no-op for a spec that add_flags() did not fill, and for an unknown policy, which the

@@ -91,6 +91,7 @@ class EvalCommand {
     spec_.refuse_unread_flags();
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     TaskModel m(model_, weights_.dtype(), device_);
+    spec_.default_shape(m.model.config());
     const auto report = eval::evaluate(examples, m.vocab, batch_, ar_ ? m.ar(max_new_) : m.diffusion(spec_, max_new_));
     auto out = report_json(report);
     out["device"] = device_.name;
@@ -127,8 +128,8 @@ class StudyCommand {
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
     cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str()->check(positive());
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
-    cmd_->add_option("--block", block_, "the block size the model was trained with")->capture_default_str();
-    cmd_->add_option("--sub-block", sub_block_, "the default sub-block size")->capture_default_str();
+    cmd_->add_option("--block", block_, "the block size the model was trained with (default: config.json's bd_size)");
+    cmd_->add_option("--sub-block", sub_block_, "the sub-block size of every group but Table 3's (default: min(8, block / 2))");
     cmd_->add_option("--repeats", repeats_, "runs of each configuration; tokens/s is the best (the first warms up)")
         ->capture_default_str()
         ->check(positive());
@@ -148,6 +149,7 @@ class StudyCommand {
   int run() {
     TaskModel base(ar_model_, weights_.dtype(), device_);
     TaskModel diff(model_, weights_.dtype(), device_);
+    DecoderSpec::default_shape(*cmd_, diff.model.config(), block_, sub_block_);
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     std::vector<Row> rows;
     auto add = [&](std::string group, DecoderSpec s, std::string decoder) {
@@ -346,7 +348,8 @@ class StudyCommand {
 
   CLI::App* cmd_ = nullptr;
   std::string ar_model_, model_, task_ = "mix", out_ = "study";
-  int n_ = 200, batch_ = 1, block_ = 8, sub_block_ = 4, repeats_ = 3;
+  int n_ = 200, batch_ = 1, repeats_ = 3;
+  int block_ = 0, sub_block_ = 0;  // where not given, from the model (DecoderSpec::default_shape)
   bool no_plot_ = false;
   WeightsFlag weights_;
   DeviceFlag device_;

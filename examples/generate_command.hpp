@@ -27,7 +27,7 @@ struct SamplingFlags {
   void add_flags(CLI::App* app) {
     app->add_option("--temperature", temperature, "0 = greedy")->capture_default_str();
     app->add_option("--top-p", top_p, "nucleus mass when sampling")->capture_default_str();
-    app->add_option("--seed", seed, "sampling seed")->capture_default_str();
+    app->add_option("--seed", seed, "sampling seed")->capture_default_str()->check(unsigned64());
   }
   void apply(decode::DecodeOptions& o) const {
     o.sampling = {temperature, top_p};
@@ -115,6 +115,7 @@ class GenerateCommand {
     spec_.refuse_unread_flags();
     DeviceModel model(model_dir_, weights_.dtype(), device_);
     const io::ModelConfig& config = model.config();
+    spec_.default_shape(config);
     const auto tok = folder_tokenizer(text_.tokenizer_path, model_dir_);
     require(tok || !text_.given(), model_dir_, ": --prompt needs a tokenizer.json (in the folder, or give --tokenizer)");
     std::vector<std::vector<int>> prompts;

@@ -7,6 +7,7 @@ namespace blockdiff::cli {
 int LossCommand::run() {
   auto model = train::TrainableQwen2<float>::load(model_);
   const auto batch = train::read_batch_file(batch_, model.config().vocab_size);
+  spec_.default_block(model.config());
   train::ModelBatch mb;
   train::LossResult result;
   const bool backward = !grads_out_.empty();

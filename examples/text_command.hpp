@@ -115,6 +115,7 @@ class ChatCommand {
   int run() {
     spec_.refuse_unread_flags();
     DeviceModel model(model_dir_, weights_.dtype(), device_);
+    spec_.default_shape(model.config());
     if (auto why = model.why_not_compiled(spec_)) fail(*why);  // before the first prompt, not after it
     const auto tok = load_tokenizer(tokenizer_path_, model_dir_);
     const auto ids = tokenizer::special_ids(model.config(), &tok);

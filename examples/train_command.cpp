@@ -27,6 +27,7 @@ int TrainCommand::run() {
     train::initialise(*model, options_.seed);
   }
   // The trained model's config records the block size it was trained with.
+  spec_.default_block(model->config());
   if (spec_.objective == "fdllm2") model->set_block_size(spec_.block);
   const auto& config = model->config();
 

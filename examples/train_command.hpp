@@ -29,12 +29,18 @@ struct ObjectiveSpec {
   void add_flags(CLI::App* app) {
     app_ = app;
     app->add_option("--objective", objective, "ar | fdllm2")->capture_default_str();
-    app->add_option("--block", block, "block size of fdllm2: 4 | 8 | 16 | 32")->capture_default_str();
+    app->add_option("--block", block, "block size of fdllm2: 4 | 8 | 16 | 32 (default: the model's, config.json's bd_size)");
     app->add_option("--schedule", schedule, "noise schedule of fdllm2: linear | loglinear | cosine")
         ->capture_default_str();
     app->add_flag("--no-pad", no_pad, "fdllm2 without block-aligned [MASK] padding");
     app->add_flag("--no-complementary", no_complementary, "fdllm2 with one view (no complementary masks)");
     app->add_flag("--no-token-shift", no_token_shift, "fdllm2 predicting position i from i");
+  }
+
+  //! The block --block left out: the model's (config.json's bd_size: a fine-tune's base, a resumed
+  //! run's checkpoint, or the model whose loss is asked for). A no-op for a spec add_flags() did not fill.
+  void default_block(const io::ModelConfig& config) {
+    if (app_ != nullptr && app_->count("--block") == 0) block = config.bd_size;
   }
 
   //! Calls f(objective) with the objective type the flags name.
@@ -106,7 +112,9 @@ class TrainCommand {
     cmd_->add_option("--decay", decay_, "after warmup: constant | cosine")->capture_default_str();
     cmd_->add_option("--weight-decay", options_.adam.weight_decay, "AdamW weight decay")->capture_default_str();
     cmd_->add_option("--clip", options_.clip, "global gradient-norm clip (0 = off)")->capture_default_str();
-    cmd_->add_option("--seed", options_.seed, "data order, noise and initialisation seed")->capture_default_str();
+    cmd_->add_option("--seed", options_.seed, "data order, noise and initialisation seed")
+        ->capture_default_str()
+        ->check(unsigned64());
     cmd_->add_option("--save-every", options_.save_every, "checkpoint every N steps (0 = at the end)")
         ->capture_default_str();
     cmd_->add_option("--out", out_, "output folder (checkpoint, optimizer state, loss.csv)")->required();

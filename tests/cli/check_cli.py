@@ -180,6 +180,15 @@ bad_cases = [
      "--threshold is read by --unmask threshold, margin"),
     (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "bogus", "--k", "4"],
      "--unmask must be threshold, topk"),
+    (["logits", "--model", f"{golden}/model-f32-tied", "--ids", "1,2", "--block", "4"],
+     "--block is read by --mask block-causal only; --mask causal does not use it"),
+    # A seed is a whole number in [0, 2^64): CLI11 alone takes -1 as 2^64 - 1 and 2^64 as 2^64 - 1.
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--seed=-1"],
+     "--seed: must be an integer in [0, 2^64), got -1"),
+    (["init", "--out", tempfile.mkdtemp(), "--seed", "18446744073709551616"],
+     "--seed: must be an integer in [0, 2^64), got 18446744073709551616"),
+    (["train", "--task", "mix", "--preset", "tasks", "--seed", "1e3", "--out", tempfile.mkdtemp()],
+     "--seed: must be an integer in [0, 2^64), got 1e3"),
     (["train", "--task", "mix", "--preset", "tiny", "--out", tempfile.mkdtemp()], "needs a model with the task vocabulary"),
     (["train", "--task", "mix", "--preset", "tasks", "--block", "8", "--context", "60", "--out", tempfile.mkdtemp()],
      "the context 60 is not a multiple of the block size 8"),
@@ -279,6 +288,42 @@ for model in ("f32-tied", "bf16-untied"):
             err = max(abs(x - y) for x, y in zip(a, b))
             if mine_h[name]["shape"] != ref_h[name]["shape"] or err > 2e-4 * scale:
                 failures.append(f"loss {model} {objective}: gradient {name} off by {err} (max |g| {scale})")
+
+# Where --block (and --sub-block) are not given, they come from the model: config.json's bd_size, the
+# block it was trained with, and a sub-block of min(8, block / 2). A copy of the golden model that
+# says it was trained with blocks of 16 decodes the golden 16/8 cases without those flags; one
+# that says 8 gives the golden block-causal logits (block 8) and fdllm2 loss (block 8).
+def with_bd_size(bd):
+    folder = tempfile.mkdtemp()
+    for f in os.listdir(tied):
+        if f != "config.json":
+            os.symlink(f"{tied}/{f}", f"{folder}/{f}")
+    config = json.load(open(f"{tied}/config.json"))
+    config["bd_size"] = bd
+    json.dump(config, open(f"{folder}/config.json", "w"))
+    return folder
+
+
+tied16, tied8 = with_bd_size(16), with_bd_size(8)
+for g in (g for g, w, d in generate_runs if (g["model"], g["block"], g["sub_block"], w, d) == ("model-f32-tied", 16, 8, "f32", "host")):
+    out = run("generate", "--model", tied16, "--prompt-ids", ",".join(map(str, g["prompt_ids"])), "--threshold",
+              str(g["threshold"]), "--cache", g["cache"], "--eos-id", str(g["eos_id"]), "--max-new-tokens",
+              str(g["max_new_tokens"]), "--json")
+    if out.returncode != 0 or json.loads(out.stdout)["tokens"] != g["tokens"]:
+        failures.append(f"generate without --block on a model of bd_size 16: exit {out.returncode}, not the golden 16/8 tokens")
+header, data = read_safetensors(f"{golden}/logits-f32-tied-block-causal.safetensors")
+ref = array.array("f", data[header["logits"]["data_offsets"][0]:header["logits"]["data_offsets"][1]])
+out = run("logits", "--model", tied8, "--ids", ",".join(map(str, json.loads(header["__metadata__"]["ids"]))), "--mask",
+          "block-causal", "--json")
+got = [x for row in json.loads(out.stdout)["logits"] for x in row] if out.returncode == 0 else []
+if header["__metadata__"].get("block", "8") != "8" or len(got) != len(ref) or \
+        max(abs(a - b) for a, b in zip(got, ref)) > 2e-5 * max(abs(x) for x in ref):
+    failures.append(f"logits --mask block-causal without --block on a model of bd_size 8: exit {out.returncode}, "
+                    "not the golden block-8 logits")
+out = run("loss", "--model", tied8, "--batch", f"{golden}/loss-batch.json", "--objective", "fdllm2", "--json")
+want = loss_golden["model-f32-tied/fdllm2"]
+if out.returncode != 0 or json.loads(out.stdout)["block"] != 8 or abs(json.loads(out.stdout)["loss"] - want["loss"]) > 1e-5 * abs(want["loss"]):
+    failures.append(f"loss without --block on a model of bd_size 8: exit {out.returncode}, {out.stdout.strip()}, golden {want}")
 
 help_text = run("--help").stdout
 if "Compiled decoder configurations" not in help_text:

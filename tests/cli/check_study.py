@@ -68,14 +68,20 @@ for line in ("group", "baseline", "threshold x cache", "policy", "commit forward
     if line not in run.stdout:
         failures.append(f"the printed table lacks {line!r}")
 # eval decodes one configuration as the study does: the same counts as the study's row, and its
-# JSON names the policy's own parameters at the decimal given.
+# JSON names the policy's own parameters at the decimal given. Without --block and --sub-block it
+# decodes at the model's block (config.json's bd_size, 8) in sub-blocks of 4, as the study does.
 def evaluate(*flags):
-    e = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "6", "--batch", "3", "--block", "8",
-                        "--sub-block", "4", *flags, "--json"], capture_output=True, text=True)
+    e = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "6", "--batch", "3", *flags, "--json"],
+                       capture_output=True, text=True)
     return json.loads(e.stdout) if e.returncode == 0 else {"error": e.stderr.strip()}
+if json.load(open(f"{models}/tasks-fdllm2/config.json"))["bd_size"] != 8:
+    failures.append("models/tasks-fdllm2 was not trained with blocks of 8; the checks below assume it")
 for flags, decoder, knob, params in ((["--cache", "block", "--threshold", "0.9"], "threshold", "0.90", {"threshold": 0.9}),
-                                     (["--cache", "hierarchical", "--unmask", "topk", "--k", "2"], "topk", "k=2", {"k": 2})):
+                                     (["--cache", "hierarchical", "--unmask", "topk", "--k", "2", "--block", "8",
+                                       "--sub-block", "4"], "topk", "k=2", {"k": 2})):
     got = evaluate(*flags)
+    if (got.get("block"), got.get("sub_block")) != (8, 4):
+        failures.append(f"eval {' '.join(flags)}: block/sub-block {got.get('block')}/{got.get('sub_block')}, not 8/4")
     row = [r for r in rows if r["decoder"] == decoder and r["knob"] == knob and r["cache"] == flags[1] and
            r["block"] == "8" and r["sub_block"] == "4" and r["commit"] == "forward"]
     if not row or any(str(got.get(f)) != row[0][f] for f in ("new_tokens", "denoising_forwards", "total_forwards")) or \
