@@ -41,10 +41,11 @@ class TokenizeCommand {
   int run() {
     require(cmd_->count("--text") > 0 || !jsonl_.empty(), "tokenize: give --text or --jsonl");
     const auto tok = load_tokenizer(path_, "");
+    const auto chat_template = tokenizer::ChatTemplate::from_folder(tokenizer_folder(path_, ""));
     auto prepare = [&](const std::string& s) {
       if (!chat_) return s;
       const std::vector<tokenizer::Message> m{{"user", s}};
-      return tokenizer::ChatTemplate::from_folder(tokenizer_folder(path_, "")).render(m);
+      return chat_template.render(m);
     };
     if (!jsonl_.empty()) {
       tokenizer::Encoder enc(tok);
@@ -102,8 +103,9 @@ class ChatCommand {
     cmd_->add_option("--model", model_dir_, "checkpoint folder")->required();
     weights_.add(cmd_);
     cmd_->add_option("--tokenizer", tokenizer_path_, "tokenizer.json or its folder (default: the model folder)");
-    cmd_->add_option("--system", system_, "system prompt (default: the tokenizer folder's, or Fast-dLLM v2's)");
-    cmd_->add_flag("--raw", raw_, "each line is a whole prompt: no chat template, no history (models not tuned for chat)");
+    auto* system = cmd_->add_option("--system", system_, "system prompt (default: the tokenizer folder's, or Fast-dLLM v2's)");
+    cmd_->add_flag("--raw", raw_, "each line is a whole prompt: no chat template, no history (models not tuned for chat)")
+        ->excludes(system);
     spec_.add_flags(cmd_);
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens per reply at most")->capture_default_str();
     sampling_.add_flags(cmd_);

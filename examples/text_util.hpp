@@ -51,8 +51,11 @@ struct PromptText {
   void add_flags(CLI::App* app, CLI::Option* excludes) {
     auto* p = app->add_option("--prompt", text, "prompt text; the chat template is applied unless --raw");
     p->excludes(excludes);
-    app->add_flag("--raw", raw, "use --prompt as it is, without the chat template");
-    app->add_option("--system", system, "system prompt of the chat template (default: the tokenizer folder's, or Fast-dLLM v2's)");
+    // --raw and --system shape a text prompt: beside ids, or each other, one would be ignored.
+    auto* r = app->add_flag("--raw", raw, "use --prompt as it is, without the chat template")->needs(p);
+    app->add_option("--system", system, "system prompt of the chat template (default: the tokenizer folder's, or Fast-dLLM v2's)")
+        ->needs(p)
+        ->excludes(r);
     app->add_option("--tokenizer", tokenizer_path, "tokenizer.json or its folder (default: the model folder)");
   }
   bool given() const { return !text.empty(); }

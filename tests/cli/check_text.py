@@ -69,6 +69,14 @@ elif not any(cause in r.stderr for cause in ("no CUDA device", "built without th
 r = run("generate", "--model", model, "--prompt", "hi", *flags, ok=False)
 if r.returncode == 0 or "\"<\" is not in the vocabulary" not in r.stderr or "--raw" not in r.stderr:
     failures.append(f"the chat template on a character vocabulary: {r.stderr.strip()!r}")
+# --raw and --system shape a text prompt; beside prompt ids, or each other, one would be ignored.
+for args, needle in ((["generate", "--model", model, "--prompt-ids", "5,6", "--raw"], "--raw requires --prompt"),
+                     (["ar", "--model", model, "--prompt-ids", "5,6", "--system", "S"], "--system requires --prompt"),
+                     (["generate", "--model", model, "--prompt", prompt, "--raw", "--system", "S"], "--raw excludes --system"),
+                     (["chat", "--model", model, "--raw", "--system", "S"], "excludes")):
+    r = run(*args, stdin="", ok=False)
+    if r.returncode == 0 or needle not in r.stderr:
+        failures.append(f"{' '.join(args[:1] + args[3:])}: exit {r.returncode}, {r.stderr.strip()!r}, wanted {needle!r}")
 r = run("detokenize", "--tokenizer", model, "--ids", "5,999", ok=False)
 if r.returncode == 0 or "token id 999 is not in the vocabulary" not in r.stderr:
     failures.append(f"detokenize of an unknown id: {r.stderr.strip()!r}")
