@@ -108,9 +108,9 @@ int main(int argc, char** argv) {
   ar_text.add_flags(ar, ar_ids);
   ar_file->excludes("--prompt");
   ar->add_option("--max-new-tokens", max_new, "new tokens at most")->capture_default_str();
-  ar->add_option("--eos-id", eos, "stop token (default: the tokenizer's <|im_end|>, else eos_token_id of config.json)");
+  auto* ar_eos = ar->add_option("--eos-id", eos, "stop token (default: the tokenizer's <|im_end|>, else eos_token_id of config.json)");
   bool ignore_eos = false;
-  ar->add_flag("--ignore-eos", ignore_eos, "never stop at EOS (fixed-length runs for benchmarks)");
+  ar->add_flag("--ignore-eos", ignore_eos, "never stop at EOS (fixed-length runs for benchmarks)")->excludes(ar_eos);
   device.add(ar);
   ar->add_flag("--json", json, "compact JSON output");
 

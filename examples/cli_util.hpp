@@ -1,16 +1,16 @@
-// Helpers of the blockdiff program: parsing id lists, reading prompt files, the --weights flag.
+// Helpers of the blockdiff program: flag checks, parsing id lists, reading prompt files, the --weights flag.
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-#include <algorithm>
-#include <initializer_list>
 #include <vector>
 
 #include "blockdiff/backend/kernel.hpp"

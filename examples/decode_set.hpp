@@ -57,7 +57,7 @@ struct DecoderSpec {
   //! The block and sub-block that `app`'s command line left out, from `config`: the block the model
   //! was trained with (config.json's bd_size; another decodes worse, much worse far from it: the
   //! study's Table 4 rows), and a sub-block of min(8, block / 2): the paper's 8 at its block 32, and
-  //! half the block below 16, so that a block is always decoded in sub-blocks.
+  //! half the block from 16 down, so that a block is always decoded in more than one sub-block.
   static void default_shape(const CLI::App& app, const io::ModelConfig& config, int& block, int& sub_block) {
     if (app.count("--block") == 0) block = config.bd_size;
     if (app.count("--sub-block") == 0) sub_block = std::max(1, std::min(8, block / 2));

@@ -99,8 +99,8 @@ class GenerateCommand {
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most (exact)")->capture_default_str();
     sampling_.add_flags(cmd_);
     cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)");
-    cmd_->add_option("--eos-id", eos_id_, "stop id (default: the tokenizer's <|im_end|>, else config.json eos_token_id)");
-    cmd_->add_flag("--ignore-eos", ignore_eos_, "never stop at EOS (fixed-length runs for benchmarks)");
+    auto* eos = cmd_->add_option("--eos-id", eos_id_, "stop id (default: the tokenizer's <|im_end|>, else config.json eos_token_id)");
+    cmd_->add_flag("--ignore-eos", ignore_eos_, "never stop at EOS (fixed-length runs for benchmarks)")->excludes(eos);
     cmd_->add_flag("--trace", trace_, "include each forward's committed (position, token) pairs");
     cmd_->add_flag("--show-order", show_order_, "print each block's unmasking order to stderr");
     device_.add(cmd_);

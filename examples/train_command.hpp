@@ -98,7 +98,7 @@ class TrainCommand {
     auto* data = cmd_->add_option("--data", data_, "JSON lines {\"prompt_ids\": [...], \"response_ids\": [...]}");
     auto* task = cmd_->add_option("--task", task_, "a synthetic task: arith | sort | reverse | mix");
     data->excludes(task);
-    cmd_->add_option("--examples", examples_, "training examples drawn from --task")->capture_default_str();
+    cmd_->add_option("--examples", examples_, "training examples drawn from --task")->capture_default_str()->needs(task);
     auto* init = cmd_->add_option("--init", init_, "start from this checkpoint folder");
     auto* preset = cmd_->add_option("--preset", preset_, "start from a fresh model of this shape (tasks, tiny, ...)");
     init->excludes(preset);

@@ -180,6 +180,12 @@ bad_cases = [
      "--threshold is read by --unmask threshold, margin"),
     (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--unmask", "bogus", "--k", "4"],
      "--unmask must be threshold, topk"),
+    (["generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--eos-id", "5", "--ignore-eos"],
+     "--eos-id excludes --ignore-eos"),
+    (["ar", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--eos-id", "5", "--ignore-eos"],
+     "--eos-id excludes --ignore-eos"),
+    (["train", "--data", f"{golden}/loss-batch.json", "--examples", "10", "--preset", "tiny", "--out", tempfile.mkdtemp()],
+     "--examples requires --task"),
     (["logits", "--model", f"{golden}/model-f32-tied", "--ids", "1,2", "--block", "4"],
      "--block is read by --mask block-causal only; --mask causal does not use it"),
     # A seed is a whole number in [0, 2^64): CLI11 alone takes -1 as 2^64 - 1 and 2^64 as 2^64 - 1.
