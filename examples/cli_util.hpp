@@ -16,6 +16,7 @@
 #include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/config.hpp"
 #include "blockdiff/io/json.hpp"
 
 namespace blockdiff::cli {
@@ -54,6 +55,13 @@ inline void refuse_unread(const CLI::App& app, std::string_view choice, std::str
       readers += std::string(i == 0 ? "" : i + 1 == f.values.size() ? " or " : ", ") + std::string(f.values[i]);
     fail(f.flag, " is read by ", choice, " ", readers, " only; ", choice, " ", chosen, " does not use it");
   }
+}
+
+//! The block that `app`'s command line left out (no --block): the model's own, config.json's
+//! bd_size, the block it was trained with. Another decodes worse, much worse far from it (the
+//! study's Table 4 rows), and a fine-tune or a resumed run goes on at it.
+inline void default_block(const CLI::App& app, const io::ModelConfig& config, int& block) {
+  if (app.count("--block") == 0) block = config.bd_size;
 }
 
 //! "1,2,3" -> {1, 2, 3}; names the flag and the bad entry on error.

@@ -54,12 +54,11 @@ struct DecoderSpec {
   static constexpr const char* flags[] = {"--block", "--sub-block", "--unmask",   "--threshold", "--k",
                                           "--steps", "--schedule",  "--cache",    "--no-commit"};
 
-  //! The block and sub-block that `app`'s command line left out, from `config`: the block the model
-  //! was trained with (config.json's bd_size; another decodes worse, much worse far from it: the
-  //! study's Table 4 rows), and a sub-block of min(8, block / 2): the paper's 8 at its block 32, and
-  //! half the block from 16 down, so that a block is always decoded in more than one sub-block.
+  //! The block and sub-block that `app`'s command line left out: the model's block (default_block),
+  //! and a sub-block of min(8, block / 2): the paper's 8 at its block 32, and half the block from
+  //! 16 down, so that a block is always decoded in more than one sub-block.
   static void default_shape(const CLI::App& app, const io::ModelConfig& config, int& block, int& sub_block) {
-    if (app.count("--block") == 0) block = config.bd_size;
+    default_block(app, config, block);
     if (app.count("--sub-block") == 0) sub_block = std::max(1, std::min(8, block / 2));
   }
   //! default_shape() of this spec's flags; a no-op for a spec that add_flags() did not fill.

@@ -37,10 +37,10 @@ struct ObjectiveSpec {
     app->add_flag("--no-token-shift", no_token_shift, "fdllm2 predicting position i from i");
   }
 
-  //! The block --block left out: the model's (config.json's bd_size: a fine-tune's base, a resumed
-  //! run's checkpoint, or the model whose loss is asked for). A no-op for a spec add_flags() did not fill.
+  //! cli::default_block() of this spec's flags, for the model trained (a fine-tune's base, a resumed
+  //! run's checkpoint) or whose loss is asked for. A no-op for a spec add_flags() did not fill.
   void default_block(const io::ModelConfig& config) {
-    if (app_ != nullptr && app_->count("--block") == 0) block = config.bd_size;
+    if (app_ != nullptr) cli::default_block(*app_, config, block);
   }
 
   //! Calls f(objective) with the objective type the flags name.
