@@ -107,7 +107,7 @@ class ChatCommand {
     cmd_->add_flag("--raw", raw_, "each line is a whole prompt: no chat template, no history (models not tuned for chat)")
         ->excludes(system);
     spec_.add_flags(cmd_);
-    cmd_->add_option("--max-new-tokens", max_new_, "new tokens per reply at most")->capture_default_str();
+    cmd_->add_option("--max-new-tokens", max_new_, "new tokens per reply at most")->capture_default_str()->check(positive());
     sampling_.add_flags(cmd_);
     cmd_->add_flag("--stats", stats_, "after each reply, print tokens, forwards and tokens/s to stderr");
     device_.add(cmd_);
@@ -129,6 +129,7 @@ class ChatCommand {
     options.eos_id = ids.stop;
     sampling_.apply(options);
     options.trace = false;
+    decode::check_options(options, model.config());  // before the first turn, not at it
 
     std::vector<tokenizer::Message> history;
     if (!system_.empty()) history.push_back({"system", system_});

@@ -123,6 +123,15 @@ if "\"~\" is not in the vocabulary" not in chat.stderr or chat.stdout.split("\n"
 chat = run("chat", "--model", model, "--raw", "--block", "8", "--sub-block", "3", stdin=f"{prompt}\n", ok=False)
 if chat.returncode == 0 or "--sub-block 3 is not compiled in" not in chat.stderr or "> " in chat.stderr:
     failures.append(f"chat with a decoder that is not compiled: exit {chat.returncode}, {chat.stderr.strip()!r}")
+# So are sampling options and a reply length that no turn could use: before the first prompt, and
+# in a session that ends before it has one.
+for flag, value, needle in (("--temperature", "-1", "temperature must be finite and >= 0, got -1"),
+                            ("--top-p", "0", "top-p must be in (0, 1], got 0"),
+                            ("--max-new-tokens", "0", "must be a positive integer, got 0")):
+    for stdin in (f"{prompt}\n", ""):
+        chat = run("chat", "--model", model, "--raw", flag, value, stdin=stdin, ok=False)
+        if chat.returncode == 0 or needle not in chat.stderr or "> " in chat.stderr:
+            failures.append(f"chat {flag} {value} with {stdin!r} in: exit {chat.returncode}, {chat.stderr.strip()!r}")
 
 # The chat template is read beside the tokenizer: a model folder without tokenizer files, and
 # --tokenizer naming a folder whose tokenizer_config.json sets its own default system prompt.

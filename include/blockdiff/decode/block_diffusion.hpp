@@ -77,6 +77,21 @@ constexpr bool fixed_logit_rows() {
     return M::backend_type::Replay::records;
 }
 
+//! Rejects options that no prompt could make right (the mask and EOS ids, max_new_tokens, the
+//! sampling), naming what is wrong: what generate() checks before it reads a prompt, for a caller
+//! that wants to know before it has one (an interactive session, before its first turn).
+inline void check_options(const DecodeOptions& options, const io::ModelConfig& config) {
+  require(options.mask_id >= 0, "mask id is not set (give --mask-id or mask_token_id in config.json)");
+  check_token(options.mask_id, config.vocab_size, "mask id");
+  if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
+  require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
+  require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
+  require(options.sampling.temperature >= 0.0f && std::isfinite(options.sampling.temperature),
+          "temperature must be finite and >= 0, got ", options.sampling.temperature);
+  require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
+          options.sampling.top_p);
+}
+
 namespace detail {
 
 //! The decoder's types, as the values that the bookkeeping of a decode needs.
@@ -127,15 +142,7 @@ class BlockDecoding {
 
   //! Rejects a request the decoder cannot serve, naming what is wrong.
   [[gnu::noinline]] void check(std::span<const std::vector<int>> prompts, const DecodeOptions& options, const io::ModelConfig& config) const {
-    require(options.mask_id >= 0, "mask id is not set (give --mask-id or mask_token_id in config.json)");
-    check_token(options.mask_id, config.vocab_size, "mask id");
-    if (options.eos_id) check_token(*options.eos_id, config.vocab_size, "EOS id");
-    require(options.eos_id != options.mask_id, "the EOS id and the mask id are both ", options.mask_id);
-    require(options.max_new_tokens >= 0, "max_new_tokens must be >= 0, got ", options.max_new_tokens);
-    require(options.sampling.temperature >= 0.0f && std::isfinite(options.sampling.temperature),
-            "temperature must be finite and >= 0, got ", options.sampling.temperature);
-    require(options.sampling.top_p > 0.0f && options.sampling.top_p <= 1.0f, "top-p must be in (0, 1], got ",
-            options.sampling.top_p);
+    check_options(options, config);
     for (std::size_t r = 0; r < prompts.size(); ++r) {
       const int limit = static_cast<int>(prompts[r].size()) + options.max_new_tokens;
       check_prompt(prompts[r], options.max_new_tokens, config, r, prompts.size(), l_.round_up(limit) - limit);
