@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
                           : (fail("--dtype must be f32, bf16 or f16, got \"", dtype_name, "\""), DType::f32);
       if (!init_overwrite) cli::refuse_checkpoint(out_dir, "--overwrite replaces it");
       model::write_random_checkpoint(out_dir, model::preset_config(preset), seed, dtype, !flat);
-      if (init_overwrite) blockdiff::train::forget_run(out_dir);
+      if (init_overwrite) cli::forget_run(out_dir);
       std::cout << nlohmann::json{{"out", out_dir}, {"preset", preset}, {"dtype", dtype_name}, {"seed", seed}}.dump() << "\n";
       return 0;
     }

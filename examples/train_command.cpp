@@ -2,11 +2,59 @@
 // every objective the flags can name.
 #include "train_command.hpp"
 
+#include <algorithm>
+#include <fstream>
 #include <memory>
+#include <string_view>
 
 namespace blockdiff::cli {
 
+void TrainCommand::record_args() const {
+  nlohmann::ordered_json args = nlohmann::ordered_json::object();
+  for (const char* flag : run_flags) {
+    const CLI::Option* option = cmd_->get_option(flag);
+    if (option->count() == 0) continue;
+    if (option->get_type_size() == 0) {
+      args[flag] = true;
+    } else {
+      const std::string& value = option->results().back();
+      const bool path = std::string_view(flag) == "--data" || std::string_view(flag) == "--init";
+      args[flag] = path ? std::filesystem::absolute(value).string() : value;  // for a resume from elsewhere
+    }
+  }
+  std::filesystem::create_directories(out_);
+  io::replace_file(std::filesystem::path(out_) / train_args_file,
+                   [&](std::ofstream& out) { out << args.dump(2) << "\n"; });
+}
+
+void TrainCommand::recall_args() {
+  const auto path = std::filesystem::path(out_) / train_args_file;
+  if (!std::filesystem::exists(path)) return;  // a run saved without it: its flags are given again
+  const auto args = nlohmann::json::parse(std::ifstream(path), nullptr, false);
+  require(!args.is_discarded() && args.is_object(), path.string(), ": not a JSON object of flags");
+  for (const auto& [flag, value] : args.items()) {
+    require(std::ranges::find(run_flags, flag) != std::end(run_flags), path.string(), ": \"", flag,
+            "\" is not a flag that defines a run");
+    require(value.is_string() || value == true, path.string(), ": ", flag, " holds ", value.dump(),
+            ", not a flag's text");
+    CLI::Option* option = cmd_->get_option(flag);
+    // Given again, or excluded by a flag given again (--data beside a recorded --task), it stays as
+    // given: resume() then refuses what would make it another run, naming the difference. (--init
+    // excludes --resume on the command line only: the weights come from the checkpoint, and the
+    // tokenizer, at the end, from --init.)
+    const auto given_instead = [&](const CLI::Option* o) { return o->count() > 0 && o->get_name() != "--resume"; };
+    if (option->count() > 0 || std::ranges::any_of(option->get_excludes(), given_instead)) continue;
+    try {
+      option->add_result(value.is_string() ? value.get<std::string>() : std::string("true"));
+      option->run_callback();  // its checks, then the value into its variable
+    } catch (const CLI::Error& e) {
+      fail(path.string(), ": ", flag, ": ", e.what());
+    }
+  }
+}
+
 int TrainCommand::run() {
+  if (resume_) recall_args();
   require(!data_.empty() || !task_.empty(), "train: give --data or --task");
   require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
   // A fresh run does not write over a trained model: --resume continues it, --overwrite replaces it.
@@ -48,6 +96,7 @@ int TrainCommand::run() {
   });
   if (resume_) trainer->resume(out_);
   if (overwrite_) train::forget_run(out_);  // the old weights stay until the new ones are saved
+  record_args();
   const auto start = std::chrono::steady_clock::now();
   const int first = trainer->step();
   std::int64_t tokens = 0;

@@ -81,6 +81,15 @@ struct ObjectiveSpec {
   const CLI::App* app_ = nullptr;  // the command add_flags() filled this from
 };
 
+//! train_args.json, in a run's folder beside trainer_state.json: the run-defining flags it was given.
+inline constexpr const char* train_args_file = "train_args.json";
+
+//! train::forget_run() and the run's train_args.json: what `init --overwrite` discards.
+inline void forget_run(const std::filesystem::path& dir) {
+  train::forget_run(dir);
+  std::filesystem::remove(dir / train_args_file);
+}
+
 inline std::string duration_text(double seconds) {
   const int s = int(seconds + 0.5);
   char buf[32];
@@ -118,7 +127,10 @@ class TrainCommand {
     cmd_->add_option("--save-every", options_.save_every, "checkpoint every N steps (0 = at the end)")
         ->capture_default_str();
     cmd_->add_option("--out", out_, "output folder (checkpoint, optimizer state, loss.csv)")->required();
-    auto* resume = cmd_->add_flag("--resume", resume_, "continue the run checkpointed in --out");
+    auto* resume = cmd_->add_flag("--resume", resume_,
+                                  "continue the run checkpointed in --out, with the flags it was given (train_args.json); "
+                                  "a flag given again must leave it the same run, but for --steps at a constant rate");
+    resume->excludes(init)->excludes(preset);  // the weights come from the checkpoint
     cmd_->add_flag("--overwrite", overwrite_, "replace a checkpoint already in --out (a fresh run there is refused)")
         ->excludes(resume);
     cmd_->add_flag("--quiet", quiet_, "no progress line");
@@ -128,7 +140,19 @@ class TrainCommand {
 
   int run();  // train_command.cpp
 
+  //! The flags that define a run: its data, its start, its objective and its optimisation. A run
+  //! records those it was given in train_args.json beside its checkpoint, and --resume takes each
+  //! one that is not given again (not --save-every or --quiet, which a resumed run may change).
+  static constexpr const char* run_flags[] = {
+      "--data",    "--task",       "--examples", "--init",      "--preset",          "--objective",
+      "--block",   "--schedule",   "--no-pad",   "--no-complementary", "--no-token-shift", "--context",
+      "--batch",   "--accumulate", "--steps",    "--lr",        "--warmup",          "--decay",
+      "--weight-decay", "--clip",  "--seed"};
+
  private:
+  void record_args() const;  // writes train_args.json in --out
+  void recall_args();        // reads it back, for --resume
+
   CLI::App* cmd_ = nullptr;
   std::string data_, task_, init_, preset_, out_, decay_ = "cosine";
   int examples_ = 20000;

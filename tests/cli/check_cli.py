@@ -7,6 +7,7 @@ exit non-zero with a message that names the problem.
 import array
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -16,8 +17,8 @@ exe, golden = sys.argv[1], sys.argv[2]
 failures = []
 
 
-def run(*args, stdin=None):
-    return subprocess.run([exe, *args], capture_output=True, text=True, input=stdin)
+def run(*args, stdin=None, cwd=None):
+    return subprocess.run([exe, *args], capture_output=True, text=True, input=stdin, cwd=cwd)
 
 
 def read_safetensors(path):
@@ -239,11 +240,13 @@ else:
     both = run(*train, "--overwrite", "--resume")
     if both.returncode == 0 or "excludes" not in both.stderr:
         failures.append(f"train --overwrite --resume: exit {both.returncode}, {both.stderr.strip()!r}")
-    # --resume continues only the run the folder holds: another seed is refused, naming it.
-    other = run(*train, "--resume")
-    two = list(train)
+    # --resume continues only the run the folder holds: another seed is refused, naming it. (The
+    # weights come from the checkpoint, so --preset is not given; the other flags may be.)
+    resume = [a for a in train if a not in ("--preset", "tasks")] + ["--resume"]
+    other = run(*resume, "--seed", "0")
+    two = list(resume)
     two[two.index("--steps") + 1] = "2"
-    longer = run(*two, "--seed", "9", "--resume")
+    longer = run(*two, "--seed", "9")
     state = json.load(open(f"{held}/trainer_state.json"))
     if other.returncode == 0 or "seed 0 (the checkpoint's 9)" not in other.stderr or longer.returncode != 0 \
             or state["step"] != 2:
@@ -258,12 +261,52 @@ else:
         failures.append(f"init over a checkpoint: exit {init.returncode}, {init.stderr.strip()!r}")
     init = run("init", "--out", held, "--preset", "tasks", "--overwrite")
     left = sorted(os.listdir(held))
-    resumed = run(*train, "--resume")
-    if init.returncode != 0 or any(f in left for f in ("trainer_state.json", "optimizer.safetensors", "loss.csv")) \
+    resumed = run(*resume)
+    if init.returncode != 0 or any(f in left for f in ("trainer_state.json", "optimizer.safetensors", "loss.csv",
+                                                       "train_args.json")) \
             or open(f"{held}/model.safetensors", "rb").read() == trained["model.safetensors"] \
             or resumed.returncode == 0 or "no trainer_state.json" not in resumed.stderr:
         failures.append(f"init --overwrite: exit {init.returncode}, {init.stderr.strip()!r}, folder {left}, "
                         f"then train --resume: exit {resumed.returncode}, {resumed.stderr.strip()!r}")
+
+# --resume continues a run with the flags it was given (train_args.json beside its checkpoint): 2
+# steps and then --resume --steps 3, with no other flag, give the weights and loss log of 3 steps
+# in one run, though the resume runs in another folder than the relative --data path was given
+# in. The recorded --init gives the tokenizer, which a run copies at its end (here: deleted, as if
+# the first run had been cut off after its last checkpoint).
+work = tempfile.mkdtemp()
+shutil.copytree(f"{golden}/model-f32-tied", f"{work}/base")
+with open(f"{work}/base/tokenizer.json", "w") as f:
+    f.write('{"stand-in": "copied, not read"}')
+with open(f"{work}/data.jsonl", "w") as f:
+    for i in range(12):
+        f.write(json.dumps({"prompt_ids": [2 + (7 * i + j) % 300 for j in range(9)],
+                            "response_ids": [2 + (11 * i + j) % 300 for j in range(13)]}) + "\n")
+fresh = ["train", "--data", "data.jsonl", "--init", "base", "--objective", "fdllm2", "--context", "64", "--batch", "2",
+         "--lr", "1e-3", "--decay", "constant", "--seed", "3", "--quiet"]
+whole = run(*fresh, "--steps", "3", "--out", "whole", cwd=work)
+part = run(*fresh, "--steps", "2", "--out", "part", cwd=work)
+os.remove(f"{work}/part/tokenizer.json")
+resumed = run("train", "--out", f"{work}/part", "--resume", "--steps", "3", "--quiet", cwd=tempfile.mkdtemp())
+if whole.returncode != 0 or part.returncode != 0 or resumed.returncode != 0:
+    failures.append(f"train, then --resume with no other flag: exit {whole.returncode}, {part.returncode}, "
+                    f"{resumed.returncode}: {(whole.stderr + part.stderr + resumed.stderr).strip()!r}")
+else:
+    for f in ("model.safetensors", "optimizer.safetensors", "loss.csv", "tokenizer.json"):
+        a, b = (open(p, "rb").read() if os.path.exists(p) else b"" for p in (f"{work}/whole/{f}", f"{work}/part/{f}"))
+        if f == "loss.csv":  # the seconds column differs
+            a, b = ([line.split(",")[:5] for line in x.decode().splitlines()] for x in (a, b))
+        if a != b:
+            failures.append(f"train --resume with the recorded flags: {f} differs from the uninterrupted run's")
+    # A flag given again overrides the recorded one, and one that makes it another run is refused by name.
+    other = run("train", "--out", f"{work}/part", "--resume", "--steps", "4", "--lr", "2e-3", cwd=work)
+    if other.returncode == 0 or "lr 0.002 (the checkpoint's 0.001)" not in other.stderr:
+        failures.append(f"train --resume --lr 2e-3: exit {other.returncode}, {other.stderr.strip()!r}")
+    # The weights come from the checkpoint: --init and --preset are refused beside --resume, not ignored.
+    for flag, value in (("--init", "base"), ("--preset", "tasks")):
+        other = run("train", "--out", "part", "--resume", flag, value, cwd=work)
+        if other.returncode == 0 or "excludes" not in other.stderr:
+            failures.append(f"train --resume {flag}: exit {other.returncode}, {other.stderr.strip()!r}")
 
 # blockdiff loss: the loss and every gradient of the golden batch, as an outside checker reads them.
 loss_golden = json.load(open(f"{golden}/loss.json"))
