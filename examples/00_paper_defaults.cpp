@@ -1,28 +1,36 @@
-// 00: the smallest thing that runs. Decode with the paper's defaults: blocks of 32, sub-blocks
-// of 8, the confidence threshold 0.9, the block cache plus the sub-block cache.
+// 00: the smallest thing that runs. Text in, text out, with the paper's decoder: the confidence
+// threshold 0.9, the block cache plus the sub-block cache, and the block the model was trained
+// with (config.json's bd_size: 32 for Fast-dLLM v2, sub-blocks of 8; 8 for the embedded model,
+// sub-blocks of 4). A block is a type: dispatch_value turns the config's number into one.
 //
-//   examples/00_paper_defaults MODEL_DIR [ids...]
+//   examples/00_paper_defaults MODEL_DIR [PROMPT]
+//   examples/00_paper_defaults models/tasks-fdllm2 "a:47+8-5+9="     # -> 55,50,59#59
+#include <algorithm>
 #include <blockdiff/blockdiff.hpp>
+#include <blockdiff/tokenizer/tokenizer.hpp>
 #include <cstdio>
-#include <cstdlib>
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace blockdiff;
-  if (argc < 2) return std::fprintf(stderr, "usage: %s MODEL_DIR [token ids...]\n", argv[0]), 2;
+  if (argc < 2) return std::fprintf(stderr, "usage: %s MODEL_DIR [PROMPT]\n", argv[0]), 2;
   using Qwen = model::Qwen2<backend::Host>;
   auto m = Qwen::load(argv[1]);
-  std::vector<int> prompt;
-  for (int i = 2; i < argc; ++i) prompt.push_back(std::atoi(argv[i]));
-  if (prompt.empty()) prompt = {1, 2, 3};
+  const auto tok = tokenizer::Tokenizer::load(argv[1]);  // its tokenizer.json
+  const auto prompt = tok.encode(argc > 2 ? argv[2] : "a:47+8-5+9=");  // by default, an embedded-model task
 
-  decode::BlockDiffusionDecoder<Qwen, PaperShape, unmask::Threshold, cache::Hierarchical<>> decoder(m, {0.9f});
   decode::DecodeOptions options;
   options.max_new_tokens = 64;
-  options.mask_id = m.config().mask_token_id.value_or(m.vocab_size() - 1);
+  options.mask_id = m.config().mask_token_id.value_or(-1);
   options.eos_id = m.config().eos_token_id;
-  const auto r = decoder.generate(prompt, options);
-
-  for (int t : r.tokens) std::printf("%d ", t);
-  std::printf("\n%zu tokens, %d denoising forwards, %.2f tokens per forward\n", r.tokens.size(),
-              r.trace.denoising_forwards(), r.tokens_per_forward());
+  dispatch_value<8, 16, 32>(m.config().bd_size, [&]<int B>() {
+    using Shape = BlockShape<B, std::min(8, B / 2)>;  // PaperShape at 32
+    decode::BlockDiffusionDecoder<Qwen, Shape, unmask::Threshold, cache::Hierarchical<>> decoder(m, {0.9f});
+    const auto r = decoder.generate(prompt, options);
+    std::printf("%s\n%zu tokens at block/sub-block %d/%d, %d denoising forwards, %.2f tokens per forward\n",
+                tok.decode(r.tokens, /*skip_special=*/true).c_str(), r.tokens.size(), Shape::block, Shape::sub_block,
+                r.trace.denoising_forwards(), r.tokens_per_forward());
+  }, "the model's bd_size");
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "error: %s\n", e.what());
+  return 1;
 }

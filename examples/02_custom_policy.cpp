@@ -7,9 +7,11 @@
 // BLOCKDIFF_HOST_DEVICE and uses no host-only code may declare
 // `static constexpr bool device_select = true;`, and the CUDA backend then runs it in a kernel.
 //
-//   examples/02_custom_policy MODEL_DIR
+//   examples/02_custom_policy MODEL_DIR [PROMPT]
+//   examples/02_custom_policy models/tasks-fdllm2 "s:52917="
 #include <algorithm>
 #include <blockdiff/blockdiff.hpp>
+#include <blockdiff/tokenizer/tokenizer.hpp>
 #include <cstdio>
 
 namespace mine {
@@ -34,16 +36,24 @@ struct CappedMargin {
 static_assert(blockdiff::UnmaskingPolicy<CappedMargin>);
 }  // namespace mine
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   using namespace blockdiff;
-  if (argc < 2) return std::fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]), 2;
+  if (argc < 2) return std::fprintf(stderr, "usage: %s MODEL_DIR [PROMPT]\n", argv[0]), 2;
   using Qwen = model::Qwen2<backend::Host>;
   auto m = Qwen::load(argv[1]);
-  decode::BlockDiffusionDecoder<Qwen, PaperShape, mine::CappedMargin> decoder(m, {0.5f, 3});
+  const auto tok = tokenizer::Tokenizer::load(argv[1]);
+  const auto prompt = tok.encode(argc > 2 ? argv[2] : "a:47+8-5+9=");
   decode::DecodeOptions o;
   o.max_new_tokens = 48;
-  o.mask_id = m.config().mask_token_id.value_or(m.vocab_size() - 1);
-  const auto r = decoder.generate(std::vector<int>{5, 6, 7}, o);
-  std::printf("%s: %zu tokens in %d denoising forwards\n", mine::CappedMargin::name, r.tokens.size(),
-              r.trace.denoising_forwards());
+  o.mask_id = m.config().mask_token_id.value_or(-1);
+  o.eos_id = m.config().eos_token_id;
+  dispatch_value<8, 16, 32>(m.config().bd_size, [&]<int B>() {
+    decode::BlockDiffusionDecoder<Qwen, BlockShape<B, std::min(8, B / 2)>, mine::CappedMargin> decoder(m, {0.5f, 3});
+    const auto r = decoder.generate(prompt, o);
+    std::printf("%s: %zu tokens in %d denoising forwards  %s\n", mine::CappedMargin::name, r.tokens.size(),
+                r.trace.denoising_forwards(), tok.decode(r.tokens, /*skip_special=*/true).c_str());
+  }, "the model's bd_size");
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "error: %s\n", e.what());
+  return 1;
 }
