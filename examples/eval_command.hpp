@@ -77,8 +77,8 @@ class EvalCommand {
     weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
     cmd_->add_option("--n", n_, "held-out examples")->capture_default_str()->check(positive());
-    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
-    cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str();
+    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str()->check(positive());
+    cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str()->check(positive());
     auto* ar = cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
     spec_.add_flags(cmd_);
     for (const char* flag : DecoderSpec::flags) ar->excludes(cmd_->get_option(flag));  // AR has no blocks or policy
@@ -127,7 +127,7 @@ class StudyCommand {
     weights_.add(cmd_);
     cmd_->add_option("--task", task_, "arith | sort | reverse | mix")->capture_default_str();
     cmd_->add_option("--n", n_, "held-out examples per configuration")->capture_default_str()->check(positive());
-    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str();
+    cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str()->check(positive());
     cmd_->add_option("--block", block_, "the block size the model was trained with (default: config.json's bd_size)");
     cmd_->add_option("--sub-block", sub_block_, "the sub-block size of every group but Table 3's (default: min(8, block / 2))");
     cmd_->add_option("--repeats", repeats_, "runs of each configuration; tokens/s is the best (the first warms up)")

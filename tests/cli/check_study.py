@@ -89,9 +89,13 @@ for flags, decoder, knob, params in ((["--cache", "block", "--threshold", "0.9"]
         failures.append(f"eval {' '.join(flags)}: {got}, the study's row {row[:1]}")
     if any(got.get(k) != v for k, v in params.items()) or ("threshold" in got) != ("threshold" in params):
         failures.append(f"eval {' '.join(flags)}: the policy's parameters in {got}, expected {params}")
-bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-fdllm2", "--n", "0"], capture_output=True, text=True)
-if bad.returncode == 0 or "--n: must be a positive integer, got 0" not in bad.stderr:
-    failures.append(f"eval --n 0: exit {bad.returncode}, {bad.stderr.strip()!r}")
+# Counts that leave nothing to score are refused by name (--max-new-tokens 0 scored 0%, quietly).
+study_models = ["--ar-model", f"{models}/tasks-ar"]
+for command, flag in (("eval", "--n"), ("eval", "--batch"), ("eval", "--max-new-tokens"), ("study", "--batch")):
+    bad = subprocess.run([exe, command, "--model", f"{models}/tasks-fdllm2", *(study_models if command == "study" else []),
+                          "--n", "1", flag, "0"], capture_output=True, text=True)
+    if bad.returncode == 0 or f"{flag}: must be a positive integer, got 0" not in bad.stderr:
+        failures.append(f"{command} {flag} 0: exit {bad.returncode}, {bad.stderr.strip()!r}")
 # AR decoding has no block or policy: a block-diffusion flag beside --ar is refused, not ignored.
 bad = subprocess.run([exe, "eval", "--model", f"{models}/tasks-ar", "--n", "1", "--ar", "--block", "8"],
                      capture_output=True, text=True)
