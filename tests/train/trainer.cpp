@@ -77,6 +77,24 @@ TEST_CASE("train/trainer: the paper's recipe drives the loss of a small model fa
   CHECK(last < 0.5 * first);
 }
 
+TEST_CASE("train/trainer: an example that holds the [MASK] id is refused, naming where") {
+  auto m = fresh_model(1);
+  REQUIRE(m.config().mask_token_id == 15);
+  const auto clean = reverse_task(4, 2);
+  auto examples = clean;
+  examples[2].response.insert(examples[2].response.begin() + 1, 15);
+  CHECK_ERROR(train::Trainer(m, train::FastDllmV2Objective<4>(15), examples, options(1)),
+              "training example 2 (0-based) holds the [MASK] id 15 in its response at index 1");
+  examples = clean;
+  examples[0].prompt[0] = 15;
+  CHECK_ERROR(train::Trainer(m, train::ArObjective{}, examples, options(1)),
+              "training example 0 (0-based) holds the [MASK] id 15 in its prompt at index 0");
+  // The clean data trains (its ids 1..11 and 14 stay clear of 15).
+  train::Trainer t(m, train::FastDllmV2Objective<4>(15), clean, options(1));
+  t.run({});
+  CHECK(t.step() == 1);
+}
+
 TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one") {
   auto dir = test::temp_dir("trainer-resume");
   auto examples = reverse_task(64, 3);

@@ -241,6 +241,7 @@ class BasicTrainerCore {
     options_.validate(pad_block_);
     require(!examples_.empty(), "training needs at least one example");
     pad_id_ = model.config().mask_token_id.value_or(-1);
+    if (pad_id_ >= 0) refuse_mask_id(examples_, pad_id_);
     epoch_ = 0;
     windows_ = pack(examples_, options_.context, pad_block_, pad_id_, shuffled_order(examples_.size(), epoch_seed(0)));
     require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
@@ -251,6 +252,17 @@ class BasicTrainerCore {
       if (t.shape.size() == 2) decay.push_back({std::size_t(t.offset), std::size_t(t.numel)});
     optimizer_.set_decay_ranges(decay);
     staging_.length = options_.context;
+  }
+
+  //! The [MASK] id is no token of the data: the objectives pad and mask with it, so an example
+  //! that holds it would be trained on positions it cannot tell from noise or padding.
+  static void refuse_mask_id(const std::vector<Example>& examples, int mask_id) {
+    for (std::size_t e = 0; e < examples.size(); ++e)
+      for (auto [part, ids] : {std::pair{"prompt", &examples[e].prompt}, std::pair{"response", &examples[e].response}}) {
+        const auto at = std::ranges::find(*ids, mask_id);
+        require(at == ids->end(), "training example ", e, " (0-based) holds the [MASK] id ", mask_id, " in its ", part,
+                " at index ", at - ids->begin(), ": the objectives pad and mask with it, so it is no token of the data");
+      }
   }
 
   static std::vector<float> download(std::span<const float> values) {
