@@ -55,7 +55,10 @@ void TrainCommand::recall_args() {
 
 int TrainCommand::run() {
   if (resume_) recall_args();
-  require(!data_.empty() || !task_.empty(), "train: give --data or --task");
+  require(!data_.empty() || !task_.empty(), "train: give --data or --task",
+          resume_ ? ::blockdiff::detail::concat(" (", out_, " has no ", train_args_file,
+                                                 " to take them from: give the flags its run began with)")
+                  : std::string());
   require(!init_.empty() || !preset_.empty() || resume_, "train: give --init DIR or --preset NAME");
   // A fresh run does not write over a trained model: --resume continues it, --overwrite replaces it.
   if (!resume_ && !overwrite_) refuse_checkpoint(out_, "--resume continues its run, --overwrite replaces it");

@@ -302,6 +302,12 @@ else:
     other = run("train", "--out", f"{work}/part", "--resume", "--steps", "4", "--lr", "2e-3", cwd=work)
     if other.returncode == 0 or "lr 0.002 (the checkpoint's 0.001)" not in other.stderr:
         failures.append(f"train --resume --lr 2e-3: exit {other.returncode}, {other.stderr.strip()!r}")
+    # A run saved without train_args.json (by an older blockdiff) is resumed with its flags given again.
+    shutil.copytree(f"{work}/part", f"{work}/old")
+    os.remove(f"{work}/old/train_args.json")
+    old = run("train", "--out", "old", "--resume", "--steps", "4", cwd=work)
+    if old.returncode == 0 or "old has no train_args.json to take them from" not in old.stderr:
+        failures.append(f"train --resume without train_args.json: exit {old.returncode}, {old.stderr.strip()!r}")
     # The weights come from the checkpoint: --init and --preset are refused beside --resume, not ignored.
     for flag, value in (("--init", "base"), ("--preset", "tasks")):
         other = run("train", "--out", "part", "--resume", flag, value, cwd=work)
