@@ -127,6 +127,17 @@ TEST_CASE("noise schedules against their formulas") {
   CHECK(clip.mask_prob(1.0f) == doctest::Approx(0.36));
 }
 
+TEST_CASE("noise schedules describe themselves with the parameters that differ from their defaults") {
+  CHECK(description(schedule::Linear{}) == "linear");
+  CHECK(description(schedule::Linear{0.01f}) == "linear (eps 0.01)");
+  CHECK(description(schedule::LogLinear{}) == "loglinear");
+  CHECK(description(schedule::LogLinear{0.05f}) == "loglinear (eps 0.05)");
+  CHECK(description(schedule::Cosine{}) == "cosine");
+  CHECK(description(schedule::Clipped<schedule::Square>{0.2f, 0.6f}) == "clipped [0.2, 0.6] of square");
+  CHECK(description(schedule::Clipped<schedule::Linear>{0.3f, 0.8f, {0.05f}}) ==
+        "clipped [0.3, 0.8] of linear (eps 0.05)");
+}
+
 // Policies in the wrong slot: the concepts reject them.
 static_assert(!UnmaskingPolicy<schedule::Linear>);
 static_assert(!NoiseSchedule<unmask::Threshold>);

@@ -244,6 +244,10 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   refused(o, reverse_task(32, 4), "in data_fingerprint");
   refused(o, reverse_task(33, 3), "in examples 33 (the checkpoint's 32), data_fingerprint");
   refused(o, examples, "objective_spec \"fdllm2: block 4, linear noise, +pad +CM, token shift, [MASK] 13\"", Objective(13));
+  Objective noisier(15);
+  noisier.schedule.eps = 0.01f;  // the schedule's parameters are the run's too
+  refused(o, examples, "objective_spec \"fdllm2: block 4, linear (eps 0.01) noise, +pad +CM, token shift, [MASK] 15\"",
+          noisier);
   // A cosine decay spans the run: three more steps would have run the first three at other rates.
   other = o;
   other.steps = other.lr.total = 6;

@@ -8,7 +8,10 @@
 
 #include <cmath>
 #include <concepts>
+#include <string>
 
+#include "blockdiff/core/description.hpp"
+#include "blockdiff/core/error.hpp"
 #include "blockdiff/core/macros.hpp"
 #include "blockdiff/policy/kind.hpp"
 
@@ -28,6 +31,7 @@ struct Linear {
   static constexpr const char* name = "linear";
   float eps = 1e-3f;
   BLOCKDIFF_HOST_DEVICE float mask_prob(float t) const { return (1.0f - eps) * t + eps; }
+  std::string describe() const { return eps == Linear{}.eps ? name : ::blockdiff::detail::concat(name, " (eps ", eps, ")"); }
 };
 
 //! MDLM / BD3-LM's log-linear noise: sigma(t) = -log(1 - (1 - eps) t), so p = 1 - e^-sigma = (1 - eps) t.
@@ -38,6 +42,9 @@ struct LogLinear {
   BLOCKDIFF_HOST_DEVICE float mask_prob(float t) const {
     const float sigma = -std::log1p(-(1.0f - eps) * t);
     return -std::expm1(-sigma);
+  }
+  std::string describe() const {
+    return eps == LogLinear{}.eps ? name : ::blockdiff::detail::concat(name, " (eps ", eps, ")");
   }
 };
 
@@ -70,6 +77,9 @@ struct Clipped {
   float lo = 0.3f, hi = 0.8f;
   Base base{};
   BLOCKDIFF_HOST_DEVICE float mask_prob(float t) const { return base.mask_prob(lo + (hi - lo) * t); }
+  std::string describe() const {
+    return ::blockdiff::detail::concat(name, " [", lo, ", ", hi, "] of ", ::blockdiff::description(base));
+  }
 };
 
 }  // namespace schedule

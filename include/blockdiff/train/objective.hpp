@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "blockdiff/core/description.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/model/mask.hpp"
@@ -102,7 +103,7 @@ struct FastDllmV2Objective {
 
   //! The objective with its parameters, as a checkpoint records it.
   std::string describe() const {
-    return ::blockdiff::detail::concat(name, ": block ", Block, ", ", Schedule::name, " noise, ", R.pad ? "+pad" : "no pad",
+    return ::blockdiff::detail::concat(name, ": block ", Block, ", ", description(schedule), " noise, ", R.pad ? "+pad" : "no pad",
                                        R.complementary ? " +CM" : " one view",
                                        R.token_shift ? ", token shift" : ", no token shift", ", [MASK] ", mask_id);
   }
@@ -156,16 +157,6 @@ struct FastDllmV2Objective {
  private:
   mutable std::vector<std::uint8_t> masks_;  // reused between steps
 };
-
-//! An objective with its parameters, as a checkpoint records it (so that resume() can refuse
-//! another): `o.describe()` where O has one, else its name.
-template <Objective O>
-std::string describe_objective(const O& o) {
-  if constexpr (requires { { o.describe() } -> std::convertible_to<std::string>; })
-    return o.describe();
-  else
-    return O::name;
-}
 
 static_assert(Objective<ArObjective>);
 static_assert(Objective<FastDllmV2Objective<32>>);

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "blockdiff/core/description.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/io/file.hpp"
@@ -404,7 +405,7 @@ class BasicTrainerCore {
   Model& model_;
   std::filesystem::path own_;  //!< the folder this trainer resumed from or last saved, canonical
   const char* objective_name_;
-  std::string objective_spec_;  //!< the objective with its parameters (describe_objective)
+  std::string objective_spec_;  //!< the objective with its parameters (description())
   int pad_block_;
   std::vector<Example> examples_;
   TrainOptions options_;
@@ -427,7 +428,7 @@ class Trainer final : public BasicTrainerCore<Backend> {
 
  public:
   Trainer(typename Core::Model& model, O objective, std::vector<Example> examples, TrainOptions options)
-      : Core(model, O::name, describe_objective(objective), objective.pad_block(), std::move(examples), options),
+      : Core(model, O::name, description(objective), objective.pad_block(), std::move(examples), options),
         objective_(std::move(objective)) {}
 
  private:
