@@ -243,7 +243,6 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   refused(other, examples, "weight_decay 0.0 (the checkpoint's 0.1)");
   refused(o, reverse_task(32, 4), "in data_fingerprint");
   refused(o, reverse_task(33, 3), "in examples 33 (the checkpoint's 32), data_fingerprint");
-  refused(o, examples, "objective_spec \"fdllm2: block 4, linear noise, +pad +CM, token shift, [MASK] 13\"", Objective(13));
   Objective noisier(15);
   noisier.schedule.eps = 0.01f;  // the schedule's parameters are the run's too
   refused(o, examples, "objective_spec \"fdllm2: block 4, linear (eps 0.01) noise, +pad +CM, token shift, [MASK] 15\"",
@@ -298,6 +297,10 @@ TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its s
   auto o = options(5);
   o.context = 18;
   CHECK_ERROR(train::Trainer(m, train::FastDllmV2Objective<4>(15), examples, o), "the context 18 is not a multiple");
+  // The objective's [MASK] id is the model's: another would pad with one id and mask with another.
+  o.context = 16;
+  CHECK_ERROR(train::Trainer(m, train::FastDllmV2Objective<4>(13), examples, o),
+              "the objective masks with id 13, but the model's mask_token_id is 15");
   o = options(5);
   o.lr.peak = -1;
   CHECK_ERROR(train::Trainer(m, train::ArObjective{}, examples, o), "learning rate -1 makes no sense");

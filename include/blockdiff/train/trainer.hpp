@@ -429,7 +429,16 @@ class Trainer final : public BasicTrainerCore<Backend> {
  public:
   Trainer(typename Core::Model& model, O objective, std::vector<Example> examples, TrainOptions options)
       : Core(model, O::name, description(objective), objective.pad_block(), std::move(examples), options),
-        objective_(std::move(objective)) {}
+        objective_(std::move(objective)) {
+    // The objective masks with its id and the windows are padded with the model's: they must be
+    // one token, the one the checkpoint's config.json names for its decoders.
+    if constexpr (requires { objective_.mask_id; }) {
+      const auto& mask = model.config().mask_token_id;
+      require(mask == objective_.mask_id, "the objective masks with id ", objective_.mask_id,
+              ", but the model's mask_token_id is ", mask ? std::to_string(*mask) : std::string("not set"),
+              ": they must be one id, which the data is padded with and a checkpoint names for its decoders");
+    }
+  }
 
  private:
   double micro_batch(int k) override {
