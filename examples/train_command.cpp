@@ -32,6 +32,9 @@ void TrainCommand::recall_args() {
   if (!std::filesystem::exists(path)) return;  // a run saved without it: its flags are given again
   const auto args = nlohmann::json::parse(std::ifstream(path), nullptr, false);
   require(!args.is_discarded() && args.is_object(), path.string(), ": not a JSON object of flags");
+  // --init excludes --resume on the command line only: the weights come from the checkpoint, and
+  // the tokenizer, at the end, from --init.
+  const auto given_instead = [](const CLI::Option* o) { return o->count() > 0 && o->get_name() != "--resume"; };
   for (const auto& [flag, value] : args.items()) {
     require(std::ranges::find(run_flags, flag) != std::end(run_flags), path.string(), ": \"", flag,
             "\" is not a flag that defines a run");
@@ -39,10 +42,7 @@ void TrainCommand::recall_args() {
             ", not a flag's text");
     CLI::Option* option = cmd_->get_option(flag);
     // Given again, or excluded by a flag given again (--data beside a recorded --task), it stays as
-    // given: resume() then refuses what would make it another run, naming the difference. (--init
-    // excludes --resume on the command line only: the weights come from the checkpoint, and the
-    // tokenizer, at the end, from --init.)
-    const auto given_instead = [&](const CLI::Option* o) { return o->count() > 0 && o->get_name() != "--resume"; };
+    // given: resume() then refuses what would make it another run, naming the difference.
     if (option->count() > 0 || std::ranges::any_of(option->get_excludes(), given_instead)) continue;
     try {
       option->add_result(value.is_string() ? value.get<std::string>() : std::string("true"));

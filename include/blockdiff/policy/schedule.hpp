@@ -25,27 +25,34 @@ concept NoiseSchedule = PolicyOfKind<S, kind::noise_schedule> && requires(const 
 
 namespace schedule {
 
+//! The eps of Linear and LogLinear unless given: the paper's 1e-3.
+inline constexpr float default_eps = 1e-3f;
+
+//! A schedule with an eps, described as a run records it: its name, and eps where it is off the
+//! default ("linear (eps 0.01)").
+inline std::string describe_eps(const char* name, float eps) {
+  return eps == default_eps ? std::string(name) : ::blockdiff::detail::concat(name, " (eps ", eps, ")");
+}
+
 //! The paper's schedule: p = (1 - eps) t + eps, so even t = 0 masks with probability eps.
 struct Linear {
   using policy_kind = kind::noise_schedule;
   static constexpr const char* name = "linear";
-  float eps = 1e-3f;
+  float eps = default_eps;
   BLOCKDIFF_HOST_DEVICE float mask_prob(float t) const { return (1.0f - eps) * t + eps; }
-  std::string describe() const { return eps == Linear{}.eps ? name : ::blockdiff::detail::concat(name, " (eps ", eps, ")"); }
+  std::string describe() const { return describe_eps(name, eps); }
 };
 
 //! MDLM / BD3-LM's log-linear noise: sigma(t) = -log(1 - (1 - eps) t), so p = 1 - e^-sigma = (1 - eps) t.
 struct LogLinear {
   using policy_kind = kind::noise_schedule;
   static constexpr const char* name = "loglinear";
-  float eps = 1e-3f;
+  float eps = default_eps;
   BLOCKDIFF_HOST_DEVICE float mask_prob(float t) const {
     const float sigma = -std::log1p(-(1.0f - eps) * t);
     return -std::expm1(-sigma);
   }
-  std::string describe() const {
-    return eps == LogLinear{}.eps ? name : ::blockdiff::detail::concat(name, " (eps ", eps, ")");
-  }
+  std::string describe() const { return describe_eps(name, eps); }
 };
 
 //! p = 1 - cos(pi t / 2): few masks early, many late.
