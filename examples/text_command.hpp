@@ -154,10 +154,10 @@ class ChatCommand {
         continue;
       }
       // A reply fits in what is left of the context (with a block of padding).
-      const int room = model.config().max_position_embeddings - int(prompt[0].size()) - spec_.block;
+      const int room = model.config().context() - int(prompt[0].size()) - spec_.block;
       if (room <= 0) {
-        std::fprintf(stderr, "(the %s fills the model's context of %d positions%s)\n", raw_ ? "prompt" : "conversation",
-                     model.config().max_position_embeddings, raw_ ? "" : ": /reset");
+        std::fprintf(stderr, "the %s fills %s%s\n", raw_ ? "prompt" : "conversation",
+                     model.config().describe_context().c_str(), raw_ ? "" : ": /reset");
         if (!raw_) history.pop_back();
         continue;
       }

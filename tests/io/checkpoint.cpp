@@ -75,6 +75,39 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");
 }
 
+TEST_CASE("config.json: a sliding window bounds the context where some layer attends over it") {
+  // transformers' Qwen2: layers from max_window_layers (default 28) on attend over the last
+  // sliding_window positions when use_sliding_window is set. Over positions [0, window) that is
+  // full attention, so the model runs there and is refused beyond it.
+  auto c = parse(base());
+  CHECK(c.context() == 4096);
+  auto j = base();
+  j["sliding_window"] = 64;  // without use_sliding_window, as Qwen2.5's configs give it: no window
+  j["max_window_layers"] = 1;
+  CHECK(parse(j).context() == 4096);
+  j["use_sliding_window"] = true;  // layer 1 of 2 attends over 64 positions
+  const auto w = parse(j);
+  CHECK(w.context() == 64);
+  CHECK(w.describe_context().find("the context of 64 positions (config.json's sliding_window") == 0);
+  auto saved = parse(nlohmann::json::parse(w.to_json().dump()));  // a save keeps the window
+  CHECK(saved.context() == 64);
+  j["max_window_layers"] = 2;  // no layer from 2 on
+  CHECK(parse(j).context() == 4096);
+  j.erase("max_window_layers");  // the default, 28, is beyond 2 layers
+  CHECK(parse(j).context() == 4096);
+  j["max_window_layers"] = 0;
+  j["sliding_window"] = 8192;  // a window wider than max_position_embeddings bounds nothing
+  CHECK(parse(j).context() == 4096);
+  CHECK(parse(j).describe_context() == "the context of 4096 positions (max_position_embeddings)");
+  j["sliding_window"] = 0;
+  CHECK_ERROR(parse(j), "\"sliding_window\" must be positive");
+  j["sliding_window"] = "64";
+  CHECK_ERROR(parse(j), "field \"sliding_window\" must be an integer");
+  j = base();
+  j["use_sliding_window"] = "yes";
+  CHECK_ERROR(parse(j), "\"use_sliding_window\" must be a boolean");
+}
+
 TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model in one file") {
   const auto dir = test::temp_dir("ckpt-shards");
   auto cfg = model::preset_config("tiny");

@@ -334,6 +334,22 @@ TEST_CASE("bad prompts are clear errors") {
   o.max_new_tokens = 5000;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "beyond the context of 4096");
   o.max_new_tokens = 2;
+  {  // Where a layer attends over a sliding window, the model runs only inside it.
+    auto dir = test::temp_dir("ar-window");
+    auto cfg = model::preset_config("tiny");
+    cfg.use_sliding_window = true, cfg.sliding_window = 16, cfg.max_window_layers = 1;
+    model::write_random_checkpoint(dir, cfg, 11, DType::f32);
+    auto w = Qwen::load(dir);
+    CHECK(decode::ar_generate(w, std::vector<int>(14, 1), o).tokens.size() == 2);
+    CHECK_ERROR(decode::ar_generate(w, std::vector<int>(15, 1), o),
+                "needs 17 positions, beyond the context of 16 positions (config.json's sliding_window");
+    CHECK_ERROR(w.make_cache(17), "cache capacity 17 exceeds the context of 16 positions");
+    auto cache = w.make_cache(16);
+    const std::vector<int> toks{1, 2}, positions{15, 16};
+    std::vector<model::ForwardRow<Host>> rows(1);
+    rows[0].tokens = toks, rows[0].positions = positions, rows[0].cache = &cache;
+    CHECK_ERROR(run<mask::Causal>(w, rows), "position 16 is beyond the context of 16");
+  }
   o.eos_id = 999;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1}, o), "EOS id 999");
 }

@@ -24,9 +24,10 @@ inline void check_prompt(const std::vector<int>& prompt, int max_new_tokens, con
     require(prompt[i] >= 0 && prompt[i] < config.vocab_size, where, ": token id ", prompt[i], " at index ", i,
             " is outside the vocabulary [0, ", config.vocab_size, ")");
   const long long need = static_cast<long long>(prompt.size()) + max_new_tokens + extra;
-  require(need <= config.max_position_embeddings, where, " of ", prompt.size(), " tokens plus max_new_tokens ",
+  if (need > config.context())
+    fail(where, " of ", prompt.size(), " tokens plus max_new_tokens ",
           max_new_tokens, extra ? ::blockdiff::detail::concat(" (and ", extra, " slots of block padding)") : std::string(),
-          " needs ", need, " positions, beyond the context of ", config.max_position_embeddings);
+          " needs ", need, " positions, beyond ", config.describe_context());
 }
 
 }  // namespace blockdiff::decode

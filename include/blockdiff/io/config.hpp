@@ -6,6 +6,7 @@
 // code can trust its config.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +41,31 @@ struct ModelConfig {
   std::optional<int> bos_token_id;
   std::optional<int> mask_token_id;
   std::string torch_dtype = "float32";
+  // Qwen2's sliding-window attention, as config.json gives it (written back on save). blockdiff's
+  // attention is full; see context().
+  bool use_sliding_window = false;
+  std::optional<int> sliding_window;
+  std::optional<int> max_window_layers;
+
+  //! Whether some layer attends over a window: Qwen2's layers from max_window_layers (28 by
+  //! default) on, when use_sliding_window is set.
+  bool windowed() const {
+    return use_sliding_window && sliding_window && max_window_layers.value_or(28) < num_hidden_layers;
+  }
+
+  //! The positions blockdiff runs this model over: max_position_embeddings, or the sliding window
+  //! where one applies. Windowed attention over positions [0, window) is full attention, so the
+  //! model is exact there; beyond it blockdiff would attend where the model does not, and refuses.
+  int context() const { return windowed() ? std::min(*sliding_window, max_position_embeddings) : max_position_embeddings; }
+
+  //! Names what bounds context(), for messages: "the context of 4096 positions (max_position_embeddings)".
+  std::string describe_context() const {
+    return windowed() && *sliding_window < max_position_embeddings
+               ? ::blockdiff::detail::concat("the context of ", context(),
+                                             " positions (config.json's sliding_window: attention over a window, "
+                                             "which blockdiff does not implement, is full attention within it)")
+               : ::blockdiff::detail::concat("the context of ", context(), " positions (max_position_embeddings)");
+  }
 
   int head_dim() const { return hidden_size / num_attention_heads; }
   int q_dim() const { return num_attention_heads * head_dim(); }
@@ -76,6 +102,7 @@ struct ModelConfig {
     in_vocab(eos_token_id, "eos_token_id");
     in_vocab(bos_token_id, "bos_token_id");
     in_vocab(mask_token_id, "mask_token_id");
+    if (use_sliding_window && sliding_window) positive(*sliding_window, "sliding_window");
   }
 
   nlohmann::ordered_json to_json() const {
@@ -98,6 +125,9 @@ struct ModelConfig {
     if (eos_token_id) j["eos_token_id"] = *eos_token_id;
     if (bos_token_id) j["bos_token_id"] = *bos_token_id;
     j["torch_dtype"] = torch_dtype;
+    if (use_sliding_window) j["use_sliding_window"] = true;
+    if (sliding_window) j["sliding_window"] = *sliding_window;
+    if (max_window_layers) j["max_window_layers"] = *max_window_layers;
     return j;
   }
 
@@ -156,6 +186,18 @@ struct ModelConfig {
               "\" is not supported (Qwen2 uses \"silu\")");
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
       fail(where, ": rope_scaling ", j["rope_scaling"].dump(), " is not supported (only the default RoPE)");
+    if (j.contains("use_sliding_window") && !j["use_sliding_window"].is_null()) {
+      require(j["use_sliding_window"].is_boolean(), where, ": field \"use_sliding_window\" must be a boolean");
+      c.use_sliding_window = j["use_sliding_window"].get<bool>();
+    }
+    auto get_opt_int = [&](const char* field, std::optional<int>& out) {
+      if (!j.contains(field) || j[field].is_null()) return;
+      int v = 0;
+      get_int(field, v, true);
+      out = v;
+    };
+    get_opt_int("sliding_window", c.sliding_window);
+    get_opt_int("max_window_layers", c.max_window_layers);
     get_opt_id("eos_token_id", c.eos_token_id);
     get_opt_id("bos_token_id", c.bos_token_id);
     get_opt_id("mask_token_id", c.mask_token_id);

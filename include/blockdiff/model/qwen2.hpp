@@ -232,8 +232,7 @@ class Qwen2 {
 
   //! A cache for one sequence of up to `capacity` tokens.
   KvCache<Backend> make_cache(int capacity) const {
-    require(capacity <= config_.max_position_embeddings, "cache capacity ", capacity,
-            " exceeds max_position_embeddings ", config_.max_position_embeddings);
+    if (capacity > config_.context()) fail("cache capacity ", capacity, " exceeds ", config_.describe_context());
     return KvCache<Backend>(config_, capacity);
   }
 
@@ -282,13 +281,13 @@ class Qwen2 {
     }
     positions_.resize(static_cast<std::size_t>(T));
     tokens_.resize(static_cast<std::size_t>(T));
+    const int context = c.context();
     for (std::size_t r = 0; r < rows.size(); ++r) {
       const auto& row = rows[r];
       std::copy(row.tokens.begin(), row.tokens.end(), tokens_.begin() + row_begin_[r]);
       for (std::size_t t = 0; t < row.tokens.size(); ++t) {
         const int p = row.positions.empty() ? row.first_slot + static_cast<int>(t) : row.positions[t];
-        require(p >= 0 && p < c.max_position_embeddings, "position ", p, " is beyond max_position_embeddings ",
-                c.max_position_embeddings);
+        if (p < 0 || p >= context) fail("position ", p, " is beyond ", c.describe_context());
         positions_[static_cast<std::size_t>(row_begin_[r]) + t] = p;
         max_position = std::max(max_position, p);
       }
@@ -466,7 +465,7 @@ class Qwen2 {
   void ensure_rope(int n) {
     if (n <= rope_positions_) return;
     const int half = config_.head_dim() / 2;
-    const int grow = std::max(n, std::min(config_.max_position_embeddings, std::max(2 * rope_positions_, 256)));
+    const int grow = std::max(n, std::min(config_.context(), std::max(2 * rope_positions_, 256)));
     std::vector<float> cos_host(static_cast<std::size_t>(grow) * half), sin_host(cos_host.size());
     std::vector<float> inv_freq(static_cast<std::size_t>(half));
     for (int i = 0; i < half; ++i)

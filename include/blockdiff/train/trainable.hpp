@@ -194,9 +194,8 @@ class TrainableQwen2 {
     for (int t : b.tokens)
       require(t >= 0 && t < config_.vocab_size, "training batch: token id ", t, " is outside the vocabulary [0, ",
               config_.vocab_size, ")");
-    for (int p : b.positions)
-      require(p >= 0 && p < config_.max_position_embeddings, "training batch: position ", p,
-              " is beyond max_position_embeddings ", config_.max_position_embeddings);
+    for (int p : b.positions)  // the message is built only for a position out of range
+      if (p < 0 || p >= config_.context()) fail("training batch: position ", p, " is beyond ", config_.describe_context());
     for (auto& t : b.targets)
       require(t.index >= 0 && t.index < std::int64_t(n) && t.label >= 0 && t.label < config_.vocab_size,
               "training batch: loss term (", t.index, ", ", t.label, ") is outside the batch or vocabulary");
@@ -260,7 +259,7 @@ class TrainableQwen2 {
     positions_.resize({N});
     labels_.resize({std::max<std::int64_t>(targets, 1)});
     target_index_.resize({std::max<std::int64_t>(targets, 1)});
-    ensure_rope(c.max_position_embeddings);
+    ensure_rope(c.context());
   }
 
   void ensure_rope(int n) {
