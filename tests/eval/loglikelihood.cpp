@@ -1,0 +1,187 @@
+// First-token log-likelihood (FASTDLLM_V2.md §3.6) against a naive double-precision forward over
+// the view spelled out from the spec, and on the embedded model's tasks as multiple choice.
+#include <doctest/doctest.h>
+
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+
+#include "../support/check_error.hpp"
+#include "../support/naive_model.hpp"
+#include "../support/paths.hpp"
+#include "blockdiff/eval/loglikelihood.hpp"
+#include "blockdiff/model/init.hpp"
+#include "blockdiff/train/tasks.hpp"
+
+using namespace blockdiff;
+using Qwen = model::Qwen2<backend::Host>;
+
+namespace {
+
+// log p(target[0]) by the naive model: the view written out as §3.6 says (the official
+// _forward_process: mask target[0], append block - L % block masks, EOS at L), one forward under
+// (q / B >= k / B), log-softmax of row P - 1 in f64.
+template <int B>
+double naive_loglikelihood(const test::NaiveQwen2& naive, const eval::ScoreRequest& r, int mask, int eos) {
+  std::vector<int> seq = r.prefix;
+  seq.insert(seq.end(), r.target.begin(), r.target.end());
+  const std::size_t L = seq.size(), P = r.prefix.size();
+  seq[P] = mask;
+  for (std::size_t i = 0; i < B - L % B; ++i) seq.push_back(mask);
+  seq[L] = eos;
+  const auto logits = naive.forward(seq, [](int q, int k) { return q / B >= k / B; });
+  const auto& row = logits[P - 1];
+  double top = row[0], sum = 0;
+  for (double x : row) top = std::max(top, x);
+  for (double x : row) sum += std::exp(x - top);
+  return row[static_cast<std::size_t>(r.target[0])] - top - std::log(sum);
+}
+
+std::vector<int> ids(int n, int seed, int vocab) {
+  std::vector<int> t;
+  for (int i = 0; i < n; ++i) t.push_back((seed * 37 + i * 11 + i * i * 5) % (vocab - 3));
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("loglikelihood: the scoring view is §3.6's, a whole block of padding on a boundary") {
+  const eval::ScoreOptions o{.mask_id = 1, .eos_id = 2};
+  // prefix + target = 5 tokens: [MASK] for target[0], EOS at 5, masks to 8.
+  CHECK(eval::scoring_view<4>({{5, 6, 7}, {8, 9}}, o) == std::vector<int>{5, 6, 7, 1, 9, 2, 1, 1});
+  // 4 tokens end on a boundary: the official code appends a whole block (4 - 4 % 4 = 4).
+  CHECK(eval::scoring_view<4>({{5, 6}, {8, 9}}, o) == std::vector<int>{5, 6, 1, 9, 2, 1, 1, 1});
+  CHECK(eval::scoring_view<4>({{5, 6, 7}, {8}}, o) == std::vector<int>{5, 6, 7, 1, 2, 1, 1, 1});
+}
+
+TEST_CASE("loglikelihood: equals a naive f64 forward over the view, in batches of any size") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  const int V = m.config().vocab_size, mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
+  // Targets of one and several tokens; prefixes ending inside a block, on its last position (the
+  // scored logit then lies in the block before target[0]'s), and past one block.
+  std::vector<eval::ScoreRequest> requests;
+  for (auto [p, t] : {std::pair{3, 1}, {7, 1}, {8, 3}, {5, 6}, {11, 2}, {1, 4}, {16, 1}})
+    requests.push_back({ids(p, p + 3 * t, V), ids(t, 7 * p + t, V)});
+  requests[2].target[0] = requests[0].target[0];  // repeat a scored token across requests
+
+  auto check_block = [&]<int B>() {
+    CAPTURE(B);
+    const eval::ScoreOptions one{.mask_id = mask, .eos_id = eos, .batch = 1};
+    const auto scores = eval::first_token_loglikelihood<B>(m, requests, one).scores;
+    REQUIRE(scores.size() == requests.size());
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      CAPTURE(i);
+      const double want = naive_loglikelihood<B>(naive, requests[i], mask, eos);
+      CHECK(std::fabs(scores[i].loglikelihood - want) < 1e-4);
+      CHECK(scores[i].loglikelihood < 0);
+      CHECK(scores[i].greedy == (scores[i].argmax == requests[i].target[0]));
+    }
+    for (int batch : {3, 16}) {
+      const eval::ScoreOptions o{.mask_id = mask, .eos_id = eos, .batch = batch};
+      const auto batched = eval::first_token_loglikelihood<B>(m, requests, o).scores;
+      for (std::size_t i = 0; i < requests.size(); ++i) {
+        CHECK(batched[i].loglikelihood == doctest::Approx(scores[i].loglikelihood).epsilon(1e-5));
+        CHECK(batched[i].argmax == scores[i].argmax);
+      }
+    }
+  };
+  check_block.template operator()<4>();
+  check_block.template operator()<8>();
+}
+
+TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the scored block runs") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  const int mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
+  const auto prefix = ids(20, 4, 320);
+  const std::vector<std::vector<int>> choices{{7, 8, 9}, {10}, {11, 12}, {13, 14, 15, 16, 17, 18, 19, 20, 21, 22}};
+  std::vector<eval::ScoreRequest> requests;
+  for (auto& c : choices) requests.push_back({prefix, c});
+  requests.push_back({ids(5, 9, 320), {30}});                    // scored in block 0: no prefill
+  requests.push_back({ids(20, 5, 320), {31}});                   // another prefix: its own prefill
+  const eval::ScoreOptions o{.mask_id = mask, .eos_id = eos, .batch = 16};
+  const auto s = eval::first_token_loglikelihood<8>(m, requests, o);
+  // Groups: the four choices (blocks 0-1 prefilled, scored in block 2), the 5-token prefix, the
+  // other 20-token prefix. One prefill of two rows (16 + 16 tokens), then four rounds of scored
+  // blocks: three rows, then one each.
+  CHECK(s.forwards == 5);
+  CHECK(s.positions == 32 + 6 * 8);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    CHECK(std::fabs(s.scores[i].loglikelihood - naive_loglikelihood<8>(naive, requests[i], mask, eos)) < 1e-4);
+  // Requests scored in their first block share no prefill: one forward scores them all.
+  const std::vector<eval::ScoreRequest> first_block{{{3, 4}, {5}}, {{3, 4, 6}, {5}}, {{7}, {8, 9}}};
+  const auto f = eval::first_token_loglikelihood<8>(m, first_block, o);
+  CHECK(f.forwards == 1);
+  CHECK(f.positions == 3 * 8);
+  // One prefix row a forward: the same scores.
+  const auto narrow = eval::first_token_loglikelihood<8>(m, requests, {.mask_id = mask, .eos_id = eos, .batch = 1});
+  CHECK(narrow.forwards == 2 + 6);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    CHECK(narrow.scores[i].loglikelihood == doctest::Approx(s.scores[i].loglikelihood).epsilon(1e-5));
+}
+
+TEST_CASE("loglikelihood: argmax and greedy are the scored row's") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  const int mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
+  const eval::ScoreRequest r{ids(6, 2, 320), {5}};
+  std::vector<int> view = eval::scoring_view<8>(r, {.mask_id = mask, .eos_id = eos});
+  const auto row = naive.forward(view, [](int q, int k) { return q / 8 >= k / 8; })[5];
+  const int best = int(std::max_element(row.begin(), row.end()) - row.begin());
+  const eval::ScoreOptions o{.mask_id = mask, .eos_id = eos};
+  std::vector<eval::ScoreRequest> both{r, {r.prefix, {best}}};
+  const auto s = eval::first_token_loglikelihood<8>(m, both, o).scores;
+  CHECK(s[0].argmax == best);
+  CHECK(s[1].argmax == best);
+  CHECK(s[0].greedy == (best == 5));
+  CHECK(s[1].greedy);
+  CHECK(s[1].loglikelihood >= s[0].loglikelihood);
+}
+
+TEST_CASE("loglikelihood: bad requests are named") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318};
+  auto score = [&](std::vector<eval::ScoreRequest> r, eval::ScoreOptions opt) {
+    return eval::first_token_loglikelihood<32>(m, r, opt).scores;
+  };
+  CHECK_ERROR(score({{{1, 2}, {3}}, {{}, {3}}}, o), "score request 1: the prefix is empty");
+  CHECK_ERROR(score({{{1, 2}, {}}}, o), "score request 0: the target is empty");
+  CHECK_ERROR(score({{{1, 320}, {3}}}, o), "token id 320 at index 1 of the prefix is outside the vocabulary [0, 320)");
+  CHECK_ERROR(score({{{1, 2}, {4, 319}}}, o), "the target holds the [MASK] id 319 at index 1");
+  // Position prefix - 1 is scored: its block must fit the context (the target's need not).
+  CHECK_ERROR(score({{std::vector<int>(4097, 5), {3}}}, o),
+              "score request 0: a prefix of 4097 tokens is scored in the block of positions [4096, 4128), beyond the "
+              "context of 4096 positions");
+  CHECK(score({{std::vector<int>(4096, 5), {3, 4}}}, o).size() == 1);
+  CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 320}), "EOS id 320 is outside the vocabulary");
+  CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 319}), "the EOS id and the [MASK] id are both 319");
+  CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .batch = 0}), "the batch must be positive");
+  CHECK_ERROR(eval::multiple_choice<32>(m, {1, 2}, {}, o), "multiple choice: no choices");
+}
+
+TEST_CASE("loglikelihood: the embedded model answers its tasks as multiple choice") {
+  // Each held-out prompt against its response and three whose first character differs: the
+  // embedded Fast-dLLM v2 model, trained at block 8, should put the right first token first.
+  const auto dir = std::filesystem::path(BLOCKDIFF_TEST_DATA).parent_path().parent_path() / "models" / "tasks-fdllm2";
+  auto m = Qwen::load(dir);
+  REQUIRE(m.config().bd_size == 8);
+  const auto vocab = train::tasks::vocabulary();
+  const eval::ScoreOptions o{.mask_id = vocab.mask_id(), .eos_id = vocab.eos_id()};
+  int correct = 0, n = 0, tied = 0;
+  for (const auto& e : train::tasks::make("mix", train::tasks::Split::held_out, 60)) {
+    const char first = e.response[0];
+    const std::string pool = std::isdigit(static_cast<unsigned char>(first)) ? "0123456789" : "abcdefghij";
+    std::vector<std::vector<int>> choices{vocab.encode(e.response)};
+    for (char c : pool)
+      if (c != first && choices.size() < 4) choices.push_back(vocab.encode(std::string(1, c) + e.response.substr(1)));
+    const auto mc = eval::multiple_choice<8>(m, vocab.encode(e.prompt), choices, o);
+    REQUIRE(mc.scores.size() == 4);
+    correct += mc.chosen == 0;
+    tied += mc.tied;
+    ++n;
+  }
+  CHECK(tied == 0);
+  CHECK(correct >= n * 9 / 10);
+  MESSAGE("multiple choice on the embedded model: ", correct, " of ", n);
+}
