@@ -1,6 +1,7 @@
 // The blockdiff program: one command per job, JSON on stdout so other tools can check it.
 //
 //   blockdiff logits   one forward, all logits
+//   blockdiff score    first-token log-likelihoods and multiple choice (MMLU/GPQA-style)
 //   blockdiff ar       greedy autoregressive decoding (the baseline)
 //   blockdiff generate Fast-dLLM v2 block-diffusion decoding
 //   blockdiff init     a random checkpoint of a named shape
@@ -20,6 +21,7 @@
 #include "device_model.hpp"
 #include "eval_command.hpp"
 #include "generate_command.hpp"
+#include "score_command.hpp"
 #include "text_command.hpp"
 #include "train_command.hpp"
 
@@ -126,6 +128,7 @@ int main(int argc, char** argv) {
   init->add_flag("--overwrite", init_overwrite, "replace a checkpoint already in --out, and forget its training run");
 
   cli::GenerateCommand generate(app);
+  cli::ScoreCommand score(app);
   cli::TrainCommand train(app);
   cli::LossCommand loss(app);
   cli::EvalCommand eval(app);
@@ -158,6 +161,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (generate.parsed()) return generate.run();
+    if (score.parsed()) return score.run();
     if (train.parsed()) return train.run();
     if (loss.parsed()) return loss.run();
     if (eval.parsed()) return eval.run();

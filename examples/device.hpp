@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "blockdiff/blockdiff.hpp"
+#include "blockdiff/eval/loglikelihood.hpp"
 #include "decode_set.hpp"
 
 namespace blockdiff::cli {
@@ -53,6 +54,14 @@ std::vector<float> forward_logits(Model& model, const std::vector<int>& ids, con
   return out;
 }
 
+//! First-token log-likelihoods of `requests` (eval/loglikelihood.hpp) with a block among Blocks.
+template <int... Blocks, class Model>
+eval::Scores score_requests(Model& model, std::span<const eval::ScoreRequest> requests,
+                                             const eval::ScoreOptions& options, int block) {
+  return dispatch_value<Blocks...>(
+      block, [&]<int B>() { return eval::first_token_loglikelihood<B>(model, requests, options); }, "--block");
+}
+
 //! A checkpoint loaded into GPU memory (model::Qwen2<backend::Cuda>), behind a host-only interface.
 class GpuModel {
  public:
@@ -68,6 +77,9 @@ class GpuModel {
   virtual std::vector<decode::ArResult> ar(Prompts prompts, const decode::ArOptions& options) = 0;
   //! forward_logits, with the block-causal block sizes the GPU's decoders compile (8 and 32).
   virtual std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) = 0;
+  //! score_requests, with the blocks the GPU's decoders compile (8 and 32).
+  virtual eval::Scores score(std::span<const eval::ScoreRequest> requests,
+                                              const eval::ScoreOptions& options, int block) = 0;
 };
 
 //! Loads `dir` into GPU memory. Fails, naming the cause, where this program was built without the

@@ -51,6 +51,11 @@ class Loaded final : public GpuModel {
     return forward_logits<8, 32>(model_, ids, mask_name, block);
   }
 
+  eval::Scores score(std::span<const eval::ScoreRequest> requests, const eval::ScoreOptions& options,
+                                      int block) override {
+    return score_requests<8, 32>(model_, requests, options, block);
+  }
+
  private:
   CudaModel model_;
 };

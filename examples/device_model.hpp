@@ -14,8 +14,8 @@
 
 namespace blockdiff::cli {
 
-//! A checkpoint on the device that --device names: what `generate`, `chat`, `ar`, `logits`, `eval`
-//! and `study` ask of the host model or of the GPU's alike.
+//! A checkpoint on the device that --device names: what `generate`, `chat`, `ar`, `logits`, `score`,
+//! `eval` and `study` ask of the host model or of the GPU's alike.
 class DeviceModel {
  public:
   DeviceModel(const std::string& dir, DType weights, const DeviceFlag& device) {
@@ -41,6 +41,12 @@ class DeviceModel {
   //! forward_logits: any block size of 4 to 64 on the host, 8 or 32 on the GPU.
   std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) {
     return gpu_ ? gpu_->logits(ids, mask_name, block) : forward_logits<4, 8, 16, 32, 64>(*host_, ids, mask_name, block);
+  }
+  //! score_requests: any block size of 4 to 64 on the host, 8 or 32 on the GPU.
+  eval::Scores score(std::span<const eval::ScoreRequest> requests, const eval::ScoreOptions& options,
+                                      int block) {
+    return gpu_ ? gpu_->score(requests, options, block)
+                : score_requests<4, 8, 16, 32, 64>(*host_, requests, options, block);
   }
 
  private:

@@ -1,0 +1,152 @@
+"""blockdiff score: first-token log-likelihoods (FASTDLLM_V2.md §3.6) against a log-softmax taken
+here of `blockdiff logits` over the scoring view built here from the spec; text against ids;
+multiple choice on the embedded model's arithmetic; clear errors."""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+exe, golden, models = sys.argv[1], sys.argv[2], sys.argv[3]
+gold = f"{golden}/model-f32-tied"  # vocab 320, [MASK] 319, EOS 318, bd_size 32, no tokenizer.json
+tasks = f"{models}/tasks-fdllm2"   # character vocabulary, [MASK] 1, EOS 0, bd_size 8
+work = tempfile.mkdtemp()
+failures = []
+
+
+def run(*args, ok=True):
+    r = subprocess.run([exe, *args], capture_output=True, text=True)
+    if ok and r.returncode != 0:
+        print(r.stdout, r.stderr)
+        sys.exit(f"FAIL: blockdiff {' '.join(args)} exited {r.returncode}")
+    return r
+
+
+def requests_file(name, lines):
+    path = f"{work}/{name}.jsonl"
+    with open(path, "w") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def score(model, lines, *flags):
+    return json.loads(run("score", "--model", model, "--requests", requests_file("r", lines), "--json", *flags).stdout)
+
+
+# 1. Against the logits of the view written out here: prefix, [MASK], target[1:], EOS, then
+#    [MASK] to block - L % block more positions; log p(target[0]) from the row before it.
+def reference(prefix, target, block, mask=319, eos=318):
+    seq = prefix + target
+    L, P = len(seq), len(prefix)
+    seq[P] = mask
+    seq += [mask] * (block - L % block)
+    seq[L] = eos
+    out = run("logits", "--model", gold, "--ids", ",".join(map(str, seq)), "--mask", "block-causal",
+              "--block", str(block), "--json")
+    row = json.loads(out.stdout)["logits"][P - 1]
+    top = max(row)
+    return row[target[0]] - top - math.log(sum(math.exp(x - top) for x in row))
+
+
+rng = random.Random(5)
+cases = [(rng.sample(range(300), p), rng.sample(range(300), t)) for p, t in [(3, 1), (8, 2), (31, 1), (32, 3), (40, 5)]]
+for block in (32, 8):
+    flags = [] if block == 32 else ["--block", "8"]  # 32 is the golden model's bd_size, the default
+    got = score(gold, [{"prefix_ids": p, "target_ids": t} for p, t in cases], "--batch", "2", *flags)
+    # Scored blocks 0, 0, 0, 0, 1 at 32 and 0, 0, 3, 3, 4 at 8; two requests a forward, each with
+    # a prefill where its scored block is not the first.
+    if got["block"] != block or got["requests"] != len(cases) or got["forwards"] != {32: 4, 8: 5}[block]:
+        failures.append(f"block {block}: header {({k: v for k, v in got.items() if k != 'results'})}")
+    for (p, t), r in zip(cases, got["results"]):
+        want = reference(p, t, block)
+        if abs(r["loglikelihood"] - want) > 1e-4:
+            failures.append(f"block {block}, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
+
+# 2. Text is split as lm-eval splits it; on a character vocabulary that is one id a character.
+vocab = json.load(open(f"{tasks}/tokenizer.json"))["model"]["vocab"]
+enc = lambda s: [vocab[c] for c in s]
+by_text = score(tasks, [{"prefix": "a:47+8-5+9=", "target": "55,50,59#59"}])["results"][0]
+by_ids = score(tasks, [{"prefix_ids": enc("a:47+8-5+9="), "target_ids": enc("55,50,59#59")}])["results"][0]
+if by_text != by_ids:
+    failures.append(f"text and ids differ: {by_text} {by_ids}")
+if not by_text["greedy"] or by_text["argmax"] != vocab["5"]:
+    failures.append(f"the embedded model does not put '5' first after a:47+8-5+9=: {by_text}")
+
+
+# 3. Multiple choice: arithmetic prompts made here, the right response among three whose first
+#    character differs, at a random place; the embedded model should pick the right one.
+def arith(rng):
+    total = rng.randrange(10, 100)
+    prompt, steps = f"a:{total}", []
+    for _ in range(rng.randrange(2, 5)):
+        d = rng.randrange(10)
+        plus = total + d <= 99 and (total - d < 0 or rng.random() < 0.5)
+        total += d if plus else -d
+        prompt += ("+" if plus else "-") + str(d)
+        steps.append(str(total))
+    return prompt + "=", ",".join(steps) + "#" + str(total)
+
+
+rng = random.Random(11)
+questions = []
+for _ in range(40):
+    prompt, response = arith(rng)
+    wrong = [d for d in "0123456789" if d != response[0]]
+    choices = [d + response[1:] for d in rng.sample(wrong, 3)]
+    answer = rng.randrange(4)
+    choices.insert(answer, response)
+    questions.append({"prefix": prompt, "choices": choices, "answer": answer})
+questions.append({"prefix": "a:12+3-4=", "choices": ["15,11#11", "16,12#12"]})  # no answer: chosen, not counted
+mc = score(tasks, questions, "--batch", "16")
+summary = mc["multiple_choice"]
+rows = mc["results"]
+correct = sum(r.get("correct", False) for r in rows)
+if summary["questions"] != 41 or summary["answered"] != 40 or summary["correct"] != correct:
+    failures.append(f"multiple-choice summary {summary} against {correct} correct rows")
+if summary["correct"] < 36:
+    failures.append(f"the embedded model chose right in {summary['correct']} of 40 questions")
+if any(r["chosen"] != max(range(len(r["loglikelihoods"])), key=lambda i: r["loglikelihoods"][i]) for r in rows):
+    failures.append("a chosen choice is not the most likely one")
+if "correct" in rows[-1] or len(rows[-1]["loglikelihoods"]) != 2 or mc["requests"] != 162:
+    failures.append(f"the unanswered question: {rows[-1]}, {mc['requests']} requests")
+# The rest of a choice is in the view: inside the scored block it conditions the score; past a
+# prefix that ends on a block boundary (8 characters, the model's block) it is not seen, and
+# choices that share their first token tie.
+apart = score(tasks, [{"prefix": "a:12+3-4=", "choices": ["15,11#11", "15,12#12"]}])["results"][0]
+if apart["tied"] or apart["loglikelihoods"][0] == apart["loglikelihoods"][1]:
+    failures.append(f"choices that differ inside the scored block must score apart: {apart}")
+by_id = {v: k for k, v in vocab.items()}
+best = by_id[score(tasks, [{"prefix": "a:1+2+3=", "target": "0"}])["results"][0]["argmax"]]
+other = "9" if best != "9" else "8"
+tied = score(tasks, [{"prefix": "a:1+2+3=", "choices": [best + ",1", best + "#2", other]}])["results"][0]
+if not tied["tied"] or tied["loglikelihoods"][0] != tied["loglikelihoods"][1] or tied["chosen"] != 0:
+    failures.append(f"choices sharing their first token past a block boundary must tie: {tied}")
+
+
+# 4. Bad requests are refused, naming the line and what is wrong.
+def refused(model, lines, needle, *flags):
+    r = run("score", "--model", model, "--requests", requests_file("bad", lines), *flags, ok=False)
+    if r.returncode == 0 or needle not in r.stderr:
+        failures.append(f"expected an error with {needle!r}: rc {r.returncode}, {r.stderr.strip()!r}")
+
+
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}', "[1, 2]"], "bad.jsonl: line 2 is not a JSON object")
+refused(gold, ['{"prefix_ids": [1]}'], "line 1 needs \"target_ids\" or \"choice_ids\", one of them")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2], "choice_ids": [[2]]}'], "one of them")
+refused(gold, ['{"prefix_ids": [1], "choice_ids": [[2], [3]], "answer": 2}'],
+        "line 1: \"answer\" must be the index of a choice, 0 to 1, got 2")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2], "answer": 0}'], "\"answer\" needs \"choice_ids\"")
+refused(gold, ['{"prefix": "hi", "target": " there"}'], "line 1 is text: it needs a tokenizer.json")
+refused(gold, ['{"prefix_ids": [1, -2], "target_ids": [2]}'], "\"prefix_ids\" holds -2, which is not a token id")
+refused(gold, ['{"prefix_ids": [], "target_ids": [2]}'], "score request 0: the prefix is empty")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [319]}'], "the target holds the [MASK] id 319")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--block 12 is not compiled in (supported: 4, 8, 16, 32, 64)", "--block", "12")
+refused(tasks, ['{"prefix": "a:1?", "target": "1"}'], "bad.jsonl: line 1: ")
+refused(gold, [], "no requests")
+
+for f in failures:
+    print("FAIL:", f)
+sys.exit(1 if failures else 0)
