@@ -7,11 +7,14 @@
 //  - an 8-token block forward of the embedded model's shape asking for fewer logit rows than
 //    tokens, over the one asking for all (the last layer runs on the asked-for rows only);
 //  - the policy step (the vocabulary statistics pass and the selection) beside a forward;
-//  - end-to-end tokens/s and forwards per token of AR and of block diffusion with each cache.
+//  - end-to-end tokens/s and forwards per token of AR and of block diffusion with each cache;
+//  - a 4-choice question scored by first-token log-likelihood, blockdiff's shared prefix against
+//    the official whole views.
 // The block-diffusion decoders are checked against the AR prefix semantics before timing: the
 // block cache must agree with recomputation (cache::None) token for token.
 #include <chrono>
 
+#include "blockdiff/eval/loglikelihood.hpp"
 #include "common.hpp"
 
 using namespace blockdiff;
@@ -217,12 +220,68 @@ void BM_ForwardLogitRows(benchmark::State& state) {
   state.counters["asked_rows_us"] = 1e6 * asked / n;
   state.counters["asked_over_all"] = asked / full;
 }
+
+// A multiple-choice question scored as the official evaluation scores MMLU (FASTDLLM_V2.md §3.6):
+// a prefix of N tokens and four one-token choices. The official way is one forward over each
+// choice's whole scoring view; blockdiff's (eval/loglikelihood.hpp) prefills the prefix's whole
+// blocks once and runs each choice's scored block against them. Both are timed in the same
+// iterations, after their scores are checked to agree.
+void BM_ScoreMultipleChoice(benchmark::State& state) {
+  auto& m = shared_model();
+  constexpr int B = 32;
+  const auto prefix = prompt(static_cast<int>(state.range(0)));
+  std::vector<eval::ScoreRequest> requests;
+  for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});  // " A" .. " D" in Qwen's vocabulary
+  const eval::ScoreOptions options{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id};
+  auto whole_views = [&] {
+    std::vector<double> ll;
+    for (const auto& r : requests) {
+      const auto view = eval::scoring_view<B>(r, options);
+      auto cache = m.make_cache(static_cast<int>(view.size()));
+      std::vector<model::ForwardRow<Host>> rows(1);
+      rows[0].tokens = view;
+      rows[0].logits_begin = static_cast<int>(prefix.size()) - 1;
+      rows[0].logits_end = rows[0].logits_begin + 1;
+      rows[0].cache = &cache;
+      const auto logits = m.forward<mask::BlockCausal<B>>(rows);
+      const float* z = logits.data();
+      double top = z[0], sum = 0;
+      for (int j = 0; j < m.vocab_size(); ++j) top = std::max(top, double(z[j]));
+      for (int j = 0; j < m.vocab_size(); ++j) sum += std::exp(double(z[j]) - top);
+      ll.push_back(double(z[r.target[0]]) - top - std::log(sum));
+    }
+    return ll;
+  };
+  const auto want = whole_views();
+  const auto got = eval::first_token_loglikelihood<B>(m, requests, options);
+  for (std::size_t c = 0; c < want.size(); ++c)
+    if (std::abs(got.scores[c].loglikelihood - want[c]) > 1e-3)
+      return state.SkipWithError("the shared-prefix scores differ from the whole views'");
+  double official = 0, shared = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(whole_views());
+    official += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, options));
+    shared += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  std::int64_t view_positions = 0;
+  for (const auto& r : requests) view_positions += static_cast<std::int64_t>(eval::scoring_view<B>(r, options).size());
+  state.counters["whole_views_ms"] = 1e3 * official / n;
+  state.counters["shared_prefix_ms"] = 1e3 * shared / n;
+  state.counters["speedup"] = official / shared;
+  state.counters["positions_run"] = static_cast<double>(got.positions);
+  state.counters["view_positions"] = static_cast<double>(view_positions);
+}
 }  // namespace
 
 BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
 BENCHMARK(BM_ForwardShapes)->Name("decode/forward_shapes/context:256")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_ForwardLogitRows)->Name("decode/forward_logit_rows/tasks/block:8")->Arg(4)->Arg(1)->Arg(0)->ArgName("logit_rows")->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
 BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_ScoreMultipleChoice)->Name("eval/multiple_choice/choices:4/block:32")->Arg(100)->Arg(500)->ArgName("prefix")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::Block<>)->Name("decode/end_to_end/fdllm2/cache:block")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);

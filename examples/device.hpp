@@ -54,12 +54,14 @@ std::vector<float> forward_logits(Model& model, const std::vector<int>& ids, con
   return out;
 }
 
-//! First-token log-likelihoods of `requests` (eval/loglikelihood.hpp) with a block among Blocks.
+//! Log-likelihoods of `requests` (eval/loglikelihood.hpp): Fast-dLLM v2's first-token score at
+//! `block`, one among Blocks, or where there is none, an AR model's causal score.
 template <int... Blocks, class Model>
 eval::Scores score_requests(Model& model, std::span<const eval::ScoreRequest> requests,
-                                             const eval::ScoreOptions& options, int block) {
+                            const eval::ScoreOptions& options, std::optional<int> block) {
+  if (!block) return eval::causal_loglikelihood(model, requests, options);
   return dispatch_value<Blocks...>(
-      block, [&]<int B>() { return eval::first_token_loglikelihood<B>(model, requests, options); }, "--block");
+      *block, [&]<int B>() { return eval::first_token_loglikelihood<B>(model, requests, options); }, "--block");
 }
 
 //! A checkpoint loaded into GPU memory (model::Qwen2<backend::Cuda>), behind a host-only interface.
@@ -78,8 +80,8 @@ class GpuModel {
   //! forward_logits, with the block-causal block sizes the GPU's decoders compile (8 and 32).
   virtual std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) = 0;
   //! score_requests, with the blocks the GPU's decoders compile (8 and 32).
-  virtual eval::Scores score(std::span<const eval::ScoreRequest> requests,
-                                              const eval::ScoreOptions& options, int block) = 0;
+  virtual eval::Scores score(std::span<const eval::ScoreRequest> requests, const eval::ScoreOptions& options,
+                             std::optional<int> block) = 0;
 };
 
 //! Loads `dir` into GPU memory. Fails, naming the cause, where this program was built without the

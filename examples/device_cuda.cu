@@ -52,7 +52,7 @@ class Loaded final : public GpuModel {
   }
 
   eval::Scores score(std::span<const eval::ScoreRequest> requests, const eval::ScoreOptions& options,
-                                      int block) override {
+                     std::optional<int> block) override {
     return score_requests<8, 32>(model_, requests, options, block);
   }
 

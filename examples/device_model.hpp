@@ -42,9 +42,9 @@ class DeviceModel {
   std::vector<float> logits(const std::vector<int>& ids, const std::string& mask_name, int block) {
     return gpu_ ? gpu_->logits(ids, mask_name, block) : forward_logits<4, 8, 16, 32, 64>(*host_, ids, mask_name, block);
   }
-  //! score_requests: any block size of 4 to 64 on the host, 8 or 32 on the GPU.
+  //! score_requests: any block size of 4 to 64 on the host, 8 or 32 on the GPU; none scores causally.
   eval::Scores score(std::span<const eval::ScoreRequest> requests, const eval::ScoreOptions& options,
-                                      int block) {
+                     std::optional<int> block) {
     return gpu_ ? gpu_->score(requests, options, block)
                 : score_requests<4, 8, 16, 32, 64>(*host_, requests, options, block);
   }

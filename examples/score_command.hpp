@@ -1,5 +1,6 @@
-// `blockdiff score`: first-token log-likelihoods and multiple choice, as Fast-dLLM v2 scores MMLU
-// and GPQA (include/blockdiff/eval/loglikelihood.hpp, FASTDLLM_V2.md §3.6).
+// `blockdiff score`: log-likelihoods and multiple choice, as Fast-dLLM v2 scores MMLU and GPQA
+// (first-token, FASTDLLM_V2.md §3.6), or with --ar as lm-eval scores an AR model (the whole target,
+// causal): include/blockdiff/eval/loglikelihood.hpp.
 //
 // --requests is JSON Lines, one request a line:
 //   {"prefix": "Question ... Answer:", "target": " B"}                  text (a tokenizer.json)
@@ -28,7 +29,7 @@ namespace blockdiff::cli {
 class ScoreCommand {
  public:
   explicit ScoreCommand(CLI::App& app) {
-    cmd_ = app.add_subcommand("score", "First-token log-likelihoods and multiple choice (how Fast-dLLM v2 scores MMLU, GPQA)");
+    cmd_ = app.add_subcommand("score", "Log-likelihoods and multiple choice (as Fast-dLLM v2 scores MMLU and GPQA)");
     cmd_->add_option("--model", model_, "checkpoint folder")->required();
     weights_.add(cmd_);
     cmd_->add_option("--requests", requests_,
@@ -36,10 +37,16 @@ class ScoreCommand {
                      "or the same with prefix_ids, target_ids, choice_ids")
         ->required();
     cmd_->add_option("--tokenizer", tokenizer_, "tokenizer.json or its folder, for text requests (default: the model folder)");
-    cmd_->add_option("--block", block_, "block of the block-causal view (default: config.json's bd_size)");
-    cmd_->add_option("--batch", batch_, "requests per forward")->capture_default_str()->check(positive());
-    cmd_->add_option("--mask-id", mask_id_, "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)");
-    cmd_->add_option("--eos-id", eos_id_, "the EOS after the target (default: the tokenizer's <|im_end|>, else eos_token_id)");
+    auto* ar = cmd_->add_flag("--ar", ar_,
+                              "score as an AR model: the whole target's log-likelihood under the causal mask (lm-eval's) "
+                              "instead of Fast-dLLM v2's first-token score");
+    // Only the first-token score has a block, a [MASK] and an EOS in its view.
+    ar->excludes(cmd_->add_option("--block", block_, "block of the block-causal view (default: config.json's bd_size)"));
+    cmd_->add_option("--batch", batch_, "rows per forward")->capture_default_str()->check(positive());
+    ar->excludes(cmd_->add_option("--mask-id", mask_id_,
+                                  "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)"));
+    ar->excludes(cmd_->add_option("--eos-id", eos_id_,
+                                  "the EOS after the target (default: the tokenizer's <|im_end|>, else eos_token_id)"));
     device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
@@ -50,13 +57,15 @@ class ScoreCommand {
     const auto& config = model.config();
     default_block(*cmd_, config, block_);
     const auto tok = folder_tokenizer(tokenizer_, model_);
-    const auto found = tokenizer::special_ids(config, tok ? &*tok : nullptr);
-    require(mask_id_ || found.mask,
-            "no mask id: give --mask-id, or set mask_token_id in config.json, or add |<MASK>| to the tokenizer");
-    require(eos_id_ || found.stop, "no EOS id: give --eos-id, or set eos_token_id in config.json");
-    eval::ScoreOptions options{.mask_id = mask_id_ ? *mask_id_ : *found.mask,
-                               .eos_id = eos_id_ ? *eos_id_ : *found.stop,
-                               .batch = batch_};
+    eval::ScoreOptions options{.batch = batch_};
+    if (!ar_) {
+      const auto found = tokenizer::special_ids(config, tok ? &*tok : nullptr);
+      require(mask_id_ || found.mask,
+              "no mask id: give --mask-id, or set mask_token_id in config.json, or add |<MASK>| to the tokenizer");
+      require(eos_id_ || found.stop, "no EOS id: give --eos-id, or set eos_token_id in config.json");
+      options.mask_id = mask_id_ ? *mask_id_ : *found.mask;
+      options.eos_id = eos_id_ ? *eos_id_ : *found.stop;
+    }
 
     // Every line's requests, in order; a multiple-choice line holds one per choice.
     struct Line {
@@ -111,7 +120,7 @@ class ScoreCommand {
     require(!lines.empty(), requests_, ": no requests");
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto scored = model.score(requests, options, block_);
+    const auto scored = model.score(requests, options, ar_ ? std::nullopt : std::optional<int>(block_));
     const auto& scores = scored.scores;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -139,7 +148,8 @@ class ScoreCommand {
     }
     nlohmann::ordered_json out;
     out["device"] = device_.name;
-    out["block"] = block_;
+    out["scoring"] = ar_ ? "causal" : "first-token";
+    if (!ar_) out["block"] = block_;
     out["requests"] = requests.size();
     out["forwards"] = scored.forwards;
     out["positions"] = scored.positions;
@@ -176,7 +186,7 @@ class ScoreCommand {
   std::string model_, requests_, tokenizer_;
   int block_ = 32, batch_ = 16;
   std::optional<int> mask_id_, eos_id_;
-  bool json_ = false;
+  bool ar_ = false, json_ = false;
   WeightsFlag weights_;
   DeviceFlag device_;
 };

@@ -65,6 +65,28 @@ for block in (32, 8):
         if abs(r["loglikelihood"] - want) > 1e-4:
             failures.append(f"block {block}, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
 
+# The causal score (--ar): the sum over the whole target of log-softmaxes of `logits --mask causal`
+# over prefix + target[:-1], row P - 1 + i for target[i].
+def causal_reference(prefix, target):
+    seq = prefix + target[:-1]
+    out = run("logits", "--model", gold, "--ids", ",".join(map(str, seq)), "--mask", "causal", "--json")
+    rows = json.loads(out.stdout)["logits"]
+    total = 0
+    for i, t in enumerate(target):
+        row = rows[len(prefix) - 1 + i]
+        top = max(row)
+        total += row[t] - top - math.log(sum(math.exp(x - top) for x in row))
+    return total
+
+
+got = score(gold, [{"prefix_ids": p, "target_ids": t} for p, t in cases], "--ar", "--batch", "2")
+if got["scoring"] != "causal" or "block" in got:
+    failures.append(f"--ar header: {({k: v for k, v in got.items() if k != 'results'})}")
+for (p, t), r in zip(cases, got["results"]):
+    want = causal_reference(p, t)
+    if abs(r["loglikelihood"] - want) > 2e-4:
+        failures.append(f"--ar, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
+
 # 2. Text is split as lm-eval splits it; on a character vocabulary that is one id a character.
 vocab = json.load(open(f"{tasks}/tokenizer.json"))["model"]["vocab"]
 enc = lambda s: [vocab[c] for c in s]
@@ -118,6 +140,11 @@ if "correct" in rows[-1] or len(rows[-1]["loglikelihoods"]) != 2 or mc["requests
 apart = score(tasks, [{"prefix": "a:12+3-4=", "choices": ["15,11#11", "15,12#12"]}])["results"][0]
 if apart["tied"] or apart["loglikelihoods"][0] == apart["loglikelihoods"][1]:
     failures.append(f"choices that differ inside the scored block must score apart: {apart}")
+# The AR base scored causally on the same questions, each choice whole.
+ar = score(f"{models}/tasks-ar", questions, "--ar")
+if ar["multiple_choice"]["correct"] < 36:
+    failures.append(f"the embedded AR model chose right in {ar['multiple_choice']['correct']} of 40 questions")
+
 by_id = {v: k for k, v in vocab.items()}
 best = by_id[score(tasks, [{"prefix": "a:1+2+3=", "target": "0"}])["results"][0]["argmax"]]
 other = "9" if best != "9" else "8"
@@ -146,6 +173,8 @@ refused(gold, ['{"prefix_ids": [1], "target_ids": [319]}'], "the target holds th
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--block 12 is not compiled in (supported: 4, 8, 16, 32, 64)", "--block", "12")
 refused(tasks, ['{"prefix": "a:1?", "target": "1"}'], "bad.jsonl: line 1: ")
 refused(gold, [], "no requests")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--ar excludes --block", "--ar", "--block", "8")
+refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--ar excludes --mask-id", "--ar", "--mask-id", "3")
 
 for f in failures:
     print("FAIL:", f)

@@ -1,5 +1,6 @@
-// First-token log-likelihood (FASTDLLM_V2.md §3.6) against a naive double-precision forward over
-// the view spelled out from the spec, and on the embedded model's tasks as multiple choice.
+// Log-likelihood scoring against a naive double-precision forward: Fast-dLLM v2's first-token
+// score (FASTDLLM_V2.md §3.6) over the view spelled out from the spec, and an AR model's causal
+// score over the whole target; and both embedded models on their tasks as multiple choice.
 #include <doctest/doctest.h>
 
 #include <cctype>
@@ -35,6 +36,22 @@ double naive_loglikelihood(const test::NaiveQwen2& naive, const eval::ScoreReque
   for (double x : row) top = std::max(top, x);
   for (double x : row) sum += std::exp(x - top);
   return row[static_cast<std::size_t>(r.target[0])] - top - std::log(sum);
+}
+
+// Sum of log p(target[i]) by the naive model under the causal mask, row P - 1 + i.
+double naive_causal(const test::NaiveQwen2& naive, const eval::ScoreRequest& r) {
+  std::vector<int> seq = r.prefix;
+  seq.insert(seq.end(), r.target.begin(), r.target.end() - 1);
+  const auto logits = naive.forward(seq, [](int q, int k) { return k <= q; });
+  double sum = 0;
+  for (std::size_t i = 0; i < r.target.size(); ++i) {
+    const auto& row = logits[r.prefix.size() - 1 + i];
+    double top = row[0], z = 0;
+    for (double x : row) top = std::max(top, x);
+    for (double x : row) z += std::exp(x - top);
+    sum += row[static_cast<std::size_t>(r.target[i])] - top - std::log(z);
+  }
+  return sum;
 }
 
 std::vector<int> ids(int n, int seed, int vocab) {
@@ -157,7 +174,7 @@ TEST_CASE("loglikelihood: bad requests are named") {
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 320}), "EOS id 320 is outside the vocabulary");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 319}), "the EOS id and the [MASK] id are both 319");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .batch = 0}), "the batch must be positive");
-  CHECK_ERROR(eval::multiple_choice<32>(m, {1, 2}, {}, o), "multiple choice: no choices");
+  CHECK_ERROR(eval::multiple_choice<eval::scoring::FirstToken<32>>(m, {1, 2}, {}, o), "multiple choice: no choices");
 }
 
 TEST_CASE("loglikelihood: the embedded model answers its tasks as multiple choice") {
@@ -175,7 +192,7 @@ TEST_CASE("loglikelihood: the embedded model answers its tasks as multiple choic
     std::vector<std::vector<int>> choices{vocab.encode(e.response)};
     for (char c : pool)
       if (c != first && choices.size() < 4) choices.push_back(vocab.encode(std::string(1, c) + e.response.substr(1)));
-    const auto mc = eval::multiple_choice<8>(m, vocab.encode(e.prompt), choices, o);
+    const auto mc = eval::multiple_choice<eval::scoring::FirstToken<8>>(m, vocab.encode(e.prompt), choices, o);
     REQUIRE(mc.scores.size() == 4);
     correct += mc.chosen == 0;
     tied += mc.tied;
@@ -184,4 +201,82 @@ TEST_CASE("loglikelihood: the embedded model answers its tasks as multiple choic
   CHECK(tied == 0);
   CHECK(correct >= n * 9 / 10);
   MESSAGE("multiple choice on the embedded model: ", correct, " of ", n);
+}
+
+TEST_CASE("loglikelihood: causal scoring sums the whole target, as lm-eval scores an AR model") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  std::vector<eval::ScoreRequest> requests;
+  const auto shared = ids(9, 3, 320);
+  for (auto& t : std::vector<std::vector<int>>{{4}, {5, 6, 7}, {8, 9}}) requests.push_back({shared, t});
+  requests.push_back({{12}, {13, 14}});         // nothing to share: the prefix is the scored row
+  requests.push_back({ids(30, 8, 320), ids(6, 1, 320)});
+  requests.push_back({{319, 318}, {319}});      // the [MASK] and EOS ids are tokens like others here
+  for (int batch : {1, 2, 16}) {
+    CAPTURE(batch);
+    const auto s = eval::causal_loglikelihood(m, requests, {.batch = batch});
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::fabs(s.scores[i].loglikelihood - naive_causal(naive, requests[i])) < 2e-4);
+    }
+    if (batch == 16) {
+      // One prefill (the shared 8 tokens, the 29 of the long prefix, the last request's 1), then
+      // three rounds: the shared prefix's three targets, the others beside the first.
+      CHECK(s.forwards == 4);
+      CHECK(s.positions == (8 + 29 + 1) + (1 + 2 + 6 + 1) + 3 + 2);
+    }
+  }
+  // greedy: every target token is its row's argmax. Build the greedy continuation from the naive
+  // model and score it and a one-token change of it.
+  std::vector<int> seq = ids(5, 2, 320), greedy_target;
+  for (int i = 0; i < 3; ++i) {
+    const auto row = naive.forward(seq, [](int q, int k) { return k <= q; }).back();
+    const int best = int(std::max_element(row.begin(), row.end()) - row.begin());
+    greedy_target.push_back(best);
+    seq.push_back(best);
+  }
+  auto changed = greedy_target;
+  changed[2] = (changed[2] + 1) % 317;
+  const std::vector<eval::ScoreRequest> g{{ids(5, 2, 320), greedy_target}, {ids(5, 2, 320), changed}};
+  const auto gs = eval::causal_loglikelihood(m, g, {});
+  CHECK(gs.scores[0].greedy);
+  CHECK_FALSE(gs.scores[1].greedy);
+  CHECK(gs.scores[0].argmax == greedy_target[0]);
+  CHECK(gs.scores[0].loglikelihood > gs.scores[1].loglikelihood);
+  // The last position run must fit the context: prefix + target - 1 positions.
+  CHECK(eval::causal_loglikelihood(m, std::vector<eval::ScoreRequest>{{std::vector<int>(4000, 5), ids(97, 1, 320)}}, {})
+            .scores.size() == 1);
+  CHECK_ERROR(eval::causal_loglikelihood(m, std::vector<eval::ScoreRequest>{{std::vector<int>(4000, 5), ids(98, 1, 320)}}, {}),
+              "score request 0: a prefix of 4000 and a target of 98 tokens run 4097 positions, beyond the context of 4096");
+  CHECK_ERROR(eval::causal_loglikelihood(m, std::vector<eval::ScoreRequest>{{{1}, {}}}, {}), "the target is empty");
+}
+
+TEST_CASE("loglikelihood: the embedded AR model answers its tasks as multiple choice, scored causally") {
+  // The same questions as the Fast-dLLM v2 model's, the whole response scored: the AR base.
+  const auto dir = std::filesystem::path(BLOCKDIFF_TEST_DATA).parent_path().parent_path() / "models" / "tasks-ar";
+  auto m = Qwen::load(dir);
+  const auto vocab = train::tasks::vocabulary();
+  int correct = 0, greedy = 0, n = 0;
+  for (const auto& e : train::tasks::make("mix", train::tasks::Split::held_out, 60)) {
+    auto right = vocab.encode(e.response);
+    right.push_back(vocab.eos_id());
+    std::vector<std::vector<int>> choices{right};
+    // The response with one digit or letter changed, at each of its first three.
+    for (std::size_t i = 0; i < e.response.size() && choices.size() < 4; ++i) {
+      const char was = e.response[i];
+      const std::string pool = std::isdigit(static_cast<unsigned char>(was)) ? "0123456789" : "abcdefghij";
+      if (pool.find(was) == std::string::npos) continue;  // ',' and '#'
+      auto wrong = right;
+      wrong[i] = vocab.encode(std::string(1, pool[(pool.find(was) + 3) % pool.size()]))[0];
+      choices.push_back(wrong);
+    }
+    REQUIRE(choices.size() == 4);
+    const auto mc = eval::multiple_choice<eval::scoring::Causal>(m, vocab.encode(e.prompt), choices, {});
+    correct += mc.chosen == 0;
+    greedy += mc.scores[0].greedy;
+    ++n;
+  }
+  CHECK(correct >= n * 9 / 10);
+  CHECK(greedy >= n * 9 / 10);  // the AR base decodes these answers greedily (the study: 100%)
+  MESSAGE("causal multiple choice on the embedded AR model: ", correct, " of ", n, "; greedy ", greedy);
 }

@@ -1,8 +1,9 @@
-// First-token log-likelihood: how Fast-dLLM v2 scores multiple-choice tasks (MMLU, GPQA).
+// Log-likelihood scoring of continuations: how Fast-dLLM v2 scores multiple-choice tasks (MMLU,
+// GPQA), and how an AR baseline is scored on the same requests.
 //
-// The official evaluation (v2/eval.py, get_loglikelihood; FASTDLLM_V2.md §3.6) scores a
-// continuation `target` of a context `prefix` with one forward, from an empty cache and under the
-// block-causal mask that decoding uses, over the scoring view
+// scoring::FirstToken<Block> is the official evaluation (v2/eval.py, get_loglikelihood;
+// FASTDLLM_V2.md §3.6). It scores a continuation `target` of a context `prefix` with one forward,
+// from an empty cache and under the block-causal mask that decoding uses, over the scoring view
 //
 //     prefix   [MASK]   target[1:]   EOS   [MASK] ... [MASK]
 //              ^ target[0]           ^ position prefix + target
@@ -16,12 +17,16 @@
 // prefix alone, so continuations that begin with the same token tie. Multiple-choice prompts
 // (MMLU's " A", " B", ...) give choices of one token each.
 //
-// Under the block-causal mask that logit sees the view's blocks up to its own and no further, and
-// the blocks before its own hold the prefix alone. So blockdiff runs only those: the prefix's
-// whole blocks once into a KV cache (once for all the choices of a question: consecutive requests
-// with the same prefix share it), then the scored block against it, as the decoder prefills and
-// runs a block. The padding past the scored block, which the official forward computes and never
-// reads, is not run. The result is the view's, as the tests check against a forward over all of it.
+// scoring::Causal is lm-eval's log-likelihood of an AR model: the sum of log p(target[i]) over
+// the whole target, each from the causal logits of the position before it.
+//
+// Either way a scored logit sees the positions up to its own block (or its own position) and no
+// further, and the blocks before that hold the prefix alone. So blockdiff runs only those: the
+// shared part of the prefix once into a KV cache (once for all the choices of a question:
+// consecutive requests with the same shared part share it), then each request's scored part
+// against it, as the decoder prefills and runs a block. The padding past the scored block, which
+// the official forward computes and never reads, is not run. The results are the whole view's, as
+// the tests check against a naive forward over all of it.
 #pragma once
 
 #include <algorithm>
@@ -41,24 +46,24 @@ namespace blockdiff::eval {
 //! A continuation to score after a context.
 struct ScoreRequest {
   std::vector<int> prefix;  //!< the context, at least one token
-  std::vector<int> target;  //!< the continuation, at least one token; target[0] is scored
+  std::vector<int> target;  //!< the continuation, at least one token
 };
 
 struct ScoreOptions {
-  int mask_id = -1;  //!< the model's [MASK]
-  int eos_id = -1;   //!< written right after the target (the official code: the tokenizer's EOS)
-  int batch = 16;    //!< rows per forward: prefixes in a prefill, scored blocks in a block forward
+  int mask_id = -1;  //!< the model's [MASK] (FirstToken only)
+  int eos_id = -1;   //!< written right after the target (FirstToken only; the official code: the tokenizer's EOS)
+  int batch = 16;    //!< rows per forward: shared prefixes in a prefill, scored parts in a scoring forward
 };
 
 struct TokenScore {
-  double loglikelihood = 0;  //!< log p(target[0]) in the scoring view (natural log, computed in f64)
-  int argmax = -1;           //!< the most probable token there (the lowest id among equals)
-  bool greedy = false;       //!< whether target[0] is that token
+  double loglikelihood = 0;  //!< the sum of the scored tokens' log-probabilities (natural log, in f64)
+  int argmax = -1;           //!< the most probable token at the first scored position (the lowest id among equals)
+  bool greedy = false;       //!< whether every scored token is its position's most probable
 };
 
 struct Scores {
   std::vector<TokenScore> scores;  //!< one per request, in order
-  int forwards = 0;                //!< prefills and block forwards run
+  int forwards = 0;                //!< prefills and scoring forwards run
   std::int64_t positions = 0;      //!< tokens those forwards ran, summed over rows
 };
 
@@ -77,68 +82,120 @@ std::vector<int> scoring_view(const ScoreRequest& r, const ScoreOptions& options
   return view;
 }
 
-//! The block of the scoring view that holds the scored logit (position prefix - 1).
-template <int Block>
-int scored_block(const ScoreRequest& r) {
-  return static_cast<int>((r.prefix.size() - 1) / Block);
-}
-
-//! Refuses what the scoring view cannot hold, naming request `index`: an empty prefix (target[0]
-//! would be read from the placeholder logit of position 0) or target, an id outside the
-//! vocabulary, the [MASK] id (the view could not tell it from the masks it adds), a scored block
-//! past the model's context.
-template <int Block>
-void check_request(const ScoreRequest& r, const ScoreOptions& options, const io::ModelConfig& config,
-                   std::size_t index) {
-  const auto where = ::blockdiff::detail::concat("score request ", index);
+namespace detail {
+//! Refuses an empty prefix or target and ids outside the vocabulary, naming request `where`.
+inline void check_ids(const ScoreRequest& r, const io::ModelConfig& config, const std::string& where) {
   require(!r.prefix.empty(), where,
           ": the prefix is empty (the first target token is predicted from the token before it)");
   require(!r.target.empty(), where, ": the target is empty");
-  for (const auto* part : {&r.prefix, &r.target}) {
-    const char* name = part == &r.prefix ? "prefix" : "target";
-    for (std::size_t i = 0; i < part->size(); ++i) {
-      const int id = (*part)[i];
-      require(id >= 0 && id < config.vocab_size, where, ": token id ", id, " at index ", i, " of the ", name,
-              " is outside the vocabulary [0, ", config.vocab_size, ")");
-      require(id != options.mask_id, where, ": the ", name, " holds the [MASK] id ", id, " at index ", i,
-              ": the scoring view masks with it");
-    }
-  }
-  const std::int64_t end = (std::int64_t(scored_block<Block>(r)) + 1) * Block;
-  if (end > config.context())
-    fail(where, ": a prefix of ", r.prefix.size(), " tokens is scored in the block of positions [",
-          end - Block, ", ", end, "), beyond ", config.describe_context());
+  for (const auto* part : {&r.prefix, &r.target})
+    for (std::size_t i = 0; i < part->size(); ++i)
+      require((*part)[i] >= 0 && (*part)[i] < config.vocab_size, where, ": token id ", (*part)[i], " at index ", i,
+              " of the ", part == &r.prefix ? "prefix" : "target", " is outside the vocabulary [0, ",
+              config.vocab_size, ")");
 }
+}  // namespace detail
 
-//! log p(target[0]) of every request (FASTDLLM_V2.md §3.6); result i is request i's. `Block` is
-//! the model's block (config.json's bd_size).
-template <int Block, LanguageModel Model>
-Scores first_token_loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
+//! How a request is scored: the mask of its forwards, the part of the prefix that requests can
+//! share (`shared`, prefilled once into the cache), the tokens run after it (`scored_part`, of
+//! `scored_length`), and which of their logit rows score which target tokens (`scored_tokens`
+//! rows from `first_row` score target[0], target[1], ...).
+namespace scoring {
+
+//! Fast-dLLM v2's: log p(target[0]) in the scoring view, under BlockCausal<Block>.
+template <int Block>
+struct FirstToken {
+  using mask_type = mask::BlockCausal<Block>;
+  static constexpr int block = Block;
+
+  static int scored_block(const ScoreRequest& r) { return static_cast<int>((r.prefix.size() - 1) / Block); }
+  //! The prefix's whole blocks before the scored one.
+  static std::size_t shared(const ScoreRequest& r) { return std::size_t(scored_block(r)) * Block; }
+  //! The scoring view's block that holds the scored logit.
+  static std::vector<int> scored_part(const ScoreRequest& r, const ScoreOptions& options) {
+    const auto view = scoring_view<Block>(r, options);
+    const auto begin = view.begin() + std::ptrdiff_t(shared(r));
+    return std::vector<int>(begin, begin + Block);
+  }
+  static std::size_t scored_length(const ScoreRequest&) { return Block; }
+  static std::size_t scored_tokens(const ScoreRequest&) { return 1; }
+  static int first_row(const ScoreRequest& r) { return static_cast<int>(r.prefix.size() - 1 - shared(r)); }
+
+  static void check_options(const ScoreOptions& options, const io::ModelConfig& config) {
+    decode::check_token(options.mask_id, config.vocab_size, "[MASK] id");
+    decode::check_token(options.eos_id, config.vocab_size, "EOS id");
+    require(options.eos_id != options.mask_id, "the EOS id and the [MASK] id are both ", options.mask_id);
+  }
+  //! Refuses, besides detail::check_ids, the [MASK] id in a request (the view could not tell it
+  //! from the masks it adds) and a scored block past the model's context.
+  static void check(const ScoreRequest& r, const ScoreOptions& options, const io::ModelConfig& config,
+                    const std::string& where) {
+    detail::check_ids(r, config, where);
+    for (const auto* part : {&r.prefix, &r.target})
+      for (std::size_t i = 0; i < part->size(); ++i)
+        require((*part)[i] != options.mask_id, where, ": the ", part == &r.prefix ? "prefix" : "target",
+                " holds the [MASK] id ", options.mask_id, " at index ", i, ": the scoring view masks with it");
+    const std::int64_t end = (std::int64_t(scored_block(r)) + 1) * Block;
+    if (end > config.context())
+      fail(where, ": a prefix of ", r.prefix.size(), " tokens is scored in the block of positions [", end - Block,
+           ", ", end, "), beyond ", config.describe_context());
+  }
+};
+
+//! An AR model's (lm-eval's loglikelihood): the sum of log p(target[i]) over the whole target,
+//! under the causal mask.
+struct Causal {
+  using mask_type = mask::Causal;
+
+  //! Every prefix token but the last, whose logit scores target[0].
+  static std::size_t shared(const ScoreRequest& r) { return r.prefix.size() - 1; }
+  static std::vector<int> scored_part(const ScoreRequest& r, const ScoreOptions&) {
+    std::vector<int> run{r.prefix.back()};
+    run.insert(run.end(), r.target.begin(), r.target.end() - 1);
+    return run;
+  }
+  static std::size_t scored_length(const ScoreRequest& r) { return r.target.size(); }
+  static std::size_t scored_tokens(const ScoreRequest& r) { return r.target.size(); }
+  static int first_row(const ScoreRequest&) { return 0; }
+
+  static void check_options(const ScoreOptions&, const io::ModelConfig&) {}
+  static void check(const ScoreRequest& r, const ScoreOptions&, const io::ModelConfig& config,
+                    const std::string& where) {
+    detail::check_ids(r, config, where);
+    const auto end = std::int64_t(r.prefix.size() + r.target.size()) - 1;
+    if (end > config.context())
+      fail(where, ": a prefix of ", r.prefix.size(), " and a target of ", r.target.size(), " tokens run ", end,
+           " positions, beyond ", config.describe_context());
+  }
+};
+
+}  // namespace scoring
+
+//! The log-likelihood of every request as `Scoring` scores it (scoring::FirstToken<Block> or
+//! scoring::Causal); result i is request i's.
+template <class Scoring, LanguageModel Model>
+Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
   using Backend = typename Model::backend_type;
   const auto& config = model.config();
-  decode::check_token(options.mask_id, config.vocab_size, "[MASK] id");
-  decode::check_token(options.eos_id, config.vocab_size, "EOS id");
-  require(options.eos_id != options.mask_id, "the EOS id and the [MASK] id are both ", options.mask_id);
+  Scoring::check_options(options, config);
   require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
-  for (std::size_t i = 0; i < requests.size(); ++i) check_request<Block>(requests[i], options, config, i);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    Scoring::check(requests[i], options, config, ::blockdiff::detail::concat("score request ", i));
 
-  // Groups of consecutive requests that share the prefix's whole blocks before the scored one (a
-  // request scored in block 0 shares nothing, and is a group of its own).
+  // Groups of consecutive requests with the same shared part (a request with none is a group of
+  // its own).
   struct Group {
-    std::size_t first = 0, count = 0;
-    int block = 0;  // the scored block; blocks [0, block) are the shared prefill
-  };
-  auto shared = [](const ScoreRequest& a, const ScoreRequest& b) {
-    const int block = scored_block<Block>(a);
-    return block > 0 && block == scored_block<Block>(b) &&
-           std::equal(a.prefix.begin(), a.prefix.begin() + std::ptrdiff_t(block) * Block, b.prefix.begin());
+    std::size_t first = 0, count = 0, shared = 0;
   };
   std::vector<Group> groups;
   for (std::size_t i = 0; i < requests.size(); ++i) {
-    if (!groups.empty() && shared(requests[groups.back().first], requests[i]))
+    const std::size_t shared = Scoring::shared(requests[i]);
+    if (!groups.empty() && shared > 0 && groups.back().shared == shared &&
+        std::equal(requests[i].prefix.begin(), requests[i].prefix.begin() + std::ptrdiff_t(shared),
+                   requests[groups.back().first].prefix.begin()))
       ++groups.back().count;
     else
-      groups.push_back({i, 1, scored_block<Block>(requests[i])});
+      groups.push_back({i, 1, shared});
   }
 
   const auto vocab = static_cast<std::size_t>(config.vocab_size);
@@ -146,82 +203,99 @@ Scores first_token_loglikelihood(Model& model, std::span<const ScoreRequest> req
   Scores result;
   result.scores.resize(requests.size());
   std::vector<model::KvCache<Backend>> caches;  // one a group of the chunk, kept and grown as needed
-  std::vector<std::vector<int>> views;
+  std::vector<std::vector<int>> parts;
   std::vector<model::ForwardRow<Backend>> rows;
-  std::vector<std::size_t> scored;  // the request of each row of a block forward
+  std::vector<std::size_t> scored;  // the request of each row of a scoring forward
   std::vector<float> logits(vocab);
-  auto run = [&](auto&& add_rows) {
-    rows.clear();
-    add_rows();
-    if (rows.empty()) return TensorView<const float>{};
+  auto run = [&]() {
     for (const auto& row : rows) result.positions += static_cast<std::int64_t>(row.tokens.size());
     ++result.forwards;
-    return model.template forward<mask::BlockCausal<Block>>(rows);
+    return model.template forward<typename Scoring::mask_type>(rows);
   };
   for (std::size_t g0 = 0; g0 < groups.size(); g0 += batch) {
     const std::span<const Group> chunk(groups.data() + g0, std::min(batch, groups.size() - g0));
     for (std::size_t g = 0; g < chunk.size(); ++g) {
-      const int need = (chunk[g].block + 1) * Block;
+      int need = 1;
+      for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i)
+        need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests[i])));
       if (g == caches.size())
         caches.push_back(model.make_cache(need));
       else if (caches[g].capacity() < need)
         caches[g] = model.make_cache(need);
     }
-    // The prefix's whole blocks before the scored one, once a group, into its cache.
-    run([&] {
-      for (std::size_t g = 0; g < chunk.size(); ++g) {
-        if (chunk[g].block == 0) continue;
-        model::ForwardRow<Backend> row;
-        row.tokens = std::span<const int>(requests[chunk[g].first].prefix).first(std::size_t(chunk[g].block) * Block);
-        row.advance = true;
-        row.logits_begin = row.logits_end = 0;
-        row.cache = &caches[g];
-        rows.push_back(row);
-      }
-    });
-    // Round k scores the k-th request of every group with one, its scored block against the cache.
+    // The shared parts, once a group, into its cache.
+    rows.clear();
+    for (std::size_t g = 0; g < chunk.size(); ++g) {
+      if (chunk[g].shared == 0) continue;
+      model::ForwardRow<Backend> row;
+      row.tokens = std::span<const int>(requests[chunk[g].first].prefix).first(chunk[g].shared);
+      row.advance = true;
+      row.logits_begin = row.logits_end = 0;
+      row.cache = &caches[g];
+      rows.push_back(row);
+    }
+    if (!rows.empty()) run();
+    // Round k scores the k-th request of every group with one, its scored part against the cache.
     std::size_t rounds = 0;
     for (const auto& g : chunk) rounds = std::max(rounds, g.count);
     for (std::size_t k = 0; k < rounds; ++k) {
-      views.clear();
+      parts.clear();
       scored.clear();
+      rows.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g)
         if (k < chunk[g].count) {
           scored.push_back(chunk[g].first + k);
-          views.push_back(scoring_view<Block>(requests[scored.back()], options));
+          parts.push_back(Scoring::scored_part(requests[scored.back()], options));
         }
-      const auto out = run([&] {
-        std::size_t v = 0;
-        for (std::size_t g = 0; g < chunk.size(); ++g) {
-          if (k >= chunk[g].count) continue;
-          const int begin = chunk[g].block * Block;
-          model::ForwardRow<Backend> row;
-          row.tokens = std::span<const int>(views[v]).subspan(std::size_t(begin), Block);
-          row.first_slot = begin;
-          row.logits_begin = static_cast<int>(requests[scored[v]].prefix.size()) - 1 - begin;
-          row.logits_end = row.logits_begin + 1;
-          row.cache = &caches[g];
-          rows.push_back(row);
-          ++v;
+      for (std::size_t g = 0, v = 0; g < chunk.size(); ++g) {
+        if (k >= chunk[g].count) continue;
+        const auto& r = requests[scored[v]];
+        model::ForwardRow<Backend> row;
+        row.tokens = parts[v];
+        row.first_slot = static_cast<int>(chunk[g].shared);
+        row.logits_begin = Scoring::first_row(r);
+        row.logits_end = row.logits_begin + static_cast<int>(Scoring::scored_tokens(r));
+        row.cache = &caches[g];
+        rows.push_back(row);
+        ++v;
+      }
+      const auto out = run();
+      for (std::size_t v = 0; v < scored.size(); ++v) {
+        const auto& r = requests[scored[v]];
+        auto& s = result.scores[scored[v]];
+        s = TokenScore{0.0, -1, true};
+        for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
+          const auto offset = (model.logit_offset(v) + static_cast<std::int64_t>(t)) * static_cast<std::int64_t>(vocab);
+          Backend::download(logits.data(), out.data() + offset, vocab);
+          const auto top = std::max_element(logits.begin(), logits.end());
+          double sum = 0;
+          for (float x : logits) sum += std::exp(static_cast<double>(x) - *top);
+          const int target = r.target[t];
+          const int argmax = static_cast<int>(top - logits.begin());
+          if (t == 0) s.argmax = argmax;
+          s.loglikelihood += static_cast<double>(logits[static_cast<std::size_t>(target)]) - *top - std::log(sum);
+          s.greedy = s.greedy && target == argmax;
         }
-      });
-      for (std::size_t r = 0; r < scored.size(); ++r) {
-        Backend::download(logits.data(), out.data() + model.logit_offset(r) * static_cast<std::int64_t>(vocab), vocab);
-        const auto top = std::max_element(logits.begin(), logits.end());
-        double sum = 0;
-        for (float x : logits) sum += std::exp(static_cast<double>(x) - *top);
-        const int target = requests[scored[r]].target[0];
-        auto& s = result.scores[scored[r]];
-        s.argmax = static_cast<int>(top - logits.begin());
-        s.loglikelihood = static_cast<double>(logits[static_cast<std::size_t>(target)]) - *top - std::log(sum);
-        s.greedy = target == s.argmax;
       }
     }
   }
   return result;
 }
 
-//! A multiple-choice question scored by first-token log-likelihood.
+//! Fast-dLLM v2's log p(target[0]) of every request (FASTDLLM_V2.md §3.6). `Block` is the
+//! model's block (config.json's bd_size).
+template <int Block, LanguageModel Model>
+Scores first_token_loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
+  return loglikelihood<scoring::FirstToken<Block>>(model, requests, options);
+}
+
+//! An AR model's log-likelihood of each whole target (lm-eval's), under the causal mask.
+template <LanguageModel Model>
+Scores causal_loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
+  return loglikelihood<scoring::Causal>(model, requests, options);
+}
+
+//! A multiple-choice question scored by log-likelihood.
 struct MultipleChoice {
   std::vector<TokenScore> scores;  //!< one per choice
   int chosen = -1;                 //!< the choice of highest log-likelihood (the first among equals)
@@ -242,15 +316,15 @@ inline MultipleChoice choose(std::span<const TokenScore> scores) {
   return mc;
 }
 
-//! The choice among `choices` that `model` scores highest after `prefix`, as the official
-//! evaluation answers MMLU and GPQA.
-template <int Block, LanguageModel Model>
+//! The choice among `choices` that `model` scores highest after `prefix` as `Scoring` scores it:
+//! scoring::FirstToken<Block> as the official evaluation answers MMLU and GPQA.
+template <class Scoring, LanguageModel Model>
 MultipleChoice multiple_choice(Model& model, const std::vector<int>& prefix,
                                std::span<const std::vector<int>> choices, const ScoreOptions& options) {
   require(!choices.empty(), "multiple choice: no choices");
   std::vector<ScoreRequest> requests;
   for (const auto& c : choices) requests.push_back({prefix, c});
-  return choose(first_token_loglikelihood<Block>(model, requests, options).scores);
+  return choose(loglikelihood<Scoring>(model, requests, options).scores);
 }
 
 }  // namespace blockdiff::eval
