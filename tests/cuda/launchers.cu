@@ -280,6 +280,13 @@ std::vector<float> logits(const std::string& model_dir, const std::vector<int>& 
   return out;
 }
 
+eval::Scores score(const std::string& model_dir, const std::vector<eval::ScoreRequest>& requests,
+                   const eval::ScoreOptions& options, bool causal) {
+  auto m = model::Qwen2<Cuda>::load(model_dir);
+  return causal ? eval::causal_loglikelihood(m, requests, options)
+                : eval::first_token_loglikelihood<8>(m, requests, options);
+}
+
 std::vector<Decoded> generate(const std::string& model_dir, const std::vector<std::vector<int>>& prompts,
                               const std::string& shape, const std::string& policy, const std::string& cache_name,
                               float knob, int max_new, int eos, int mask_id, float temperature, float top_p,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/eval/loglikelihood.hpp"
 #include "blockdiff/io/config.hpp"
 #include "blockdiff/policy/unmask.hpp"
 #include "blockdiff/train/batch.hpp"
@@ -101,6 +102,10 @@ void unmask(const std::string& policy, float knob, const std::vector<Candidate>&
 
 std::vector<float> logits(const std::string& model_dir, const std::vector<int>& ids, const std::string& mask,
                           bool bf16_weights = false);
+
+//! eval::loglikelihood on the device: scoring::FirstToken<8> or, with `causal`, scoring::Causal.
+eval::Scores score(const std::string& model_dir, const std::vector<eval::ScoreRequest>& requests,
+                   const eval::ScoreOptions& options, bool causal);
 
 struct Decoded {
   std::vector<int> tokens;

@@ -431,6 +431,31 @@ TEST_CASE("whole-model logits: CUDA == host on both golden models") {
   }
 }
 
+TEST_CASE("log-likelihood scoring, first-token and causal: CUDA == host, shared prefixes and batches") {
+  const auto dir = test::golden("model-f32-tied").string();
+  auto m = model::Qwen2<backend::Host>::load(dir);
+  std::vector<int> shared;
+  for (int i = 0; i < 21; ++i) shared.push_back((i * 13 + 5) % 300);
+  std::vector<eval::ScoreRequest> requests;
+  for (int c = 0; c < 4; ++c) requests.push_back({shared, {7 + c, 9, 11 + c}});  // one question's choices
+  requests.push_back({{3, 4}, {5}});
+  requests.push_back({std::vector<int>(shared.begin(), shared.begin() + 16), {40, 41}});  // on a block boundary
+  for (bool causal : {false, true})
+    for (int batch : {1, 16}) {
+      const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318, .batch = batch};
+      const auto host = causal ? eval::causal_loglikelihood(m, requests, o) : eval::first_token_loglikelihood<8>(m, requests, o);
+      const auto dev = gpu::score(dir, requests, o, causal);
+      INFO((causal ? "causal" : "first-token"), ", batch ", batch);
+      CHECK(dev.forwards == host.forwards);
+      CHECK(dev.positions == host.positions);
+      for (std::size_t i = 0; i < requests.size(); ++i) {
+        CHECK(std::fabs(dev.scores[i].loglikelihood - host.scores[i].loglikelihood) < 1e-3);
+        CHECK(dev.scores[i].argmax == host.scores[i].argmax);
+        CHECK(dev.scores[i].greedy == host.scores[i].greedy);
+      }
+    }
+}
+
 TEST_CASE("whole-model logits with BF16 weights: CUDA == host") {
   // The BF16 golden model held in BF16 on both backends. Up to 8 tokens every product runs in
   // f32 on both; more tokens take the tensor cores (blockdiff's kernel at 20 and 32 tokens,
