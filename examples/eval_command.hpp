@@ -79,15 +79,27 @@ class EvalCommand {
     cmd_->add_option("--n", n_, "held-out examples")->capture_default_str()->check(positive());
     cmd_->add_option("--batch", batch_, "prompts decoded together")->capture_default_str()->check(positive());
     cmd_->add_option("--max-new-tokens", max_new_, "new tokens at most")->capture_default_str()->check(positive());
-    auto* ar = cmd_->add_flag("--ar", ar_, "AR decoding (the baseline) instead of block diffusion");
+    auto* max_new = cmd_->get_option("--max-new-tokens");
+    auto* ar = cmd_->add_flag("--ar", ar_,
+                              "AR decoding (the baseline) instead of block diffusion; with --choices, an AR model's "
+                              "causal score");
     spec_.add_flags(cmd_);
     for (const char* flag : DecoderSpec::flags) ar->excludes(cmd_->get_option(flag));  // AR has no blocks or policy
+    auto* choices = cmd_->add_option("--choices", choices_,
+                                     "ask the prompts as multiple choice of N (2 to 10), as MMLU is asked: scored by "
+                                     "Fast-dLLM v2's first-token log-likelihood at --block (--ar: causally)")
+                        ->check(CLI::Range(2, 10));
+    // Nothing is decoded: only the block of the scoring view is read.
+    for (const char* flag : DecoderSpec::flags)
+      if (std::string_view(flag) != "--block") choices->excludes(cmd_->get_option(flag));
+    choices->excludes(max_new);
     device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
   bool parsed() const { return cmd_->parsed(); }
 
   int run() {
+    if (choices_) return run_choices();
     spec_.refuse_unread_flags();
     const auto examples = train::tasks::make(task_, train::tasks::Split::held_out, n_);
     TaskModel m(model_, weights_.dtype(), device_);
@@ -108,9 +120,36 @@ class EvalCommand {
     return 0;
   }
 
+  //! --choices: the held-out prompts asked as multiple choice, answered by log-likelihood.
+  int run_choices() {
+    const auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
+    TaskModel m(model_, weights_.dtype(), device_);
+    spec_.default_shape(m.model.config());
+    const eval::ScoreOptions options{.mask_id = m.vocab.mask_id(), .eos_id = m.vocab.eos_id(), .batch = batch_ * *choices_};
+    const std::optional<int> block = ar_ ? std::nullopt : std::optional<int>(spec_.block);
+    const auto report = eval::evaluate_choices(questions, m.vocab, batch_, [&](std::span<const eval::ScoreRequest> r) {
+      return m.model.score(r, options, block);
+    });
+    nlohmann::ordered_json out{{"n", report.n},
+                               {"accuracy", report.accuracy()},
+                               {"correct", report.correct},
+                               {"tied", report.tied},
+                               {"forwards", report.forwards},
+                               {"positions", report.positions},
+                               {"seconds", report.seconds},
+                               {"device", device_.name},
+                               {"task", task_},
+                               {"choices", *choices_},
+                               {"scoring", ar_ ? "causal" : "first-token"}};
+    if (!ar_) out["block"] = spec_.block;
+    std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
+    return 0;
+  }
+
  private:
   CLI::App* cmd_ = nullptr;
   std::string model_, task_ = "mix";
+  std::optional<int> choices_;
   int n_ = 200, batch_ = 1, max_new_ = 32;
   bool ar_ = false, json_ = false;
   DecoderSpec spec_;

@@ -153,6 +153,25 @@ if not tied["tied"] or tied["loglikelihoods"][0] != tied["loglikelihoods"][1] or
     failures.append(f"choices sharing their first token past a block boundary must tie: {tied}")
 
 
+# 3b. eval --choices: the held-out prompts as 4-way multiple choice, each model scored its way.
+for model, flags in (("tasks-fdllm2", []), ("tasks-ar", ["--ar"])):
+    r = json.loads(run("eval", "--model", f"{models}/{model}", "--choices", "4", "--n", "40", "--batch", "4",
+                       *flags, "--json").stdout)
+    want = {"n": 40, "choices": 4, "scoring": "causal" if flags else "first-token", "forwards": 50}
+    if any(r.get(k) != v for k, v in want.items()) or r["accuracy"] < 0.9 or r["correct"] != round(40 * r["accuracy"]):
+        failures.append(f"eval --choices on {model}: {r}")
+    if not flags and r["block"] != 8:  # the model's bd_size
+        failures.append(f"eval --choices scored at block {r['block']}")
+for flags, needle in ((["--threshold", "0.5"], "--threshold excludes --choices"),
+                      (["--max-new-tokens", "8"], "--max-new-tokens excludes --choices"),
+                      (["--ar", "--block", "8"], "--ar excludes --block")):
+    r = run("eval", "--model", tasks, "--choices", "4", *flags, ok=False)
+    if r.returncode == 0 or needle not in r.stderr:
+        failures.append(f"eval --choices 4 {' '.join(flags)}: rc {r.returncode}, {r.stderr.strip()!r}")
+r = run("eval", "--model", tasks, "--choices", "11", ok=False)
+if r.returncode == 0 or "--choices" not in r.stderr:
+    failures.append(f"eval --choices 11: rc {r.returncode}, {r.stderr.strip()!r}")
+
 # 4. Bad requests are refused, naming the line and what is wrong.
 def refused(model, lines, needle, *flags):
     r = run("score", "--model", model, "--requests", requests_file("bad", lines), *flags, ok=False)

@@ -1,6 +1,7 @@
 // Scoring: accuracy by exact answer, and the throughput figures' definitions.
 #include <doctest/doctest.h>
 
+#include "../support/check_error.hpp"
 #include "blockdiff/eval/eval.hpp"
 #include "blockdiff/model/init.hpp"
 
@@ -105,4 +106,40 @@ TEST_CASE("eval: the decoder adapters pass on what the decoders did, with the vo
     CHECK(rows[r].total_forwards == direct[r].trace.total_forwards());
     CHECK(rows[r].total_forwards > rows[r].denoising_forwards);  // a prefill or a commit forward ran
   }
+}
+
+TEST_CASE("eval: multiple choice takes each question's most likely choice, batched") {
+  const auto vocab = tasks::vocabulary();
+  const auto questions = tasks::make_choices("mix", tasks::Split::held_out, 7, 3);
+  // A scorer that knows the answers: the right choice scores highest on even questions, a wrong
+  // one on odd questions, and on question 4 two choices tie at the top (the first of them wins).
+  int calls = 0;
+  auto scorer = [&](std::span<const eval::ScoreRequest> requests) {
+    eval::Scores s;
+    for (const auto& r : requests) {
+      std::size_t q = 0;
+      while (vocab.encode(questions[q].prompt) != r.prefix) ++q;
+      const auto& right = questions[q].choices[std::size_t(questions[q].answer)];
+      const bool is_right = vocab.encode(right) == r.target;
+      double ll = is_right ? (q % 2 == 0 ? -1.0 : -3.0) : -2.0;
+      if (q == 4) ll = -1.0;  // every choice ties
+      s.scores.push_back({ll, 0, false});
+    }
+    s.forwards = 2;
+    s.positions = std::int64_t(requests.size());
+    ++calls;
+    return s;
+  };
+  std::vector<int> progress;
+  const auto r = eval::evaluate_choices(questions, vocab, 3, scorer, [&](int done, int) { progress.push_back(done); });
+  CHECK(calls == 3);
+  CHECK(progress == std::vector<int>{3, 6, 7});
+  CHECK(r.n == 7);
+  // Right: questions 0, 2, 6 and question 4 where its answer is the first choice.
+  CHECK(r.correct == 3 + (questions[4].answer == 0));
+  CHECK(r.tied == 1 + 3);  // question 4, and the odd ones' two wrong choices tie at -2
+  CHECK(r.forwards == 6);
+  CHECK(r.positions == 21);
+  CHECK(r.accuracy() == doctest::Approx(r.correct / 7.0));
+  CHECK_ERROR(eval::evaluate_choices(questions, vocab, 0, scorer), "the batch must be positive");
 }

@@ -2,6 +2,7 @@
 // splits, and the character vocabulary's tokenizer.json round trip.
 #include <doctest/doctest.h>
 
+#include <cctype>
 #include <set>
 #include <sstream>
 
@@ -84,4 +85,35 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "has no merges");
   test::write_text(dir / "typed.json", R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "a": "1"}}})");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "token \"a\" has the id \"1\", not an integer");
+}
+
+TEST_CASE("train/tasks: multiple-choice questions hold the response once, among others of another first character") {
+  const auto examples = tasks::make("mix", tasks::Split::held_out, 200);
+  const auto questions = tasks::make_choices("mix", tasks::Split::held_out, 200, 4);
+  REQUIRE(questions.size() == examples.size());
+  std::set<int> places;
+  for (std::size_t i = 0; i < questions.size(); ++i) {
+    const auto& q = questions[i];
+    const auto& e = examples[i];
+    CAPTURE(e.prompt);
+    CHECK(q.prompt == e.prompt);
+    REQUIRE(q.choices.size() == 4);
+    REQUIRE(q.answer >= 0);
+    REQUIRE(q.answer < 4);
+    places.insert(q.answer);
+    CHECK(q.choices[std::size_t(q.answer)] == e.response);
+    std::set<char> firsts;
+    for (const auto& c : q.choices) {
+      CHECK(c.substr(1) == e.response.substr(1));
+      CHECK(std::isalnum(static_cast<unsigned char>(c[0])) != 0);
+      CHECK((std::isdigit(static_cast<unsigned char>(c[0])) != 0) == (std::isdigit(static_cast<unsigned char>(e.response[0])) != 0));
+      firsts.insert(c[0]);
+    }
+    CHECK(firsts.size() == 4);  // first tokens all differ: the first-token score can tell them apart
+  }
+  CHECK(places.size() == 4);  // the answer is not always at one place
+  Rng rng(1);
+  CHECK_ERROR(tasks::choice_question(examples[0], 11, rng), "2 to 10 choices, got 11");
+  CHECK_ERROR(tasks::choice_question({"r:ab=", "#ba"}, 3, rng), "a response beginning with '#' has no other choices");
+  CHECK(tasks::choice_question(examples[0], 10, rng).choices.size() == 10);
 }

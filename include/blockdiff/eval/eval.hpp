@@ -7,6 +7,9 @@
 //   tokens per forward  new tokens over denoising forwards (block + sub-block; for AR, the
 //                       decode steps), the paper's parallelism measure
 //   forwards per token  every forward (prefill and commit included) over new tokens
+//
+// A task's held-out prompts asked as multiple choice (train/tasks.hpp's make_choices) are scored
+// by any log-likelihood scorer (eval/loglikelihood.hpp): the argmax over each question's choices.
 #pragma once
 
 #include <chrono>
@@ -19,6 +22,7 @@
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/decode/ar.hpp"
 #include "blockdiff/decode/block_diffusion.hpp"
+#include "blockdiff/eval/loglikelihood.hpp"
 #include "blockdiff/tokenizer/char_vocab.hpp"
 #include "blockdiff/train/tasks.hpp"
 
@@ -123,6 +127,53 @@ inline Report evaluate(const std::vector<train::tasks::TextExample>& examples, c
     }
     report.n += int(end - begin);
     if (progress) progress(report.n, int(examples.size()));
+  }
+  return report;
+}
+
+struct ChoiceReport {
+  int n = 0, correct = 0;
+  int tied = 0;  //!< questions whose best score another choice shared (the first of them counts)
+  int forwards = 0;
+  std::int64_t positions = 0;
+  double seconds = 0;
+
+  double accuracy() const { return n ? double(correct) / n : 0.0; }
+};
+
+//! Scores a batch of requests: eval::loglikelihood with the scoring and model of the caller's choice.
+using BatchScorer = std::function<Scores(std::span<const ScoreRequest>)>;
+
+//! Asks `questions`, `batch` of them per call of `score`: each is answered by the choice of
+//! highest log-likelihood; `progress(done, total)` after each call.
+inline ChoiceReport evaluate_choices(const std::vector<train::tasks::ChoiceQuestion>& questions,
+                                     const tokenizer::CharVocab& vocab, int batch, const BatchScorer& score,
+                                     const std::function<void(int, int)>& progress = {}) {
+  require(batch > 0, "eval: the batch must be positive, got ", batch);
+  ChoiceReport report;
+  std::vector<ScoreRequest> requests;
+  for (std::size_t begin = 0; begin < questions.size(); begin += std::size_t(batch)) {
+    const std::size_t end = std::min(questions.size(), begin + std::size_t(batch));
+    requests.clear();
+    for (std::size_t q = begin; q < end; ++q)
+      for (const auto& c : questions[q].choices) requests.push_back({vocab.encode(questions[q].prompt), vocab.encode(c)});
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto scored = score(requests);
+    report.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    require(scored.scores.size() == requests.size(), "eval: the scorer returned ", scored.scores.size(),
+            " scores for ", requests.size(), " requests");
+    report.forwards += scored.forwards;
+    report.positions += scored.positions;
+    std::size_t at = 0;
+    for (std::size_t q = begin; q < end; ++q) {
+      const auto n = questions[q].choices.size();
+      const auto mc = choose(std::span(scored.scores).subspan(at, n));
+      at += n;
+      report.correct += mc.chosen == questions[q].answer;
+      report.tied += mc.tied;
+    }
+    report.n += int(end - begin);
+    if (progress) progress(report.n, int(questions.size()));
   }
   return report;
 }

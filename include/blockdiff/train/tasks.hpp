@@ -6,6 +6,9 @@
 //   reverse  reverse four to eight letters:                 "r:bdaec="     ->  "ceadb"
 //   mix      the three, in equal parts
 //
+// Any of them also asks its held-out prompts as multiple choice (make_choices), the right
+// response among others that differ in their first character.
+//
 // Every response ends with the EOS token. The answer of an arith response is what follows '#';
 // of the others, the whole response. Splits are disjoint: the held-out split is drawn from its
 // own seed, and the training split never contains a held-out prompt.
@@ -99,6 +102,40 @@ inline std::vector<TextExample> make(const std::string& task, Split split, int n
     auto e = draw(task, rng);
     if (!excluded.count(e.prompt)) out.push_back(std::move(e));
   }
+  return out;
+}
+
+//! A multiple-choice question made from an example, as MMLU and GPQA ask theirs.
+struct ChoiceQuestion {
+  std::string prompt;
+  std::vector<std::string> choices;
+  int answer = 0;  //!< the index of the example's response among the choices
+};
+
+//! `example` as a question of `n` choices (2 to 10): its response and n - 1 others, each the
+//! response with its first character (a digit or a letter) replaced by another of its kind, in an
+//! order drawn from `rng`. The choices differ in their first token, so Fast-dLLM v2's first-token
+//! score can tell them apart.
+inline ChoiceQuestion choice_question(const TextExample& example, int n, Rng& rng) {
+  require(n >= 2 && n <= 10, "a multiple-choice question takes 2 to 10 choices, got ", n);
+  require(!example.response.empty(), "a multiple-choice question needs a response");
+  const char first = example.response[0];
+  std::string pool = first >= '0' && first <= '9' ? "0123456789" : "abcdefghij";
+  require(pool.find(first) != std::string::npos, "a response beginning with '", first, "' has no other choices");
+  pool.erase(pool.find(first), 1);
+  for (std::size_t i = pool.size(); i > 1; --i) std::swap(pool[i - 1], pool[rng.below(i)]);  // Fisher-Yates
+  ChoiceQuestion q{example.prompt, {}, static_cast<int>(rng.below(std::uint64_t(n)))};
+  for (int c = 0, other = 0; c < n; ++c)
+    q.choices.push_back(c == q.answer ? example.response : pool[std::size_t(other++)] + example.response.substr(1));
+  return q;
+}
+
+//! `n` questions of `choices` choices each from `n` examples of `task`'s `split` (make's).
+inline std::vector<ChoiceQuestion> make_choices(const std::string& task, Split split, int n, int choices,
+                                                std::uint64_t seed = 1) {
+  std::vector<ChoiceQuestion> out;
+  Rng rng(seed * 2 + 7);
+  for (const auto& e : make(task, split, n, seed)) out.push_back(choice_question(e, choices, rng));
   return out;
 }
 
