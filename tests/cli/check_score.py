@@ -62,7 +62,7 @@ for block in (32, 8):
         failures.append(f"block {block}: header {({k: v for k, v in got.items() if k != 'results'})}")
     for (p, t), r in zip(cases, got["results"]):
         want = reference(p, t, block)
-        if abs(r["loglikelihood"] - want) > 1e-4:
+        if abs(r["loglikelihood"] - want) > 1e-3:  # 1e-5 of logits up to 48, twice
             failures.append(f"block {block}, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
 
 # The causal score (--ar): the sum over the whole target of log-softmaxes of `logits --mask causal`
@@ -84,7 +84,7 @@ if got["scoring"] != "causal" or "block" in got:
     failures.append(f"--ar header: {({k: v for k, v in got.items() if k != 'results'})}")
 for (p, t), r in zip(cases, got["results"]):
     want = causal_reference(p, t)
-    if abs(r["loglikelihood"] - want) > 2e-4:
+    if abs(r["loglikelihood"] - want) > 1e-3 * len(t):
         failures.append(f"--ar, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
 
 # 2. Text is split as lm-eval splits it; on a character vocabulary that is one id a character.

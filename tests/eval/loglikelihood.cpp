@@ -54,6 +54,11 @@ double naive_causal(const test::NaiveQwen2& naive, const eval::ScoreRequest& r) 
   return sum;
 }
 
+// The f32 forward is held to 1e-5 of the largest logit against the naive model (tests/model); a
+// log-probability is the difference of a logit and the log-normaliser, each within that, and the
+// golden model's logits reach 48: 1e-3 per scored token.
+constexpr double kTol = 1e-3;
+
 std::vector<int> ids(int n, int seed, int vocab) {
   std::vector<int> t;
   for (int i = 0; i < n; ++i) t.push_back((seed * 37 + i * 11 + i * i * 5) % (vocab - 3));
@@ -90,7 +95,7 @@ TEST_CASE("loglikelihood: equals a naive f64 forward over the view, in batches o
     for (std::size_t i = 0; i < requests.size(); ++i) {
       CAPTURE(i);
       const double want = naive_loglikelihood<B>(naive, requests[i], mask, eos);
-      CHECK(std::fabs(scores[i].loglikelihood - want) < 1e-4);
+      CHECK(std::fabs(scores[i].loglikelihood - want) < kTol);
       CHECK(scores[i].loglikelihood < 0);
       CHECK(scores[i].greedy == (scores[i].argmax == requests[i].target[0]));
     }
@@ -125,7 +130,7 @@ TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the 
   CHECK(s.forwards == 5);
   CHECK(s.positions == 32 + 6 * 8);
   for (std::size_t i = 0; i < requests.size(); ++i)
-    CHECK(std::fabs(s.scores[i].loglikelihood - naive_loglikelihood<8>(naive, requests[i], mask, eos)) < 1e-4);
+    CHECK(std::fabs(s.scores[i].loglikelihood - naive_loglikelihood<8>(naive, requests[i], mask, eos)) < kTol);
   // Requests scored in their first block share no prefill: one forward scores them all.
   const std::vector<eval::ScoreRequest> first_block{{{3, 4}, {5}}, {{3, 4, 6}, {5}}, {{7}, {8, 9}}};
   const auto f = eval::first_token_loglikelihood<8>(m, first_block, o);
@@ -217,7 +222,7 @@ TEST_CASE("loglikelihood: causal scoring sums the whole target, as lm-eval score
     const auto s = eval::causal_loglikelihood(m, requests, {.batch = batch});
     for (std::size_t i = 0; i < requests.size(); ++i) {
       CAPTURE(i);
-      CHECK(std::fabs(s.scores[i].loglikelihood - naive_causal(naive, requests[i])) < 2e-4);
+      CHECK(std::fabs(s.scores[i].loglikelihood - naive_causal(naive, requests[i])) < kTol * double(requests[i].target.size()));
     }
     if (batch == 16) {
       // One prefill (the shared 8 tokens, the 29 of the long prefix, the last request's 1), then

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "blockdiff/backend/kernel.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/decode/prompt.hpp"
 #include "blockdiff/model/concept.hpp"
@@ -56,7 +57,7 @@ struct ScoreOptions {
 };
 
 struct TokenScore {
-  double loglikelihood = 0;  //!< the sum of the scored tokens' log-probabilities (natural log, in f64)
+  double loglikelihood = 0;  //!< the sum of the scored tokens' log-probabilities (natural log)
   int argmax = -1;           //!< the most probable token at the first scored position (the lowest id among equals)
   bool greedy = false;       //!< whether every scored token is its position's most probable
 };
@@ -198,19 +199,27 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
       groups.push_back({i, 1, shared});
   }
 
-  const auto vocab = static_cast<std::size_t>(config.vocab_size);
+  const auto vocab = static_cast<std::int64_t>(config.vocab_size);
   const auto batch = static_cast<std::size_t>(options.batch);
   Scores result;
   result.scores.resize(requests.size());
   std::vector<model::KvCache<Backend>> caches;  // one a group of the chunk, kept and grown as needed
+  struct Member {
+    std::size_t group, request;
+  };
+  std::vector<Member> members;  // a scoring forward's rows
   std::vector<std::vector<int>> parts;
   std::vector<model::ForwardRow<Backend>> rows;
-  std::vector<std::size_t> scored;  // the request of each row of a scoring forward
-  std::vector<float> logits(vocab);
+  std::vector<PositionStats> stats;
   auto run = [&]() {
     for (const auto& row : rows) result.positions += static_cast<std::int64_t>(row.tokens.size());
     ++result.forwards;
     return model.template forward<typename Scoring::mask_type>(rows);
+  };
+  auto logit = [&](const float* row, int token) {
+    float x = 0;
+    Backend::download(&x, row + token, 1);
+    return static_cast<double>(x);
   };
   for (std::size_t g0 = 0; g0 < groups.size(); g0 += batch) {
     const std::span<const Group> chunk(groups.data() + g0, std::min(batch, groups.size() - g0));
@@ -239,42 +248,39 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
     std::size_t rounds = 0;
     for (const auto& g : chunk) rounds = std::max(rounds, g.count);
     for (std::size_t k = 0; k < rounds; ++k) {
-      parts.clear();
-      scored.clear();
-      rows.clear();
+      members.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g)
-        if (k < chunk[g].count) {
-          scored.push_back(chunk[g].first + k);
-          parts.push_back(Scoring::scored_part(requests[scored.back()], options));
-        }
-      for (std::size_t g = 0, v = 0; g < chunk.size(); ++g) {
-        if (k >= chunk[g].count) continue;
-        const auto& r = requests[scored[v]];
+        if (k < chunk[g].count) members.push_back({g, chunk[g].first + k});
+      parts.clear();
+      for (const auto& m : members) parts.push_back(Scoring::scored_part(requests[m.request], options));
+      rows.clear();
+      for (std::size_t v = 0; v < members.size(); ++v) {
+        const auto& r = requests[members[v].request];
         model::ForwardRow<Backend> row;
         row.tokens = parts[v];
-        row.first_slot = static_cast<int>(chunk[g].shared);
+        row.first_slot = static_cast<int>(chunk[members[v].group].shared);
         row.logits_begin = Scoring::first_row(r);
         row.logits_end = row.logits_begin + static_cast<int>(Scoring::scored_tokens(r));
-        row.cache = &caches[g];
+        row.cache = &caches[members[v].group];
         rows.push_back(row);
-        ++v;
       }
       const auto out = run();
-      for (std::size_t v = 0; v < scored.size(); ++v) {
-        const auto& r = requests[scored[v]];
-        auto& s = result.scores[scored[v]];
+      // The vocabulary statistics pass gives each row's argmax and its softmax probability p1 =
+      // 1 / sum exp(x - x_max), so log p(t) = x_t - x_max + log p1 needs two logits of the row.
+      stats.resize(static_cast<std::size_t>(out.dim(0)));
+      Kernel<Backend, op::VocabStats<false, false>>::run(out.data(), out.dim(0), config.vocab_size, stats.data());
+      for (std::size_t v = 0; v < members.size(); ++v) {
+        const auto& r = requests[members[v].request];
+        auto& s = result.scores[members[v].request];
         s = TokenScore{0.0, -1, true};
         for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
-          const auto offset = (model.logit_offset(v) + static_cast<std::int64_t>(t)) * static_cast<std::int64_t>(vocab);
-          Backend::download(logits.data(), out.data() + offset, vocab);
-          const auto top = std::max_element(logits.begin(), logits.end());
-          double sum = 0;
-          for (float x : logits) sum += std::exp(static_cast<double>(x) - *top);
+          const auto at = model.logit_offset(v) + static_cast<std::int64_t>(t);
+          const auto& st = stats[static_cast<std::size_t>(at)];
+          const float* row = out.data() + at * vocab;
           const int target = r.target[t];
-          const int argmax = static_cast<int>(top - logits.begin());
-          if (t == 0) s.argmax = argmax;
-          s.loglikelihood += static_cast<double>(logits[static_cast<std::size_t>(target)]) - *top - std::log(sum);
-          s.greedy = s.greedy && target == argmax;
+          s.loglikelihood += logit(row, target) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
+          s.greedy = s.greedy && target == st.token;
+          if (t == 0) s.argmax = st.token;
         }
       }
     }
