@@ -1,7 +1,7 @@
 // The blockdiff program: one command per job, JSON on stdout so other tools can check it.
 //
 //   blockdiff logits   one forward, all logits
-//   blockdiff score    first-token log-likelihoods and multiple choice (MMLU/GPQA-style)
+//   blockdiff score    log-likelihoods and multiple choice (MMLU/GPQA-style; --ar: causal)
 //   blockdiff ar       greedy autoregressive decoding (the baseline)
 //   blockdiff generate Fast-dLLM v2 block-diffusion decoding
 //   blockdiff init     a random checkpoint of a named shape

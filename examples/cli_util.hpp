@@ -106,18 +106,22 @@ void for_each_json_line(const std::string& path, F&& f) {
   }
 }
 
+//! The token ids of a JSON array; `what` names it in errors ("f.jsonl: line 2").
+inline std::vector<int> ids_from_json(const nlohmann::json& j, const std::string& what) {
+  require(j.is_array(), what, " is not a JSON array of token ids");
+  std::vector<int> ids;
+  for (const auto& v : j) {
+    require(io::holds_integer_in(v, 0, INT32_MAX), what, " holds ", v.dump(), ", which is not a token id");
+    ids.push_back(v.get<int>());
+  }
+  return ids;
+}
+
 //! One JSON array of token ids per non-empty line.
 inline std::vector<std::vector<int>> read_prompt_file(const std::string& path) {
   std::vector<std::vector<int>> prompts;
   for_each_json_line(path, [&](int number, const nlohmann::json& j) {
-    require(j.is_array(), path, ": line ", number, " is not a JSON array of token ids");
-    std::vector<int> ids;
-    for (auto& v : j) {
-      require(io::holds_integer_in(v, 0, INT32_MAX), path, ": line ", number, " holds ", v.dump(),
-              ", which is not a token id");
-      ids.push_back(v.get<int>());
-    }
-    prompts.push_back(std::move(ids));
+    prompts.push_back(ids_from_json(j, ::blockdiff::detail::concat(path, ": line ", number)));
   });
   require(!prompts.empty(), path, ": no prompts");
   return prompts;

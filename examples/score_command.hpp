@@ -88,12 +88,13 @@ class ScoreCommand {
           fail(where, ": ", e.what());
         }
       };
-      const auto prefix = text ? encode(string_field(j, "prefix", where)) : id_field(j, "prefix_ids", where);
+      const auto prefix_text = text ? string_field(j, "prefix", where) : std::string();
+      const auto prefix = text ? encode(prefix_text) : id_field(j, "prefix_ids", where);
       // The target as lm-eval splits it: what encoding prefix + target adds after the prefix's tokens.
       auto target = [&](const nlohmann::json& value, const std::string& what) {
-        if (!text) return ids_of(value, where + ": " + what);
+        if (!text) return ids_from_json(value, where + ": " + what);
         require(value.is_string(), where, ": ", what, " must be a string, got ", value.dump());
-        const auto whole = encode(string_field(j, "prefix", where) + value.get<std::string>());
+        const auto whole = encode(prefix_text + value.get<std::string>());
         return std::vector<int>(whole.begin() + std::ptrdiff_t(std::min(whole.size(), prefix.size())), whole.end());
       };
       const char* one = text ? "target" : "target_ids";
@@ -169,17 +170,8 @@ class ScoreCommand {
     require(j[field].is_string(), where, ": \"", field, "\" must be a string, got ", j[field].dump());
     return j[field].get<std::string>();
   }
-  static std::vector<int> ids_of(const nlohmann::json& v, const std::string& what) {
-    require(v.is_array(), what, " must be an array of token ids, got ", v.dump());
-    std::vector<int> ids;
-    for (const auto& x : v) {
-      require(io::holds_integer_in(x, 0, INT32_MAX), what, " holds ", x.dump(), ", which is not a token id");
-      ids.push_back(x.get<int>());
-    }
-    return ids;
-  }
   static std::vector<int> id_field(const nlohmann::json& j, const char* field, const std::string& where) {
-    return ids_of(j[field], ::blockdiff::detail::concat(where, ": \"", field, "\""));
+    return ids_from_json(j[field], ::blockdiff::detail::concat(where, ": \"", field, "\""));
   }
 
   CLI::App* cmd_ = nullptr;

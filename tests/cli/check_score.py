@@ -187,6 +187,7 @@ refused(gold, ['{"prefix_ids": [1], "choice_ids": [[2], [3]], "answer": 2}'],
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2], "answer": 0}'], "\"answer\" needs \"choice_ids\"")
 refused(gold, ['{"prefix": "hi", "target": " there"}'], "line 1 is text: it needs a tokenizer.json")
 refused(gold, ['{"prefix_ids": [1, -2], "target_ids": [2]}'], "\"prefix_ids\" holds -2, which is not a token id")
+refused(gold, ['{"prefix_ids": 5, "target_ids": [2]}'], "line 1: \"prefix_ids\" is not a JSON array of token ids")
 refused(gold, ['{"prefix_ids": [], "target_ids": [2]}'], "score request 0: the prefix is empty")
 refused(gold, ['{"prefix_ids": [1], "target_ids": [319]}'], "the target holds the [MASK] id 319")
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--block 12 is not compiled in (supported: 4, 8, 16, 32, 64)", "--block", "12")

@@ -155,8 +155,10 @@ inline ChoiceReport evaluate_choices(const std::vector<train::tasks::ChoiceQuest
   for (std::size_t begin = 0; begin < questions.size(); begin += std::size_t(batch)) {
     const std::size_t end = std::min(questions.size(), begin + std::size_t(batch));
     requests.clear();
-    for (std::size_t q = begin; q < end; ++q)
-      for (const auto& c : questions[q].choices) requests.push_back({vocab.encode(questions[q].prompt), vocab.encode(c)});
+    for (std::size_t q = begin; q < end; ++q) {
+      const auto prompt = vocab.encode(questions[q].prompt);
+      for (const auto& c : questions[q].choices) requests.push_back({prompt, vocab.encode(c)});
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const auto scored = score(requests);
     report.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -107,7 +107,6 @@ namespace scoring {
 template <int Block>
 struct FirstToken {
   using mask_type = mask::BlockCausal<Block>;
-  static constexpr int block = Block;
 
   static int scored_block(const ScoreRequest& r) { return static_cast<int>((r.prefix.size() - 1) / Block); }
   //! The prefix's whole blocks before the scored one.
