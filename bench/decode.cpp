@@ -9,7 +9,8 @@
 //  - the policy step (the vocabulary statistics pass and the selection) beside a forward;
 //  - end-to-end tokens/s and forwards per token of AR and of block diffusion with each cache;
 //  - a 4-choice question scored by first-token log-likelihood, blockdiff's shared prefix against
-//    the official whole views.
+//    the official whole views; and four few-shot questions, their header run once against once
+//    a question.
 // The block-diffusion decoders are checked against the AR prefix semantics before timing: the
 // block cache must agree with recomputation (cache::None) token for token.
 #include <chrono>
@@ -275,6 +276,53 @@ void BM_ScoreMultipleChoice(benchmark::State& state) {
   state.counters["positions_run"] = static_cast<double>(got.positions);
   state.counters["view_positions"] = static_cast<double>(view_positions);
 }
+
+// Few-shot questions of one task, as lm-eval asks MMLU: the same header of examples before each
+// question, four one-token choices each. blockdiff runs the header once for all the questions
+// (and keeps it for the next batch); scoring a question at a time runs it before each, as
+// sharing only a question's own prefix would. Both are timed in the same iterations, after their
+// scores are checked to agree.
+void BM_ScoreFewShot(benchmark::State& state) {
+  auto& m = shared_model();
+  constexpr int B = 32, questions = 4, question = 64;
+  const auto header = prompt(static_cast<int>(state.range(0)));
+  std::vector<eval::ScoreRequest> requests;
+  for (int q = 0; q < questions; ++q) {
+    auto prefix = header;
+    for (int i = 0; i < question; ++i) prefix.push_back((i * 104729 + q * 7 + 3) % 150000);
+    for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});
+  }
+  const eval::ScoreOptions options{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id};
+  auto one_at_a_time = [&] {
+    eval::Scores all;
+    for (int q = 0; q < questions; ++q) {
+      const auto s = eval::first_token_loglikelihood<B>(m, std::span(requests).subspan(4 * q, 4), options);
+      all.scores.insert(all.scores.end(), s.scores.begin(), s.scores.end());
+      all.positions += s.positions;
+    }
+    return all;
+  };
+  const auto want = one_at_a_time();
+  const auto got = eval::first_token_loglikelihood<B>(m, requests, options);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    if (std::abs(got.scores[i].loglikelihood - want.scores[i].loglikelihood) > 1e-3)
+      return state.SkipWithError("the few-shot shared scores differ from a question at a time");
+  double apart = 0, shared = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(one_at_a_time());
+    apart += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, options));
+    shared += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["question_at_a_time_ms"] = 1e3 * apart / n;
+  state.counters["header_shared_ms"] = 1e3 * shared / n;
+  state.counters["speedup"] = apart / shared;
+  state.counters["positions_run"] = static_cast<double>(got.positions);
+  state.counters["positions_apart"] = static_cast<double>(want.positions);
+}
 }  // namespace
 
 BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
@@ -282,6 +330,7 @@ BENCHMARK(BM_ForwardShapes)->Name("decode/forward_shapes/context:256")->Unit(ben
 BENCHMARK(BM_ForwardLogitRows)->Name("decode/forward_logit_rows/tasks/block:8")->Arg(4)->Arg(1)->Arg(0)->ArgName("logit_rows")->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
 BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ScoreMultipleChoice)->Name("eval/multiple_choice/choices:4/block:32")->Arg(100)->Arg(500)->ArgName("prefix")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_ScoreFewShot)->Name("eval/few_shot/questions:4/choices:4/block:32")->Arg(448)->ArgName("header")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::Block<>)->Name("decode/end_to_end/fdllm2/cache:block")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);

@@ -43,6 +43,10 @@ class ScoreCommand {
     // Only the first-token score has a block, a [MASK] and an EOS in its view.
     ar->excludes(cmd_->add_option("--block", block_, "block of the block-causal view (default: config.json's bd_size)"));
     cmd_->add_option("--batch", batch_, "rows per forward")->capture_default_str()->check(positive());
+    cmd_->add_option("--min-copy", min_copy_,
+                     "fewest tokens a prefix copies from another of its batch (few-shot examples shared across questions)")
+        ->capture_default_str()
+        ->check(positive());
     ar->excludes(cmd_->add_option("--mask-id", mask_id_,
                                   "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)"));
     ar->excludes(cmd_->add_option("--eos-id", eos_id_,
@@ -57,7 +61,7 @@ class ScoreCommand {
     const auto& config = model.config();
     default_block(*cmd_, config, block_);
     const auto tok = folder_tokenizer(tokenizer_, model_);
-    eval::ScoreOptions options{.batch = batch_};
+    eval::ScoreOptions options{.batch = batch_, .min_copy = min_copy_};
     if (!ar_) {
       const auto found = tokenizer::special_ids(config, tok ? &*tok : nullptr);
       require(mask_id_ || found.mask,
@@ -176,7 +180,7 @@ class ScoreCommand {
 
   CLI::App* cmd_ = nullptr;
   std::string model_, requests_, tokenizer_;
-  int block_ = 32, batch_ = 16;
+  int block_ = 32, batch_ = 16, min_copy_ = eval::ScoreOptions{}.min_copy;
   std::optional<int> mask_id_, eos_id_;
   bool ar_ = false, json_ = false;
   WeightsFlag weights_;

@@ -431,7 +431,7 @@ TEST_CASE("whole-model logits: CUDA == host on both golden models") {
   }
 }
 
-TEST_CASE("log-likelihood scoring, first-token and causal: CUDA == host, shared prefixes and batches") {
+TEST_CASE("log-likelihood scoring, first-token and causal: CUDA == host, shared prefixes, few-shot headers and batches") {
   const auto dir = test::golden("model-f32-tied").string();
   auto m = model::Qwen2<backend::Host>::load(dir);
   std::vector<int> shared;
@@ -440,9 +440,14 @@ TEST_CASE("log-likelihood scoring, first-token and causal: CUDA == host, shared 
   for (int c = 0; c < 4; ++c) requests.push_back({shared, {7 + c, 9, 11 + c}});  // one question's choices
   requests.push_back({{3, 4}, {5}});
   requests.push_back({std::vector<int>(shared.begin(), shared.begin() + 16), {40, 41}});  // on a block boundary
+  for (int q = 0; q < 3; ++q) {  // questions after the same two blocks: their K/V copied between caches
+    std::vector<int> prefix(shared.begin(), shared.begin() + 16);
+    for (int i = 0; i < 10 + 3 * q; ++i) prefix.push_back((i * 7 + 31 * q + 2) % 300);
+    requests.push_back({prefix, {20 + q}});
+  }
   for (bool causal : {false, true})
     for (int batch : {1, 16}) {
-      const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318, .batch = batch};
+      const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318, .batch = batch, .min_copy = 8};
       const auto host = causal ? eval::causal_loglikelihood(m, requests, o) : eval::first_token_loglikelihood<8>(m, requests, o);
       const auto dev = gpu::score(dir, requests, o, causal);
       INFO((causal ? "causal" : "first-token"), ", batch ", batch);

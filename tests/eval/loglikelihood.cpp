@@ -141,6 +141,107 @@ TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the 
   CHECK(narrow.forwards == 2 + 6);
   for (std::size_t i = 0; i < requests.size(); ++i)
     CHECK(narrow.scores[i].loglikelihood == doctest::Approx(s.scores[i].loglikelihood).epsilon(1e-5));
+
+  // Choices of one token have the same view (target[0] is masked): their scored block runs once
+  // and each reads its own logit. So do the one-token choices of questions scored in block 0,
+  // which share no prefill, where their prefixes are the same.
+  const std::vector<eval::ScoreRequest> letters{{prefix, {40}}, {prefix, {41}}, {prefix, {42}}, {prefix, {43, 44}},
+                                                {{3, 4}, {40}},   {{3, 4}, {41}},   {{3, 5}, {41}}};
+  const auto l = eval::first_token_loglikelihood<8>(m, letters, o);
+  CHECK(l.forwards == 1 + 2);  // the prefill; round 1: three distinct blocks; round 2: {43, 44}'s
+  CHECK(l.positions == 16 + 4 * 8);
+  for (std::size_t i = 0; i < letters.size(); ++i)
+    CHECK(std::fabs(l.scores[i].loglikelihood - naive_loglikelihood<8>(naive, letters[i], mask, eos)) < kTol);
+  CHECK(l.scores[0].argmax == l.scores[1].argmax);
+  CHECK(l.scores[0].loglikelihood != l.scores[1].loglikelihood);
+}
+
+TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across questions and batches") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  const int mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
+  auto join = [](std::vector<int> a, const std::vector<int>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  // Three questions after the same 24-token few-shot header (three blocks of 8), with three
+  // one-token choices each. Their shared parts (the prefix's whole blocks before the scored one)
+  // are 32, 32 and 40 tokens, and agree on the header's 24.
+  const auto header = ids(24, 2, 320);
+  std::vector<eval::ScoreRequest> requests;
+  for (auto [n, seed] : {std::pair{10, 10}, {13, 11}, {20, 12}})
+    for (auto c : std::vector<std::vector<int>>{{40 + seed}, {50 + seed}, {60 + seed, 7}})
+      requests.push_back({join(header, ids(n, seed, 320)), c});
+  auto check_scores = [&](const eval::Scores& s) {
+    REQUIRE(s.scores.size() == requests.size());
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      CAPTURE(i);
+      CHECK(std::fabs(s.scores[i].loglikelihood - naive_loglikelihood<8>(naive, requests[i], mask, eos)) < kTol);
+    }
+  };
+  // Copies of a block or more (the default asks 64 tokens of a copy: headers of few-shot
+  // examples, not a question's first words).
+  auto score = [&](int batch, int min_copy = 8) {
+    return eval::first_token_loglikelihood<8>(m, requests,
+                                              {.mask_id = mask, .eos_id = eos, .batch = batch, .min_copy = min_copy});
+  };
+  // Every batch runs the header once and each question's own blocks once: 32 + 8 + 16 prefilled,
+  // then two scored blocks a question, the one-token choices' and the other's (without the
+  // sharing, 104 prefilled).
+  const std::int64_t positions = 32 + 8 + 16 + 3 * 2 * 8;
+  // One batch: the first question's prefill, then the others' rest after copying the header from
+  // its cache (two prefill forwards), and two rounds of three scored blocks.
+  const auto wide = score(16);
+  check_scores(wide);
+  CHECK(wide.forwards == 2 + 2);
+  CHECK(wide.positions == positions);
+  // A question a batch: each keeps the header its cache held from the last one.
+  const auto narrow = score(1);
+  check_scores(narrow);
+  CHECK(narrow.forwards == 3 * (1 + 2));
+  CHECK(narrow.positions == positions);
+  // Two a batch: a copy within the first, the header kept in the second.
+  const auto two = score(2);
+  check_scores(two);
+  CHECK(two.forwards == (2 + 2) + (1 + 2));
+  CHECK(two.positions == positions);
+  // Copies of at least 64 tokens: one batch runs each header in one prefill forward; a question
+  // a batch still keeps what its cache holds.
+  const auto no_copy = score(16, 64);
+  check_scores(no_copy);
+  CHECK(no_copy.forwards == 1 + 2);
+  CHECK(no_copy.positions == 32 + 32 + 40 + 3 * 2 * 8);
+  CHECK(score(1, 64).positions == positions);
+
+  // Two tasks in one batch whose headers share 11 tokens, of which only the first block's K/V
+  // agree: the second task's first question copies that block from the first task's, and its
+  // second question copies the whole header from it, a forward later.
+  const auto common = ids(11, 5, 320);
+  const auto task_a = join(common, ids(13, 3, 320)), task_b = join(common, ids(13, 4, 320));
+  requests.clear();
+  for (const auto* task : {&task_a, &task_b})
+    for (int q : {20, 21})
+      for (int c : {7, 9}) requests.push_back({join(*task, ids(10, q + (task == &task_b ? 2 : 0), 320)), {c}});
+  const auto tasks = score(16);
+  check_scores(tasks);
+  CHECK(tasks.forwards == 3 + 1);
+  CHECK(tasks.positions == (32 + 8 + 24 + 8) + 4 * 8);
+
+  // Causal scoring shares any common start, not whole blocks only.
+  requests.clear();
+  const auto context = ids(9, 6, 320);
+  for (int q : {30, 31, 32})
+    for (auto t : std::vector<std::vector<int>>{{4, 5}, {6}}) requests.push_back({join(context, ids(3 + q % 2, q, 320)), t});
+  for (int batch : {1, 16}) {
+    CAPTURE(batch);
+    const auto causal = eval::causal_loglikelihood(m, requests, {.batch = batch, .min_copy = 1});
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      CHECK(std::fabs(causal.scores[i].loglikelihood - naive_causal(naive, requests[i])) < 2 * kTol);
+    // Shared parts of 11, 12 and 11 tokens (all but the last prefix token), 9 of them common;
+    // then six scored runs of a target's length.
+    CHECK(causal.positions == (11 + 3 + 2) + 3 * (2 + 1));
+    CHECK(causal.forwards == (batch == 16 ? 2 + 2 : 3 * (1 + 2)));
+  }
 }
 
 TEST_CASE("loglikelihood: argmax and greedy are the scored row's") {
@@ -179,6 +280,7 @@ TEST_CASE("loglikelihood: bad requests are named") {
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 320}), "EOS id 320 is outside the vocabulary");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 319}), "the EOS id and the [MASK] id are both 319");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .batch = 0}), "the batch must be positive");
+  CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .min_copy = 0}), "min_copy must be positive, got 0");
   CHECK_ERROR(eval::multiple_choice<eval::scoring::FirstToken<32>>(m, {1, 2}, {}, o), "multiple choice: no choices");
 }
 

@@ -225,6 +225,40 @@ TEST_CASE("KV cache: append in chunks, a read-only block forward and a sub-block
   CHECK(rel_err(sub2, 0, ref_sub, 0, 4) < 1e-5);
 }
 
+TEST_CASE("KV cache: slots copied into a cache of another capacity continue the forward as the original") {
+  auto m = random_model(true, "kv-copy");
+  test::NaiveQwen2 naive(m);
+  constexpr int B = 8;
+  const auto toks = some_tokens(3 * B, m.vocab_size(), 3);
+  const auto full_bc = naive.forward(toks, [](int q, int k) { return k / B <= q / B; });
+  auto from = m.make_cache(3 * B);
+  std::vector<model::ForwardRow<Host>> rows(1);
+  rows[0] = {std::span<const int>(toks).first(2 * B), 0, -1, true, 0, 0, {}, &from};
+  run<mask::BlockCausal<B>>(m, rows);
+  // Into a larger cache in two pieces (the second from a slot inside a head's run), then the third
+  // block against it.
+  auto to = m.make_cache(5 * B);
+  to.copy_slots(from, 0, 5);
+  to.copy_slots(from, 5, 2 * B);
+  const auto& c = m.config();
+  for (int layer : {0, c.num_hidden_layers - 1})
+    for (int head = 0; head < c.num_key_value_heads; ++head)
+      for (int slot : {0, 4, 5, 2 * B - 1})
+        for (int d : {0, c.head_dim() - 1}) {
+          CHECK(to.k(layer)[(head * 5 * B + slot) * c.head_dim() + d] == from.k(layer)[(head * 3 * B + slot) * c.head_dim() + d]);
+          CHECK(to.v(layer)[(head * 5 * B + slot) * c.head_dim() + d] == from.v(layer)[(head * 3 * B + slot) * c.head_dim() + d]);
+        }
+  rows[0] = {std::span<const int>(toks).subspan(2 * B), 2 * B, -1, false, 0, -1, {}, &to};
+  CHECK(rel_err(run<mask::BlockCausal<B>>(m, rows), 0, full_bc, 2 * B, B) < 1e-5);
+  // Slots that do not fit, and a cache of another shape, are refused.
+  CHECK_ERROR(from.copy_slots(to, 0, 4 * B), "KvCache: slots [0, 32) do not fit caches of capacity 40 and 24");
+  CHECK_ERROR(to.copy_slots(from, 6, 5), "KvCache: slots [6, 5) do not fit");
+  auto other_config = c;
+  other_config.num_hidden_layers += 1;
+  model::KvCache<Host> other(other_config, 3 * B);
+  CHECK_ERROR(to.copy_slots(other, 0, B), "KvCache: copying from a cache of " + std::to_string(c.num_hidden_layers + 1) + " layers");
+}
+
 TEST_CASE("a batch of rows of different lengths gives each row's own logits") {
   auto m = random_model(false, "batch-rows");
   const auto a = some_tokens(5, m.vocab_size(), 3), b = some_tokens(13, m.vocab_size(), 4);

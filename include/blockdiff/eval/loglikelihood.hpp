@@ -24,7 +24,11 @@
 // further, and the blocks before that hold the prefix alone. So blockdiff runs only those: the
 // shared part of the prefix once into a KV cache (once for all the choices of a question:
 // consecutive requests with the same shared part share it), then each request's scored part
-// against it, as the decoder prefills and runs a block. The padding past the scored block, which
+// against it, as the decoder prefills and runs a block; requests whose scored parts are the same
+// (choices of one token, which the view masks) share that run too, each reading its own logit.
+// Prefixes that begin alike (the few-shot examples before each question of a task) run what they
+// share once too: a cache is reused as far as its next prefix agrees with its last, and copied
+// from another of the same batch that agrees further. The padding past the scored block, which
 // the official forward computes and never reads, is not run. The results are the whole view's, as
 // the tests check against a naive forward over all of it.
 #pragma once
@@ -35,6 +39,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "blockdiff/backend/kernel.hpp"
@@ -54,6 +59,10 @@ struct ScoreOptions {
   int mask_id = -1;  //!< the model's [MASK] (FirstToken only)
   int eos_id = -1;   //!< written right after the target (FirstToken only; the official code: the tokenizer's EOS)
   int batch = 16;    //!< rows per forward: shared prefixes in a prefill, scored parts in a scoring forward
+  //! The fewest tokens a prefix copies from another of its batch that shares more with it than
+  //! its own cache holds. A copy puts the rest in a prefill forward after its source's: it pays
+  //! where the prefixes share few-shot examples (hundreds of tokens), not a question's first words.
+  int min_copy = 64;
 };
 
 struct TokenScore {
@@ -98,7 +107,8 @@ inline void check_ids(const ScoreRequest& r, const io::ModelConfig& config, cons
 }  // namespace detail
 
 //! How a request is scored: the mask of its forwards, the part of the prefix that requests can
-//! share (`shared`, prefilled once into the cache), the tokens run after it (`scored_part`, of
+//! share (`shared`, prefilled once into the cache), how much of a common start of two such parts
+//! has the same K/V in both (`reusable`), the tokens run after it (`scored_part`, of
 //! `scored_length`), and which of their logit rows score which target tokens (`scored_tokens`
 //! rows from `first_row` score target[0], target[1], ...).
 namespace scoring {
@@ -111,6 +121,9 @@ struct FirstToken {
   static int scored_block(const ScoreRequest& r) { return static_cast<int>((r.prefix.size() - 1) / Block); }
   //! The prefix's whole blocks before the scored one.
   static std::size_t shared(const ScoreRequest& r) { return std::size_t(scored_block(r)) * Block; }
+  //! Of `common` tokens two prefixes share, those whose K/V are the same in both: whole blocks
+  //! (a block's K/V depend on all of its tokens).
+  static std::size_t reusable(std::size_t common) { return common / Block * Block; }
   //! The scoring view's block that holds the scored logit.
   static std::vector<int> scored_part(const ScoreRequest& r, const ScoreOptions& options) {
     const auto view = scoring_view<Block>(r, options);
@@ -149,6 +162,8 @@ struct Causal {
 
   //! Every prefix token but the last, whose logit scores target[0].
   static std::size_t shared(const ScoreRequest& r) { return r.prefix.size() - 1; }
+  //! A position's K/V depend on the tokens up to it: all that two prefixes share.
+  static std::size_t reusable(std::size_t common) { return common; }
   static std::vector<int> scored_part(const ScoreRequest& r, const ScoreOptions&) {
     std::vector<int> run{r.prefix.back()};
     run.insert(run.end(), r.target.begin(), r.target.end() - 1);
@@ -179,6 +194,7 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
   const auto& config = model.config();
   Scoring::check_options(options, config);
   require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
+  require(options.min_copy > 0, "score: min_copy must be positive, got ", options.min_copy);
   for (std::size_t i = 0; i < requests.size(); ++i)
     Scoring::check(requests[i], options, config, ::blockdiff::detail::concat("score request ", i));
 
@@ -202,12 +218,29 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
   const auto batch = static_cast<std::size_t>(options.batch);
   Scores result;
   result.scores.resize(requests.size());
-  std::vector<model::KvCache<Backend>> caches;  // one a group of the chunk, kept and grown as needed
+  // One cache a group of the chunk, kept and grown (with what it holds) as needed; held[c] is the
+  // shared part whose K/V cache c holds, which the next chunk's group in it reuses as far as they
+  // agree.
+  std::vector<model::KvCache<Backend>> caches;
+  std::vector<std::span<const int>> held;
+  struct Prefill {
+    std::size_t start = 0;  // the shared part's K/V below it are in the cache before the prefill
+    int source = -1;        // the earlier group of the chunk it copies them from, if any
+    int level = 0;          // which prefill forward runs the rest: one after its source's
+  };
+  std::vector<Prefill> plan;
+  struct Run {
+    std::size_t group;                  // whose cache it runs against
+    std::vector<int> tokens;            // a scored part
+    std::vector<std::size_t> requests;  // the requests its logits score
+  };
+  std::vector<Run> runs;                       // a chunk's distinct scored parts
+  std::vector<std::vector<const Run*>> of_group;  // each group's, in order
   struct Member {
-    std::size_t group, request;
+    std::size_t group;
+    const Run* run;
   };
   std::vector<Member> members;  // a scoring forward's rows
-  std::vector<std::vector<int>> parts;
   std::vector<model::ForwardRow<Backend>> rows;
   std::vector<PositionStats> stats;
   auto run = [&]() {
@@ -220,47 +253,108 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
     Backend::download(&x, row + token, 1);
     return static_cast<double>(x);
   };
+  auto shared_part = [&](const Group& g) {
+    return std::span<const int>(requests[g.first].prefix).first(g.shared);
+  };
+  // The tokens of a common start of a and b whose K/V depend on that start alone.
+  auto reusable = [](std::span<const int> a, std::span<const int> b) {
+    const auto n = std::min(a.size(), b.size());
+    const auto common = static_cast<std::size_t>(std::mismatch(a.begin(), a.begin() + std::ptrdiff_t(n), b.begin()).first - a.begin());
+    return Scoring::reusable(common);
+  };
   for (std::size_t g0 = 0; g0 < groups.size(); g0 += batch) {
     const std::span<const Group> chunk(groups.data() + g0, std::min(batch, groups.size() - g0));
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       int need = 1;
       for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i)
         need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests[i])));
-      if (g == caches.size())
+      if (g == caches.size()) {
         caches.push_back(model.make_cache(need));
-      else if (caches[g].capacity() < need)
-        caches[g] = model.make_cache(need);
+        held.emplace_back();
+      } else if (caches[g].capacity() < need) {
+        auto grown = model.make_cache(need);
+        grown.copy_slots(caches[g], 0, static_cast<int>(held[g].size()));
+        caches[g] = std::move(grown);
+      }
     }
-    // The shared parts, once a group, into its cache.
-    rows.clear();
+    // The shared parts into the caches, each token run at most once a chunk (a prefix tree of
+    // one level at a time): a group keeps what its cache holds of its shared part already, or
+    // copies more from the earlier group of the chunk that shares the most with it (few-shot
+    // examples before different questions), and runs the rest in the forward after its source's.
+    plan.assign(chunk.size(), Prefill{});
+    int levels = 0;
     for (std::size_t g = 0; g < chunk.size(); ++g) {
-      if (chunk[g].shared == 0) continue;
-      model::ForwardRow<Backend> row;
-      row.tokens = std::span<const int>(requests[chunk[g].first].prefix).first(chunk[g].shared);
-      row.advance = true;
-      row.logits_begin = row.logits_end = 0;
-      row.cache = &caches[g];
-      rows.push_back(row);
+      const auto part = shared_part(chunk[g]);
+      auto& p = plan[g];
+      const auto own = reusable(held[g], part);
+      p.start = own;
+      for (std::size_t j = 0; j < g; ++j) {
+        const auto from = reusable(shared_part(chunk[j]), part);
+        if (from < own + static_cast<std::size_t>(options.min_copy)) continue;
+        if (from > p.start || (from == p.start && plan[j].level < p.level))
+          p = {from, static_cast<int>(j), plan[j].level + 1};
+      }
+      levels = std::max(levels, p.level + 1);
     }
-    if (!rows.empty()) run();
-    // Round k scores the k-th request of every group with one, its scored part against the cache.
+    for (int level = 0; level < levels; ++level) {
+      rows.clear();
+      for (std::size_t g = 0; g < chunk.size(); ++g) {
+        const auto& p = plan[g];
+        if (p.level != level) continue;
+        const auto part = shared_part(chunk[g]);
+        if (p.source >= 0) {
+          const auto kept = reusable(held[g], part);
+          caches[g].copy_slots(caches[static_cast<std::size_t>(p.source)], static_cast<int>(kept), static_cast<int>(p.start));
+        }
+        caches[g].set_committed(static_cast<int>(part.size()));
+        if (p.start == part.size()) continue;
+        model::ForwardRow<Backend> row;
+        row.tokens = part.subspan(p.start);
+        row.first_slot = static_cast<int>(p.start);
+        row.advance = true;
+        row.logits_begin = row.logits_end = 0;
+        row.cache = &caches[g];
+        rows.push_back(row);
+      }
+      if (!rows.empty()) run();
+    }
+    for (std::size_t g = 0; g < chunk.size(); ++g) held[g] = shared_part(chunk[g]);
+    // The chunk's distinct scored parts, each run once, against the cache of the first group
+    // that has it, for all the requests it scores: choices of one token (MMLU's " A" .. " D")
+    // have the same first-token view and differ only in the logit read.
+    runs.clear();
+    for (std::size_t g = 0; g < chunk.size(); ++g)
+      for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i) {
+        auto part = Scoring::scored_part(requests[i], options);
+        const auto same = std::find_if(runs.begin(), runs.end(), [&](const Run& other) {
+          const auto& r = requests[other.requests[0]];
+          return other.tokens == part && Scoring::first_row(r) == Scoring::first_row(requests[i]) &&
+                 Scoring::scored_tokens(r) == Scoring::scored_tokens(requests[i]) &&
+                 std::ranges::equal(shared_part(chunk[other.group]), shared_part(chunk[g]));
+        });
+        if (same == runs.end())
+          runs.push_back({g, std::move(part), {i}});
+        else
+          same->requests.push_back(i);
+      }
+    // Round k runs the k-th part of every group with one.
+    of_group.assign(chunk.size(), {});
+    for (const auto& part : runs) of_group[part.group].push_back(&part);
     std::size_t rounds = 0;
-    for (const auto& g : chunk) rounds = std::max(rounds, g.count);
+    for (const auto& parts : of_group) rounds = std::max(rounds, parts.size());
     for (std::size_t k = 0; k < rounds; ++k) {
       members.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g)
-        if (k < chunk[g].count) members.push_back({g, chunk[g].first + k});
-      parts.clear();
-      for (const auto& m : members) parts.push_back(Scoring::scored_part(requests[m.request], options));
+        if (k < of_group[g].size()) members.push_back({g, of_group[g][k]});
       rows.clear();
-      for (std::size_t v = 0; v < members.size(); ++v) {
-        const auto& r = requests[members[v].request];
+      for (const auto& m : members) {
+        const auto& r = requests[m.run->requests[0]];
         model::ForwardRow<Backend> row;
-        row.tokens = parts[v];
-        row.first_slot = static_cast<int>(chunk[members[v].group].shared);
+        row.tokens = m.run->tokens;
+        row.first_slot = static_cast<int>(chunk[m.group].shared);
         row.logits_begin = Scoring::first_row(r);
         row.logits_end = row.logits_begin + static_cast<int>(Scoring::scored_tokens(r));
-        row.cache = &caches[members[v].group];
+        row.cache = &caches[m.group];
         rows.push_back(row);
       }
       const auto out = run();
@@ -268,20 +362,21 @@ Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const
       // 1 / sum exp(x - x_max), so log p(t) = x_t - x_max + log p1 needs two logits of the row.
       stats.resize(static_cast<std::size_t>(out.dim(0)));
       Kernel<Backend, op::VocabStats<false, false>>::run(out.data(), out.dim(0), config.vocab_size, stats.data());
-      for (std::size_t v = 0; v < members.size(); ++v) {
-        const auto& r = requests[members[v].request];
-        auto& s = result.scores[members[v].request];
-        s = TokenScore{0.0, -1, true};
-        for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
-          const auto at = model.logit_offset(v) + static_cast<std::int64_t>(t);
-          const auto& st = stats[static_cast<std::size_t>(at)];
-          const float* row = out.data() + at * vocab;
-          const int target = r.target[t];
-          s.loglikelihood += logit(row, target) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
-          s.greedy = s.greedy && target == st.token;
-          if (t == 0) s.argmax = st.token;
+      for (std::size_t v = 0; v < members.size(); ++v)
+        for (const std::size_t i : members[v].run->requests) {
+          const auto& r = requests[i];
+          auto& s = result.scores[i];
+          s = TokenScore{0.0, -1, true};
+          for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
+            const auto at = model.logit_offset(v) + static_cast<std::int64_t>(t);
+            const auto& st = stats[static_cast<std::size_t>(at)];
+            const float* row = out.data() + at * vocab;
+            const int target = r.target[t];
+            s.loglikelihood += logit(row, target) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
+            s.greedy = s.greedy && target == st.token;
+            if (t == 0) s.argmax = st.token;
+          }
         }
-      }
     }
   }
   return result;

@@ -44,6 +44,24 @@ class KvCache {
   const float* v(int layer) const { return v_.data() + layer * layer_stride(); }
   std::size_t bytes() const { return k_.bytes() + v_.bytes(); }
 
+  //! Copies slots [begin, end) of every layer and KV head from `from`, a cache of the same model
+  //! shape, on the device: the K/V of a shared prefix without running it again.
+  void copy_slots(const KvCache& from, int begin, int end) {
+    require(from.layers_ == layers_ && from.kv_heads_ == kv_heads_ && from.head_dim_ == head_dim_,
+            "KvCache: copying from a cache of ", from.layers_, " layers x ", from.kv_heads_, " heads x ",
+            from.head_dim_, " into one of ", layers_, " x ", kv_heads_, " x ", head_dim_);
+    require(0 <= begin && begin <= end && end <= capacity_ && end <= from.capacity_, "KvCache: slots [", begin, ", ",
+            end, ") do not fit caches of capacity ", from.capacity_, " and ", capacity_);
+    const auto n = static_cast<std::size_t>(end - begin) * static_cast<std::size_t>(head_dim_);
+    for (int layer = 0; layer < layers_; ++layer)
+      for (int head = 0; head < kv_heads_; ++head) {
+        const auto to = (static_cast<std::int64_t>(head) * capacity_ + begin) * head_dim_;
+        const auto at = (static_cast<std::int64_t>(head) * from.capacity_ + begin) * head_dim_;
+        Backend::copy(k(layer) + to, from.k(layer) + at, n);
+        Backend::copy(v(layer) + to, from.v(layer) + at, n);
+      }
+  }
+
  private:
   int layers_ = 0, kv_heads_ = 0, head_dim_ = 0, capacity_ = 0, committed_ = 0;
   typename Backend::template buffer<float> k_, v_;
