@@ -7,6 +7,10 @@
 //   {"prefix_ids": [...], "target_ids": [...]}                           ids
 //   {"prefix": "...", "choices": [" A", " B", " C", " D"], "answer": 1}  multiple choice; "choice_ids"
 //                                                                       for ids; "answer" optional
+//   {"messages": [{"role": "user", "content": "..."}, ...], "choices": [...]}
+//                                 chat turns as the prefix, rendered by the tokenizer folder's chat
+//                                 template with the assistant's turn opened: few-shot examples as
+//                                 turns, as lm-eval's --apply_chat_template --fewshot_as_multiturn
 // Text is split as lm-eval's harness splits it: the prefix is encoded alone, and the target is
 // what encoding prefix + target adds after as many tokens.
 #pragma once
@@ -33,8 +37,8 @@ class ScoreCommand {
     cmd_->add_option("--model", model_, "checkpoint folder")->required();
     weights_.add(cmd_);
     cmd_->add_option("--requests", requests_,
-                     "JSON Lines: {\"prefix\", \"target\"} or {\"prefix\", \"choices\", \"answer\"} (text), "
-                     "or the same with prefix_ids, target_ids, choice_ids")
+                     "JSON Lines: {\"prefix\", \"target\"} or {\"prefix\", \"choices\", \"answer\"} (text; \"messages\" "
+                     "for chat turns in place of \"prefix\"), or the same with prefix_ids, target_ids, choice_ids")
         ->required();
     cmd_->add_option("--tokenizer", tokenizer_, "tokenizer.json or its folder, for text requests (default: the model folder)");
     auto* ar = cmd_->add_flag("--ar", ar_,
@@ -82,8 +86,9 @@ class ScoreCommand {
     for_each_json_line(requests_, [&](int number, const nlohmann::json& j) {
       const auto where = ::blockdiff::detail::concat(requests_, ": line ", number);
       require(j.is_object(), where, " is not a JSON object");
-      const bool text = j.contains("prefix");
-      require(text != j.contains("prefix_ids"), where, " needs \"prefix\" (text) or \"prefix_ids\", one of them");
+      const bool chat = j.contains("messages"), text = chat || j.contains("prefix");
+      require(int(chat) + int(j.contains("prefix")) + int(j.contains("prefix_ids")) == 1, where,
+              " needs \"prefix\" (text), \"messages\" (chat turns) or \"prefix_ids\", one of them");
       require(!text || tok, where, " is text: it needs a tokenizer.json (in the model folder, or give --tokenizer)");
       auto encode = [&](const std::string& s) {
         try {
@@ -92,7 +97,7 @@ class ScoreCommand {
           fail(where, ": ", e.what());
         }
       };
-      const auto prefix_text = text ? string_field(j, "prefix", where) : std::string();
+      const auto prefix_text = chat ? chat_prefix(j, where) : text ? string_field(j, "prefix", where) : std::string();
       const auto prefix = text ? encode(prefix_text) : id_field(j, "prefix_ids", where);
       // The target as lm-eval splits it: what encoding prefix + target adds after the prefix's tokens.
       auto target = [&](const nlohmann::json& value, const std::string& what) {
@@ -174,6 +179,31 @@ class ScoreCommand {
     require(j[field].is_string(), where, ": \"", field, "\" must be a string, got ", j[field].dump());
     return j[field].get<std::string>();
   }
+  //! "messages": chat turns, {"role": "user" | "assistant" (| "system" first), "content": text}.
+  static std::vector<tokenizer::Message> messages_field(const nlohmann::json& j, const std::string& where) {
+    const auto& turns = j["messages"];
+    require(turns.is_array() && !turns.empty(), where, ": \"messages\" must be a non-empty array of chat turns");
+    std::vector<tokenizer::Message> messages;
+    for (std::size_t i = 0; i < turns.size(); ++i) {
+      const auto& t = turns[i];
+      require(t.is_object() && t.size() == 2 && t.contains("role") && t["role"].is_string() && t.contains("content") &&
+                  t["content"].is_string(),
+              where, ": message ", i, " must be {\"role\": text, \"content\": text}, got ", t.dump());
+      messages.push_back({t["role"].get<std::string>(), t["content"].get<std::string>()});
+    }
+    return messages;
+  }
+  //! The prefix text of a line's "messages": the tokenizer folder's chat template (read once),
+  //! the assistant's turn opened.
+  std::string chat_prefix(const nlohmann::json& j, const std::string& where) {
+    const auto messages = messages_field(j, where);
+    try {
+      if (!chat_template_) chat_template_ = tokenizer::ChatTemplate::from_folder(tokenizer_folder(tokenizer_, model_));
+      return chat_template_->render(messages);
+    } catch (const Error& e) {
+      fail(where, ": ", e.what());
+    }
+  }
   static std::vector<int> id_field(const nlohmann::json& j, const char* field, const std::string& where) {
     return ids_from_json(j[field], ::blockdiff::detail::concat(where, ": \"", field, "\""));
   }
@@ -185,6 +215,7 @@ class ScoreCommand {
   bool ar_ = false, json_ = false;
   WeightsFlag weights_;
   DeviceFlag device_;
+  std::optional<tokenizer::ChatTemplate> chat_template_;
 };
 
 }  // namespace blockdiff::cli

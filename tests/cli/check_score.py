@@ -98,6 +98,59 @@ if not by_text["greedy"] or by_text["argmax"] != vocab["5"]:
     failures.append(f"the embedded model does not put '5' first after a:47+8-5+9=: {by_text}")
 
 
+# 2b. Chat turns as the prefix ("messages"): the ChatML text written out here and encoded here by
+#     a byte-level vocabulary without merges (one id a byte, the ChatML markers added tokens 256
+#     and 257), against the same ids given as prefix_ids.
+def byte_level_alphabet():
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {b: chr(b if b in printable else next(extra)) for b in range(256)}
+
+
+bytes_dir = f"{work}/bytes"
+os.makedirs(bytes_dir)
+byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+added = [{"id": 256 + i, "content": c, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+          "special": True} for i, c in enumerate(["<|im_start|>", "<|im_end|>"])]
+with open(f"{bytes_dir}/tokenizer.json", "w") as f:
+    json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+               "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+               "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                         "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                         "vocab": {s: b for b, s in byte_level_alphabet().items()}, "merges": []}}, f)
+
+
+def chatml_ids(turns):
+    ids = []
+    for role, content in [("system", "You are a helpful assistant.")] + turns:  # Fast-dLLM v2's system turn
+        ids += [256, *f"{role}\n{content}".encode(), 257, *b"\n"]
+    return ids + [256, *b"assistant\n"]
+
+
+shots = [("user", "2+3?"), ("assistant", "5"), ("user", "1+6?"), ("assistant", "7")]
+chat_lines, id_lines = [], []
+for question, answer in (("4+4?", 0), ("3+5?", 0), ("9-2?", 2)):
+    turns = shots + [("user", question)]
+    chat_lines.append({"messages": [{"role": r, "content": c} for r, c in turns], "choices": ["8", "9", "7"],
+                       "answer": answer})
+    id_lines.append({"prefix_ids": chatml_ids(turns), "choice_ids": [[ord("8")], [ord("9")], [ord("7")]], "answer": answer})
+by_chat = score(gold, chat_lines, "--tokenizer", bytes_dir, "--eos-id", "318", "--block", "8", "--min-copy", "8")
+by_ids = score(gold, id_lines, "--eos-id", "318", "--block", "8", "--min-copy", "8")
+if [r["loglikelihoods"] for r in by_chat["results"]] != [r["loglikelihoods"] for r in by_ids["results"]]:
+    failures.append(f"messages and their ChatML ids score differently: {by_chat['results']} {by_ids['results']}")
+for (p, t), got_ll in zip([(chatml_ids(shots + [("user", q)]), [ord(c)]) for q in ("4+4?", "3+5?", "9-2?") for c in "897"],
+                          [ll for r in by_chat["results"] for ll in r["loglikelihoods"]]):
+    if abs(got_ll - reference(p, t, 8)) > 1e-3:
+        failures.append(f"messages: {got_ll} against the view's {reference(p, t, 8)}")
+# The system turn and the two examples (over 64 tokens) run once: the first question's prefill,
+# then the others' rest after a copy, and one scored block a question (its one-token choices').
+prefixes = [chatml_ids(shots + [("user", q)]) for q in ("4+4?", "3+5?", "9-2?")]
+shared = [(len(p) - 1) // 8 * 8 for p in prefixes]  # the whole blocks before the scored one
+common = next(i for i in range(len(prefixes[0])) if len({p[i] for p in prefixes}) > 1) // 8 * 8
+want = shared[0] + sum(n - common for n in shared[1:]) + 3 * 8
+if by_chat["forwards"] != 3 or by_chat["positions"] != want:
+    failures.append(f"few-shot turns: {by_chat['forwards']} forwards, {by_chat['positions']} positions (want 3, {want})")
+
 # 3. Multiple choice: arithmetic prompts made here, the right response among three whose first
 #    character differs, at a random place; the embedded model should pick the right one.
 def arith(rng):
@@ -195,6 +248,13 @@ refused(gold, ['{"prefix_ids": [1], "target_ids": [319]}'], "the target holds th
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--block 12 is not compiled in (supported: 4, 8, 16, 32, 64)", "--block", "12")
 refused(tasks, ['{"prefix": "a:1?", "target": "1"}'], "bad.jsonl: line 1: ")
 refused(gold, [], "no requests")
+refused(gold, ['{"prefix": "a", "messages": [], "target": "b"}'], "needs \"prefix\" (text), \"messages\" (chat turns) or")
+refused(gold, ['{"messages": {"role": "user"}, "target": "b"}'], "line 1: \"messages\" must be a non-empty array",
+        "--tokenizer", bytes_dir)
+refused(gold, ['{"messages": [{"role": "user", "text": "hi"}], "target": "b"}'],
+        'line 1: message 0 must be {"role": text, "content": text}', "--tokenizer", bytes_dir)
+refused(gold, ['{"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}], "target": "b"}'],
+        "line 1: chat message 1 has role \"system\"", "--tokenizer", bytes_dir)
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--ar excludes --block", "--ar", "--block", "8")
 refused(gold, ['{"prefix_ids": [1], "target_ids": [2]}'], "--ar excludes --mask-id", "--ar", "--mask-id", "3")
 
