@@ -186,200 +186,239 @@ struct Causal {
 
 }  // namespace scoring
 
-//! The log-likelihood of every request as `Scoring` scores it (scoring::FirstToken<Block> or
-//! scoring::Causal); result i is request i's.
-template <class Scoring, LanguageModel Model>
-Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
-  using Backend = typename Model::backend_type;
-  const auto& config = model.config();
-  Scoring::check_options(options, config);
-  require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
-  require(options.min_copy > 0, "score: min_copy must be positive, got ", options.min_copy);
-  for (std::size_t i = 0; i < requests.size(); ++i)
-    Scoring::check(requests[i], options, config, ::blockdiff::detail::concat("score request ", i));
+namespace detail {
 
-  // Groups of consecutive requests with the same shared part (a request with none is a group of
-  // its own).
+//! loglikelihood's work: requests grouped by the prefix part they share, and a batch of groups at
+//! a time, their shared parts prefilled (`prefill`) and their scored parts run (`score`).
+template <class Scoring, LanguageModel Model>
+class Scorer {
+  using Backend = typename Model::backend_type;
+
+ public:
+  Scorer(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options)
+      : model_(model), requests_(requests), options_(options) {
+    const auto& config = model.config();
+    Scoring::check_options(options, config);
+    require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
+    require(options.min_copy > 0, "score: min_copy must be positive, got ", options.min_copy);
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      Scoring::check(requests[i], options, config, ::blockdiff::detail::concat("score request ", i));
+  }
+
+  Scores run() {
+    group_requests();
+    result_.scores.resize(requests_.size());
+    const auto batch = static_cast<std::size_t>(options_.batch);
+    for (std::size_t g0 = 0; g0 < groups_.size(); g0 += batch) {
+      const std::span<const Group> chunk(groups_.data() + g0, std::min(batch, groups_.size() - g0));
+      make_caches(chunk);
+      prefill(chunk);
+      score(chunk);
+    }
+    return std::move(result_);
+  }
+
+ private:
+  //! Consecutive requests with the same shared part, prefilled once into one cache.
   struct Group {
     std::size_t first = 0, count = 0, shared = 0;
   };
-  std::vector<Group> groups;
-  for (std::size_t i = 0; i < requests.size(); ++i) {
-    const std::size_t shared = Scoring::shared(requests[i]);
-    if (!groups.empty() && shared > 0 && groups.back().shared == shared &&
-        std::equal(requests[i].prefix.begin(), requests[i].prefix.begin() + std::ptrdiff_t(shared),
-                   requests[groups.back().first].prefix.begin()))
-      ++groups.back().count;
-    else
-      groups.push_back({i, 1, shared});
-  }
-
-  const auto vocab = static_cast<std::int64_t>(config.vocab_size);
-  const auto batch = static_cast<std::size_t>(options.batch);
-  Scores result;
-  result.scores.resize(requests.size());
-  // One cache a group of the chunk, kept and grown (with what it holds) as needed; held[c] is the
-  // shared part whose K/V cache c holds, which the next chunk's group in it reuses as far as they
-  // agree.
-  std::vector<model::KvCache<Backend>> caches;
-  std::vector<std::span<const int>> held;
+  //! How a group's shared part gets into its cache.
   struct Prefill {
-    std::size_t start = 0;  // the shared part's K/V below it are in the cache before the prefill
-    int source = -1;        // the earlier group of the chunk it copies them from, if any
+    std::size_t kept = 0;   // K/V below it are in the cache already (its last shared part agreed)
+    std::size_t start = 0;  // K/V below it are there before the prefill: kept, or copied
+    int source = -1;        // the earlier group of the batch it copies [kept, start) from, if any
     int level = 0;          // which prefill forward runs the rest: one after its source's
   };
-  std::vector<Prefill> plan;
+  //! A distinct scored part, run once for every request it scores.
   struct Run {
     std::size_t group;                  // whose cache it runs against
-    std::vector<int> tokens;            // a scored part
+    std::vector<int> tokens;            // the scored part
     std::vector<std::size_t> requests;  // the requests its logits score
   };
-  std::vector<Run> runs;                       // a chunk's distinct scored parts
-  std::vector<std::vector<const Run*>> of_group;  // each group's, in order
-  struct Member {
-    std::size_t group;
-    const Run* run;
-  };
-  std::vector<Member> members;  // a scoring forward's rows
-  std::vector<model::ForwardRow<Backend>> rows;
-  std::vector<PositionStats> stats;
-  auto run = [&]() {
-    for (const auto& row : rows) result.positions += static_cast<std::int64_t>(row.tokens.size());
-    ++result.forwards;
-    return model.template forward<typename Scoring::mask_type>(rows);
-  };
-  auto logit = [&](const float* row, int token) {
-    float x = 0;
-    Backend::download(&x, row + token, 1);
-    return static_cast<double>(x);
-  };
-  auto shared_part = [&](const Group& g) {
-    return std::span<const int>(requests[g.first].prefix).first(g.shared);
-  };
-  // The tokens of a common start of a and b whose K/V depend on that start alone.
-  auto reusable = [](std::span<const int> a, std::span<const int> b) {
-    const auto n = std::min(a.size(), b.size());
-    const auto common = static_cast<std::size_t>(std::mismatch(a.begin(), a.begin() + std::ptrdiff_t(n), b.begin()).first - a.begin());
-    return Scoring::reusable(common);
-  };
-  for (std::size_t g0 = 0; g0 < groups.size(); g0 += batch) {
-    const std::span<const Group> chunk(groups.data() + g0, std::min(batch, groups.size() - g0));
+
+  std::span<const int> shared_part(const Group& g) const {
+    return std::span<const int>(requests_[g.first].prefix).first(g.shared);
+  }
+  //! The tokens of a common start of a and b whose K/V depend on that start alone.
+  static std::size_t reusable(std::span<const int> a, std::span<const int> b) {
+    const auto n = static_cast<std::ptrdiff_t>(std::min(a.size(), b.size()));
+    return Scoring::reusable(static_cast<std::size_t>(std::mismatch(a.begin(), a.begin() + n, b.begin()).first - a.begin()));
+  }
+
+  // A request with no shared part is a group of its own.
+  void group_requests() {
+    for (std::size_t i = 0; i < requests_.size(); ++i) {
+      const std::size_t shared = Scoring::shared(requests_[i]);
+      if (!groups_.empty() && shared > 0 && groups_.back().shared == shared &&
+          std::ranges::equal(std::span(requests_[i].prefix).first(shared), shared_part(groups_.back())))
+        ++groups_.back().count;
+      else
+        groups_.push_back({i, 1, shared});
+    }
+  }
+
+  // One cache a group of the batch, kept for the next batch and grown, with what it holds, as
+  // needed.
+  void make_caches(std::span<const Group> chunk) {
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       int need = 1;
       for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i)
-        need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests[i])));
-      if (g == caches.size()) {
-        caches.push_back(model.make_cache(need));
-        held.emplace_back();
-      } else if (caches[g].capacity() < need) {
-        auto grown = model.make_cache(need);
-        grown.copy_slots(caches[g], 0, static_cast<int>(held[g].size()));
-        caches[g] = std::move(grown);
+        need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests_[i])));
+      if (g == caches_.size()) {
+        caches_.push_back(model_.make_cache(need));
+        held_.emplace_back();
+      } else if (caches_[g].capacity() < need) {
+        auto grown = model_.make_cache(need);
+        grown.copy_slots(caches_[g], 0, static_cast<int>(held_[g].size()));
+        caches_[g] = std::move(grown);
       }
     }
-    // The shared parts into the caches, each token run at most once a chunk (a prefix tree of
-    // one level at a time): a group keeps what its cache holds of its shared part already, or
-    // copies more from the earlier group of the chunk that shares the most with it (few-shot
-    // examples before different questions), and runs the rest in the forward after its source's.
-    plan.assign(chunk.size(), Prefill{});
+  }
+
+  // The shared parts into the caches, each token run at most once a batch (a prefix tree, one
+  // level a forward): a group keeps what its cache holds of its shared part already, or copies
+  // more from the earlier group of the batch that shares the most with it (few-shot examples
+  // before different questions), and runs the rest in the forward after its source's.
+  void prefill(std::span<const Group> chunk) {
+    plan_.assign(chunk.size(), Prefill{});
     int levels = 0;
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       const auto part = shared_part(chunk[g]);
-      auto& p = plan[g];
-      const auto own = reusable(held[g], part);
-      p.start = own;
+      auto& p = plan_[g];
+      p.kept = p.start = reusable(held_[g], part);
       for (std::size_t j = 0; j < g; ++j) {
         const auto from = reusable(shared_part(chunk[j]), part);
-        if (from < own + static_cast<std::size_t>(options.min_copy)) continue;
-        if (from > p.start || (from == p.start && plan[j].level < p.level))
-          p = {from, static_cast<int>(j), plan[j].level + 1};
+        if (from < p.kept + static_cast<std::size_t>(options_.min_copy)) continue;
+        if (from > p.start || (from == p.start && plan_[j].level < p.level))
+          p = {p.kept, from, static_cast<int>(j), plan_[j].level + 1};
       }
       levels = std::max(levels, p.level + 1);
     }
     for (int level = 0; level < levels; ++level) {
-      rows.clear();
+      rows_.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g) {
-        const auto& p = plan[g];
+        const auto& p = plan_[g];
         if (p.level != level) continue;
         const auto part = shared_part(chunk[g]);
-        if (p.source >= 0) {
-          const auto kept = reusable(held[g], part);
-          caches[g].copy_slots(caches[static_cast<std::size_t>(p.source)], static_cast<int>(kept), static_cast<int>(p.start));
-        }
-        caches[g].set_committed(static_cast<int>(part.size()));
+        if (p.source >= 0)
+          caches_[g].copy_slots(caches_[static_cast<std::size_t>(p.source)], static_cast<int>(p.kept),
+                                static_cast<int>(p.start));
+        caches_[g].set_committed(static_cast<int>(part.size()));
         if (p.start == part.size()) continue;
         model::ForwardRow<Backend> row;
         row.tokens = part.subspan(p.start);
         row.first_slot = static_cast<int>(p.start);
         row.advance = true;
         row.logits_begin = row.logits_end = 0;
-        row.cache = &caches[g];
-        rows.push_back(row);
+        row.cache = &caches_[g];
+        rows_.push_back(row);
       }
-      if (!rows.empty()) run();
+      if (!rows_.empty()) forward();
     }
-    for (std::size_t g = 0; g < chunk.size(); ++g) held[g] = shared_part(chunk[g]);
-    // The chunk's distinct scored parts, each run once, against the cache of the first group
-    // that has it, for all the requests it scores: choices of one token (MMLU's " A" .. " D")
-    // have the same first-token view and differ only in the logit read.
-    runs.clear();
+    for (std::size_t g = 0; g < chunk.size(); ++g) held_[g] = shared_part(chunk[g]);
+  }
+
+  // The batch's distinct scored parts, each run once against the cache of the first group that
+  // has it, for all the requests it scores: choices of one token (MMLU's " A" .. " D") have the
+  // same first-token view and differ only in the logit read. Round k runs the k-th part of every
+  // group with one.
+  void score(std::span<const Group> chunk) {
+    runs_.clear();
     for (std::size_t g = 0; g < chunk.size(); ++g)
       for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i) {
-        auto part = Scoring::scored_part(requests[i], options);
-        const auto same = std::find_if(runs.begin(), runs.end(), [&](const Run& other) {
-          const auto& r = requests[other.requests[0]];
-          return other.tokens == part && Scoring::first_row(r) == Scoring::first_row(requests[i]) &&
-                 Scoring::scored_tokens(r) == Scoring::scored_tokens(requests[i]) &&
+        auto part = Scoring::scored_part(requests_[i], options_);
+        const auto same = std::ranges::find_if(runs_, [&](const Run& other) {
+          const auto& r = requests_[other.requests[0]];
+          return other.tokens == part && Scoring::first_row(r) == Scoring::first_row(requests_[i]) &&
+                 Scoring::scored_tokens(r) == Scoring::scored_tokens(requests_[i]) &&
                  std::ranges::equal(shared_part(chunk[other.group]), shared_part(chunk[g]));
         });
-        if (same == runs.end())
-          runs.push_back({g, std::move(part), {i}});
+        if (same == runs_.end())
+          runs_.push_back({g, std::move(part), {i}});
         else
           same->requests.push_back(i);
       }
-    // Round k runs the k-th part of every group with one.
-    of_group.assign(chunk.size(), {});
-    for (const auto& part : runs) of_group[part.group].push_back(&part);
+    std::vector<std::vector<const Run*>> of_group(chunk.size());
+    for (const auto& part : runs_) of_group[part.group].push_back(&part);
     std::size_t rounds = 0;
     for (const auto& parts : of_group) rounds = std::max(rounds, parts.size());
+    std::vector<const Run*> members;  // a scoring forward's rows
     for (std::size_t k = 0; k < rounds; ++k) {
       members.clear();
-      for (std::size_t g = 0; g < chunk.size(); ++g)
-        if (k < of_group[g].size()) members.push_back({g, of_group[g][k]});
-      rows.clear();
-      for (const auto& m : members) {
-        const auto& r = requests[m.run->requests[0]];
+      rows_.clear();
+      for (std::size_t g = 0; g < chunk.size(); ++g) {
+        if (k >= of_group[g].size()) continue;
+        const Run& part = *of_group[g][k];
+        const auto& r = requests_[part.requests[0]];
         model::ForwardRow<Backend> row;
-        row.tokens = m.run->tokens;
-        row.first_slot = static_cast<int>(chunk[m.group].shared);
+        row.tokens = part.tokens;
+        row.first_slot = static_cast<int>(chunk[g].shared);
         row.logits_begin = Scoring::first_row(r);
         row.logits_end = row.logits_begin + static_cast<int>(Scoring::scored_tokens(r));
-        row.cache = &caches[m.group];
-        rows.push_back(row);
+        row.cache = &caches_[g];
+        rows_.push_back(row);
+        members.push_back(&part);
       }
-      const auto out = run();
-      // The vocabulary statistics pass gives each row's argmax and its softmax probability p1 =
-      // 1 / sum exp(x - x_max), so log p(t) = x_t - x_max + log p1 needs two logits of the row.
-      stats.resize(static_cast<std::size_t>(out.dim(0)));
-      Kernel<Backend, op::VocabStats<false, false>>::run(out.data(), out.dim(0), config.vocab_size, stats.data());
-      for (std::size_t v = 0; v < members.size(); ++v)
-        for (const std::size_t i : members[v].run->requests) {
-          const auto& r = requests[i];
-          auto& s = result.scores[i];
-          s = TokenScore{0.0, -1, true};
-          for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
-            const auto at = model.logit_offset(v) + static_cast<std::int64_t>(t);
-            const auto& st = stats[static_cast<std::size_t>(at)];
-            const float* row = out.data() + at * vocab;
-            const int target = r.target[t];
-            s.loglikelihood += logit(row, target) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
-            s.greedy = s.greedy && target == st.token;
-            if (t == 0) s.argmax = st.token;
-          }
-        }
+      const auto out = forward();
+      read_scores(out, members);
     }
   }
-  return result;
+
+  // The vocabulary statistics pass gives each row's argmax and its softmax probability p1 =
+  // 1 / sum exp(x - x_max), so log p(t) = x_t - x_max + log p1 needs two logits of the row.
+  template <class Logits>
+  void read_scores(const Logits& out, std::span<const Run* const> members) {
+    const auto& config = model_.config();
+    stats_.resize(static_cast<std::size_t>(out.dim(0)));
+    Kernel<Backend, op::VocabStats<false, false>>::run(out.data(), out.dim(0), config.vocab_size, stats_.data());
+    auto logit = [](const float* row, int token) {
+      float x = 0;
+      Backend::download(&x, row + token, 1);
+      return static_cast<double>(x);
+    };
+    for (std::size_t v = 0; v < members.size(); ++v)
+      for (const std::size_t i : members[v]->requests) {
+        const auto& r = requests_[i];
+        auto& s = result_.scores[i];
+        s = TokenScore{0.0, -1, true};
+        for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
+          const auto at = model_.logit_offset(v) + static_cast<std::int64_t>(t);
+          const auto& st = stats_[static_cast<std::size_t>(at)];
+          const float* row = out.data() + at * config.vocab_size;
+          s.loglikelihood += logit(row, r.target[t]) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
+          s.greedy = s.greedy && r.target[t] == st.token;
+          if (t == 0) s.argmax = st.token;
+        }
+      }
+  }
+
+  auto forward() {
+    for (const auto& row : rows_) result_.positions += static_cast<std::int64_t>(row.tokens.size());
+    ++result_.forwards;
+    return model_.template forward<typename Scoring::mask_type>(rows_);
+  }
+
+  Model& model_;
+  std::span<const ScoreRequest> requests_;
+  const ScoreOptions& options_;
+  Scores result_;
+  std::vector<Group> groups_;
+  std::vector<model::KvCache<Backend>> caches_;
+  std::vector<std::span<const int>> held_;  // the shared part whose K/V cache c holds
+  std::vector<Prefill> plan_;
+  std::vector<Run> runs_;
+  std::vector<model::ForwardRow<Backend>> rows_;
+  std::vector<PositionStats> stats_;
+};
+
+}  // namespace detail
+
+//! The log-likelihood of every request as `Scoring` scores it (scoring::FirstToken<Block> or
+//! scoring::Causal); result i is request i's.
+template <class Scoring, LanguageModel Model>
+Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
+  return detail::Scorer<Scoring, Model>(model, requests, options).run();
 }
 
 //! Fast-dLLM v2's log p(target[0]) of every request (FASTDLLM_V2.md §3.6). `Block` is the
