@@ -332,7 +332,7 @@ class Scorer {
           const auto& r = requests_[other.requests[0]];
           return other.tokens == part && Scoring::first_row(r) == Scoring::first_row(requests_[i]) &&
                  Scoring::scored_tokens(r) == Scoring::scored_tokens(requests_[i]) &&
-                 std::ranges::equal(shared_part(chunk[other.group]), shared_part(chunk[g]));
+                 (other.group == g || std::ranges::equal(shared_part(chunk[other.group]), shared_part(chunk[g])));
         });
         if (same == runs_.end())
           runs_.push_back({g, std::move(part), {i}});
@@ -377,20 +377,23 @@ class Scorer {
       Backend::download(&x, row + token, 1);
       return static_cast<double>(x);
     };
-    for (std::size_t v = 0; v < members.size(); ++v)
-      for (const std::size_t i : members[v]->requests) {
-        const auto& r = requests_[i];
-        auto& s = result_.scores[i];
-        s = TokenScore{0.0, -1, true};
-        for (std::size_t t = 0; t < Scoring::scored_tokens(r); ++t) {
-          const auto at = model_.logit_offset(v) + static_cast<std::int64_t>(t);
-          const auto& st = stats_[static_cast<std::size_t>(at)];
-          const float* row = out.data() + at * config.vocab_size;
-          s.loglikelihood += logit(row, r.target[t]) - logit(row, st.token) + std::log(static_cast<double>(st.p1));
-          s.greedy = s.greedy && r.target[t] == st.token;
+    for (std::size_t v = 0; v < members.size(); ++v) {
+      const auto& requests = members[v]->requests;
+      for (const std::size_t i : requests) result_.scores[i] = TokenScore{0.0, -1, true};
+      for (std::size_t t = 0; t < Scoring::scored_tokens(requests_[requests[0]]); ++t) {
+        const auto at = model_.logit_offset(v) + static_cast<std::int64_t>(t);
+        const auto& st = stats_[static_cast<std::size_t>(at)];
+        const float* row = out.data() + at * config.vocab_size;
+        const double log_normaliser = logit(row, st.token) - std::log(static_cast<double>(st.p1));  // once a row
+        for (const std::size_t i : requests) {
+          const int target = requests_[i].target[t];
+          auto& s = result_.scores[i];
+          s.loglikelihood += logit(row, target) - log_normaliser;
+          s.greedy = s.greedy && target == st.token;
           if (t == 0) s.argmax = st.token;
         }
       }
+    }
   }
 
   auto forward() {
