@@ -227,6 +227,18 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
   CHECK(tasks.forwards == 3 + 1);
   CHECK(tasks.positions == (32 + 8 + 24 + 8) + 4 * 8);
 
+  // Two tasks' questions interleaved across batches of two, [A, B] then [B, A]: each group of the
+  // second batch takes the cache that holds its own task's header, wherever it lay in the first,
+  // and prefills its question's block alone (by position, each would run its header again: 160).
+  const auto header_a = ids(24, 13, 320), header_b = ids(24, 14, 320);
+  requests.clear();
+  for (auto [header, q] : {std::pair{&header_a, 40}, {&header_b, 41}, {&header_b, 42}, {&header_a, 43}})
+    for (int c : {7, 9}) requests.push_back({join(*header, ids(10, q, 320)), {c}});
+  const auto interleaved = score(2, 64);
+  check_scores(interleaved);
+  CHECK(interleaved.forwards == 2 * (1 + 1));
+  CHECK(interleaved.positions == (2 * 32 + 2 * 8) + (2 * 8 + 2 * 8));
+
   // Causal scoring shares any common start, not whole blocks only.
   requests.clear();
   const auto context = ids(9, 6, 320);

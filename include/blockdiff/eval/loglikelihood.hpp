@@ -259,9 +259,17 @@ class Scorer {
   }
 
   // One cache a group of the batch, kept for the next batch and grown, with what it holds, as
-  // needed.
+  // needed. A group takes the free cache that holds the most of its shared part (at a task's
+  // boundary, the cache of the task's last question, wherever it lay in the last batch).
   void make_caches(std::span<const Group> chunk) {
     for (std::size_t g = 0; g < chunk.size(); ++g) {
+      std::size_t best = g, most = 0;
+      for (std::size_t c = g; c < caches_.size(); ++c)
+        if (const auto n = reusable(held_[c], shared_part(chunk[g])); n > most) best = c, most = n;
+      if (best != g) {
+        std::swap(caches_[g], caches_[best]);
+        std::swap(held_[g], held_[best]);
+      }
       int need = 1;
       for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i)
         need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests_[i])));
