@@ -93,6 +93,13 @@ class EvalCommand {
     for (const char* flag : DecoderSpec::flags)
       if (std::string_view(flag) != "--block") choices->excludes(cmd_->get_option(flag));
     choices->excludes(max_new);
+    cmd_->add_option("--shots", shots_,
+                     "with --choices: examples of each question's own task asked before it (the first of its "
+                     "training split, laid out as training packed them: padded with [MASK] to the block, or, with "
+                     "--ar, not), as MMLU is asked 5-shot")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber)
+        ->needs(choices);
     device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
@@ -122,14 +129,18 @@ class EvalCommand {
 
   //! --choices: the held-out prompts asked as multiple choice, answered by log-likelihood.
   int run_choices() {
-    const auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
+    auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
     TaskModel m(model_, weights_.dtype(), device_);
     spec_.default_shape(m.model.config());
+    train::tasks::add_shots(questions, shots_, m.vocab, ar_ ? 0 : spec_.block);
+    // Every question in one call, up to --batch times --choices rows a forward, so that the
+    // scorer's caches, and the task's examples they hold, carry over from forward to forward.
     const eval::ScoreOptions options{.mask_id = m.vocab.mask_id(), .eos_id = m.vocab.eos_id(), .batch = batch_ * *choices_};
     const std::optional<int> block = ar_ ? std::nullopt : std::optional<int>(spec_.block);
-    const auto report = eval::evaluate_choices(questions, m.vocab, batch_, [&](std::span<const eval::ScoreRequest> r) {
-      return m.model.score(r, options, block);
-    });
+    const auto report = eval::evaluate_choices(questions, m.vocab, std::max<int>(1, int(questions.size())),
+                                               [&](std::span<const eval::ScoreRequest> r) {
+                                                 return m.model.score(r, options, block);
+                                               });
     nlohmann::ordered_json out{{"n", report.n},
                                {"accuracy", report.accuracy()},
                                {"correct", report.correct},
@@ -140,6 +151,7 @@ class EvalCommand {
                                {"device", device_.name},
                                {"task", task_},
                                {"choices", *choices_},
+                               {"shots", shots_},
                                {"scoring", ar_ ? "causal" : "first-token"}};
     if (!ar_) out["block"] = spec_.block;
     std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
@@ -150,7 +162,7 @@ class EvalCommand {
   CLI::App* cmd_ = nullptr;
   std::string model_, task_ = "mix";
   std::optional<int> choices_;
-  int n_ = 200, batch_ = 1, max_new_ = 32;
+  int n_ = 200, batch_ = 1, max_new_ = 32, shots_ = 0;
   bool ar_ = false, json_ = false;
   DecoderSpec spec_;
   WeightsFlag weights_;

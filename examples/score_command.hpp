@@ -48,7 +48,8 @@ class ScoreCommand {
     ar->excludes(cmd_->add_option("--block", block_, "block of the block-causal view (default: config.json's bd_size)"));
     cmd_->add_option("--batch", batch_, "rows per forward")->capture_default_str()->check(positive());
     cmd_->add_option("--min-copy", min_copy_,
-                     "fewest tokens a prefix copies from another of its batch (few-shot examples shared across questions)")
+                     "positions a prefill forward is worth: a batch copies the K/V its prefixes share (few-shot "
+                     "examples) where that saves more than the forwards it adds")
         ->capture_default_str()
         ->check(positive());
     ar->excludes(cmd_->add_option("--mask-id", mask_id_,

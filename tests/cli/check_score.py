@@ -207,22 +207,43 @@ if not tied["tied"] or tied["loglikelihoods"][0] != tied["loglikelihoods"][1] or
 
 
 # 3b. eval --choices: the held-out prompts as 4-way multiple choice, each model scored its way.
+def choices_eval(model, *flags):
+    return json.loads(run("eval", "--model", f"{models}/{model}", "--choices", "4", "--n", "40", "--batch", "4",
+                          *flags, "--json").stdout)
+forwards = {}
 for model, flags in (("tasks-fdllm2", []), ("tasks-ar", ["--ar"])):
-    r = json.loads(run("eval", "--model", f"{models}/{model}", "--choices", "4", "--n", "40", "--batch", "4",
-                       *flags, "--json").stdout)
-    # 10 batches of 4 questions: a prefill and a round a choice; first-token views of choices that
-    # differ in their first token alone are the same, and run once.
-    want = {"n": 40, "choices": 4, "scoring": "causal" if flags else "first-token", "forwards": 50 if flags else 20}
+    r = choices_eval(model, *flags)
+    # Causal: 16 questions a forward (--batch 4 times 4 rows), so 3 prefills and 3 x 4 rounds, a
+    # round a choice's target.
+    want = {"n": 40, "choices": 4, "shots": 0, "scoring": "causal" if flags else "first-token"}
+    if flags:
+        want["forwards"] = 3 * (1 + 4)
     if any(r.get(k) != v for k, v in want.items()) or r["accuracy"] < 0.9 or r["correct"] != round(40 * r["accuracy"]):
         failures.append(f"eval --choices on {model}: {r}")
     if not flags and r["block"] != 8:  # the model's bd_size
         failures.append(f"eval --choices scored at block {r['block']}")
+    forwards[model] = (r["forwards"], r["positions"])
+    # Two examples of the question's task before it (at least 12 tokens each, and 16 padded to the
+    # block): every question reads them, but each task's are run about once (3 x 24 tokens at
+    # least), not once a question (40 x 24).
+    shot = choices_eval(model, *flags, "--shots", "2")
+    extra = shot["positions"] - r["positions"]
+    if shot["shots"] != 2 or shot["accuracy"] < 0.9 or not 3 * 24 <= extra <= 40 * 24 // 4:
+        failures.append(f"eval --choices --shots 2 on {model}: {shot} (zero-shot: {r})")
+# First-token views of choices that differ in their first token alone are the same, and run once
+# (a round a forward where causal scoring runs four, each a whole target).
+(ft, ft_positions), (causal, causal_positions) = forwards["tasks-fdllm2"], forwards["tasks-ar"]
+if not (ft < causal and ft_positions < causal_positions // 2):
+    failures.append(f"eval --choices forwards, first-token against causal: {forwards}")
 for flags, needle in ((["--threshold", "0.5"], "--threshold excludes --choices"),
                       (["--max-new-tokens", "8"], "--max-new-tokens excludes --choices"),
                       (["--ar", "--block", "8"], "--ar excludes --block")):
     r = run("eval", "--model", tasks, "--choices", "4", *flags, ok=False)
     if r.returncode == 0 or needle not in r.stderr:
         failures.append(f"eval --choices 4 {' '.join(flags)}: rc {r.returncode}, {r.stderr.strip()!r}")
+r = run("eval", "--model", tasks, "--shots", "2", ok=False)
+if r.returncode == 0 or "--shots requires --choices" not in r.stderr:
+    failures.append(f"eval --shots without --choices: rc {r.returncode}, {r.stderr.strip()!r}")
 r = run("eval", "--model", tasks, "--choices", "11", ok=False)
 if r.returncode == 0 or "--choices" not in r.stderr:
     failures.append(f"eval --choices 11: rc {r.returncode}, {r.stderr.strip()!r}")

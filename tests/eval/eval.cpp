@@ -143,3 +143,26 @@ TEST_CASE("eval: multiple choice takes each question's most likely choice, batch
   CHECK(r.accuracy() == doctest::Approx(r.correct / 7.0));
   CHECK_ERROR(eval::evaluate_choices(questions, vocab, 0, scorer), "the batch must be positive");
 }
+
+TEST_CASE("eval: multiple choice asks each question after its context") {
+  const auto vocab = tasks::vocabulary();
+  auto questions = tasks::make_choices("mix", tasks::Split::held_out, 5, 2);
+  tasks::add_shots(questions, 1, vocab, 8);
+  std::vector<eval::ScoreRequest> seen;
+  auto scorer = [&](std::span<const eval::ScoreRequest> requests) {
+    seen.insert(seen.end(), requests.begin(), requests.end());
+    return eval::Scores{std::vector<eval::TokenScore>(requests.size()), 1, 1};
+  };
+  eval::evaluate_choices(questions, vocab, 2, scorer);
+  REQUIRE(seen.size() == 10);
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    const auto& q = questions[i / 2];
+    CAPTURE(q.prompt);
+    // The example of the question's task, with EOS and [MASK] ids no text encodes, then the prompt.
+    auto prefix = tasks::few_shot(tasks::task_of(q.prompt), 1, vocab, 8);
+    REQUIRE(prefix.size() % 8 == 0);
+    for (int id : vocab.encode(q.prompt)) prefix.push_back(id);
+    CHECK(seen[i].prefix == prefix);
+    CHECK(seen[i].target == vocab.encode(q.choices[i % 2]));
+  }
+}

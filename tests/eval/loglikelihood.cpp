@@ -230,7 +230,8 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
   // Two tasks' questions interleaved across batches of two, [A, B] then [B, A]: each group of the
   // second batch takes the cache that holds its own task's header, wherever it lay in the first,
   // and prefills its question's block alone (by position, each would run its header again: 160).
-  const auto header_a = ids(24, 13, 320), header_b = ids(24, 14, 320);
+  // The headers end in [MASK] pads, as few-shot examples laid out as training packed them do.
+  const auto header_a = join(ids(21, 13, 320), {mask, mask, mask}), header_b = join(ids(20, 14, 320), {mask, mask, mask, mask});
   requests.clear();
   for (auto [header, q] : {std::pair{&header_a, 40}, {&header_b, 41}, {&header_b, 42}, {&header_a, 43}})
     for (int c : {7, 9}) requests.push_back({join(*header, ids(10, q, 320)), {c}});
@@ -238,6 +239,24 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
   check_scores(interleaved);
   CHECK(interleaved.forwards == 2 * (1 + 1));
   CHECK(interleaved.positions == (2 * 32 + 2 * 8) + (2 * 8 + 2 * 8));
+
+  // Headers shorter than min_copy: a batch copies them where, all questions together, the
+  // positions saved outweigh the prefill forward added (min_copy positions a forward). Questions
+  // of 10 tokens after a 16-token header (ending in pads): shared parts of 24, 16 of them common.
+  const auto short_header = join(ids(13, 15, 320), {mask, mask, mask});
+  for (int questions : {5, 6}) {
+    CAPTURE(questions);
+    requests.clear();
+    for (int q = 0; q < questions; ++q)
+      for (int c : {7, 9}) requests.push_back({join(short_header, ids(10, 50 + q, 320)), {c}});
+    const auto s = score(16, 64);
+    check_scores(s);
+    // Without copies: 24 a question in one prefill forward. With them: 24, then 8 a question a
+    // forward later. Five questions tie (120 + 64 against 56 + 2 * 64: no copies); six do not.
+    const std::int64_t prefill = questions == 5 ? 5 * 24 : 24 + 5 * 8;
+    CHECK(s.positions == prefill + questions * 8);
+    CHECK(s.forwards == (questions == 5 ? 1 : 2) + 1);
+  }
 
   // Causal scoring shares any common start, not whole blocks only.
   requests.clear();

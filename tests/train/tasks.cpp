@@ -117,3 +117,49 @@ TEST_CASE("train/tasks: multiple-choice questions hold the response once, among 
   CHECK_ERROR(tasks::choice_question({"r:ab=", "#ba"}, 3, rng), "a response beginning with '#' has no other choices");
   CHECK(tasks::choice_question(examples[0], 10, rng).choices.size() == 10);
 }
+
+TEST_CASE("train/tasks: few-shot examples are the task's first training examples, laid out as training packed them") {
+  const auto vocab = tasks::vocabulary();
+  const auto examples = tasks::make("sort", tasks::Split::train, 3);
+  // Written out by hand for the first: its characters, EOS, then [MASK] to the next multiple of 8.
+  const auto first = vocab.encode(examples[0].prompt + examples[0].response);
+  std::vector<int> expect = first;
+  expect.push_back(vocab.eos_id());
+  expect.insert(expect.end(), 8 - expect.size() % 8, vocab.mask_id());  // a whole block where it ends on one
+  const auto one = tasks::few_shot("sort", 1, vocab, 8);
+  CHECK(one == expect);
+  // Three, against train::pack's window of the same examples: each starts on a block boundary.
+  const auto three = tasks::few_shot("sort", 3, vocab, 8);
+  REQUIRE(three.size() % 8 == 0);
+  const auto packed = train::pack(tasks::encode(examples, vocab), int(three.size()), 8, vocab.mask_id());
+  CHECK(packed.ids == three);
+  // With no padding (AR training's layout), prompt, response and EOS back to back.
+  std::vector<int> plain;
+  for (const auto& e : examples) {
+    for (int id : vocab.encode(e.prompt + e.response)) plain.push_back(id);
+    plain.push_back(vocab.eos_id());
+  }
+  CHECK(tasks::few_shot("sort", 3, vocab, 0) == plain);
+  CHECK(tasks::few_shot("sort", 0, vocab, 8).empty());
+  // None of them is a held-out prompt.
+  for (const auto& h : tasks::make("sort", tasks::Split::held_out, 1000))
+    for (const auto& e : examples) CHECK(h.prompt != e.prompt);
+  CHECK_ERROR(tasks::few_shot("mix", 2, vocab, 8), "few-shot examples are of one task");
+  CHECK_ERROR(tasks::few_shot("sort", -1, vocab, 8), "0 or more examples, got -1");
+}
+
+TEST_CASE("train/tasks: a mixed question follows its own task's examples") {
+  const auto vocab = tasks::vocabulary();
+  auto questions = tasks::make_choices("mix", tasks::Split::held_out, 30, 4);
+  tasks::add_shots(questions, 2, vocab, 8);
+  std::set<std::string> seen;
+  for (const auto& q : questions) {
+    CAPTURE(q.prompt);
+    const std::string task = q.prompt[0] == 'a' ? "arith" : q.prompt[0] == 's' ? "sort" : "reverse";
+    CHECK(tasks::task_of(q.prompt) == task);
+    CHECK(q.context == tasks::few_shot(task, 2, vocab, 8));
+    seen.insert(task);
+  }
+  CHECK(seen.size() == 3);
+  CHECK_ERROR(tasks::task_of("x:12="), "the prompt \"x:12=\" is none of the tasks'");
+}

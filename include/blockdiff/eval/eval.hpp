@@ -144,8 +144,9 @@ struct ChoiceReport {
 //! Scores a batch of requests: eval::loglikelihood with the scoring and model of the caller's choice.
 using BatchScorer = std::function<Scores(std::span<const ScoreRequest>)>;
 
-//! Asks `questions`, `batch` of them per call of `score`: each is answered by the choice of
-//! highest log-likelihood; `progress(done, total)` after each call.
+//! Asks `questions`, `batch` of them per call of `score`, each after its context (few-shot
+//! examples, if any): each is answered by the choice of highest log-likelihood;
+//! `progress(done, total)` after each call.
 inline ChoiceReport evaluate_choices(const std::vector<train::tasks::ChoiceQuestion>& questions,
                                      const tokenizer::CharVocab& vocab, int batch, const BatchScorer& score,
                                      const std::function<void(int, int)>& progress = {}) {
@@ -156,7 +157,9 @@ inline ChoiceReport evaluate_choices(const std::vector<train::tasks::ChoiceQuest
     const std::size_t end = std::min(questions.size(), begin + std::size_t(batch));
     requests.clear();
     for (std::size_t q = begin; q < end; ++q) {
-      const auto prompt = vocab.encode(questions[q].prompt);
+      auto prompt = questions[q].context;
+      const auto asked = vocab.encode(questions[q].prompt);
+      prompt.insert(prompt.end(), asked.begin(), asked.end());
       for (const auto& c : questions[q].choices) requests.push_back({prompt, vocab.encode(c)});
     }
     const auto t0 = std::chrono::steady_clock::now();

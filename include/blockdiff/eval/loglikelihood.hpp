@@ -59,9 +59,11 @@ struct ScoreOptions {
   int mask_id = -1;  //!< the model's [MASK] (FirstToken only)
   int eos_id = -1;   //!< written right after the target (FirstToken only; the official code: the tokenizer's EOS)
   int batch = 16;    //!< rows per forward: shared prefixes in a prefill, scored parts in a scoring forward
-  //! The fewest tokens a prefix copies from another of its batch that shares more with it than
-  //! its own cache holds. A copy puts the rest in a prefill forward after its source's: it pays
-  //! where the prefixes share few-shot examples (hundreds of tokens), not a question's first words.
+  //! What a prefill forward is worth, in positions: the price at which a batch weighs copying the
+  //! K/V its prefixes share (few-shot examples) against running them again. A copy puts the rest
+  //! of its prefix in a prefill forward after its source's; a batch copies every share of a block
+  //! or more where the positions that saves outweigh the forwards it adds, and otherwise only the
+  //! shares of min_copy tokens or more (not the first words that questions share).
   int min_copy = 64;
 };
 
@@ -139,15 +141,16 @@ struct FirstToken {
     decode::check_token(options.eos_id, config.vocab_size, "EOS id");
     require(options.eos_id != options.mask_id, "the EOS id and the [MASK] id are both ", options.mask_id);
   }
-  //! Refuses, besides detail::check_ids, the [MASK] id in a request (the view could not tell it
-  //! from the masks it adds) and a scored block past the model's context.
+  //! Refuses, besides detail::check_ids, the [MASK] id in a target (the view masks target[0]
+  //! itself: a continuation holding it scores nothing the model could write) and a scored block
+  //! past the model's context. A prefix may hold it: the pads the recipe's packing puts after
+  //! each training example (few-shot examples laid out as training saw them, train::tasks::few_shot).
   static void check(const ScoreRequest& r, const ScoreOptions& options, const io::ModelConfig& config,
                     const std::string& where) {
     detail::check_ids(r, config, where);
-    for (const auto* part : {&r.prefix, &r.target})
-      for (std::size_t i = 0; i < part->size(); ++i)
-        require((*part)[i] != options.mask_id, where, ": the ", part == &r.prefix ? "prefix" : "target",
-                " holds the [MASK] id ", options.mask_id, " at index ", i, ": the scoring view masks with it");
+    for (std::size_t i = 0; i < r.target.size(); ++i)
+      require(r.target[i] != options.mask_id, where, ": the target holds the [MASK] id ", options.mask_id,
+              " at index ", i, ": the scoring view masks with it");
     const std::int64_t end = (std::int64_t(scored_block(r)) + 1) * Block;
     if (end > config.context())
       fail(where, ": a prefix of ", r.prefix.size(), " tokens is scored in the block of positions [", end - Block,
@@ -284,25 +287,40 @@ class Scorer {
     }
   }
 
-  // The shared parts into the caches, each token run at most once a batch (a prefix tree, one
-  // level a forward): a group keeps what its cache holds of its shared part already, or copies
-  // more from the earlier group of the batch that shares the most with it (few-shot examples
-  // before different questions), and runs the rest in the forward after its source's.
-  void prefill(std::span<const Group> chunk) {
-    plan_.assign(chunk.size(), Prefill{});
-    int levels = 0;
+  // How each group's shared part gets into its cache, each token run at most once a batch (a
+  // prefix tree, one level a forward): a group keeps what its cache holds of its shared part
+  // already, or copies more from the earlier group of the batch that shares the most with it,
+  // where that saves at least `least` tokens, and runs the rest in the forward after its source's.
+  // Returns the plan's cost: the positions it runs and options.min_copy a prefill forward.
+  std::int64_t plan(std::span<const Group> chunk, std::size_t least, std::vector<Prefill>& out) const {
+    out.assign(chunk.size(), Prefill{});
+    std::int64_t positions = 0;
+    std::vector<bool> runs;  // whether a level runs a forward: some group has tokens left after its copy
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       const auto part = shared_part(chunk[g]);
-      auto& p = plan_[g];
+      auto& p = out[g];
       p.kept = p.start = reusable(held_[g], part);
       for (std::size_t j = 0; j < g; ++j) {
         const auto from = reusable(shared_part(chunk[j]), part);
-        if (from < p.kept + static_cast<std::size_t>(options_.min_copy)) continue;
-        if (from > p.start || (from == p.start && plan_[j].level < p.level))
-          p = {p.kept, from, static_cast<int>(j), plan_[j].level + 1};
+        if (from < p.kept + least) continue;
+        if (from > p.start || (from == p.start && out[j].level < p.level))
+          p = {p.kept, from, static_cast<int>(j), out[j].level + 1};
       }
-      levels = std::max(levels, p.level + 1);
+      runs.resize(std::max(runs.size(), static_cast<std::size_t>(p.level) + 1));
+      if (p.start < part.size()) runs[static_cast<std::size_t>(p.level)] = true;
+      positions += static_cast<std::int64_t>(part.size() - p.start);
     }
+    return positions + options_.min_copy * std::ranges::count(runs, true);
+  }
+
+  // The shared parts into the caches, as the cheaper of two plans lays them out: copies of
+  // min_copy tokens or more, or every copy of a block or more (the few-shot examples of many
+  // questions, where each is shorter than min_copy but together they outweigh a forward).
+  void prefill(std::span<const Group> chunk) {
+    const auto fewer = plan(chunk, static_cast<std::size_t>(options_.min_copy), plan_);
+    if (plan(chunk, 1, other_) < fewer) std::swap(plan_, other_);
+    int levels = 0;
+    for (const auto& p : plan_) levels = std::max(levels, p.level + 1);
     for (int level = 0; level < levels; ++level) {
       rows_.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g) {
@@ -417,7 +435,7 @@ class Scorer {
   std::vector<Group> groups_;
   std::vector<model::KvCache<Backend>> caches_;
   std::vector<std::span<const int>> held_;  // the shared part whose K/V cache c holds
-  std::vector<Prefill> plan_;
+  std::vector<Prefill> plan_, other_;
   std::vector<Run> runs_;
   std::vector<model::ForwardRow<Backend>> rows_;
   std::vector<PositionStats> stats_;

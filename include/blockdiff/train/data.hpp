@@ -31,6 +31,12 @@ struct Example {
   std::size_t size() const { return prompt.size() + response.size(); }
 };
 
+//! The pads packing puts after `e` where `pad_block` > 0 (the recipe's +pad): up to the next
+//! multiple of the block, a whole block where `e` ends on one.
+inline std::size_t block_padding(const Example& e, int pad_block) {
+  return pad_block > 0 ? std::size_t(pad_block) - e.size() % std::size_t(pad_block) : 0;
+}
+
 //! Packs `examples` (in `order`, or as given when empty) into windows of `length` tokens.
 //! `pad_block` > 0 pads each example with `pad_id` to a multiple of it.
 inline Windows pack(std::span<const Example> examples, int length, int pad_block, int pad_id,
@@ -50,11 +56,9 @@ inline Windows pack(std::span<const Example> examples, int length, int pad_block
     w.supervised.insert(w.supervised.end(), e.prompt.size(), 0);
     w.ids.insert(w.ids.end(), e.response.begin(), e.response.end());
     w.supervised.insert(w.supervised.end(), e.response.size(), 1);
-    if (pad_block > 0) {
-      const std::size_t pad = std::size_t(pad_block) - e.size() % std::size_t(pad_block);
-      w.ids.insert(w.ids.end(), pad, pad_id);
-      w.supervised.insert(w.supervised.end(), pad, 0);
-    }
+    const std::size_t pad = block_padding(e, pad_block);
+    w.ids.insert(w.ids.end(), pad, pad_id);
+    w.supervised.insert(w.supervised.end(), pad, 0);
   }
   const std::size_t keep = w.ids.size() / std::size_t(length) * std::size_t(length);
   w.ids.resize(keep);

@@ -7,7 +7,8 @@
 //   mix      the three, in equal parts
 //
 // Any of them also asks its held-out prompts as multiple choice (make_choices), the right
-// response among others that differ in their first character.
+// response among others that differ in their first character, zero-shot or after examples of
+// the question's own task (add_shots), as MMLU is asked after a subject's examples.
 //
 // Every response ends with the EOS token. The answer of an arith response is what follows '#';
 // of the others, the whole response. Splits are disjoint: the held-out split is drawn from its
@@ -73,6 +74,14 @@ inline TextExample draw(const std::string& task, Rng& rng) {
   return e;
 }
 
+//! The task whose draw() made `prompt` ("arith", "sort" or "reverse"), by its first letter.
+inline std::string task_of(const std::string& prompt) {
+  if (prompt.rfind("a:", 0) == 0) return "arith";
+  if (prompt.rfind("s:", 0) == 0) return "sort";
+  if (prompt.rfind("r:", 0) == 0) return "reverse";
+  fail("the prompt \"", prompt, "\" is none of the tasks' (a:, s: or r:)");
+}
+
 //! The exact answer a response carries: after '#' for arith, else the whole response.
 inline std::string answer_of(const std::string& prompt, const std::string& response) {
   if (prompt.rfind("a:", 0) == 0) {
@@ -107,6 +116,7 @@ inline std::vector<TextExample> make(const std::string& task, Split split, int n
 
 //! A multiple-choice question made from an example, as MMLU and GPQA ask theirs.
 struct ChoiceQuestion {
+  std::vector<int> context;  //!< token ids asked before the prompt: few-shot examples (add_shots), none by default
   std::string prompt;
   std::vector<std::string> choices;
   int answer = 0;  //!< the index of the example's response among the choices
@@ -124,7 +134,7 @@ inline ChoiceQuestion choice_question(const TextExample& example, int n, Rng& rn
   require(pool.find(first) != std::string::npos, "a response beginning with '", first, "' has no other choices");
   pool.erase(pool.find(first), 1);
   for (std::size_t i = pool.size(); i > 1; --i) std::swap(pool[i - 1], pool[rng.below(i)]);  // Fisher-Yates
-  ChoiceQuestion q{example.prompt, {}, static_cast<int>(rng.below(std::uint64_t(n)))};
+  ChoiceQuestion q{{}, example.prompt, {}, static_cast<int>(rng.below(std::uint64_t(n)))};
   for (int c = 0, other = 0; c < n; ++c)
     q.choices.push_back(c == q.answer ? example.response : pool[std::size_t(other++)] + example.response.substr(1));
   return q;
@@ -148,6 +158,37 @@ inline std::vector<Example> encode(const std::vector<TextExample>& text, const t
     out.push_back(std::move(e));
   }
   return out;
+}
+
+//! A few-shot prompt's examples of `task` (not "mix"): the first `shots` of its training split,
+//! the same before every question, as lm-eval asks a subject's first examples before each of its
+//! questions. Token ids, laid out as training packed them: prompt, response and EOS, then with
+//! `pad_block` > 0 [MASK] up to a multiple of it (train::pack's +pad, which the Fast-dLLM v2 recipe
+//! trains with; AR training packs none), so the question starts as a training example did.
+inline std::vector<int> few_shot(const std::string& task, int shots, const tokenizer::CharVocab& vocab, int pad_block) {
+  require(task != "mix", "few-shot examples are of one task; a \"mix\" question takes its own task's (add_shots)");
+  require(shots >= 0, "a few-shot prompt takes 0 or more examples, got ", shots);
+  require(pad_block >= 0, "few-shot examples: the pad block must be 0 (none) or positive, got ", pad_block);
+  std::vector<int> context;
+  for (const auto& e : encode(make(task, Split::train, shots), vocab)) {
+    context.insert(context.end(), e.prompt.begin(), e.prompt.end());
+    context.insert(context.end(), e.response.begin(), e.response.end());
+    context.insert(context.end(), block_padding(e, pad_block), vocab.mask_id());
+  }
+  return context;
+}
+
+//! Puts `shots` examples of each question's own task before it (few_shot): a "mix" question of
+//! arithmetic follows arithmetic examples.
+inline void add_shots(std::vector<ChoiceQuestion>& questions, int shots, const tokenizer::CharVocab& vocab,
+                      int pad_block) {
+  std::vector<std::pair<std::string, std::vector<int>>> of_task;
+  for (auto& q : questions) {
+    const auto task = task_of(q.prompt);
+    auto known = std::ranges::find(of_task, task, &std::pair<std::string, std::vector<int>>::first);
+    if (known == of_task.end()) known = of_task.insert(of_task.end(), {task, few_shot(task, shots, vocab, pad_block)});
+    q.context = known->second;
+  }
 }
 
 }  // namespace blockdiff::train::tasks
