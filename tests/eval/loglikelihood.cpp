@@ -205,6 +205,27 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
   check_scores(two);
   CHECK(two.forwards == (2 + 2) + (1 + 2));
   CHECK(two.positions == positions);
+  // A Scorer keeps its caches from call to call: a question a call runs the header once, as a
+  // question a batch does in one call; after reset() the next call runs it again.
+  {
+    eval::Scorer<eval::scoring::FirstToken<8>, Qwen> scorer(m, {.mask_id = mask, .eos_id = eos, .batch = 1});
+    eval::Scores calls;
+    for (std::size_t q = 0; q < 3; ++q) {
+      const auto s = scorer(std::span(requests).subspan(3 * q, 3));
+      for (std::size_t c = 0; c < 3; ++c) {
+        CAPTURE(q);
+        CHECK(std::fabs(s.scores[c].loglikelihood - naive_loglikelihood<8>(naive, requests[3 * q + c], mask, eos)) < kTol);
+      }
+      calls.forwards += s.forwards;
+      calls.positions += s.positions;
+    }
+    CHECK(calls.forwards == narrow.forwards);
+    CHECK(calls.positions == positions);
+    scorer.reset();
+    CHECK(scorer(std::span(requests).subspan(6, 3)).positions == 40 + 2 * 8);
+    CHECK_ERROR(scorer(std::vector<eval::ScoreRequest>{{{1, 2}, {mask}}}), "score request 0: the target holds the [MASK] id");
+    CHECK(scorer(std::span(requests).subspan(6, 3)).positions == 2 * 8);  // a refused call leaves the caches as they were
+  }
   // Copies of at least 64 tokens: one batch runs each header in one prefill forward; a question
   // a batch still keeps what its cache holds.
   const auto no_copy = score(16, 64);

@@ -141,7 +141,8 @@ struct ChoiceReport {
   double accuracy() const { return n ? double(correct) / n : 0.0; }
 };
 
-//! Scores a batch of requests: eval::loglikelihood with the scoring and model of the caller's choice.
+//! Scores a batch of requests: eval::loglikelihood with the scoring and model of the caller's
+//! choice, or an eval::Scorer, which keeps a task's few-shot examples in its caches from call to call.
 using BatchScorer = std::function<Scores(std::span<const ScoreRequest>)>;
 
 //! Asks `questions`, `batch` of them per call of `score`, each after its context (few-shot

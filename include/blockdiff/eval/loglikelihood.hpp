@@ -28,7 +28,8 @@
 // (choices of one token, which the view masks) share that run too, each reading its own logit.
 // Prefixes that begin alike (the few-shot examples before each question of a task) run what they
 // share once too: a cache is reused as far as its next prefix agrees with its last, and copied
-// from another of the same batch that agrees further. The padding past the scored block, which
+// from another of the same batch that agrees further (and an eval::Scorer keeps its caches from
+// one call to the next). The padding past the scored block, which
 // the official forward computes and never reads, is not run. The results are the whole view's, as
 // the tests check against a naive forward over all of it.
 #pragma once
@@ -189,26 +190,31 @@ struct Causal {
 
 }  // namespace scoring
 
-namespace detail {
-
-//! loglikelihood's work: requests grouped by the prefix part they share, and a batch of groups at
-//! a time, their shared parts prefilled (`prefill`) and their scored parts run (`score`).
+//! Scores requests as `Scoring` does, a call at a time, keeping its KV caches from call to call:
+//! what one call's prefixes left in them (a task's few-shot examples) is reused by the next as far
+//! as its prefixes agree, as it is from batch to batch within a call. So a harness that scores a
+//! task in calls of a few questions, to report progress, runs the task's examples about once.
+//! Within a call, requests are grouped by the prefix part they share, and a batch of groups at a
+//! time has its shared parts prefilled (`prefill`) and its scored parts run (`score`). The
+//! model's weights must not change while the caches are kept: `reset()` drops them.
 template <class Scoring, LanguageModel Model>
 class Scorer {
   using Backend = typename Model::backend_type;
 
  public:
-  Scorer(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options)
-      : model_(model), requests_(requests), options_(options) {
-    const auto& config = model.config();
-    Scoring::check_options(options, config);
+  Scorer(Model& model, const ScoreOptions& options) : model_(model), options_(options) {
+    Scoring::check_options(options, model.config());
     require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
     require(options.min_copy > 0, "score: min_copy must be positive, got ", options.min_copy);
-    for (std::size_t i = 0; i < requests.size(); ++i)
-      Scoring::check(requests[i], options, config, ::blockdiff::detail::concat("score request ", i));
   }
 
-  Scores run() {
+  //! The log-likelihood of every request; result i is request i's.
+  Scores operator()(std::span<const ScoreRequest> requests) {
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      Scoring::check(requests[i], options_, model_.config(), ::blockdiff::detail::concat("score request ", i));
+    requests_ = requests;
+    groups_.clear();
+    result_ = Scores{};
     group_requests();
     result_.scores.resize(requests_.size());
     const auto batch = static_cast<std::size_t>(options_.batch);
@@ -219,6 +225,12 @@ class Scorer {
       score(chunk);
     }
     return std::move(result_);
+  }
+
+  //! Drops the caches (after the model's weights change, or to free their memory).
+  void reset() {
+    caches_.clear();
+    held_.clear();
   }
 
  private:
@@ -342,7 +354,10 @@ class Scorer {
       }
       if (!rows_.empty()) forward();
     }
-    for (std::size_t g = 0; g < chunk.size(); ++g) held_[g] = shared_part(chunk[g]);
+    for (std::size_t g = 0; g < chunk.size(); ++g) {
+      const auto part = shared_part(chunk[g]);
+      held_[g].assign(part.begin(), part.end());
+    }
   }
 
   // The batch's distinct scored parts, each run once against the cache of the first group that
@@ -429,25 +444,23 @@ class Scorer {
   }
 
   Model& model_;
+  ScoreOptions options_;
   std::span<const ScoreRequest> requests_;
-  const ScoreOptions& options_;
   Scores result_;
   std::vector<Group> groups_;
   std::vector<model::KvCache<Backend>> caches_;
-  std::vector<std::span<const int>> held_;  // the shared part whose K/V cache c holds
+  std::vector<std::vector<int>> held_;  // the shared part whose K/V cache c holds
   std::vector<Prefill> plan_, other_;
   std::vector<Run> runs_;
   std::vector<model::ForwardRow<Backend>> rows_;
   std::vector<PositionStats> stats_;
 };
 
-}  // namespace detail
-
 //! The log-likelihood of every request as `Scoring` scores it (scoring::FirstToken<Block> or
-//! scoring::Causal); result i is request i's.
+//! scoring::Causal); result i is request i's. One call of a Scorer, whose caches go with it.
 template <class Scoring, LanguageModel Model>
 Scores loglikelihood(Model& model, std::span<const ScoreRequest> requests, const ScoreOptions& options) {
-  return detail::Scorer<Scoring, Model>(model, requests, options).run();
+  return Scorer<Scoring, Model>(model, options)(requests);
 }
 
 //! Fast-dLLM v2's log p(target[0]) of every request (FASTDLLM_V2.md §3.6). `Block` is the
