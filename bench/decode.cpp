@@ -323,6 +323,47 @@ void BM_ScoreFewShot(benchmark::State& state) {
   state.counters["positions_run"] = static_cast<double>(got.positions);
   state.counters["positions_apart"] = static_cast<double>(want.positions);
 }
+
+// Few-shot examples shorter than ScoreOptions::min_copy: 16 questions of 48 tokens after a 32-token
+// header, block 32, one batch. Each question's shared part is 64 tokens, 32 of them the header;
+// copying the header saves 15 x 32 positions for one more prefill forward, and the scorer weighs
+// the two (min_copy positions a forward). Timed against the same scoring with copies priced out.
+void BM_ScoreShortShots(benchmark::State& state) {
+  auto& m = shared_model();
+  constexpr int B = 32, questions = 16, question = 48;
+  const auto header = prompt(32);
+  std::vector<eval::ScoreRequest> requests;
+  for (int q = 0; q < questions; ++q) {
+    auto prefix = header;
+    for (int i = 0; i < question; ++i) prefix.push_back((i * 104729 + q * 7 + 3) % 150000);
+    for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});
+  }
+  const eval::ScoreOptions copies{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id};
+  auto no_copies = copies;
+  no_copies.min_copy = 1 << 20;  // a forward priced above any copy's saving
+  const auto want = eval::first_token_loglikelihood<B>(m, requests, no_copies);
+  const auto got = eval::first_token_loglikelihood<B>(m, requests, copies);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    if (std::abs(got.scores[i].loglikelihood - want.scores[i].loglikelihood) > 1e-3)
+      return state.SkipWithError("the scores with copies differ from those without");
+  if (got.positions != 64 + 15 * 32 + questions * B || want.positions != questions * (64 + B))
+    return state.SkipWithError("the plans are not the ones this case times");
+  double copied = 0, run_again = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, no_copies));
+    run_again += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, copies));
+    copied += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["header_run_again_ms"] = 1e3 * run_again / n;
+  state.counters["header_copied_ms"] = 1e3 * copied / n;
+  state.counters["speedup"] = run_again / copied;
+  state.counters["forwards_copied"] = got.forwards;
+  state.counters["forwards_run_again"] = want.forwards;
+}
 }  // namespace
 
 BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
@@ -331,6 +372,7 @@ BENCHMARK(BM_ForwardLogitRows)->Name("decode/forward_logit_rows/tasks/block:8")-
 BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ScoreMultipleChoice)->Name("eval/multiple_choice/choices:4/block:32")->Arg(100)->Arg(500)->ArgName("prefix")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_ScoreFewShot)->Name("eval/few_shot/questions:4/choices:4/block:32")->Arg(448)->ArgName("header")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_ScoreShortShots)->Name("eval/short_shots/questions:16/header:32/block:32")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::Block<>)->Name("decode/end_to_end/fdllm2/cache:block")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
