@@ -28,10 +28,10 @@
 // (choices of one token, which the view masks) share that run too, each reading its own logit.
 // Prefixes that begin alike (the few-shot examples before each question of a task) run what they
 // share once too: a cache is reused as far as its next prefix agrees with its last, and copied
-// from another of the same batch that agrees further (and an eval::Scorer keeps its caches from
-// one call to the next). The padding past the scored block, which
-// the official forward computes and never reads, is not run. The results are the whole view's, as
-// the tests check against a naive forward over all of it.
+// from another of the same batch that agrees further; an eval::Scorer keeps its caches from one
+// call to the next. The padding past the scored block, which the official forward computes and
+// never reads, is not run. The results are the whole view's, as the tests check against a naive
+// forward over all of it.
 #pragma once
 
 #include <algorithm>
