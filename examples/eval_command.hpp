@@ -1,7 +1,7 @@
 // `blockdiff eval` (one decoder on a task's held-out split) and `blockdiff study` (the ablation
 // study: AR against block-diffusion decoding over thresholds, caches, sub-blocks, policies,
 // inference block sizes and the commit forward; a table, a CSV and an SVG plot of accuracy
-// against tokens/s).
+// against tokens/s; then multiple choice by log-likelihood, each model scored both ways).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -55,7 +55,32 @@ struct TaskModel {
       return eval::row_outputs(model.generate(spec, prompts, o));
     };
   }
+
+  //! `questions` answered by log-likelihood: first-token at `block` (Fast-dLLM v2's), or causal
+  //! where `block` is empty (an AR model's), each after `shots` examples of its task laid out as
+  //! the scoring's model was trained (padded with [MASK] to the block for first-token scoring,
+  //! unpadded for causal); up to `batch` questions' rows a forward. One scoring call for all of
+  //! them, so that the caches, and the task's examples they hold, carry over.
+  eval::ChoiceReport choices(std::vector<train::tasks::ChoiceQuestion> questions, std::optional<int> block, int shots,
+                             int batch) {
+    train::tasks::add_shots(questions, shots, vocab, block.value_or(0));
+    const int choices = questions.empty() ? 1 : static_cast<int>(questions.front().choices.size());
+    const eval::ScoreOptions options{.mask_id = vocab.mask_id(), .eos_id = vocab.eos_id(), .batch = batch * choices};
+    return eval::evaluate_choices(questions, vocab, std::max<int>(1, static_cast<int>(questions.size())),
+                                  [&](std::span<const eval::ScoreRequest> r) { return model.score(r, options, block); });
+  }
 };
+
+//! A multiple-choice report as JSON (eval --choices, study's multiple-choice rows).
+inline nlohmann::ordered_json choice_json(const eval::ChoiceReport& r) {
+  return {{"n", r.n},
+          {"accuracy", r.accuracy()},
+          {"correct", r.correct},
+          {"tied", r.tied},
+          {"forwards", r.forwards},
+          {"positions", r.positions},
+          {"seconds", r.seconds}};
+}
 
 inline nlohmann::ordered_json report_json(const eval::Report& r) {
   return {{"n", r.n},
@@ -129,30 +154,16 @@ class EvalCommand {
 
   //! --choices: the held-out prompts asked as multiple choice, answered by log-likelihood.
   int run_choices() {
-    auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
+    const auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
     TaskModel m(model_, weights_.dtype(), device_);
     spec_.default_shape(m.model.config());
-    train::tasks::add_shots(questions, shots_, m.vocab, ar_ ? 0 : spec_.block);
-    // Every question in one call, up to --batch times --choices rows a forward, so that the
-    // scorer's caches, and the task's examples they hold, carry over from forward to forward.
-    const eval::ScoreOptions options{.mask_id = m.vocab.mask_id(), .eos_id = m.vocab.eos_id(), .batch = batch_ * *choices_};
-    const std::optional<int> block = ar_ ? std::nullopt : std::optional<int>(spec_.block);
-    const auto report = eval::evaluate_choices(questions, m.vocab, std::max<int>(1, int(questions.size())),
-                                               [&](std::span<const eval::ScoreRequest> r) {
-                                                 return m.model.score(r, options, block);
-                                               });
-    nlohmann::ordered_json out{{"n", report.n},
-                               {"accuracy", report.accuracy()},
-                               {"correct", report.correct},
-                               {"tied", report.tied},
-                               {"forwards", report.forwards},
-                               {"positions", report.positions},
-                               {"seconds", report.seconds},
-                               {"device", device_.name},
-                               {"task", task_},
-                               {"choices", *choices_},
-                               {"shots", shots_},
-                               {"scoring", ar_ ? "causal" : "first-token"}};
+    const auto report = m.choices(questions, ar_ ? std::nullopt : std::optional<int>(spec_.block), shots_, batch_);
+    auto out = choice_json(report);
+    out["device"] = device_.name;
+    out["task"] = task_;
+    out["choices"] = *choices_;
+    out["shots"] = shots_;
+    out["scoring"] = ar_ ? "causal" : "first-token";
     if (!ar_) out["block"] = spec_.block;
     std::cout << (json_ ? out.dump() : out.dump(2)) << "\n";
     return 0;
@@ -295,12 +306,52 @@ class StudyCommand {
     if (terminal) std::fprintf(stderr, "\r%-80s\r", "");
     const double ar_tps = rows[0].report.tokens_per_second();
     print_table(rows, skipped, ar_tps);
+
+    // The paper's MMLU protocol on the same prompts: each model scored its own way and the other,
+    // zero-shot and after three examples of the question's task.
+    const auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, 4);
+    std::vector<ChoiceRow> choice_rows;
+    for (auto* m : {&base, &diff})
+      for (bool causal : {true, false})
+        for (int shots : {0, 3})
+          choice_rows.push_back({m == &base ? "ar-base" : "fdllm2", causal ? "causal" : "first-token", shots,
+                                 m->choices(questions, causal ? std::nullopt : std::optional<int>(block_), shots, batch_)});
+    print_choices(choice_rows);
+
     write_csv(rows, ar_tps, std::filesystem::path(out_) / "study.csv");
+    write_choices_csv(choice_rows, std::filesystem::path(out_) / "choices.csv");
     if (!no_plot_) plot(std::filesystem::path(out_));
     return 0;
   }
 
  private:
+  struct ChoiceRow {
+    std::string model, scoring;
+    int shots = 0;
+    eval::ChoiceReport report;
+  };
+
+  void print_choices(const std::vector<ChoiceRow>& rows) const {
+    std::printf("\nmultiple choice of 4 (the paper's MMLU protocol: the choice of highest log-likelihood), "
+                "first-token at block %d\n\n%-8s %-12s %5s %8s %5s %8s %9s\n",
+                block_, "model", "scoring", "shots", "accuracy", "tied", "forwards", "positions");
+    for (const auto& r : rows)
+      std::printf("%-8s %-12s %5d %7.1f%% %5d %8d %9lld\n", r.model.c_str(), r.scoring.c_str(), r.shots,
+                  100 * r.report.accuracy(), r.report.tied, r.report.forwards, static_cast<long long>(r.report.positions));
+    std::fflush(stdout);
+  }
+
+  void write_choices_csv(const std::vector<ChoiceRow>& rows, const std::filesystem::path& path) const {
+    io::replace_file(path, [&](std::ofstream& f) {
+      f << "model,scoring,block,shots,n,accuracy,correct,tied,forwards,positions,seconds,device\n";
+      for (const auto& r : rows)
+        f << r.model << "," << r.scoring << "," << (r.scoring == "causal" ? 0 : block_) << "," << r.shots << ","
+          << r.report.n << "," << r.report.accuracy() << "," << r.report.correct << "," << r.report.tied << ","
+          << r.report.forwards << "," << r.report.positions << "," << r.report.seconds << "," << device_.name << "\n";
+    });
+    std::printf("wrote %s\n", path.string().c_str());
+  }
+
   static std::string knob_text(const Row& r) {
     char buf[32];
     if (r.ar) return "-";

@@ -2,8 +2,10 @@
 # The main job: the ablation study on the embedded default models (models/tasks-ar, the AR base,
 # and models/tasks-fdllm2, its Fast-dLLM v2 fine-tune). AR decoding against block-diffusion
 # decoding over thresholds, caches, sub-block sizes, unmasking policies and inference block
-# sizes, on the held-out split of the synthetic tasks. Prints the table; writes
-# results/study/study.csv and results/study/study.svg (accuracy against tokens/s).
+# sizes, on the held-out split of the synthetic tasks, then the same prompts as multiple choice
+# scored by log-likelihood (the paper's MMLU protocol). Prints the tables; writes
+# results/study/study.csv, results/study/choices.csv and results/study/study.svg (accuracy
+# against tokens/s).
 #
 #   N=200 BATCH=1 bash scripts/study.sh
 set -euo pipefail

@@ -64,7 +64,26 @@ for c in ("block", "hierarchical"):
         modes = {r["commit"] for r in commit if r["cache"] == c and r["knob"] == t}
         if modes != {"forward", "reuse"}:
             failures.append(f"commit forward group, cache {c}, threshold {t}: modes {sorted(modes)}")
-for line in ("group", "baseline", "threshold x cache", "policy", "commit forward"):
+# The multiple-choice rows: each model scored both ways, zero-shot and 3-shot, the same counts as
+# eval --choices gives for each.
+choices = list(csv.DictReader(open(f"{out}/choices.csv")))
+keys = [(r["model"], r["scoring"], r["shots"]) for r in choices]
+if sorted(keys) != sorted((m, s, k) for m in ("ar-base", "fdllm2") for s in ("causal", "first-token") for k in ("0", "3")):
+    failures.append(f"choices.csv rows: {keys}")
+for r in choices:
+    name = f"choices {r['model']}/{r['scoring']}/{r['shots']}"
+    if int(r["n"]) != 6 or abs(float(r["accuracy"]) * 6 - int(r["correct"])) > 1e-6:
+        failures.append(f"{name}: accuracy {r['accuracy']}, {r['correct']} of {r['n']}")
+    if r["block"] != ("0" if r["scoring"] == "causal" else "8"):
+        failures.append(f"{name}: block {r['block']}")
+    model = "tasks-ar" if r["model"] == "ar-base" else "tasks-fdllm2"
+    e = subprocess.run([exe, "eval", "--model", f"{models}/{model}", "--choices", "4", "--n", "6", "--batch", "3",
+                        "--shots", r["shots"], *(["--ar"] if r["scoring"] == "causal" else []), "--json"],
+                       capture_output=True, text=True)
+    got = json.loads(e.stdout) if e.returncode == 0 else {"error": e.stderr.strip()}
+    if any(str(got.get(f)) != r[f] for f in ("correct", "tied", "forwards", "positions")):
+        failures.append(f"{name}: {r}, eval --choices gives {got}")
+for line in ("group", "baseline", "threshold x cache", "policy", "commit forward", "multiple choice of 4"):
     if line not in run.stdout:
         failures.append(f"the printed table lacks {line!r}")
 # eval decodes one configuration as the study does: the same counts as the study's row, and its
@@ -133,7 +152,7 @@ else:
     if got != want:
         failures.append(f"study at sub-block 2: groups {got}, expected {want}")
     listed = run2.stdout[run2.stdout.find("skipped"):]
-    skipped = [line for line in listed.split("\n")[1:] if line.strip() and not line.startswith("wrote")]
+    skipped = [line for line in listed.split("\n\n")[0].split("\n")[1:] if line.strip()]  # up to a blank line
     if len(skipped) != 10 or sum("no-commit" in line for line in skipped) != 4 or \
             sum(line.startswith("policy") for line in skipped) != 6:
         failures.append(f"study at sub-block 2: the skipped list {skipped}")
