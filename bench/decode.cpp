@@ -222,6 +222,37 @@ void BM_ForwardLogitRows(benchmark::State& state) {
   state.counters["asked_over_all"] = asked / full;
 }
 
+// Times `before` and `after` in the same iterations (the machine's noise falls on both) and
+// records their mean times under the two names, and their ratio.
+template <class Before, class After>
+void time_both(benchmark::State& state, const char* before_name, Before before, const char* after_name, After after) {
+  double before_s = 0, after_s = 0;
+  for (auto _ : state) {
+    auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(before());
+    before_s += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(after());
+    after_s += seconds_since(t0);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters[before_name] = 1e3 * before_s / n;
+  state.counters[after_name] = 1e3 * after_s / n;
+  state.counters["speedup"] = before_s / after_s;
+}
+
+// `questions` questions of `question` tokens each after `header`, with four one-token choices
+// (" A" .. " D" in Qwen's vocabulary).
+std::vector<eval::ScoreRequest> few_shot_requests(const std::vector<int>& header, int questions, int question) {
+  std::vector<eval::ScoreRequest> requests;
+  for (int q = 0; q < questions; ++q) {
+    auto prefix = header;
+    for (int i = 0; i < question; ++i) prefix.push_back((i * 104729 + q * 7 + 3) % 150000);
+    for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});
+  }
+  return requests;
+}
+
 // A multiple-choice question scored as the official evaluation scores MMLU (FASTDLLM_V2.md §3.6):
 // a prefix of N tokens and four one-token choices. The official way is one forward over each
 // choice's whole scoring view; blockdiff's (eval/loglikelihood.hpp) prefills the prefix's whole
@@ -258,21 +289,10 @@ void BM_ScoreMultipleChoice(benchmark::State& state) {
   for (std::size_t c = 0; c < want.size(); ++c)
     if (std::abs(got.scores[c].loglikelihood - want[c]) > 1e-3)
       return state.SkipWithError("the shared-prefix scores differ from the whole views'");
-  double official = 0, shared = 0;
-  for (auto _ : state) {
-    auto t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(whole_views());
-    official += seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, options));
-    shared += seconds_since(t0);
-  }
-  const double n = static_cast<double>(state.iterations());
+  time_both(state, "whole_views_ms", whole_views, "shared_prefix_ms",
+            [&] { return eval::first_token_loglikelihood<B>(m, requests, options); });
   std::int64_t view_positions = 0;
   for (const auto& r : requests) view_positions += static_cast<std::int64_t>(eval::scoring_view<B>(r, options).size());
-  state.counters["whole_views_ms"] = 1e3 * official / n;
-  state.counters["shared_prefix_ms"] = 1e3 * shared / n;
-  state.counters["speedup"] = official / shared;
   state.counters["positions_run"] = static_cast<double>(got.positions);
   state.counters["view_positions"] = static_cast<double>(view_positions);
 }
@@ -285,13 +305,7 @@ void BM_ScoreMultipleChoice(benchmark::State& state) {
 void BM_ScoreFewShot(benchmark::State& state) {
   auto& m = shared_model();
   constexpr int B = 32, questions = 4, question = 64;
-  const auto header = prompt(static_cast<int>(state.range(0)));
-  std::vector<eval::ScoreRequest> requests;
-  for (int q = 0; q < questions; ++q) {
-    auto prefix = header;
-    for (int i = 0; i < question; ++i) prefix.push_back((i * 104729 + q * 7 + 3) % 150000);
-    for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});
-  }
+  const auto requests = few_shot_requests(prompt(static_cast<int>(state.range(0))), questions, question);
   const eval::ScoreOptions options{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id};
   auto one_at_a_time = [&] {
     eval::Scores all;
@@ -307,19 +321,8 @@ void BM_ScoreFewShot(benchmark::State& state) {
   for (std::size_t i = 0; i < requests.size(); ++i)
     if (std::abs(got.scores[i].loglikelihood - want.scores[i].loglikelihood) > 1e-3)
       return state.SkipWithError("the few-shot shared scores differ from a question at a time");
-  double apart = 0, shared = 0;
-  for (auto _ : state) {
-    auto t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(one_at_a_time());
-    apart += seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, options));
-    shared += seconds_since(t0);
-  }
-  const double n = static_cast<double>(state.iterations());
-  state.counters["question_at_a_time_ms"] = 1e3 * apart / n;
-  state.counters["header_shared_ms"] = 1e3 * shared / n;
-  state.counters["speedup"] = apart / shared;
+  time_both(state, "question_at_a_time_ms", one_at_a_time, "header_shared_ms",
+            [&] { return eval::first_token_loglikelihood<B>(m, requests, options); });
   state.counters["positions_run"] = static_cast<double>(got.positions);
   state.counters["positions_apart"] = static_cast<double>(want.positions);
 }
@@ -331,13 +334,7 @@ void BM_ScoreFewShot(benchmark::State& state) {
 void BM_ScoreShortShots(benchmark::State& state) {
   auto& m = shared_model();
   constexpr int B = 32, questions = 16, question = 48;
-  const auto header = prompt(32);
-  std::vector<eval::ScoreRequest> requests;
-  for (int q = 0; q < questions; ++q) {
-    auto prefix = header;
-    for (int i = 0; i < question; ++i) prefix.push_back((i * 104729 + q * 7 + 3) % 150000);
-    for (int c = 0; c < 4; ++c) requests.push_back({prefix, {362 + c}});
-  }
+  const auto requests = few_shot_requests(prompt(32), questions, question);
   const eval::ScoreOptions copies{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id};
   auto no_copies = copies;
   no_copies.min_copy = 1 << 20;  // a forward priced above any copy's saving
@@ -348,19 +345,8 @@ void BM_ScoreShortShots(benchmark::State& state) {
       return state.SkipWithError("the scores with copies differ from those without");
   if (got.positions != 64 + 15 * 32 + questions * B || want.positions != questions * (64 + B))
     return state.SkipWithError("the plans are not the ones this case times");
-  double copied = 0, run_again = 0;
-  for (auto _ : state) {
-    auto t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, no_copies));
-    run_again += seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    benchmark::DoNotOptimize(eval::first_token_loglikelihood<B>(m, requests, copies));
-    copied += seconds_since(t0);
-  }
-  const double n = static_cast<double>(state.iterations());
-  state.counters["header_run_again_ms"] = 1e3 * run_again / n;
-  state.counters["header_copied_ms"] = 1e3 * copied / n;
-  state.counters["speedup"] = run_again / copied;
+  time_both(state, "header_run_again_ms", [&] { return eval::first_token_loglikelihood<B>(m, requests, no_copies); },
+            "header_copied_ms", [&] { return eval::first_token_loglikelihood<B>(m, requests, copies); });
   state.counters["forwards_copied"] = got.forwards;
   state.counters["forwards_run_again"] = want.forwards;
 }
