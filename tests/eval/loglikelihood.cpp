@@ -65,6 +65,24 @@ std::vector<int> ids(int n, int seed, int vocab) {
   return t;
 }
 
+// The golden model, throwing from its `fail_at`-th forward after running it: a forward that
+// failed part-way, its K/V written (as a device error reported after the kernels would leave it).
+struct FailingModel {
+  using backend_type = backend::Host;
+  Qwen& model;
+  int fail_at = -1, forwards = 0;
+
+  const io::ModelConfig& config() const { return model.config(); }
+  template <class Mask>
+  TensorView<const float> forward(std::span<model::ForwardRow<backend::Host>> rows) {
+    const auto out = model.forward<Mask>(rows);
+    if (++forwards == fail_at) throw Error("the forward failed");
+    return out;
+  }
+  std::int64_t logit_offset(std::size_t r) const { return model.logit_offset(r); }
+  auto make_cache(int capacity) const { return model.make_cache(capacity); }
+};
+
 }  // namespace
 
 TEST_CASE("loglikelihood: the scoring view is §3.6's, a whole block of padding on a boundary") {
@@ -225,6 +243,20 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
     CHECK(scorer(std::span(requests).subspan(6, 3)).positions == 40 + 2 * 8);
     CHECK_ERROR(scorer(std::vector<eval::ScoreRequest>{{{1, 2}, {mask}}}), "score request 0: the target holds the [MASK] id");
     CHECK(scorer(std::span(requests).subspan(6, 3)).positions == 2 * 8);  // a refused call leaves the caches as they were
+  }
+  // A call whose forward fails drops the caches: its prefill wrote over the K/V of the last
+  // question's own block, which a kept cache would still claim to hold.
+  {
+    FailingModel failing{m};
+    eval::Scorer<eval::scoring::FirstToken<8>, FailingModel> scorer(failing, {.mask_id = mask, .eos_id = eos, .batch = 1});
+    const auto first = std::span(requests).subspan(0, 3), second = std::span(requests).subspan(3, 3);
+    scorer(first);
+    failing.fail_at = failing.forwards + 1;  // the second question's prefill of its own block
+    CHECK_ERROR(scorer(second), "the forward failed");
+    const auto again = scorer(first);
+    CHECK(again.positions == 32 + 2 * 8);  // the header and its block run again, from empty caches
+    for (std::size_t c = 0; c < 3; ++c)
+      CHECK(std::fabs(again.scores[c].loglikelihood - naive_loglikelihood<8>(naive, requests[c], mask, eos)) < kTol);
   }
   // Copies of at least 64 tokens: one batch runs each header in one prefill forward; a question
   // a batch still keeps what its cache holds.

@@ -218,11 +218,16 @@ class Scorer {
     group_requests();
     result_.scores.resize(requests_.size());
     const auto batch = static_cast<std::size_t>(options_.batch);
-    for (std::size_t g0 = 0; g0 < groups_.size(); g0 += batch) {
-      const std::span<const Group> chunk(groups_.data() + g0, std::min(batch, groups_.size() - g0));
-      make_caches(chunk);
-      prefill(chunk);
-      score(chunk);
+    try {
+      for (std::size_t g0 = 0; g0 < groups_.size(); g0 += batch) {
+        const std::span<const Group> chunk(groups_.data() + g0, std::min(batch, groups_.size() - g0));
+        make_caches(chunk);
+        prefill(chunk);
+        score(chunk);
+      }
+    } catch (...) {
+      reset();  // a forward that failed part-way may have written over K/V a cache is said to hold
+      throw;
     }
     return std::move(result_);
   }
