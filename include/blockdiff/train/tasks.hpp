@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -182,11 +183,11 @@ inline std::vector<int> few_shot(const std::string& task, int shots, const token
 //! arithmetic follows arithmetic examples.
 inline void add_shots(std::vector<ChoiceQuestion>& questions, int shots, const tokenizer::CharVocab& vocab,
                       int pad_block) {
-  std::vector<std::pair<std::string, std::vector<int>>> of_task;
+  std::map<std::string, std::vector<int>> of_task;
   for (auto& q : questions) {
     const auto task = task_of(q.prompt);
-    auto known = std::ranges::find(of_task, task, &std::pair<std::string, std::vector<int>>::first);
-    if (known == of_task.end()) known = of_task.insert(of_task.end(), {task, few_shot(task, shots, vocab, pad_block)});
+    auto known = of_task.find(task);
+    if (known == of_task.end()) known = of_task.emplace(task, few_shot(task, shots, vocab, pad_block)).first;
     q.context = known->second;
   }
 }
