@@ -36,7 +36,13 @@ CLI::Validator whole_number(T lowest, std::string want, std::string name) {
       std::move(name));
 }
 inline CLI::Validator positive() { return whole_number<long>(1, "a positive integer", "POSITIVE"); }
+inline CLI::Validator non_negative() { return whole_number<long>(0, "an integer of 0 or more", "NONNEGATIVE"); }
 inline CLI::Validator unsigned64() { return whole_number<std::uint64_t>(0, "an integer in [0, 2^64)", "UINT64"); }
+
+//! --caches of the scoring commands (eval::ScoreOptions::caches).
+inline constexpr const char* caches_help =
+    "prompts kept in KV caches from batch to batch (at least a batch's), so that the questions of several tasks, "
+    "interleaved, each find their own task's examples; the least recently used is given up first";
 
 //! A flag that only some values of a choice flag read: --k is read by --unmask topk and random.
 struct ReadBy {

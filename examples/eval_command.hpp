@@ -62,10 +62,11 @@ struct TaskModel {
   //! unpadded for causal); up to `batch` questions' rows a forward. One scoring call for all of
   //! them, so that the caches, and the task's examples they hold, carry over.
   eval::ChoiceReport choices(std::vector<train::tasks::ChoiceQuestion> questions, std::optional<int> block, int shots,
-                             int batch) {
+                             int batch, int caches) {
     train::tasks::add_shots(questions, shots, vocab, block.value_or(0));
     const int choices = questions.empty() ? 1 : static_cast<int>(questions.front().choices.size());
-    const eval::ScoreOptions options{.mask_id = vocab.mask_id(), .eos_id = vocab.eos_id(), .batch = batch * choices};
+    const eval::ScoreOptions options{
+        .mask_id = vocab.mask_id(), .eos_id = vocab.eos_id(), .batch = batch * choices, .caches = caches};
     return eval::evaluate_choices(questions, vocab, std::max<int>(1, static_cast<int>(questions.size())),
                                   [&](std::span<const eval::ScoreRequest> r) { return model.score(r, options, block); });
   }
@@ -125,6 +126,10 @@ class EvalCommand {
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber)
         ->needs(choices);
+    cmd_->add_option("--caches", caches_, std::string("with --choices: ") + caches_help)
+        ->capture_default_str()
+        ->check(non_negative())
+        ->needs(choices);
     device_.add(cmd_);
     cmd_->add_flag("--json", json_, "compact JSON output");
   }
@@ -157,7 +162,7 @@ class EvalCommand {
     const auto questions = train::tasks::make_choices(task_, train::tasks::Split::held_out, n_, *choices_);
     TaskModel m(model_, weights_.dtype(), device_);
     spec_.default_shape(m.model.config());
-    const auto report = m.choices(questions, ar_ ? std::nullopt : std::optional<int>(spec_.block), shots_, batch_);
+    const auto report = m.choices(questions, ar_ ? std::nullopt : std::optional<int>(spec_.block), shots_, batch_, caches_);
     auto out = choice_json(report);
     out["device"] = device_.name;
     out["task"] = task_;
@@ -173,7 +178,7 @@ class EvalCommand {
   CLI::App* cmd_ = nullptr;
   std::string model_, task_ = "mix";
   std::optional<int> choices_;
-  int n_ = 200, batch_ = 1, max_new_ = 32, shots_ = 0;
+  int n_ = 200, batch_ = 1, max_new_ = 32, shots_ = 0, caches_ = eval::ScoreOptions{}.caches;
   bool ar_ = false, json_ = false;
   DecoderSpec spec_;
   WeightsFlag weights_;
@@ -197,6 +202,9 @@ class StudyCommand {
         ->check(positive());
     cmd_->add_option("--out", out_, "folder for study.csv and study.svg")->capture_default_str();
     cmd_->add_flag("--no-plot", no_plot_, "skip the SVG plot (needs gnuplot)");
+    cmd_->add_option("--caches", caches_, std::string("multiple choice: ") + caches_help)
+        ->capture_default_str()
+        ->check(non_negative());
     device_.add(cmd_);
   }
   bool parsed() const { return cmd_->parsed(); }
@@ -315,7 +323,8 @@ class StudyCommand {
       for (bool causal : {true, false})
         for (int shots : {0, 3})
           choice_rows.push_back({m == &base ? "ar-base" : "fdllm2", causal ? "causal" : "first-token", shots,
-                                 m->choices(questions, causal ? std::nullopt : std::optional<int>(block_), shots, batch_)});
+                                 m->choices(questions, causal ? std::nullopt : std::optional<int>(block_), shots, batch_,
+                                            caches_)});
     print_choices(choice_rows);
 
     write_csv(rows, ar_tps, std::filesystem::path(out_) / "study.csv");
@@ -450,7 +459,7 @@ class StudyCommand {
 
   CLI::App* cmd_ = nullptr;
   std::string ar_model_, model_, task_ = "mix", out_ = "study";
-  int n_ = 200, batch_ = 1, repeats_ = 3;
+  int n_ = 200, batch_ = 1, repeats_ = 3, caches_ = eval::ScoreOptions{}.caches;
   int block_ = 0, sub_block_ = 0;  // where not given, from the model (DecoderSpec::default_shape)
   bool no_plot_ = false;
   WeightsFlag weights_;

@@ -52,6 +52,7 @@ class ScoreCommand {
                      "examples) where that saves more than the forwards it adds")
         ->capture_default_str()
         ->check(positive());
+    cmd_->add_option("--caches", caches_, caches_help)->capture_default_str()->check(non_negative());
     ar->excludes(cmd_->add_option("--mask-id", mask_id_,
                                   "[MASK] id (default: config.json mask_token_id, else the tokenizer's |<MASK>|)"));
     ar->excludes(cmd_->add_option("--eos-id", eos_id_,
@@ -66,7 +67,7 @@ class ScoreCommand {
     const auto& config = model.config();
     default_block(*cmd_, config, block_);
     const auto tok = folder_tokenizer(tokenizer_, model_);
-    eval::ScoreOptions options{.batch = batch_, .min_copy = min_copy_};
+    eval::ScoreOptions options{.batch = batch_, .min_copy = min_copy_, .caches = caches_};
     if (!ar_) {
       const auto found = tokenizer::special_ids(config, tok ? &*tok : nullptr);
       require(mask_id_ || found.mask,
@@ -211,7 +212,7 @@ class ScoreCommand {
 
   CLI::App* cmd_ = nullptr;
   std::string model_, requests_, tokenizer_;
-  int block_ = 32, batch_ = 16, min_copy_ = eval::ScoreOptions{}.min_copy;
+  int block_ = 32, batch_ = 16, min_copy_ = eval::ScoreOptions{}.min_copy, caches_ = eval::ScoreOptions{}.caches;
   std::optional<int> mask_id_, eos_id_;
   bool ar_ = false, json_ = false;
   WeightsFlag weights_;

@@ -230,6 +230,15 @@ for model, flags in (("tasks-fdllm2", []), ("tasks-ar", ["--ar"])):
     extra = shot["positions"] - r["positions"]
     if shot["shots"] != 2 or shot["accuracy"] < 0.9 or not 3 * 24 <= extra <= 40 * 24 // 4:
         failures.append(f"eval --choices --shots 2 on {model}: {shot} (zero-shot: {r})")
+    # Four questions a batch (--batch 1) of three tasks mixed: one cache a question (--caches 0)
+    # gives up the examples of a task that a batch lacks, and the next batch of it runs them again;
+    # eight caches keep all three. The same scores either way.
+    kept = {}
+    for caches in ("0", "8"):
+        kept[caches] = json.loads(run("eval", "--model", f"{models}/{model}", "--choices", "4", "--n", "40",
+                                      "--batch", "1", "--shots", "2", "--caches", caches, *flags, "--json").stdout)
+    if kept["0"]["correct"] != kept["8"]["correct"] or not kept["8"]["positions"] < kept["0"]["positions"]:
+        failures.append(f"eval --choices --shots 2 --batch 1 on {model}, --caches 0 and 8: {kept}")
 # First-token views of choices that differ in their first token alone are the same, and run once
 # (a round a forward where causal scoring runs four, each a whole target).
 (ft, ft_positions), (causal, causal_positions) = forwards["tasks-fdllm2"], forwards["tasks-ar"]
@@ -244,6 +253,9 @@ for flags, needle in ((["--threshold", "0.5"], "--threshold excludes --choices")
 r = run("eval", "--model", tasks, "--shots", "2", ok=False)
 if r.returncode == 0 or "--shots requires --choices" not in r.stderr:
     failures.append(f"eval --shots without --choices: rc {r.returncode}, {r.stderr.strip()!r}")
+r = run("eval", "--model", tasks, "--choices", "4", "--caches", "-1", ok=False)
+if r.returncode == 0 or "--caches: must be an integer of 0 or more, got -1" not in r.stderr:
+    failures.append(f"eval --caches -1: rc {r.returncode}, {r.stderr.strip()!r}")
 r = run("eval", "--model", tasks, "--choices", "11", ok=False)
 if r.returncode == 0 or "--choices" not in r.stderr:
     failures.append(f"eval --choices 11: rc {r.returncode}, {r.stderr.strip()!r}")

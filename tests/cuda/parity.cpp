@@ -445,12 +445,14 @@ TEST_CASE("log-likelihood scoring, first-token and causal: CUDA == host, shared 
     for (int i = 0; i < 10 + 3 * q; ++i) prefix.push_back((i * 7 + 31 * q + 2) % 300);
     requests.push_back({prefix, {20 + q}});
   }
+  // A question a batch, with one cache or with four kept (copies from a cache no group of the
+  // batch runs in), and all in one batch.
   for (bool causal : {false, true})
-    for (int batch : {1, 16}) {
-      const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318, .batch = batch, .min_copy = 8};
+    for (auto [batch, caches] : {std::pair{1, 0}, {1, 4}, {16, 0}}) {
+      const eval::ScoreOptions o{.mask_id = 319, .eos_id = 318, .batch = batch, .min_copy = 8, .caches = caches};
       const auto host = causal ? eval::causal_loglikelihood(m, requests, o) : eval::first_token_loglikelihood<8>(m, requests, o);
       const auto dev = gpu::score(dir, requests, o, causal);
-      INFO((causal ? "causal" : "first-token"), ", batch ", batch);
+      INFO((causal ? "causal" : "first-token"), ", batch ", batch, ", caches ", caches);
       CHECK(dev.forwards == host.forwards);
       CHECK(dev.positions == host.positions);
       for (std::size_t i = 0; i < requests.size(); ++i) {

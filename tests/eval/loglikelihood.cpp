@@ -65,6 +65,11 @@ std::vector<int> ids(int n, int seed, int vocab) {
   return t;
 }
 
+std::vector<int> join(std::vector<int> a, const std::vector<int>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 // The golden model, throwing from its `fail_at`-th forward after running it: a forward that
 // failed part-way, its K/V written (as a device error reported after the kernels would leave it).
 struct FailingModel {
@@ -172,16 +177,23 @@ TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the 
     CHECK(std::fabs(l.scores[i].loglikelihood - naive_loglikelihood<8>(naive, letters[i], mask, eos)) < kTol);
   CHECK(l.scores[0].argmax == l.scores[1].argmax);
   CHECK(l.scores[0].loglikelihood != l.scores[1].loglikelihood);
+
+  // A question scored in its first block prefills nothing: its choices of one token are one group,
+  // so a batch of two groups is two such questions, in one forward (a group a choice: six forwards).
+  std::vector<eval::ScoreRequest> short_questions;
+  for (int q = 0; q < 4; ++q)
+    for (int c : {40, 41, 42}) short_questions.push_back({ids(5, 60 + q, 320), {c}});
+  const auto sq = eval::first_token_loglikelihood<8>(m, short_questions, {.mask_id = mask, .eos_id = eos, .batch = 2});
+  CHECK(sq.forwards == 2);
+  CHECK(sq.positions == 4 * 8);
+  for (std::size_t i = 0; i < short_questions.size(); ++i)
+    CHECK(std::fabs(sq.scores[i].loglikelihood - naive_loglikelihood<8>(naive, short_questions[i], mask, eos)) < kTol);
 }
 
 TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across questions and batches") {
   auto m = Qwen::load(test::golden("model-f32-tied"));
   const test::NaiveQwen2 naive(m);
   const int mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
-  auto join = [](std::vector<int> a, const std::vector<int>& b) {
-    a.insert(a.end(), b.begin(), b.end());
-    return a;
-  };
   // Three questions after the same 24-token few-shot header (three blocks of 8), with three
   // one-token choices each. Their shared parts (the prefix's whole blocks before the scored one)
   // are 32, 32 and 40 tokens, and agree on the header's 24.
@@ -328,6 +340,49 @@ TEST_CASE("loglikelihood: few-shot prefixes run what they share once, across que
   }
 }
 
+TEST_CASE("loglikelihood: kept caches hold the examples of interleaved tasks, the least recently used given up") {
+  auto m = Qwen::load(test::golden("model-f32-tied"));
+  const test::NaiveQwen2 naive(m);
+  const int mask = *m.config().mask_token_id, eos = *m.config().eos_token_id;
+  // Tasks with 24-token headers (three blocks of 8); A's and B's share their first block. A
+  // question is 10 tokens with two one-token choices: its shared part is the header and its own
+  // first block (32 tokens), then one scored block.
+  const auto common = ids(8, 70, 320);
+  const auto a = join(common, ids(16, 71, 320)), b = join(common, ids(16, 72, 320)), c = ids(24, 73, 320),
+             d = ids(24, 74, 320);
+  auto score = [&](std::vector<const std::vector<int>*> tasks, int batch, int caches) {
+    std::vector<eval::ScoreRequest> requests;
+    int q = 80;
+    for (const auto* task : tasks) {
+      ++q;
+      for (int choice : {7, 9}) requests.push_back({join(*task, ids(10, q, 320)), {choice}});
+    }
+    const auto s = eval::first_token_loglikelihood<8>(
+        m, requests, {.mask_id = mask, .eos_id = eos, .batch = batch, .min_copy = 8, .caches = caches});
+    REQUIRE(s.scores.size() == requests.size());
+    for (std::size_t i = 0; i < requests.size(); ++i)
+      CHECK(std::fabs(s.scores[i].loglikelihood - naive_loglikelihood<8>(naive, requests[i], mask, eos)) < kTol);
+    CHECK(s.forwards == 2 * int(tasks.size()) / batch);  // a prefill and a scoring forward a batch
+    return s.positions - 8 * std::int64_t(tasks.size());  // the prefill's
+  };
+
+  // A, B, A, B a question a batch. One cache (caches 0: one a group of a batch): each question
+  // keeps the first block, which all four share, and runs the rest.
+  CHECK(score({&a, &b, &a, &b}, 1, 0) == 32 + 3 * 24);
+  // Two: each task keeps its own cache. B takes a new one rather than A's, of which it would keep
+  // a quarter, and copies the common block from A's (no forward added); then each question runs
+  // its own block alone.
+  CHECK(score({&a, &b, &a, &b}, 1, 2) == 32 + 24 + 2 * 8);
+  // Two caches, three tasks (C and D share nothing): a task new to the caches takes the one used
+  // least recently. After A, C, A that is C's, and A keeps its header; after A, C it is A's, and A
+  // runs its header again.
+  CHECK(score({&a, &c, &a, &d, &a}, 1, 2) == 32 + 32 + 8 + 32 + 8);
+  CHECK(score({&a, &c, &d, &a}, 1, 2) == 4 * 32);
+  // Two a batch, caches 0: [A, C] then [D, B]. Both caches are taken again by the second batch,
+  // so B takes A's, keeping the first block, though that is less than half of what A's holds.
+  CHECK(score({&a, &c, &d, &b}, 2, 0) == 2 * 32 + 32 + 24);
+}
+
 TEST_CASE("loglikelihood: argmax and greedy are the scored row's") {
   auto m = Qwen::load(test::golden("model-f32-tied"));
   const test::NaiveQwen2 naive(m);
@@ -365,6 +420,8 @@ TEST_CASE("loglikelihood: bad requests are named") {
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 319}), "the EOS id and the [MASK] id are both 319");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .batch = 0}), "the batch must be positive");
   CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .min_copy = 0}), "min_copy must be positive, got 0");
+  CHECK_ERROR(score({{{1, 2}, {3}}}, {.mask_id = 319, .eos_id = 318, .caches = -1}),
+              "caches must not be negative, got -1");
   CHECK_ERROR(eval::multiple_choice<eval::scoring::FirstToken<32>>(m, {1, 2}, {}, o), "multiple choice: no choices");
 }
 

@@ -38,6 +38,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <utility>
@@ -66,6 +67,11 @@ struct ScoreOptions {
   //! or more where the positions that saves outweigh the forwards it adds, and otherwise only the
   //! shares of min_copy tokens or more (not the first words that questions share).
   int min_copy = 64;
+  //! KV caches kept from batch to batch and call to call, each with the prefix it holds: this
+  //! many, or one a group of a batch (a question's choices) where that is more. More keep the
+  //! examples of more tasks where questions of many tasks interleave (lm-eval orders its requests
+  //! by length), at a cache's memory each; the least recently used is given up first.
+  int caches = 8;
 };
 
 struct TokenScore {
@@ -206,6 +212,7 @@ class Scorer {
     Scoring::check_options(options, model.config());
     require(options.batch > 0, "score: the batch must be positive, got ", options.batch);
     require(options.min_copy > 0, "score: min_copy must be positive, got ", options.min_copy);
+    require(options.caches >= 0, "score: caches must not be negative, got ", options.caches);
   }
 
   //! The log-likelihood of every request; result i is request i's.
@@ -233,22 +240,27 @@ class Scorer {
   }
 
   //! Drops the caches (after the model's weights change, or to free their memory).
-  void reset() {
-    caches_.clear();
-    held_.clear();
-  }
+  void reset() { held_.clear(); }
 
  private:
-  //! Consecutive requests with the same shared part, prefilled once into one cache.
+  //! Consecutive requests with the same shared part, prefilled once into one cache (or with none,
+  //! and the same scored part: the choices of a question shorter than its first block).
   struct Group {
     std::size_t first = 0, count = 0, shared = 0;
+  };
+  //! A kept cache: the shared part whose K/V it holds, and the last batch that ran in it or copied
+  //! from it.
+  struct Held {
+    model::KvCache<Backend> cache;
+    std::vector<int> tokens;
+    std::uint64_t used = 0;
   };
   //! How a group's shared part gets into its cache.
   struct Prefill {
     std::size_t kept = 0;   // K/V below it are in the cache already (its last shared part agreed)
     std::size_t start = 0;  // K/V below it are there before the prefill: kept, or copied
-    int source = -1;        // the earlier group of the batch it copies [kept, start) from, if any
-    int level = 0;          // which prefill forward runs the rest: one after its source's
+    int source = -1;        // the kept cache it copies [kept, start) from, if any
+    int level = 0;          // which prefill forward runs the rest: the first, or the one after its source's
   };
   //! A distinct scored part, run once for every request it scores.
   struct Run {
@@ -256,6 +268,7 @@ class Scorer {
     std::vector<int> tokens;            // the scored part
     std::vector<std::size_t> requests;  // the requests its logits score
   };
+  static constexpr auto none = static_cast<std::size_t>(-1);
 
   std::span<const int> shared_part(const Group& g) const {
     return std::span<const int>(requests_[g.first].prefix).first(g.shared);
@@ -265,63 +278,111 @@ class Scorer {
     const auto n = static_cast<std::ptrdiff_t>(std::min(a.size(), b.size()));
     return Scoring::reusable(static_cast<std::size_t>(std::mismatch(a.begin(), a.begin() + n, b.begin()).first - a.begin()));
   }
+  //! Whether one scored part, run once, scores both requests: the same logit rows of the same tokens.
+  static bool same_rows(const ScoreRequest& a, const ScoreRequest& b) {
+    return Scoring::first_row(a) == Scoring::first_row(b) && Scoring::scored_tokens(a) == Scoring::scored_tokens(b);
+  }
 
-  // A request with no shared part is a group of its own.
   void group_requests() {
     for (std::size_t i = 0; i < requests_.size(); ++i) {
-      const std::size_t shared = Scoring::shared(requests_[i]);
-      if (!groups_.empty() && shared > 0 && groups_.back().shared == shared &&
-          std::ranges::equal(std::span(requests_[i].prefix).first(shared), shared_part(groups_.back())))
+      const auto& r = requests_[i];
+      const std::size_t shared = Scoring::shared(r);
+      const auto same = [&](const Group& g) {
+        const auto& first = requests_[g.first];
+        if (g.shared != shared) return false;
+        if (shared > 0) return std::ranges::equal(std::span(r.prefix).first(shared), shared_part(g));
+        return same_rows(first, r) && Scoring::scored_part(first, options_) == Scoring::scored_part(r, options_);
+      };
+      if (!groups_.empty() && same(groups_.back()))
         ++groups_.back().count;
       else
         groups_.push_back({i, 1, shared});
     }
   }
 
-  // One cache a group of the batch, kept for the next batch and grown, with what it holds, as
-  // needed. A group takes the free cache that holds the most of its shared part (at a task's
-  // boundary, the cache of the task's last question, wherever it lay in the last batch).
+  // Gives each group of the batch a kept cache to run in, grown as needed. Most agreement first, a
+  // group takes the cache that holds the most of its shared part, where it keeps at least half of
+  // what that cache holds: at a task's boundary, the cache of the task's last question, wherever
+  // it lay in the last batch, and not another task's that shares only its first words (unless
+  // every cache left is taken this batch anyway). Otherwise it takes an empty cache, a new one
+  // while fewer than options.caches are kept, or the one least recently used.
   void make_caches(std::span<const Group> chunk) {
+    ++batch_;
+    slot_.assign(chunk.size(), none);
+    std::vector<bool> taken(held_.size());
+    struct Claim {
+      std::size_t agree, group, cache;
+    };
+    std::vector<Claim> claims;
+    std::size_t free = held_.size(), unplaced = chunk.size();
+    auto claim = [&](bool any) {
+      claims.clear();
+      for (std::size_t g = 0; g < chunk.size(); ++g)
+        for (std::size_t c = 0; c < held_.size(); ++c)
+          if (const auto n = slot_[g] == none && !taken[c] ? reusable(held_[c].tokens, shared_part(chunk[g])) : 0;
+              n > 0 && (any || 2 * n >= held_[c].tokens.size()))
+            claims.push_back({n, g, c});
+      std::ranges::stable_sort(claims, std::greater{}, &Claim::agree);
+      for (const auto& [n, g, c] : claims)
+        if (slot_[g] == none && !taken[c]) slot_[g] = c, taken[c] = true, --free, --unplaced;
+    };
+    claim(false);
+    // Where every cache left will be taken anyway, the rest take them by agreement alone.
+    const std::size_t keep = std::max(static_cast<std::size_t>(options_.caches), chunk.size());
+    if (held_.size() >= keep && free == unplaced) claim(true);
+    const auto age = [&](std::size_t c) { return held_[c].tokens.empty() ? 0 : held_[c].used + 1; };
     for (std::size_t g = 0; g < chunk.size(); ++g) {
-      std::size_t best = g, most = 0;
-      for (std::size_t c = g; c < caches_.size(); ++c)
-        if (const auto n = reusable(held_[c], shared_part(chunk[g])); n > most) best = c, most = n;
-      if (best != g) {
-        std::swap(caches_[g], caches_[best]);
-        std::swap(held_[g], held_[best]);
-      }
       int need = 1;
       for (std::size_t i = chunk[g].first; i < chunk[g].first + chunk[g].count; ++i)
         need = std::max(need, static_cast<int>(chunk[g].shared + Scoring::scored_length(requests_[i])));
-      if (g == caches_.size()) {
-        caches_.push_back(model_.make_cache(need));
-        held_.emplace_back();
-      } else if (caches_[g].capacity() < need) {
+      if (slot_[g] == none) {
+        std::size_t lru = none;
+        for (std::size_t c = 0; c < held_.size(); ++c)
+          if (!taken[c] && (lru == none || age(c) < age(lru))) lru = c;
+        if (lru == none || (age(lru) > 0 && held_.size() < keep)) {
+          lru = held_.size();
+          held_.push_back({model_.make_cache(need), {}, 0});
+          taken.push_back(false);
+        }
+        slot_[g] = lru, taken[lru] = true;
+      }
+      auto& h = held_[slot_[g]];
+      if (h.cache.capacity() < need) {
         auto grown = model_.make_cache(need);
-        grown.copy_slots(caches_[g], 0, static_cast<int>(held_[g].size()));
-        caches_[g] = std::move(grown);
+        grown.copy_slots(h.cache, 0, static_cast<int>(h.tokens.size()));
+        h.cache = std::move(grown);
       }
     }
+    kept_.resize(chunk.size());
+    for (std::size_t g = 0; g < chunk.size(); ++g) kept_[g] = reusable(held_[slot_[g]].tokens, shared_part(chunk[g]));
   }
 
   // How each group's shared part gets into its cache, each token run at most once a batch (a
-  // prefix tree, one level a forward): a group keeps what its cache holds of its shared part
-  // already, or copies more from the earlier group of the batch that shares the most with it,
-  // where that saves at least `least` tokens, and runs the rest in the forward after its source's.
-  // Returns the plan's cost: the positions it runs and options.min_copy a prefill forward.
+  // prefix tree, one level a forward). A group keeps what its cache holds of its shared part, and
+  // copies more from the cache that holds the most of it: before the first prefill forward, from
+  // what the kept caches hold (a cache another group runs in, as far as that group keeps it);
+  // after an earlier group's forward, from that group's shared part, where that saves at least
+  // `least` tokens more, running the rest in the forward after its source's. Returns the plan's
+  // cost: the positions it runs and options.min_copy a prefill forward.
   std::int64_t plan(std::span<const Group> chunk, std::size_t least, std::vector<Prefill>& out) const {
     out.assign(chunk.size(), Prefill{});
+    std::vector<std::size_t> ready(held_.size());  // what each cache holds before the first forward
+    for (std::size_t c = 0; c < held_.size(); ++c) ready[c] = held_[c].tokens.size();
+    for (std::size_t g = 0; g < chunk.size(); ++g) ready[slot_[g]] = kept_[g];
     std::int64_t positions = 0;
     std::vector<bool> runs;  // whether a level runs a forward: some group has tokens left after its copy
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       const auto part = shared_part(chunk[g]);
       auto& p = out[g];
-      p.kept = p.start = reusable(held_[g], part);
+      p.kept = p.start = kept_[g];
+      for (std::size_t c = 0; c < held_.size(); ++c)
+        if (const auto from = std::min(reusable(held_[c].tokens, part), ready[c]); c != slot_[g] && from > p.start)
+          p = {p.kept, from, static_cast<int>(c), 0};
       for (std::size_t j = 0; j < g; ++j) {
         const auto from = reusable(shared_part(chunk[j]), part);
         if (from < p.kept + least) continue;
-        if (from > p.start || (from == p.start && out[j].level < p.level))
-          p = {p.kept, from, static_cast<int>(j), out[j].level + 1};
+        if (from > p.start || (from == p.start && out[j].level + 1 < p.level))
+          p = {p.kept, from, static_cast<int>(slot_[j]), out[j].level + 1};
       }
       runs.resize(std::max(runs.size(), static_cast<std::size_t>(p.level) + 1));
       if (p.start < part.size()) runs[static_cast<std::size_t>(p.level)] = true;
@@ -330,8 +391,8 @@ class Scorer {
     return positions + options_.min_copy * std::ranges::count(runs, true);
   }
 
-  // The shared parts into the caches, as the cheaper of two plans lays them out: copies of
-  // min_copy tokens or more, or every copy of a block or more (the few-shot examples of many
+  // The shared parts into the caches, as the cheaper of two plans lays them out: copies after a
+  // forward of min_copy tokens or more, or of a block or more (the few-shot examples of many
   // questions, where each is shorter than min_copy but together they outweigh a forward).
   void prefill(std::span<const Group> chunk) {
     const auto fewer = plan(chunk, static_cast<std::size_t>(options_.min_copy), plan_);
@@ -344,24 +405,28 @@ class Scorer {
         const auto& p = plan_[g];
         if (p.level != level) continue;
         const auto part = shared_part(chunk[g]);
+        auto& cache = held_[slot_[g]].cache;
         if (p.source >= 0)
-          caches_[g].copy_slots(caches_[static_cast<std::size_t>(p.source)], static_cast<int>(p.kept),
-                                static_cast<int>(p.start));
-        caches_[g].set_committed(static_cast<int>(part.size()));
+          cache.copy_slots(held_[static_cast<std::size_t>(p.source)].cache, static_cast<int>(p.kept),
+                           static_cast<int>(p.start));
+        cache.set_committed(static_cast<int>(part.size()));
         if (p.start == part.size()) continue;
         model::ForwardRow<Backend> row;
         row.tokens = part.subspan(p.start);
         row.first_slot = static_cast<int>(p.start);
         row.advance = true;
         row.logits_begin = row.logits_end = 0;
-        row.cache = &caches_[g];
+        row.cache = &cache;
         rows_.push_back(row);
       }
       if (!rows_.empty()) forward();
     }
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       const auto part = shared_part(chunk[g]);
-      held_[g].assign(part.begin(), part.end());
+      auto& h = held_[slot_[g]];
+      h.tokens.assign(part.begin(), part.end());
+      h.used = batch_;
+      if (plan_[g].source >= 0) held_[static_cast<std::size_t>(plan_[g].source)].used = batch_;
     }
   }
 
@@ -376,8 +441,7 @@ class Scorer {
         auto part = Scoring::scored_part(requests_[i], options_);
         const auto same = std::ranges::find_if(runs_, [&](const Run& other) {
           const auto& r = requests_[other.requests[0]];
-          return other.tokens == part && Scoring::first_row(r) == Scoring::first_row(requests_[i]) &&
-                 Scoring::scored_tokens(r) == Scoring::scored_tokens(requests_[i]) &&
+          return other.tokens == part && same_rows(r, requests_[i]) &&
                  (other.group == g || std::ranges::equal(shared_part(chunk[other.group]), shared_part(chunk[g])));
         });
         if (same == runs_.end())
@@ -402,7 +466,7 @@ class Scorer {
         row.first_slot = static_cast<int>(chunk[g].shared);
         row.logits_begin = Scoring::first_row(r);
         row.logits_end = row.logits_begin + static_cast<int>(Scoring::scored_tokens(r));
-        row.cache = &caches_[g];
+        row.cache = &held_[slot_[g]].cache;
         rows_.push_back(row);
         members.push_back(&part);
       }
@@ -453,8 +517,9 @@ class Scorer {
   std::span<const ScoreRequest> requests_;
   Scores result_;
   std::vector<Group> groups_;
-  std::vector<model::KvCache<Backend>> caches_;
-  std::vector<std::vector<int>> held_;  // the shared part whose K/V cache c holds
+  std::vector<Held> held_;                  // the kept caches
+  std::vector<std::size_t> slot_, kept_;   // each group of the batch: the cache it runs in, what it keeps of it
+  std::uint64_t batch_ = 0;                 // batches run
   std::vector<Prefill> plan_, other_;
   std::vector<Run> runs_;
   std::vector<model::ForwardRow<Backend>> rows_;
