@@ -350,6 +350,39 @@ void BM_ScoreShortShots(benchmark::State& state) {
   state.counters["forwards_copied"] = got.forwards;
   state.counters["forwards_run_again"] = want.forwards;
 }
+
+// Three tasks' questions interleaved (as lm-eval's ordering by length mixes tasks), a question a
+// batch: each task's 192-token header, then a 64-token question with four one-token choices, two
+// questions a task. With a cache a batch (caches 0), each question finds the last task's header
+// in it and runs its own again; with ScoreOptions' eight kept caches each task's header runs once.
+void BM_ScoreInterleaved(benchmark::State& state) {
+  auto& m = shared_model();
+  constexpr int B = 32, tasks = 3, questions = 2, question = 64;
+  std::vector<std::vector<eval::ScoreRequest>> of_task;
+  for (int t = 0; t < tasks; ++t) {
+    auto header = prompt(192);
+    header[0] = 100 + t;  // the tasks' headers differ from their first token
+    of_task.push_back(few_shot_requests(header, questions, question));
+  }
+  std::vector<eval::ScoreRequest> requests;  // A's first question, B's, C's, A's second, ...
+  for (int q = 0; q < questions; ++q)
+    for (const auto& task : of_task) requests.insert(requests.end(), task.begin() + 4 * q, task.begin() + 4 * q + 4);
+  const eval::ScoreOptions kept{.mask_id = *m.config().mask_token_id, .eos_id = *m.config().eos_token_id, .batch = 1};
+  auto one = kept;
+  one.caches = 0;
+  const auto want = eval::first_token_loglikelihood<B>(m, requests, one);
+  const auto got = eval::first_token_loglikelihood<B>(m, requests, kept);
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    if (std::abs(got.scores[i].loglikelihood - want.scores[i].loglikelihood) > 1e-3)
+      return state.SkipWithError("the scores with kept caches differ from those with one");
+  const std::int64_t shared = 192 + B;  // the prefix's whole blocks before the scored one
+  if (want.positions != tasks * questions * (shared + B) || got.positions != tasks * (shared + B) + tasks * (questions - 1) * 2 * B)
+    return state.SkipWithError("the caches do not hold what this case times");
+  time_both(state, "one_cache_ms", [&] { return eval::first_token_loglikelihood<B>(m, requests, one); },
+            "caches_kept_ms", [&] { return eval::first_token_loglikelihood<B>(m, requests, kept); });
+  state.counters["positions_one_cache"] = static_cast<double>(want.positions);
+  state.counters["positions_kept"] = static_cast<double>(got.positions);
+}
 }  // namespace
 
 BENCHMARK(BM_ArStep)->Name("decode/ar_step")->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3);
@@ -359,6 +392,7 @@ BENCHMARK(BM_PolicyStep)->Name("decode/policy_step/threshold/rows:8")->Unit(benc
 BENCHMARK(BM_ScoreMultipleChoice)->Name("eval/multiple_choice/choices:4/block:32")->Arg(100)->Arg(500)->ArgName("prefix")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_ScoreFewShot)->Name("eval/few_shot/questions:4/choices:4/block:32")->Arg(448)->ArgName("header")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_ScoreShortShots)->Name("eval/short_shots/questions:16/header:32/block:32")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+BENCHMARK(BM_ScoreInterleaved)->Name("eval/interleaved/tasks:3/questions:2/header:192/block:32")->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
 BENCHMARK(BM_DecodeAr)->Name("decode/end_to_end/ar")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::None<>)->Name("decode/end_to_end/fdllm2/cache:none")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK_TEMPLATE(BM_Decode, cache::Block<>)->Name("decode/end_to_end/fdllm2/cache:block")->Arg(64)->ArgName("new")->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);

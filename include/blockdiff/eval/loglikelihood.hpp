@@ -28,10 +28,11 @@
 // (choices of one token, which the view masks) share that run too, each reading its own logit.
 // Prefixes that begin alike (the few-shot examples before each question of a task) run what they
 // share once too: a cache is reused as far as its next prefix agrees with its last, and copied
-// from another of the same batch that agrees further; an eval::Scorer keeps its caches from one
-// call to the next. The padding past the scored block, which the official forward computes and
-// never reads, is not run. The results are the whole view's, as the tests check against a naive
-// forward over all of it.
+// from another that agrees further; a pool of caches (ScoreOptions::caches) keeps the examples of
+// several tasks whose questions interleave, and an eval::Scorer keeps it from one call to the
+// next. The padding past the scored block, which the official forward computes and never reads,
+// is not run. The results are the whole view's, as the tests check against a naive forward over
+// all of it.
 #pragma once
 
 #include <algorithm>
@@ -199,10 +200,11 @@ struct Causal {
 //! Scores requests as `Scoring` does, a call at a time, keeping its KV caches from call to call:
 //! what one call's prefixes left in them (a task's few-shot examples) is reused by the next as far
 //! as its prefixes agree, as it is from batch to batch within a call. So a harness that scores a
-//! task in calls of a few questions, to report progress, runs the task's examples about once.
-//! Within a call, requests are grouped by the prefix part they share, and a batch of groups at a
-//! time has its shared parts prefilled (`prefill`) and its scored parts run (`score`). The
-//! model's weights must not change while the caches are kept: `reset()` drops them.
+//! task in calls of a few questions, to report progress, runs the task's examples about once, as do
+//! questions of up to options.caches tasks asked in any order. Within a call, requests are
+//! grouped by the prefix part they share, and a batch of groups at a time has its shared parts
+//! prefilled (`prefill`) and its scored parts run (`score`). The model's weights must not change
+//! while the caches are kept: `reset()` drops them.
 template <class Scoring, LanguageModel Model>
 class Scorer {
   using Backend = typename Model::backend_type;
