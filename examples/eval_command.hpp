@@ -64,6 +64,14 @@ struct TaskModel {
   eval::ChoiceReport choices(std::vector<train::tasks::ChoiceQuestion> questions, std::optional<int> block, int shots,
                              int batch, int caches) {
     train::tasks::add_shots(questions, shots, vocab, block.value_or(0));
+    for (std::size_t q = 0; q < questions.size() && shots > 0; ++q) {
+      const auto prefix = eval::question_prefix(questions[q], vocab);
+      for (const auto& choice : questions[q].choices)
+        if (const auto end = eval::scored_positions({prefix, vocab.encode(choice)}, block); end > model.config().context())
+          fail("--shots ", shots, ": question ", q, " (", train::tasks::task_of(questions[q].prompt), ") after ", shots,
+               " examples of ", questions[q].context.size(), " tokens in all is scored through position ", end,
+               ", beyond ", model.config().describe_context(), ": ask fewer shots");
+    }
     const int choices = questions.empty() ? 1 : static_cast<int>(questions.front().choices.size());
     const eval::ScoreOptions options{
         .mask_id = vocab.mask_id(), .eos_id = vocab.eos_id(), .batch = batch * choices, .caches = caches};

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -253,6 +254,11 @@ for flags, needle in ((["--threshold", "0.5"], "--threshold excludes --choices")
 r = run("eval", "--model", tasks, "--shots", "2", ok=False)
 if r.returncode == 0 or "--shots requires --choices" not in r.stderr:
     failures.append(f"eval --shots without --choices: rc {r.returncode}, {r.stderr.strip()!r}")
+# Examples past the model's context (256 positions) are refused naming --shots, before any forward.
+r = run("eval", "--model", tasks, "--choices", "4", "--task", "arith", "--shots", "40", ok=False)
+if r.returncode == 0 or not re.search(r"--shots 40: question 0 \(arith\) after 40 examples of \d+ tokens in all is "
+                                      r"scored through position \d+, beyond the context of 256", r.stderr):
+    failures.append(f"eval --choices --shots 40: rc {r.returncode}, {r.stderr.strip()!r}")
 r = run("eval", "--model", tasks, "--choices", "4", "--caches", "-1", ok=False)
 if r.returncode == 0 or "--caches: must be an integer of 0 or more, got -1" not in r.stderr:
     failures.append(f"eval --caches -1: rc {r.returncode}, {r.stderr.strip()!r}")

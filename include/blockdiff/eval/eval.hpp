@@ -145,6 +145,14 @@ struct ChoiceReport {
 //! choice, or an eval::Scorer, which keeps a task's few-shot examples in its caches from call to call.
 using BatchScorer = std::function<Scores(std::span<const ScoreRequest>)>;
 
+//! The prefix a question is scored after: its context (few-shot examples), then its prompt.
+inline std::vector<int> question_prefix(const train::tasks::ChoiceQuestion& question, const tokenizer::CharVocab& vocab) {
+  auto prefix = question.context;
+  const auto asked = vocab.encode(question.prompt);
+  prefix.insert(prefix.end(), asked.begin(), asked.end());
+  return prefix;
+}
+
 //! Asks `questions`, `batch` of them per call of `score`, each after its context (few-shot
 //! examples, if any): each is answered by the choice of highest log-likelihood;
 //! `progress(done, total)` after each call.
@@ -158,10 +166,8 @@ inline ChoiceReport evaluate_choices(const std::vector<train::tasks::ChoiceQuest
     const std::size_t end = std::min(questions.size(), begin + std::size_t(batch));
     requests.clear();
     for (std::size_t q = begin; q < end; ++q) {
-      auto prompt = questions[q].context;
-      const auto asked = vocab.encode(questions[q].prompt);
-      prompt.insert(prompt.end(), asked.begin(), asked.end());
-      for (const auto& c : questions[q].choices) requests.push_back({prompt, vocab.encode(c)});
+      const auto prefix = question_prefix(questions[q], vocab);
+      for (const auto& c : questions[q].choices) requests.push_back({prefix, vocab.encode(c)});
     }
     const auto t0 = std::chrono::steady_clock::now();
     const auto scored = score(requests);

@@ -40,6 +40,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -102,6 +103,14 @@ std::vector<int> scoring_view(const ScoreRequest& r, const ScoreOptions& options
   return view;
 }
 
+//! The positions that scoring `r` runs: through the end of the scored block (first-token scoring
+//! at `block`), or the prefix and all of the target but its last token (causal, no block).
+inline std::int64_t scored_positions(const ScoreRequest& r, std::optional<int> block) {
+  const auto prefix = static_cast<std::int64_t>(r.prefix.size());
+  if (!block) return prefix + static_cast<std::int64_t>(r.target.size()) - 1;
+  return ((prefix - 1) / *block + 1) * *block;
+}
+
 namespace detail {
 //! Refuses an empty prefix or target and ids outside the vocabulary, naming request `where`.
 inline void check_ids(const ScoreRequest& r, const io::ModelConfig& config, const std::string& where) {
@@ -159,7 +168,7 @@ struct FirstToken {
     for (std::size_t i = 0; i < r.target.size(); ++i)
       require(r.target[i] != options.mask_id, where, ": the target holds the [MASK] id ", options.mask_id,
               " at index ", i, ": the scoring view masks with it");
-    const std::int64_t end = (std::int64_t(scored_block(r)) + 1) * Block;
+    const std::int64_t end = scored_positions(r, Block);
     if (end > config.context())
       fail(where, ": a prefix of ", r.prefix.size(), " tokens is scored in the block of positions [", end - Block,
            ", ", end, "), beyond ", config.describe_context());
@@ -188,7 +197,7 @@ struct Causal {
   static void check(const ScoreRequest& r, const ScoreOptions&, const io::ModelConfig& config,
                     const std::string& where) {
     detail::check_ids(r, config, where);
-    const auto end = std::int64_t(r.prefix.size() + r.target.size()) - 1;
+    const auto end = scored_positions(r, std::nullopt);
     if (end > config.context())
       fail(where, ": a prefix of ", r.prefix.size(), " and a target of ", r.target.size(), " tokens run ", end,
            " positions, beyond ", config.describe_context());
