@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -67,7 +68,13 @@ inline void refuse_unread(const CLI::App& app, std::string_view choice, std::str
 //! bd_size, the block it was trained with. Another decodes worse, much worse far from it (the
 //! study's Table 4 rows), and a fine-tune or a resumed run goes on at it.
 inline void default_block(const CLI::App& app, const io::ModelConfig& config, int& block) {
-  if (app.count("--block") == 0) block = config.bd_size;
+  if (app.count("--block") == 0)
+    block = config.bd_size;
+  else if (block != config.bd_size)
+    std::fprintf(stderr,
+                 "note: --block %d is not the block the model was trained with (config.json bd_size %d); "
+                 "accuracy can fall where they differ (the paper's Table 4)\n",
+                 block, config.bd_size);
 }
 
 //! "1,2,3" -> {1, 2, 3}; names the flag and the bad entry on error.

@@ -146,6 +146,13 @@ for i, prompt in enumerate(["41,48,55", "128,135,142,149,156,163,170,177"]):
     if alone["tokens"] != batch[i]["tokens"]:
         failures.append(f"batch row {i} differs from the row alone")
 
+# A block other than the one the model was trained with decodes, with a note that says so.
+for block, noted in (("8", True), ("32", False)):
+    r = run("generate", "--model", f"{golden}/model-f32-tied", "--prompt-ids", "1,2", "--block", block, "--max-new-tokens", "4")
+    said = "note: --block 8 is not the block the model was trained with (config.json bd_size 32)" in r.stderr
+    if r.returncode != 0 or said != noted or (not noted and r.stderr):
+        failures.append(f"generate --block {block} on a bd_size 32 model: exit {r.returncode}, {r.stderr.strip()!r}")
+
 with open(batch_file, "w") as f:
     f.write("[1, 2]\n[3, oops]\n")
 bad_cases = [
