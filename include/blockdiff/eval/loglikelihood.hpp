@@ -325,7 +325,13 @@ class Scorer {
       std::size_t agree, group, cache;
     };
     std::vector<Claim> claims;
-    std::size_t free = held_.size(), unplaced = chunk.size();
+    std::size_t untaken = held_.size(), unplaced = chunk.size();
+    auto place = [&](std::size_t g, std::size_t c) {
+      slot_[g] = c;
+      taken[c] = true;
+      --untaken;
+      --unplaced;
+    };
     auto claim = [&](bool any) {
       claims.clear();
       for (std::size_t g = 0; g < chunk.size(); ++g)
@@ -335,12 +341,12 @@ class Scorer {
             claims.push_back({n, g, c});
       std::ranges::stable_sort(claims, std::greater{}, &Claim::agree);
       for (const auto& [n, g, c] : claims)
-        if (slot_[g] == none && !taken[c]) slot_[g] = c, taken[c] = true, --free, --unplaced;
+        if (slot_[g] == none && !taken[c]) place(g, c);
     };
     claim(false);
     // Where every cache left will be taken anyway, the rest take them by agreement alone.
     const std::size_t keep = std::max(static_cast<std::size_t>(options_.caches), chunk.size());
-    if (held_.size() >= keep && free == unplaced) claim(true);
+    if (held_.size() >= keep && untaken == unplaced) claim(true);
     const auto age = [&](std::size_t c) { return held_[c].tokens.empty() ? 0 : held_[c].used + 1; };
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       int need = 1;
@@ -354,8 +360,9 @@ class Scorer {
           lru = held_.size();
           held_.push_back({model_.make_cache(need), {}, 0});
           taken.push_back(false);
+          ++untaken;
         }
-        slot_[g] = lru, taken[lru] = true;
+        place(g, lru);
       }
       auto& h = held_[slot_[g]];
       if (h.cache.capacity() < need) {
