@@ -39,10 +39,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -339,7 +339,9 @@ class Scorer {
           if (const auto n = slot_[g] == none && !taken[c] ? reusable(held_[c].tokens, shared_part(chunk[g])) : 0;
               n > 0 && (any || 2 * n >= held_[c].tokens.size()))
             claims.push_back({n, g, c});
-      std::ranges::stable_sort(claims, std::greater{}, &Claim::agree);
+      std::ranges::sort(claims, [](const Claim& x, const Claim& y) {  // most agreement first, then in order
+        return std::tie(y.agree, x.group, x.cache) < std::tie(x.agree, y.group, y.cache);
+      });
       for (const auto& [n, g, c] : claims)
         if (slot_[g] == none && !taken[c]) place(g, c);
     };
