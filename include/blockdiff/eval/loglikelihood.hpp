@@ -325,12 +325,9 @@ class Scorer {
       std::size_t agree, group, cache;
     };
     std::vector<Claim> claims;
-    std::size_t untaken = held_.size(), unplaced = chunk.size();
     auto place = [&](std::size_t g, std::size_t c) {
       slot_[g] = c;
       taken[c] = true;
-      --untaken;
-      --unplaced;
     };
     auto claim = [&](bool any) {
       claims.clear();
@@ -340,7 +337,8 @@ class Scorer {
               n > 0 && (any || 2 * n >= held_[c].tokens.size()))
             claims.push_back({n, g, c});
       std::ranges::sort(claims, [](const Claim& x, const Claim& y) {  // most agreement first, then in order
-        return std::tie(y.agree, x.group, x.cache) < std::tie(x.agree, y.group, y.cache);
+        if (x.agree != y.agree) return x.agree > y.agree;
+        return std::tie(x.group, x.cache) < std::tie(y.group, y.cache);
       });
       for (const auto& [n, g, c] : claims)
         if (slot_[g] == none && !taken[c]) place(g, c);
@@ -348,7 +346,7 @@ class Scorer {
     claim(false);
     // Where every cache left will be taken anyway, the rest take them by agreement alone.
     const std::size_t keep = std::max(static_cast<std::size_t>(options_.caches), chunk.size());
-    if (held_.size() >= keep && untaken == unplaced) claim(true);
+    if (held_.size() >= keep && std::ranges::count(taken, false) == std::ranges::count(slot_, none)) claim(true);
     const auto age = [&](std::size_t c) { return held_[c].tokens.empty() ? 0 : held_[c].used + 1; };
     for (std::size_t g = 0; g < chunk.size(); ++g) {
       int need = 1;
@@ -362,7 +360,6 @@ class Scorer {
           lru = held_.size();
           held_.push_back({model_.make_cache(need), {}, 0});
           taken.push_back(false);
-          ++untaken;
         }
         place(g, lru);
       }
@@ -395,9 +392,11 @@ class Scorer {
       const auto part = shared_part(chunk[g]);
       auto& p = out[g];
       p.kept = p.start = kept_[g];
-      for (std::size_t c = 0; c < held_.size(); ++c)
-        if (const auto from = std::min(reusable(held_[c].tokens, part), ready[c]); c != slot_[g] && from > p.start)
+      for (std::size_t c = 0; c < held_.size(); ++c) {
+        if (c == slot_[g]) continue;
+        if (const auto from = std::min(reusable(held_[c].tokens, part), ready[c]); from > p.start)
           p = {p.kept, from, static_cast<int>(c), 0};
+      }
       for (std::size_t j = 0; j < g; ++j) {
         const auto from = reusable(shared_part(chunk[j]), part);
         if (from < p.kept + least) continue;
