@@ -19,7 +19,7 @@
 #include "blockdiff/model/concept.hpp"
 #include "blockdiff/model/init.hpp"
 #include "blockdiff/model/kv_cache.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 #include "blockdiff/model/qwen2.hpp"
 #include "blockdiff/model/save.hpp"
 #include "blockdiff/policy/block_shape.hpp"

@@ -14,7 +14,7 @@
 
 #include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/rng.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 
 using namespace blockdiff;
 

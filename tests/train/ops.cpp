@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "blockdiff/core/rng.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 #include "blockdiff/train/ops.hpp"
 
 using namespace blockdiff;

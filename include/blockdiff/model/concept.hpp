@@ -12,7 +12,7 @@
 
 #include "blockdiff/core/tensor.hpp"
 #include "blockdiff/io/config.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 #include "blockdiff/model/qwen2.hpp"
 
 namespace blockdiff {

@@ -32,7 +32,7 @@
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/io/checkpoint.hpp"
 #include "blockdiff/model/kv_cache.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 
 namespace blockdiff::model {
 

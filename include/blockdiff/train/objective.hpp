@@ -21,7 +21,7 @@
 #include "blockdiff/core/description.hpp"
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 #include "blockdiff/policy/kind.hpp"
 #include "blockdiff/policy/schedule.hpp"
 #include "blockdiff/train/batch.hpp"

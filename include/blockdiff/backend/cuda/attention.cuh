@@ -1,9 +1,9 @@
 // Attention on the device: online softmax over the keys, split over blocks as flash-decoding
 // does when there are few queries, the splits merged by the last block of each query to finish.
 //
-// The mask kind is a type: `key_end` bounds the keys a query can see for the structured masks
-// (Causal, BlockCausal), so keys past the bound are never read; the predicate is still evaluated
-// inside the bound, which is what makes the training mask work. GQA maps a query head to its key
+// The mask kind is a type: `mask::key_bound` bounds the keys a query can see for the structured
+// masks (Causal, BlockCausal), so keys past the bound are never read; the predicate is still
+// evaluated inside the bound, which is what makes the training mask work. GQA maps a query head to its key
 // head by division.
 //
 // Two kernels. The grouped one (the default, head_dim a multiple of 4 up to 128) gives a block a
@@ -19,24 +19,10 @@
 #include <cfloat>
 
 #include "blockdiff/backend/cuda/runtime.cuh"
-#include "blockdiff/model/mask.hpp"
+#include "blockdiff/backend/mask.hpp"
 
 namespace blockdiff {
 namespace detail::cuda {
-
-//! One past the last key slot that query slot `q` may attend (a bound; the predicate decides).
-template <class Mask>
-__device__ inline int key_end(const Mask&, int, int kv_end) {
-  return kv_end;
-}
-template <>
-__device__ inline int key_end(const mask::Causal&, int q, int kv_end) {
-  return min(q + 1, kv_end);
-}
-template <int B>
-__device__ inline int key_end(const mask::BlockCausal<B>&, int q, int kv_end) {
-  return min((q / B + 1) * B, kv_end);
-}
 
 constexpr int max_head_dim = 256;
 constexpr int attention_warps = 4;
@@ -120,7 +106,7 @@ __global__ void __launch_bounds__(32 * attention_warps)
   const float* V = row.v + static_cast<std::int64_t>(g) * row.capacity * d;
   const int qs = row.first_slot + i;
   const int k_begin = static_cast<int>(blockIdx.x) * keys_per_split;
-  const int k_end = min(key_end(mask, qs, row.kv_end), k_begin + keys_per_split);
+  const int k_end = min(mask::key_bound(mask, qs, row.kv_end), k_begin + keys_per_split);
 
   __shared__ __align__(16) float qsh[max_head_dim];
   const float* qv = q + ((row.q_begin + i) * heads + h) * static_cast<std::int64_t>(d);
@@ -314,7 +300,7 @@ __global__ void __launch_bounds__(32 * attention_warps, 2)
   // row's keys still spread over all of them).
   int bound = 0;
   for (int i = first_pair / group; i <= (first_pair + pairs - 1) / group; ++i)
-    bound = max(bound, key_end(mask, row.first_slot + i, row.kv_end));
+    bound = max(bound, mask::key_bound(mask, row.first_slot + i, row.kv_end));
   const int splits = static_cast<int>(gridDim.x);
   const int bound_tiles = (bound + group_tile_keys - 1) / group_tile_keys;
   const int per_split = (bound_tiles + splits - 1) / splits * group_tile_keys;

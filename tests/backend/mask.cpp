@@ -2,7 +2,9 @@
 // sets over a small grid.
 #include <doctest/doctest.h>
 
-#include "blockdiff/model/mask.hpp"
+#include <initializer_list>
+
+#include "blockdiff/backend/mask.hpp"
 
 using namespace blockdiff;
 
@@ -42,4 +44,35 @@ TEST_CASE("BlockDiffusionTraining<B>: the 2L mask of §2.4, term by term") {
   CHECK(m.allowed(5, L + 0));
   CHECK(!m.allowed(5, L + 5));
   CHECK(!m.allowed(L + 5, 5));
+}
+
+// The attentions read no key past key_bound and skip a PrefixMask's predicate below it, so the
+// bound must be exactly the mask's allowed set for the prefix masks, and never cut an allowed
+// key for the others.
+template <class Mask>
+void check_key_bound(const Mask& m, int queries, int kv_end) {
+  for (int q = 0; q < queries; ++q) {
+    const int bound = mask::key_bound(m, q, kv_end);
+    INFO(Mask::name, " q=", q, " kv_end=", kv_end, " bound=", bound);
+    CHECK(bound <= kv_end);
+    for (int k = 0; k < kv_end; ++k) {
+      if (k >= bound) CHECK(!m.allowed(q, k));
+      if constexpr (mask::PrefixMask<Mask>)
+        if (k < bound) CHECK(m.allowed(q, k));
+    }
+  }
+}
+
+TEST_CASE("key_bound: exactly the allowed keys of Causal, Full and BlockCausal, a bound for the training mask") {
+  for (const int kv_end : {0, 1, 7, 24, 40}) {
+    check_key_bound(mask::Causal{}, 40, kv_end);
+    check_key_bound(mask::Full{}, 40, kv_end);
+    check_key_bound(mask::BlockCausal<4>{}, 40, kv_end);
+    check_key_bound(mask::BlockCausal<32>{}, 40, kv_end);
+    check_key_bound(mask::BlockDiffusionTraining<4>{20}, 40, kv_end);
+  }
+  CHECK(mask::key_bound(mask::Causal{}, 9, 100) == 10);
+  CHECK(mask::key_bound(mask::BlockCausal<4>{}, 9, 100) == 12);
+  CHECK(mask::key_bound(mask::Full{}, 9, 100) == 100);
+  CHECK(mask::key_bound(mask::BlockDiffusionTraining<4>{20}, 9, 30) == 30);
 }
