@@ -308,45 +308,84 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
   CHECK(rel_err(q, rq) < 1e-5);
 }
 
+//! One row of a batched attention call in check_attention: its queries, its first slot and the
+//! keys it attends, in a cache of its own.
+struct AttentionCase {
+  int n_q = 0, first_slot = 0, kv_end = 0;
+};
+
+//! The rows of one call against a naive f64 loop over every (query, head, key): heads query heads
+//! on kv_heads KV heads of head_dim 8.
+template <class Mask>
+void check_attention(const Mask& mask, std::vector<AttentionCase> cases, int heads = 4, int kvh = 2) {
+  const int d = 8;
+  int tokens = 0;
+  for (const AttentionCase& c : cases) tokens += c.n_q;
+  auto q = randn(static_cast<std::size_t>(tokens * heads * d), 10);
+  std::vector<float> out(q.size(), -7.0f);
+  std::vector<std::vector<float>> ks, vs;
+  std::vector<AttentionRow> rows;
+  for (std::size_t r = 0, begin = 0; r < cases.size(); begin += cases[r].n_q, ++r) {
+    const int cap = cases[r].kv_end + 3;  // slots past kv_end hold values that must not be read
+    ks.push_back(randn(static_cast<std::size_t>(kvh * cap * d), 11 + r));
+    vs.push_back(randn(static_cast<std::size_t>(kvh * cap * d), 31 + r));
+    rows.push_back({static_cast<std::int64_t>(begin), cases[r].n_q, cases[r].first_slot, cases[r].kv_end,
+                    ks.back().data(), vs.back().data(), cap});
+  }
+  const float scale = 1.0f / std::sqrt(float(d));
+  Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), out.data(), rows, {heads, kvh, d, scale}, mask);
+  std::vector<double> ref(out.size(), 0.0);
+  for (const AttentionRow& row : rows)
+    for (int i = 0; i < row.n_q; ++i)
+      for (int h = 0; h < heads; ++h) {
+        const int g = h / (heads / kvh);
+        const float* qv = q.data() + ((row.q_begin + i) * heads + h) * d;
+        std::vector<double> s(static_cast<std::size_t>(row.kv_end), -1e300);
+        double mx = -1e300;
+        for (int j = 0; j < row.kv_end; ++j) {
+          if (!mask.allowed(row.first_slot + i, j)) continue;
+          double dot = 0;
+          for (int e = 0; e < d; ++e) dot += double(qv[e]) * row.k[(g * row.capacity + j) * d + e];
+          s[j] = dot * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        for (int j = 0; j < row.kv_end; ++j) sum += s[j] > -1e299 ? std::exp(s[j] - mx) : 0.0;
+        double* o = ref.data() + ((row.q_begin + i) * heads + h) * d;
+        for (int j = 0; j < row.kv_end; ++j)
+          if (s[j] > -1e299)
+            for (int e = 0; e < d; ++e) o[e] += std::exp(s[j] - mx) / sum * row.v[(g * row.capacity + j) * d + e];
+      }
+  CHECK(rel_err(out, ref) < 1e-5);
+}
 template <class Mask>
 void check_attention(const Mask& mask, int n_q, int first_slot, int kv_end) {
-  const int heads = 4, kvh = 2, d = 8, cap = 40;
-  auto q = randn(static_cast<std::size_t>(n_q * heads * d), 10);
-  auto k = randn(static_cast<std::size_t>(kvh * cap * d), 11), v = randn(static_cast<std::size_t>(kvh * cap * d), 12);
-  std::vector<float> out(q.size());
-  AttentionRow row{0, n_q, first_slot, kv_end, k.data(), v.data(), cap};
-  const float scale = 1.0f / std::sqrt(float(d));
-  Kernel<backend::Host, op::Attention<Mask>>::run(q.data(), out.data(), std::span<const AttentionRow>(&row, 1),
-                                                  {heads, kvh, d, scale}, mask);
-  std::vector<double> ref(out.size(), 0.0);
-  for (int i = 0; i < n_q; ++i)
-    for (int h = 0; h < heads; ++h) {
-      const int g = h / (heads / kvh);
-      std::vector<double> s(static_cast<std::size_t>(kv_end), -1e300);
-      double mx = -1e300;
-      for (int j = 0; j < kv_end; ++j) {
-        if (!mask.allowed(first_slot + i, j)) continue;
-        double dot = 0;
-        for (int e = 0; e < d; ++e) dot += double(q[(i * heads + h) * d + e]) * k[(g * cap + j) * d + e];
-        s[j] = dot * scale;
-        mx = std::max(mx, s[j]);
-      }
-      double sum = 0;
-      for (int j = 0; j < kv_end; ++j) sum += s[j] > -1e299 ? std::exp(s[j] - mx) : 0.0;
-      for (int j = 0; j < kv_end; ++j)
-        if (s[j] > -1e299)
-          for (int e = 0; e < d; ++e) ref[(i * heads + h) * d + e] += std::exp(s[j] - mx) / sum * v[(g * cap + j) * d + e];
-    }
-  CHECK(rel_err(out, ref) < 1e-5);
+  check_attention(mask, {{n_q, first_slot, kv_end}});
 }
 
 TEST_CASE("Attention under each mask kind, with GQA, against a naive loop") {
-  check_attention(mask::Causal{}, 9, 0, 9);
-  check_attention(mask::Causal{}, 1, 20, 21);             // decode step against a cache
-  check_attention(mask::BlockCausal<8>{}, 12, 0, 12);     // prefill of a ragged prompt
-  check_attention(mask::BlockCausal<8>{}, 8, 16, 24);     // block forward
-  check_attention(mask::Full{}, 4, 20, 24);               // sub-block forward against [committed ; scratch]
-  check_attention(mask::BlockDiffusionTraining<4>{16}, 32, 0, 32);
+  at_each_isa([] {  // the softmax's exponentials are compiled for each width
+    check_attention(mask::Causal{}, 9, 0, 9);
+    check_attention(mask::Causal{}, 1, 20, 21);             // decode step against a cache
+    check_attention(mask::BlockCausal<8>{}, 12, 0, 12);     // prefill of a ragged prompt
+    check_attention(mask::BlockCausal<8>{}, 8, 16, 24);     // block forward
+    check_attention(mask::Full{}, 4, 20, 24);               // sub-block forward against [committed ; scratch]
+    check_attention(mask::BlockDiffusionTraining<4>{16}, 32, 0, 32);
+  });
+}
+
+TEST_CASE("Attention over several query tiles and rows in one call, query heads grouped by KV head") {
+  // Prefills longer than a tile (64 queries): each tile reads the keys its own last query may see.
+  check_attention(mask::Causal{}, 150, 0, 150);
+  check_attention(mask::BlockCausal<32>{}, 130, 0, 130);
+  check_attention(mask::BlockCausal<8>{}, 70, 9, 79);  // starts inside a block
+  // A batch: rows of different lengths and caches, one of them with nothing to do.
+  check_attention(mask::BlockCausal<8>{}, {{70, 0, 70}, {0, 5, 5}, {3, 40, 43}, {8, 16, 24}});
+  check_attention(mask::Full{}, {{8, 100, 108}, {1, 0, 1}});
+  check_attention(mask::BlockDiffusionTraining<4>{48}, {{96, 0, 96}});
+  // Other group sizes: 7 query heads a KV head (Qwen2.5-0.5B's 14 on 2), and none shared.
+  check_attention(mask::Causal{}, {{66, 0, 66}, {1, 66, 67}}, 14, 2);
+  check_attention(mask::BlockCausal<4>{}, {{9, 3, 12}}, 3, 3);
 }
 
 TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vector width") {

@@ -8,8 +8,8 @@
 // blocked product on per-thread slices above). Many rows
 // (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
 // (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
-// to the same slicing. Attention is one (row, head) pair per task, with the mask predicate
-// evaluated per (query slot, key slot). Arithmetic is f32 throughout; weight matrices may be held
+// to the same slicing. Attention multiplies the query heads that share a KV head in one product,
+// reading no key past the mask's bound (mask::key_bound). Arithmetic is f32 throughout; weight matrices may be held
 // in BF16, which the products widen as they read them.
 #pragma once
 
@@ -33,6 +33,7 @@
 #endif
 
 #include "blockdiff/backend/kernel.hpp"
+#include "blockdiff/backend/mask.hpp"
 #include "blockdiff/core/dispatch.hpp"
 #include "blockdiff/core/dtype.hpp"
 #include "blockdiff/core/threads.hpp"
@@ -744,53 +745,6 @@ struct Kernel<backend::Host, op::SwiGlu> {
   }
 };
 
-template <class Mask>
-struct Kernel<backend::Host, op::Attention<Mask>> {
-  //! q, out: [tokens, heads, head_dim]. Each row's queries attend its cache under `mask`.
-  static void run(const float* q, float* out, std::span<const AttentionRow> rows, const AttentionShape& shape,
-                  const Mask& mask) {
-    using namespace detail;
-    const int d = shape.head_dim;
-    const int group = shape.heads / shape.kv_heads;
-    const std::int64_t stride = static_cast<std::int64_t>(shape.heads) * d;
-    const int tasks = static_cast<int>(rows.size()) * shape.heads;
-    std::int64_t scores_per_head = 0;  // query-key pairs of one head, over all rows
-    for (const AttentionRow& row : rows) scores_per_head += static_cast<std::int64_t>(row.n_q) * row.kv_end;
-    const bool worth_threads = scores_per_head * shape.heads * d >= 1 << 16;
-    parallel_for<Schedule::dynamic>(tasks, worth_threads, [&](std::int64_t task) {
-      const AttentionRow& row = rows[static_cast<std::size_t>(task / shape.heads)];
-      const int h = static_cast<int>(task % shape.heads);
-      const int kvh = h / group;
-      if (row.n_q == 0) return;
-      thread_local RowMatrix scores;
-      scores.resize(row.n_q, row.kv_end);
-      StridedConstMap Q(q + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
-      Eigen::Map<const RowMatrix> K(row.k + static_cast<std::int64_t>(kvh) * row.capacity * d, row.kv_end, d);
-      Eigen::Map<const RowMatrix> V(row.v + static_cast<std::int64_t>(kvh) * row.capacity * d, row.kv_end, d);
-      scores.noalias() = (Q * K.transpose()) * shape.scale;
-      for (int i = 0; i < row.n_q; ++i) {
-        float* s = scores.data() + static_cast<std::int64_t>(i) * row.kv_end;
-        const int qs = row.first_slot + i;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < row.kv_end; ++j) {
-          if (!mask.allowed(qs, j)) s[j] = -std::numeric_limits<float>::infinity();
-          mx = std::max(mx, s[j]);
-        }
-        float sum = 0.0f;
-        for (int j = 0; j < row.kv_end; ++j) {
-          const float e = s[j] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(s[j] - mx);
-          s[j] = e;
-          sum += e;
-        }
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query with no allowed key outputs zeros
-        for (int j = 0; j < row.kv_end; ++j) s[j] *= inv;
-      }
-      StridedMap O(out + row.q_begin * stride + h * d, row.n_q, d, Eigen::OuterStride<>(stride));
-      O.noalias() = scores * V;
-    });
-  }
-};
-
 namespace detail {
 // The vocabulary passes of the policy step (151,936 logits a row at Qwen's size), in V lanes with
 // four vectors in flight, compiled for each ISA like the few-row kernel: the widest registers
@@ -830,11 +784,12 @@ struct ExpSums {
   double sum = 0, weighted = 0;  // Σ e^(l−m) and Σ e^(l−m)·(l−m)
 };
 //! Lane sums in f32 over 1,024 logits at a time, then into f64, so that a row's sum keeps about
-//! f64's accuracy relative to the largest term (which is 1).
-template <class V, bool Weighted>
-[[gnu::always_inline]] inline ExpSums exp_sums_lanes(const float* l, int vocab, float m) {
+//! f64's accuracy relative to the largest term (which is 1). With Store, each e^(l−m) is also
+//! written to `out` (which may be `l`: a softmax's numerators in place).
+template <class V, bool Weighted, bool Store>
+[[gnu::always_inline]] inline ExpSums exp_sums_lanes(const float* l, int vocab, float m, float* out) {
   constexpr int L = lanes<V>;
-  ExpSums out;
+  ExpSums sums;
   int i = 0;
   while (i + L <= vocab) {
     V sum{}, weighted{}, z;
@@ -845,37 +800,40 @@ template <class V, bool Weighted>
       exp_nonpositive(e);
       sum += e;
       if constexpr (Weighted) weighted += e * z;
+      if constexpr (Store) std::memcpy(out + i, &e, sizeof e);
     }
     for (int j = 0; j < L; ++j) {
-      out.sum += sum[j];
-      if constexpr (Weighted) out.weighted += weighted[j];
+      sums.sum += sum[j];
+      if constexpr (Weighted) sums.weighted += weighted[j];
     }
   }
   for (; i < vocab; ++i) {
     const double z = static_cast<double>(l[i]) - m, e = std::exp(z);
-    out.sum += e;
-    if constexpr (Weighted) out.weighted += e * z;
+    sums.sum += e;
+    if constexpr (Weighted) sums.weighted += e * z;
+    if constexpr (Store) out[i] = static_cast<float>(e);
   }
-  return out;
+  return sums;
 }
 #if defined(BLOCKDIFF_AVX512_CLONE)
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline float max_avx512(const float* l, int begin,
                                                                                            int end) {
   return max_lanes<Vec16>(l, begin, end);
 }
-template <bool Weighted>
+template <bool Weighted, bool Store>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline ExpSums exp_sums_avx512(const float* l,
-                                                                                                  int vocab, float m) {
-  return exp_sums_lanes<Vec16, Weighted>(l, vocab, m);
+                                                                                                  int vocab, float m,
+                                                                                                  float* out) {
+  return exp_sums_lanes<Vec16, Weighted, Store>(l, vocab, m, out);
 }
 #endif
 #if defined(BLOCKDIFF_AVX2_CLONE)
 __attribute__((target("avx2,fma"))) inline float max_avx2(const float* l, int begin, int end) {
   return max_lanes<Vec8>(l, begin, end);
 }
-template <bool Weighted>
-__attribute__((target("avx2,fma"))) inline ExpSums exp_sums_avx2(const float* l, int vocab, float m) {
-  return exp_sums_lanes<Vec8, Weighted>(l, vocab, m);
+template <bool Weighted, bool Store>
+__attribute__((target("avx2,fma"))) inline ExpSums exp_sums_avx2(const float* l, int vocab, float m, float* out) {
+  return exp_sums_lanes<Vec8, Weighted, Store>(l, vocab, m, out);
 }
 #endif
 //! The build's own vector for these passes: its widest, or SSE's in the portable build.
@@ -891,19 +849,107 @@ inline float max_of(const float* l, int begin, int end) {
 #endif
   return max_lanes<VocabVec>(l, begin, end);
 }
-//! Σ e^(l−m) (and, when Weighted, Σ e^(l−m)·(l−m)) over a row, likewise.
-template <bool Weighted>
-ExpSums exp_sums(const float* l, int vocab, float m) {
+//! Σ e^(l−m) (and, when Weighted, Σ e^(l−m)·(l−m)) over a row, likewise; with Store, each
+//! e^(l−m) also goes to out[i].
+template <bool Weighted, bool Store = false>
+ExpSums exp_sums(const float* l, int vocab, float m, float* out = nullptr) {
   [[maybe_unused]] const Isa isa = host_isa();
 #if defined(BLOCKDIFF_AVX512_CLONE)
-  if (isa == Isa::avx512) return exp_sums_avx512<Weighted>(l, vocab, m);
+  if (isa == Isa::avx512) return exp_sums_avx512<Weighted, Store>(l, vocab, m, out);
 #endif
 #if defined(BLOCKDIFF_AVX2_CLONE)
-  if (isa == Isa::avx2) return exp_sums_avx2<Weighted>(l, vocab, m);
+  if (isa == Isa::avx2) return exp_sums_avx2<Weighted, Store>(l, vocab, m, out);
 #endif
-  return exp_sums_lanes<VocabVec, Weighted>(l, vocab, m);
+  return exp_sums_lanes<VocabVec, Weighted, Store>(l, vocab, m, out);
 }
 }  // namespace detail
+
+//! Attention on the host, one task per (row, KV head, tile of up to 64 queries): the query heads
+//! that share a KV head are multiplied against its keys in one product, so that each key and
+//! value is read once for the group (an AR step of a 7:1 GQA model reads its cache once, not
+//! seven times). A PrefixMask bounds the keys: a tile reads none past its last query's bound
+//! (half of a causal prefill's scores are never computed), and below each query's bound every key
+//! is allowed; any other mask is evaluated per (query, key). The softmax's exponentials run in
+//! the vocabulary pass's vectors; its normalisation is applied to the d outputs of each query,
+//! not to its scores.
+template <class Mask>
+struct Kernel<backend::Host, op::Attention<Mask>> {
+  static constexpr int query_tile = 64;
+
+  //! q, out: [tokens, heads, head_dim]. Each row's queries attend its cache under `mask`.
+  static void run(const float* q, float* out, std::span<const AttentionRow> rows, const AttentionShape& shape,
+                  const Mask& mask) {
+    // Tasks by row and tile, each taken by every KV head: tiles_before[r] is the tiles of rows < r.
+    thread_local std::vector<std::int64_t> tiles_before_storage;  // named once, out here: each thread has its own
+    std::vector<std::int64_t>& tiles_before = tiles_before_storage;
+    tiles_before.assign(rows.size() + 1, 0);
+    std::int64_t work = 0;  // query-key pairs of one head, over all rows
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      tiles_before[r + 1] = tiles_before[r] + (rows[r].n_q + query_tile - 1) / query_tile;
+      work += static_cast<std::int64_t>(rows[r].n_q) * rows[r].kv_end;
+    }
+    const std::int64_t tasks = tiles_before.back() * shape.kv_heads;
+    parallel_for<Schedule::dynamic>(tasks, work * shape.heads * shape.head_dim >= 1 << 16, [&](std::int64_t task) {
+      const std::int64_t tile = task / shape.kv_heads;
+      const auto r = static_cast<std::size_t>(std::upper_bound(tiles_before.begin(), tiles_before.end(), tile) -
+                                              tiles_before.begin() - 1);
+      const int begin = static_cast<int>(tile - tiles_before[r]) * query_tile;
+      const AttentionRow& row = rows[r];
+      tile_of_group(q, out, row, begin, std::min(row.n_q, begin + query_tile), static_cast<int>(task % shape.kv_heads),
+                    shape, mask);
+    });
+  }
+
+ private:
+  // Queries [begin, end) of `row`, every head of KV head `kvh`.
+  static void tile_of_group(const float* q, float* out, const AttentionRow& row, int begin, int end, int kvh,
+                            const AttentionShape& shape, const Mask& mask) {
+    using namespace detail;
+    const int d = shape.head_dim, group = shape.heads / shape.kv_heads;
+    const std::int64_t stride = static_cast<std::int64_t>(shape.heads) * d;
+    const int n = (end - begin) * group;  // score rows, query-major: (query i, head g) is row i·group + g
+    int keys = 0;                         // the keys any of the tile's queries may attend
+    for (int i = begin; i < end; ++i) keys = std::max(keys, mask::key_bound(mask, row.first_slot + i, row.kv_end));
+
+    // The group's heads of one query are adjacent in q: a tile is (end − begin) runs of group·d.
+    thread_local RowMatrix queries, scores, outputs;
+    queries.resize(n, d);
+    for (int i = begin; i < end; ++i)
+      for (int e = 0; e < group * d; ++e)
+        queries.data()[static_cast<std::int64_t>(i - begin) * group * d + e] =
+            q[(row.q_begin + i) * stride + static_cast<std::int64_t>(kvh) * group * d + e] * shape.scale;
+    Eigen::Map<const RowMatrix> K(row.k + static_cast<std::int64_t>(kvh) * row.capacity * d, keys, d);
+    Eigen::Map<const RowMatrix> V(row.v + static_cast<std::int64_t>(kvh) * row.capacity * d, keys, d);
+    scores.resize(n, keys);
+    scores.noalias() = queries * K.transpose();
+
+    thread_local std::vector<float> inverse_sums;
+    inverse_sums.assign(static_cast<std::size_t>(n), 0.0f);
+    for (int t = 0; t < n; ++t) {
+      const int slot = row.first_slot + begin + t / group;
+      const int allowed = mask::key_bound(mask, slot, keys);
+      float* s = scores.data() + static_cast<std::int64_t>(t) * keys;
+      if constexpr (!mask::PrefixMask<Mask>)
+        for (int j = 0; j < allowed; ++j)
+          if (!mask.allowed(slot, j)) s[j] = -std::numeric_limits<float>::infinity();
+      std::fill(s + allowed, s + keys, 0.0f);
+      const float mx = max_of(s, 0, allowed);
+      if (mx == -std::numeric_limits<float>::infinity()) {  // no allowed key: the output is zeros
+        std::fill(s, s + allowed, 0.0f);
+        continue;
+      }
+      inverse_sums[static_cast<std::size_t>(t)] = static_cast<float>(1.0 / exp_sums<false, true>(s, allowed, mx, s).sum);
+    }
+    outputs.resize(n, d);
+    outputs.noalias() = scores * V;
+    for (int i = begin; i < end; ++i)
+      for (int g = 0; g < group; ++g) {
+        const int t = (i - begin) * group + g;
+        float* o = out + (row.q_begin + i) * stride + static_cast<std::int64_t>(kvh * group + g) * d;
+        for (int e = 0; e < d; ++e) o[e] = outputs(t, e) * inverse_sums[static_cast<std::size_t>(t)];
+      }
+  }
+};
 
 template <bool SecondProb, bool Entropy>
 struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
