@@ -132,7 +132,7 @@ class EvalCommand {
                      "training split, laid out as training packed them: padded with [MASK] to the block, or, with "
                      "--ar, not), as MMLU is asked 5-shot")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber)
+        ->check(non_negative())
         ->needs(choices);
     cmd_->add_option("--caches", caches_, std::string("with --choices: ") + caches_help)
         ->capture_default_str()

@@ -262,6 +262,10 @@ if r.returncode == 0 or not re.search(r"--shots 40: question 0 \(arith\) after 4
 r = run("eval", "--model", tasks, "--choices", "4", "--caches", "-1", ok=False)
 if r.returncode == 0 or "--caches: must be an integer of 0 or more, got -1" not in r.stderr:
     failures.append(f"eval --caches -1: rc {r.returncode}, {r.stderr.strip()!r}")
+for shots in ("-1", "1.5"):
+    r = run("eval", "--model", tasks, "--choices", "4", "--shots", shots, ok=False)
+    if r.returncode == 0 or f"--shots: must be an integer of 0 or more, got {shots}" not in r.stderr:
+        failures.append(f"eval --shots {shots}: rc {r.returncode}, {r.stderr.strip()!r}")
 r = run("eval", "--model", tasks, "--choices", "11", ok=False)
 if r.returncode == 0 or "--choices" not in r.stderr:
     failures.append(f"eval --choices 11: rc {r.returncode}, {r.stderr.strip()!r}")

@@ -933,6 +933,12 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
         for (int j = 0; j < allowed; ++j)
           if (!mask.allowed(slot, j)) s[j] = -std::numeric_limits<float>::infinity();
       std::fill(s + allowed, s + keys, 0.0f);
+      // A score that is not a number (from a q or k that is not) makes the query's output NaN, as
+      // softmax would, where the vector passes below would skip it.
+      if (std::isnan(Eigen::Map<const Eigen::ArrayXf>(s, allowed).sum())) {
+        inverse_sums[static_cast<std::size_t>(t)] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       const float mx = max_of(s, 0, allowed);
       if (mx == -std::numeric_limits<float>::infinity()) {  // no allowed key: the output is zeros
         std::fill(s, s + allowed, 0.0f);
