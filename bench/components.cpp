@@ -20,7 +20,13 @@ using Host = backend::Host;
 
 namespace {
 
-constexpr int heads = 14, kv_heads = 2, head_dim = 64, vocab = 151936;
+constexpr int vocab = 151936;
+
+//! The attention heads of a model: Qwen2.5-0.5B's, and the embedded task models'.
+struct Heads {
+  int heads, kv_heads, head_dim;
+};
+constexpr Heads qwen05b{14, 2, 64}, tasks{4, 2, 32};
 
 std::vector<float> normal(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
   Rng rng(seed);
@@ -41,7 +47,8 @@ std::vector<float> normal(std::size_t n, std::uint64_t seed, float scale = 1.0f)
 //! to the largest |reference|.
 template <class Mask>
 double attention_error(const Mask& mask, const std::vector<float>& q, const std::vector<float>& out,
-                       const AttentionRow& row) {
+                       const AttentionRow& row, Heads shape) {
+  const auto [heads, kv_heads, head_dim] = shape;
   const int group = heads / kv_heads;
   const double scale = 1.0 / std::sqrt(double(head_dim));
   double worst = 0, largest = 0;
@@ -78,7 +85,8 @@ double attention_error(const Mask& mask, const std::vector<float>& q, const std:
 }
 
 template <class Mask>
-void BM_Attention(benchmark::State& state, int queries, int keys) {
+void BM_Attention(benchmark::State& state, Heads model, int queries, int keys) {
+  const auto [heads, kv_heads, head_dim] = model;
   const Mask mask{};
   const int capacity = keys;
   auto q = normal(static_cast<std::size_t>(queries) * heads * head_dim, 1);
@@ -89,7 +97,7 @@ void BM_Attention(benchmark::State& state, int queries, int keys) {
   const AttentionShape shape{heads, kv_heads, head_dim, 1.0f / std::sqrt(float(head_dim)), queries, capacity};
   const auto run = [&] { Kernel<Host, op::Attention<Mask>>::run(q.data(), out.data(), {&row, 1}, shape, mask); };
   run();
-  if (const double e = attention_error(mask, q, out, row); !(e < 1e-5))
+  if (const double e = attention_error(mask, q, out, row, model); !(e < 1e-5))
     refuse(std::string("attention/") + Mask::name + ": relative error " + std::to_string(e));
   for (auto _ : state) {
     run();
@@ -106,28 +114,30 @@ void BM_Attention(benchmark::State& state, int queries, int keys) {
   state.counters["KV_GB/s"] = benchmark::Counter(bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-std::string attention_name(const std::string& mask, int queries, int keys) {
-  return "attention/" + mask + "/queries:" + std::to_string(queries) + "/keys:" + std::to_string(keys) +
-         "/heads:" + std::to_string(heads) + "/kv_heads:" + std::to_string(kv_heads) +
-         "/head_dim:" + std::to_string(head_dim);
+template <class Mask>
+void register_attention(const std::string& mask, Heads model, int queries, int keys) {
+  const std::string name = "attention/" + mask + "/queries:" + std::to_string(queries) +
+                           "/keys:" + std::to_string(keys) + "/heads:" + std::to_string(model.heads) +
+                           "/kv_heads:" + std::to_string(model.kv_heads) + "/head_dim:" + std::to_string(model.head_dim);
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_Attention<Mask>, model, queries, keys);
+  if (double(queries) * keys * model.heads * model.head_dim > 1e9) b->Unit(benchmark::kMillisecond);
 }
 
 void register_attention() {
   for (const int context : {256, 2048}) {
     // An AR step, a sub-block of 8 against [committed ; scratch], a block forward of 32.
-    benchmark::RegisterBenchmark(attention_name("causal", 1, context + 1).c_str(), BM_Attention<mask::Causal>, 1,
-                                 context + 1);
-    benchmark::RegisterBenchmark(attention_name("full", 8, context + 32).c_str(), BM_Attention<mask::Full>, 8,
-                                 context + 32);
-    benchmark::RegisterBenchmark(attention_name("block_causal<32>", 32, context + 32).c_str(),
-                                 BM_Attention<mask::BlockCausal<32>>, 32, context + 32);
+    register_attention<mask::Causal>("causal", qwen05b, 1, context + 1);
+    register_attention<mask::Full>("full", qwen05b, 8, context + 32);
+    register_attention<mask::BlockCausal<32>>("block_causal<32>", qwen05b, 32, context + 32);
   }
   // Prefills: the AR model's causal one and the block-diffusion model's block-causal one.
-  benchmark::RegisterBenchmark(attention_name("causal", 512, 512).c_str(), BM_Attention<mask::Causal>, 512, 512);
-  benchmark::RegisterBenchmark(attention_name("block_causal<32>", 512, 512).c_str(),
-                               BM_Attention<mask::BlockCausal<32>>, 512, 512);
+  register_attention<mask::Causal>("causal", qwen05b, 512, 512);
+  register_attention<mask::BlockCausal<32>>("block_causal<32>", qwen05b, 512, 512);
+  register_attention<mask::BlockCausal<32>>("block_causal<32>", qwen05b, 2048, 2048);
+  // The embedded task models' AR step and block forward (block 8) near the end of a response.
+  register_attention<mask::Causal>("causal", tasks, 1, 64);
+  register_attention<mask::BlockCausal<8>>("block_causal<8>", tasks, 8, 64);
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // The vocabulary statistics pass, for each set of statistics a policy can ask for.

@@ -889,7 +889,9 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
       work += static_cast<std::int64_t>(rows[r].n_q) * rows[r].kv_end;
     }
     const std::int64_t tasks = tiles_before.back() * shape.kv_heads;
-    parallel_for<Schedule::dynamic>(tasks, work * shape.heads * shape.head_dim >= 1 << 16, [&](std::int64_t task) {
+    // Threads from 2^17 multiply-adds of scores on: below that (the embedded models' block
+    // forward) a parallel region costs more than it saves (bench_components, at 2 threads).
+    parallel_for<Schedule::dynamic>(tasks, work * shape.heads * shape.head_dim >= 1 << 17, [&](std::int64_t task) {
       const std::int64_t tile = task / shape.kv_heads;
       const auto r = static_cast<std::size_t>(std::upper_bound(tiles_before.begin(), tiles_before.end(), tile) -
                                               tiles_before.begin() - 1);
