@@ -9,8 +9,8 @@
 // (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
 // (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
 // to the same slicing. Attention multiplies the query heads that share a KV head in one product,
-// reading no key past the mask's bound (mask::key_bound). Arithmetic is f32 throughout; weight matrices may be held
-// in BF16, which the products widen as they read them.
+// reading no key past the mask's bound (mask::key_bound). Arithmetic is f32 throughout; weight
+// matrices may be held in BF16, which the products widen as they read them.
 #pragma once
 
 #include <Eigen/Core>
