@@ -42,8 +42,6 @@ namespace blockdiff {
 
 namespace detail {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using StridedConstMap = Eigen::Map<const RowMatrix, 0, Eigen::OuterStride<>>;
-using StridedMap = Eigen::Map<RowMatrix, 0, Eigen::OuterStride<>>;
 
 // SIMD vectors in GCC/Clang vector extensions, with no intrinsics and no CPU requirement: a
 // Vec16 is one AVX-512 register, two AVX2 ones or four SSE ones, as the code that uses it is
@@ -880,8 +878,10 @@ struct Kernel<backend::Host, op::Attention<Mask>> {
   static void run(const float* q, float* out, std::span<const AttentionRow> rows, const AttentionShape& shape,
                   const Mask& mask) {
     // Tasks by row and tile, each taken by every KV head: tiles_before[r] is the tiles of rows < r.
-    thread_local std::vector<std::int64_t> tiles_before_storage;  // named once, out here: each thread has its own
-    std::vector<std::int64_t>& tiles_before = tiles_before_storage;
+    // The calling thread's vector, read by the workers through a reference: named inside the
+    // parallel body, a thread_local would be each worker's own (empty) one.
+    thread_local std::vector<std::int64_t> tiles_storage;
+    std::vector<std::int64_t>& tiles_before = tiles_storage;
     tiles_before.assign(rows.size() + 1, 0);
     std::int64_t work = 0;  // query-key pairs of one head, over all rows
     for (std::size_t r = 0; r < rows.size(); ++r) {
