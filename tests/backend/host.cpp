@@ -448,65 +448,170 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vecto
   });
 }
 
-TEST_CASE("Sample against a full stable sort of the tempered distribution, with many ties") {
-  // Logits on a grid of 0.25 make many exactly equal probabilities, so the nucleus is often cut
-  // inside a run of ties, where the lower index must come first.
-  const int vocab = 3000;
-  std::vector<float> l;
-  for (float x : randn(vocab, 31, 2.0)) l.push_back(std::round(x * 4.0f) / 4.0f);
-  Rng draws(32);
-  std::vector<double> probs;
-  std::vector<int> order;
-  for (float temperature : {1.0f, 0.6f})
-    for (float top_p : {1.0f, 0.95f, 0.5f, 0.05f}) {
-      // The reference: every probability, all tokens sorted (stably, by probability) when a nucleus
-      // is cut, the cut, the draw.
-      const float m = *std::max_element(l.begin(), l.end());
-      std::vector<double> p(vocab);
-      double sum = 0;
-      for (int i = 0; i < vocab; ++i) sum += p[i] = std::exp((double(l[i]) - m) / temperature);
-      double entropy = 0;
-      for (auto& x : p) {
-        x /= sum;
-        entropy -= x * std::log(x);
+TEST_CASE("TopTwo: the largest logit, its lowest index and the runner-up, at each vector width") {
+  // Short rows of few distinct values (ties within a lane and across lanes), some NaN, against a
+  // plain loop; lengths around the vector and unroll widths, and their tails.
+  Rng rng(40);
+  at_each_isa([&] {
+    for (int n = 1; n <= 150; ++n)
+      for (int trial = 0; trial < 4; ++trial) {
+        std::vector<float> l(static_cast<std::size_t>(n));
+        for (float& x : l) {
+          const auto pick = rng.below(9);
+          x = pick == 8 ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(pick) - 3.0f;
+        }
+        detail::TopTwo want;
+        for (int i = 0; i < n; ++i)
+          if (l[i] > want.first) want.first = l[i], want.index = i;
+        for (int i = 0; i < n; ++i)
+          if (i != want.index && l[i] > want.second) want.second = l[i];
+        const detail::TopTwo got = detail::top_two(l.data(), n);
+        CAPTURE(n);
+        CHECK(got.first == want.first);
+        CHECK(got.index == want.index);
+        CHECK(got.second == want.second);
       }
-      std::vector<double> sorted_p = p;
-      std::sort(sorted_p.begin(), sorted_p.end(), std::greater<>());
-      std::vector<int> idx(vocab);
-      std::iota(idx.begin(), idx.end(), 0);
-      if (top_p < 1.0f) std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
-      int kept = vocab;
-      double mass = 1.0;
-      if (top_p < 1.0f) {
-        mass = 0;
-        for (kept = 0; kept < vocab && !(mass > top_p);) mass += p[idx[kept++]];
-      }
-      for (int d = 0; d < 300; ++d) {
-        const double u = draws.uniform_double();
-        int want = idx[kept - 1];
-        double acc = 0;
-        for (int i = 0; i < kept; ++i)
-          if (u * mass < (acc += p[idx[i]])) {
-            want = idx[i];
-            break;
-          }
-        CAPTURE(temperature);
-        CAPTURE(top_p);
-        CAPTURE(u);
-        const auto s = Kernel<backend::Host, op::Sample>::one_row(l.data(), vocab, temperature, top_p, u, probs, order);
-        REQUIRE(s.token == want);
-        CHECK(s.p1 == doctest::Approx(p[want] / mass).epsilon(1e-6));
-        CHECK(s.p2 == doctest::Approx(sorted_p[1]).epsilon(1e-6));
-        CHECK(s.entropy == doctest::Approx(entropy).epsilon(1e-6));
-      }
+  });
+}
+
+TEST_CASE("The sampling pass's f64 exponentials: within 2 ulp of std::exp, at each vector width") {
+  std::vector<float> z;
+  for (float x = 0.0f; x > -760.0f; x -= 0.37f) z.push_back(x);
+  z.push_back(-std::numeric_limits<float>::infinity());
+  const int n = static_cast<int>(z.size());
+  at_each_isa([&] {
+    std::vector<double> terms(z.size());
+    detail::Tempered out;
+    out.terms = terms.data();
+    const auto sums = detail::tempered_exps(z.data(), n, 0.0f, 1.0, out);
+    double sum = 0;
+    for (int i = 0; i < n; ++i) {
+      const double want = std::exp(double(z[i]));
+      CAPTURE(z[i]);
+      if (z[i] >= -708.0f)
+        CHECK(std::fabs(terms[i] - want) <= 2 * std::numeric_limits<double>::epsilon() * want);
+      else
+        CHECK(terms[i] <= std::numeric_limits<double>::min());  // below f64's least normal: 0
+      sum += want;
     }
-  // run() draws each request from its own row.
+    CHECK(sums.sum == doctest::Approx(sum).epsilon(1e-15));
+  });
+}
+
+namespace sample_reference {
+//! op::Sample's definition, computed plainly: every probability in f64 (a NaN logit has none),
+//! all tokens sorted stably by probability when a nucleus is cut, the cut, the draw.
+struct Distribution {
+  std::vector<double> p;
+  std::vector<int> order;  // the walking order of the kept tokens
+  double mass = 1.0, entropy = 0.0, second = 0.0;
+
+  Distribution(const std::vector<float>& l, float temperature, float top_p) : p(l.size()) {
+    const int vocab = static_cast<int>(l.size());
+    float m = -INFINITY;
+    for (float x : l)
+      if (x > m) m = x;
+    double sum = 0;
+    for (int i = 0; i < vocab; ++i) sum += p[i] = std::isnan(l[i]) ? 0.0 : std::exp((double(l[i]) - m) / temperature);
+    for (auto& x : p) {
+      x /= sum;
+      if (x > 0) entropy -= x * std::log(x);
+    }
+    std::vector<double> sorted_p = p;
+    std::sort(sorted_p.begin(), sorted_p.end(), std::greater<>());
+    second = sorted_p[1];
+    order.resize(p.size());
+    std::iota(order.begin(), order.end(), 0);
+    if (top_p < 1.0f) {
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+      mass = 0;
+      std::size_t kept = 0;
+      while (kept < order.size() && !(mass > top_p)) mass += p[order[kept++]];
+      order.resize(kept);
+    }
+  }
+  int draw(double u) const {
+    double acc = 0;
+    for (int t : order)
+      if (u * mass < (acc += p[t])) return t;
+    return order.back();
+  }
+};
+}  // namespace sample_reference
+
+TEST_CASE("Sample against a full stable sort of the tempered distribution, at each vector width") {
+  // Logits on a grid of 0.25 make many exactly equal probabilities, so the nucleus is often cut
+  // inside a run of ties, where the lower index must come first. The second row has three tokens
+  // far above the rest, so that most 256-token chunks hold no candidate of its nucleus; the third
+  // has NaN and −inf logits, which are never drawn.
+  const int vocab = 3000;
+  std::vector<std::vector<float>> rows(3);
+  for (float x : randn(vocab, 31, 2.0)) rows[0].push_back(std::round(x * 4.0f) / 4.0f);
+  rows[1] = rows[0];
+  rows[1][1234] = rows[1][2999] = 14.0f;
+  rows[1][17] = 13.5f;
+  rows[2] = rows[0];
+  for (int i = 0; i < vocab; i += 7) rows[2][i] = i % 2 ? std::numeric_limits<float>::quiet_NaN() : -INFINITY;
+  Kernel<backend::Host, op::Sample>::Scratch scratch;
+  for (std::size_t r = 0; r < rows.size(); ++r)
+    for (float temperature : {1.0f, 0.6f})
+      for (float top_p : {1.0f, 0.95f, 0.5f, 0.05f}) {
+        const sample_reference::Distribution want(rows[r], temperature, top_p);
+        at_each_isa([&] {
+          Rng draws(32);
+          for (int d = 0; d < 200; ++d) {
+            const double u = draws.uniform_double();
+            CAPTURE(r);
+            CAPTURE(temperature);
+            CAPTURE(top_p);
+            CAPTURE(u);
+            const auto s =
+                Kernel<backend::Host, op::Sample>::one_row(rows[r].data(), vocab, temperature, top_p, u, scratch);
+            const int token = want.draw(u);
+            REQUIRE(s.token == token);
+            CHECK(s.p1 == doctest::Approx(want.p[token] / want.mass).epsilon(1e-6));
+            CHECK(s.p2 == doctest::Approx(want.second).epsilon(1e-6));
+            CHECK(s.entropy == doctest::Approx(want.entropy).epsilon(1e-6));
+          }
+        });
+      }
+}
+
+TEST_CASE("Sample: rows without a distribution, and run() over rows and threads") {
+  Kernel<backend::Host, op::Sample>::Scratch scratch;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> all_nan(300, nan), all_low(300, -inf);
+  std::vector<float> one_high(300, 0.0f);
+  one_high[123] = inf;
+  for (const float top_p : {1.0f, 0.9f}) {
+    CHECK(Kernel<backend::Host, op::Sample>::one_row(all_nan.data(), 300, 1.0f, top_p, 0.5, scratch).token == 0);
+    CHECK(Kernel<backend::Host, op::Sample>::one_row(all_low.data(), 300, 1.0f, top_p, 0.5, scratch).token == 0);
+    const auto s = Kernel<backend::Host, op::Sample>::one_row(one_high.data(), 300, 1.0f, top_p, 0.5, scratch);
+    CHECK(s.token == 123);
+    CHECK(s.p1 == 1.0f);
+  }
+  // run() draws each request from its own row: in the calling thread for a small vocabulary,
+  // on OpenMP's threads (each with its own working space) for a wide one.
   std::vector<float> two{0.0f, 50.0f, 50.0f, 0.0f};
   const std::vector<SampleRequest> requests{{1, 0.2}, {0, 0.2}};
   PositionStats out[2];
   Kernel<backend::Host, op::Sample>::run(two.data(), 2, requests, 1.0f, 1.0f, out);
   CHECK(out[0].token == 0);
   CHECK(out[1].token == 1);
+  const int wide = 20000, rows = 3;
+  auto l = randn(std::size_t{wide} * rows, 41, 3.0);
+  std::vector<SampleRequest> many;
+  Rng u(42);
+  for (int i = 0; i < 12; ++i) many.push_back({i % rows, u.uniform_double()});
+  for (const float top_p : {1.0f, 0.8f}) {
+    std::vector<PositionStats> batch(many.size());
+    Kernel<backend::Host, op::Sample>::run(l.data(), wide, many, 0.8f, top_p, batch.data());
+    for (std::size_t i = 0; i < many.size(); ++i) {
+      const std::vector<float> row(l.begin() + many[i].row * wide, l.begin() + (many[i].row + 1) * wide);
+      CAPTURE(i);
+      CHECK(batch[i].token == sample_reference::Distribution(row, 0.8f, top_p).draw(many[i].u));
+    }
+  }
 }
 
 TEST_CASE("VocabStats: max probability, argmax, second probability and entropy") {

@@ -373,11 +373,10 @@ TEST_CASE("op::Sample: top-p keeps the smallest nucleus and the confidence is re
   // probabilities 0.5, 0.3, 0.2 (logits are their logs): top-p 0.6 keeps {0, 1}.
   std::vector<float> l{std::log(0.5f), std::log(0.3f), std::log(0.2f)};
   Rng rng(3);
-  std::vector<double> probs;
-  std::vector<int> order;
+  Kernel<backend::Host, op::Sample>::Scratch scratch;
   int seen[3] = {};
   for (int i = 0; i < 2000; ++i) {
-    auto s = Kernel<backend::Host, op::Sample>::one_row(l.data(), 3, 1.0f, 0.6f, rng.uniform_double(), probs, order);
+    auto s = Kernel<backend::Host, op::Sample>::one_row(l.data(), 3, 1.0f, 0.6f, rng.uniform_double(), scratch);
     ++seen[s.token];
     CHECK(s.p1 == doctest::Approx(s.token == 0 ? 0.625 : 0.375).epsilon(1e-4));
   }

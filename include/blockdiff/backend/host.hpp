@@ -9,19 +9,25 @@
 // (prefill, training) go to OpenBLAS's SGEMM when blockdiff was configured with it
 // (BLOCKDIFF_HAVE_CBLAS), which is faster than Eigen's blocked product on AVX-512 machines; else
 // to the same slicing. Attention multiplies the query heads that share a KV head in one product,
-// reading no key past the mask's bound (mask::key_bound). Arithmetic is f32 throughout; weight
-// matrices may be held in BF16, which the products widen as they read them.
+// reading no key past the mask's bound (mask::key_bound). Arithmetic is f32 throughout, but for
+// the sums of the vocabulary passes (f64) and sampling's draws (f64 vectors, sorting only the
+// candidates of a nucleus); weight matrices may be held in BF16, which the products widen as they
+// read them.
 #pragma once
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(BLOCKDIFF_HAVE_CBLAS)
@@ -49,16 +55,30 @@ using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::Ro
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef float Vec8 __attribute__((vector_size(32)));
 template <class V>
-constexpr int lanes = static_cast<int>(sizeof(V) / sizeof(float));
+constexpr int lanes = static_cast<int>(sizeof(V) / sizeof(std::declval<V>()[0]));
 //! One SSE register: the portable build's vector where lanes are compared (GCC splits a
 //! comparison of vectors wider than the build's registers into scalar code).
 typedef float Vec4 __attribute__((vector_size(16)));
 typedef std::int32_t Vec16i __attribute__((vector_size(64)));
 typedef std::int32_t Vec8i __attribute__((vector_size(32)));
 typedef std::int32_t Vec4i __attribute__((vector_size(16)));
-//! The integer vector of V's width, for comparisons' masks and bit operations.
-template <class V>
-using IntLanes = std::conditional_t<lanes<V> == 16, Vec16i, std::conditional_t<lanes<V> == 8, Vec8i, Vec4i>>;
+// f64 lanes, for the sampling pass's probabilities: one AVX-512, AVX2 or SSE register, and the
+// float vectors (of as many lanes) that widen into them.
+typedef double Vec8d __attribute__((vector_size(64)));
+typedef double Vec4d __attribute__((vector_size(32)));
+typedef double Vec2d __attribute__((vector_size(16)));
+typedef float Vec2 __attribute__((vector_size(8)));
+typedef std::int64_t Vec8l __attribute__((vector_size(64)));
+typedef std::int64_t Vec4l __attribute__((vector_size(32)));
+typedef std::int64_t Vec2l __attribute__((vector_size(16)));
+//! The integer vector of V's width and element size, for comparisons' masks and bit operations.
+template <class V, int L = lanes<V>, bool Wide = sizeof(std::declval<V>()[0]) == 8>
+using IntLanes = std::conditional_t<
+    Wide, std::conditional_t<L == 8, Vec8l, std::conditional_t<L == 4, Vec4l, Vec2l>>,
+    std::conditional_t<L == 16, Vec16i, std::conditional_t<L == 8, Vec8i, Vec4i>>>;
+//! The float vector that widens into the f64 vector D.
+template <class D>
+using NarrowLanes = std::conditional_t<lanes<D> == 8, Vec8, std::conditional_t<lanes<D> == 4, Vec4, Vec2>>;
 
 // Vectors travel by reference only: passing them by value changes the ABI between builds with
 // and without AVX-512.
@@ -99,6 +119,33 @@ template <class V>
   const I scale = (__builtin_convertvector(n, I) + 127) << 23;
   const I alive = z >= -87.0f;
   z = (V)(((I)(p * (V)scale)) & alive);
+}
+//! e^z for z ≤ 0 in f64 lanes, likewise: |r| ≤ ln2/2 with ln 2 in two parts (the first exact
+//! times any n here), e^r by its Taylor polynomial to degree 13 (truncation below 1e-17, so about
+//! an ulp in all), 2^n into the exponent bits. e^z is 0 below −708 (f64's least normal is
+//! e^−708.4); a NaN stays NaN.
+inline constexpr auto inverse_factorials = [] {
+  std::array<double, 14> c{};
+  double factorial = 1;  // exact: 13! < 2⁵³
+  for (int k = 0; k < 14; ++k) c[static_cast<std::size_t>(k)] = 1.0 / (factorial *= k > 0 ? k : 1);
+  return c;
+}();
+//! p = Σ r^k / k! for k ≤ sizeof...(K), by Horner's rule.
+template <class D, std::size_t... K>
+[[gnu::always_inline]] inline void taylor_exp(D& p, const D& r, std::index_sequence<K...>) {
+  p = D{} + inverse_factorials[sizeof...(K)];
+  ((p = p * r + inverse_factorials[sizeof...(K) - 1 - K]), ...);
+}
+template <class D>
+[[gnu::always_inline]] inline void exp_nonpositive_f64(D& z) {
+  using I = IntLanes<D>;
+  const D n = (z * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;  // round(z·log2 e), 1.5·2⁵²
+  const D r = (z - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  D p;
+  taylor_exp(p, r, std::make_index_sequence<13>{});
+  const I scale = (__builtin_convertvector(n, I) + 1023) << 52;
+  const I dead = z < -708.0;
+  z = (D)((I)(p * (D)scale) & ~dead);
 }
 // A halving tree (16 → 8 → 4 → 2 → 1 lanes) in vector registers, where a left-to-right scalar sum
 // is a dependent chain of adds for each of a group's R·N accumulators.
@@ -813,7 +860,146 @@ template <class V, bool Weighted, bool Store>
   }
   return sums;
 }
+//! A row's largest logit, its index (the lowest among equal maxima; 0 when no logit is above
+//! −inf) and the largest of the other logits (−inf when there is none); NaNs are ignored.
+struct TopTwo {
+  float first = -std::numeric_limits<float>::infinity();
+  int index = 0;
+  float second = -std::numeric_limits<float>::infinity();
+  //! Takes x at an index above every one taken so far.
+  void take(float x, int i) {
+    if (x > first) {
+      second = first;
+      first = x;
+      index = i;
+    } else if (x > second) {
+      second = x;
+    }
+  }
+};
+//! One vector of logits x at indices `at` into lanes' first two and the first's index.
+template <class V, class I = IntLanes<V>>
+[[gnu::always_inline]] inline void top_two_into(V& first, V& second, I& index, const V& x, const I& at) {
+  const I above_first = x > first, above_second = x > second;  // a NaN is above neither
+  second = (V)(((I)first & above_first) | ((((I)x & above_second) | ((I)second & ~above_second)) & ~above_first));
+  first = (V)(((I)x & above_first) | ((I)first & ~above_first));
+  index = (at & above_first) | (index & ~above_first);
+}
+//! TopTwo of a row in one pass, each lane keeping its own first two and the first's index.
+template <class V>
+[[gnu::always_inline]] inline TopTwo top_two_lanes(const float* l, int vocab) {
+  constexpr int L = lanes<V>, R = 4;
+  using I = IntLanes<V>;
+  V first[R], second[R], x;
+  I index[R], at;
+  for (int k = 0; k < R; ++k) {
+    first[k] = second[k] = V{} - std::numeric_limits<float>::infinity();
+    index[k] = I{};
+  }
+  for (int j = 0; j < L; ++j) at[j] = j;
+  int i = 0;
+  for (; i + R * L <= vocab; i += R * L)
+    for (int k = 0; k < R; ++k) {
+      load_lanes(x, l + i + k * L);
+      top_two_into(first[k], second[k], index[k], x, at + (i + k * L));
+    }
+  for (; i + L <= vocab; i += L) {
+    load_lanes(x, l + i);
+    top_two_into(first[0], second[0], index[0], x, at + i);
+  }
+  // Lanes hold disjoint positions: the winner is the largest first (the lowest index among equal
+  // ones), and the second the largest of every other lane's first and of every lane's second.
+  TopTwo top;
+  int winner = 0;
+  for (int k = 0; k < R; ++k)
+    for (int j = 0; j < L; ++j)
+      if (first[k][j] > top.first || (first[k][j] == top.first && index[k][j] < top.index)) {
+        top.first = first[k][j];
+        top.index = index[k][j];
+        winner = k * L + j;
+      }
+  for (int k = 0; k < R; ++k)
+    for (int j = 0; j < L; ++j) {
+      top.second = std::max(top.second, second[k][j]);
+      if (k * L + j != winner) top.second = std::max(top.second, first[k][j]);
+    }
+  for (; i < vocab; ++i) top.take(l[i], i);
+  return top;
+}
+//! What tempered_exps writes besides its sums, each part only where its pointer is not null.
+struct Tempered {
+  static constexpr int chunk = 256;     //!< terms per partial sum
+  static constexpr int octaves = 128;   //!< binary orders of magnitude of a term, from 2^−127 up to 1
+  static constexpr int tables = 8;      //!< one octave table per f64 lane
+  double* terms = nullptr;    //!< [n]: each e^z
+  double* chunks = nullptr;   //!< [⌈n / chunk⌉]: the sum of terms [chunk·c, chunk·c + chunk)
+  double* octaves_of = nullptr;  //!< [tables × octaves], zeroed by the caller: table j, octave k holds
+                                 //!< the mass of lane j's terms in [2^(k−127), 2^(k−126)) (k = 0 also
+                                 //!< every smaller one, k = 127 the term 1); table 0 the scalar tail's
+};
+//! Σ e^z and Σ e^z·z in f64 over z = (l − m) · (1 / temperature): the sampling pass's
+//! probabilities before they are normalised, and what `out` asks for. The total is the chunks'
+//! sums in order, each summed in lanes and then across them, so a chunk computed again alone
+//! (from l + chunk·c, with its length) has the same terms and the same sum. A NaN logit is a
+//! −inf one: its term is 0.
+template <class D>
+[[gnu::always_inline]] inline ExpSums tempered_exps_lanes(const float* l, int n, float m, double temperature,
+                                                          const Tempered& out) {
+  constexpr int L = lanes<D>;
+  static_assert(Tempered::chunk % L == 0 && L <= Tempered::tables);
+  using I = IntLanes<D>;
+  const double inverse = 1.0 / temperature;  // exact at T = 1; a multiply, not a divide, per token
+  const auto octave = [](std::int64_t exponent) {
+    return static_cast<std::size_t>(std::clamp<std::int64_t>(exponent - (1023 - Tempered::octaves + 1), 0,
+                                                             Tempered::octaves - 1));
+  };
+  ExpSums sums;
+  D weighted{};
+  for (int begin = 0; begin < n; begin += Tempered::chunk) {
+    const int end = std::min(n, begin + Tempered::chunk);
+    D lane_sums{};
+    int i = begin;
+    for (; i + L <= end; i += L) {
+      NarrowLanes<D> x;
+      std::memcpy(&x, l + i, sizeof x);
+      D z = (__builtin_convertvector(x, D) - m) * inverse;
+      const I far = ~(z >= -745.0);  // e^z is 0 (and NaN is −inf): so that e^z·z is 0 too
+      z = (D)(((I)z & ~far) | ((I)(D{} - 745.0) & far));
+      D e = z;
+      exp_nonpositive_f64(e);
+      lane_sums += e;
+      weighted += e * z;
+      if (out.terms != nullptr) std::memcpy(out.terms + i, &e, sizeof e);
+      if (out.octaves_of != nullptr) {
+        const I exponent = (I)e >> 52;  // e ≥ 0
+        for (int j = 0; j < L; ++j)
+          out.octaves_of[static_cast<std::size_t>(j * Tempered::octaves) + octave(exponent[j])] += e[j];
+      }
+    }
+    double sum = 0.0;
+    for (int j = 0; j < L; ++j) sum += lane_sums[j];
+    for (; i < end; ++i) {
+      const double z = std::max((static_cast<double>(l[i]) - m) * inverse, -745.0), e = std::exp(z);
+      sum += e;
+      sums.weighted += e * z;
+      if (out.terms != nullptr) out.terms[i] = e;
+      if (out.octaves_of != nullptr) out.octaves_of[octave(std::bit_cast<std::int64_t>(e) >> 52)] += e;
+    }
+    if (out.chunks != nullptr) out.chunks[begin / Tempered::chunk] = sum;
+    sums.sum += sum;
+  }
+  for (int j = 0; j < L; ++j) sums.weighted += weighted[j];
+  return sums;
+}
 #if defined(BLOCKDIFF_AVX512_CLONE)
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline TopTwo top_two_avx512(const float* l,
+                                                                                                int vocab) {
+  return top_two_lanes<Vec16>(l, vocab);
+}
+__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline ExpSums tempered_exps_avx512(
+    const float* l, int n, float m, double temperature, const Tempered& out) {
+  return tempered_exps_lanes<Vec8d>(l, n, m, temperature, out);
+}
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline float max_avx512(const float* l, int begin,
                                                                                            int end) {
   return max_lanes<Vec16>(l, begin, end);
@@ -826,6 +1012,13 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) inline ExpSums
 }
 #endif
 #if defined(BLOCKDIFF_AVX2_CLONE)
+__attribute__((target("avx2,fma"))) inline TopTwo top_two_avx2(const float* l, int vocab) {
+  return top_two_lanes<Vec8>(l, vocab);
+}
+__attribute__((target("avx2,fma"))) inline ExpSums tempered_exps_avx2(const float* l, int n, float m,
+                                                                      double temperature, const Tempered& out) {
+  return tempered_exps_lanes<Vec4d>(l, n, m, temperature, out);
+}
 __attribute__((target("avx2,fma"))) inline float max_avx2(const float* l, int begin, int end) {
   return max_lanes<Vec8>(l, begin, end);
 }
@@ -836,6 +1029,9 @@ __attribute__((target("avx2,fma"))) inline ExpSums exp_sums_avx2(const float* l,
 #endif
 //! The build's own vector for these passes: its widest, or SSE's in the portable build.
 using VocabVec = std::conditional_t<build_isa == Isa::portable, Vec4, BuildVec>;
+//! Its f64 vector: as many lanes as fit the same registers.
+using VocabVecD =
+    std::conditional_t<build_isa == Isa::avx512, Vec8d, std::conditional_t<build_isa == Isa::avx2, Vec4d, Vec2d>>;
 //! max of l[begin, end) (NaNs ignored; −inf when empty) in the widest vectors host_isa() allows.
 inline float max_of(const float* l, int begin, int end) {
   [[maybe_unused]] const Isa isa = host_isa();
@@ -846,6 +1042,29 @@ inline float max_of(const float* l, int begin, int end) {
   if (isa == Isa::avx2) return max_avx2(l, begin, end);
 #endif
   return max_lanes<VocabVec>(l, begin, end);
+}
+//! TopTwo of a row, likewise.
+inline TopTwo top_two(const float* l, int vocab) {
+  [[maybe_unused]] const Isa isa = host_isa();
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  if (isa == Isa::avx512) return top_two_avx512(l, vocab);
+#endif
+#if defined(BLOCKDIFF_AVX2_CLONE)
+  if (isa == Isa::avx2) return top_two_avx2(l, vocab);
+#endif
+  return top_two_lanes<VocabVec>(l, vocab);
+}
+//! The tempered exponentials of a row in f64 (tempered_exps_lanes), in f64 lanes as wide as
+//! host_isa() allows (two in the portable build).
+inline ExpSums tempered_exps(const float* l, int n, float m, double temperature, const Tempered& out) {
+  [[maybe_unused]] const Isa isa = host_isa();
+#if defined(BLOCKDIFF_AVX512_CLONE)
+  if (isa == Isa::avx512) return tempered_exps_avx512(l, n, m, temperature, out);
+#endif
+#if defined(BLOCKDIFF_AVX2_CLONE)
+  if (isa == Isa::avx2) return tempered_exps_avx2(l, n, m, temperature, out);
+#endif
+  return tempered_exps_lanes<VocabVecD>(l, n, m, temperature, out);
 }
 //! Σ e^(l−m) (and, when Weighted, Σ e^(l−m)·(l−m)) over a row, likewise; with Store, each
 //! e^(l−m) also goes to out[i].
@@ -968,86 +1187,173 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
 
   static PositionStats one_row(const float* l, int vocab) {
     using namespace detail;
-    const float m = max_of(l, 0, vocab);
-    int best = static_cast<int>(std::find(l, l + vocab, m) - l);  // the lowest index among equal maxima
-    if (best == vocab) best = 0;                                   // every logit NaN: no maximum to find
+    const TopTwo top = top_two(l, vocab);  // one pass for the maximum, its index and the runner-up
+    const float m = top.first;
     const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     PositionStats s;
-    s.token = best;
+    s.token = top.index;
     s.p1 = static_cast<float>(1.0 / sums.sum);
-    if constexpr (SecondProb) {
-      const float second = std::max(max_of(l, 0, best), max_of(l, best + 1, vocab));
-      s.p2 = static_cast<float>(std::exp(static_cast<double>(second) - m) / sums.sum);
-    }
+    if constexpr (SecondProb) s.p2 = static_cast<float>(std::exp(static_cast<double>(top.second) - m) / sums.sum);
     if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sums.sum) - sums.weighted / sums.sum);
     return s;
   }
 };
 
+namespace detail {
+//! Sorts `v` stably by key(x), an unsigned 64-bit integer, ascending: least significant byte
+//! first, counting all eight bytes' digits in one pass and skipping each byte in which every key
+//! agrees. `buffer` is working space.
+template <class T, class Key>
+void radix_sort(std::span<T> v, std::vector<T>& buffer, Key key) {
+  const std::size_t n = v.size();
+  std::array<std::array<std::uint32_t, 256>, 8> counts{};
+  for (const T& x : v)
+    for (int d = 0; d < 8; ++d) ++counts[static_cast<std::size_t>(d)][(key(x) >> (8 * d)) & 255];
+  buffer.resize(n);
+  T* from = v.data();
+  T* to = buffer.data();
+  for (int d = 0; d < 8; ++d) {
+    auto& count = counts[static_cast<std::size_t>(d)];
+    if (std::find(count.begin(), count.end(), n) != count.end()) continue;  // one digit for all
+    std::uint32_t start = 0;
+    for (auto& c : count) start += std::exchange(c, start);
+    for (std::size_t i = 0; i < n; ++i) to[count[(key(from[i]) >> (8 * d)) & 255]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != v.data()) std::copy(from, from + n, v.data());
+}
+}  // namespace detail
+
 template <>
 struct Kernel<backend::Host, op::Sample> {
+  //! A token and its probability.
+  struct Ranked {
+    double p;
+    int token;
+  };
+  //! One draw's working space.
+  struct Scratch {
+    std::vector<double> exps;        //!< e^((l − max) / T) of every token, with a nucleus
+    std::vector<double> chunk_sums;  //!< the sums of each 256 of them
+    std::vector<Ranked> nucleus;     //!< the candidates, then the nucleus in walking order
+    std::vector<Ranked> sorting;     //!< the sort's working space
+  };
+
   //! logits: [rows, vocab]; out[i] is the draw of requests[i] (op::Sample states what is drawn).
+  //! Draws run on their own threads when there are several over a wide vocabulary.
   static void run(const float* logits, int vocab, std::span<const SampleRequest> requests, float temperature,
                   float top_p, PositionStats* out) {
-    std::vector<double> probs;
-    std::vector<int> order;
-    for (std::size_t i = 0; i < requests.size(); ++i)
-      out[i] = one_row(logits + requests[i].row * vocab, vocab, temperature, top_p, requests[i].u, probs, order);
+    const auto n = static_cast<std::int64_t>(requests.size());
+    parallel_for(n, vocab >= 1 << 14, [&](std::int64_t i) {
+      thread_local Scratch scratch;  // each worker's own
+      out[i] = one_row(logits + requests[i].row * vocab, vocab, temperature, top_p, requests[i].u, scratch);
+    });
   }
 
-  //! One draw, in f64 throughout; `probs` and `order` are working space.
+  //! One draw, in f64 throughout, reading the logits a few times rather than stored f64
+  //! probabilities (twice the logits' bytes) many times:
+  //! 1. the largest logit and the runner-up in one pass, then every e^((l − max) / T) in f64
+  //!    lanes, summed with the entropy's numerator (no logarithm per token);
+  //! 2. without a nucleus, the draw finds the 256 tokens whose partial sum crosses u times the
+  //!    total, and computes their terms again to walk them one at a time;
+  //! 3. with one, the terms are kept and their mass summed by octave in the same pass: the
+  //!    nucleus lies within the tokens of the highest octaves whose mass exceeds top_p, so only
+  //!    those are sorted (the nucleus and at most the rest of one octave), not the vocabulary.
+  //! A row without a finite largest logit (every logit NaN or −inf, or one +inf) has no
+  //! distribution to draw from: it gives its TopTwo index with p1 = 1.
   static PositionStats one_row(const float* l, int vocab, float temperature, float top_p, double u,
-                               std::vector<double>& probs, std::vector<int>& order) {
-    const auto at = [](int i) { return static_cast<std::size_t>(i); };
-    probs.resize(at(vocab));
-    const float m = detail::max_of(l, 0, vocab);
-    double sum = 0.0;
-    for (int i = 0; i < vocab; ++i) sum += probs[at(i)] = std::exp((static_cast<double>(l[i]) - m) / temperature);
-    double entropy = 0.0, first = -1.0, second = 0.0;
-    for (auto& p : probs) {
-      p /= sum;
-      if (p > 0) entropy -= p * std::log(p);
-      if (p > first) {
-        second = std::max(second, first);
-        first = p;
-      } else if (p > second) {
-        second = p;
-      }
+                               Scratch& scratch) {
+    using detail::Tempered;
+    const auto at = [](std::int64_t i) { return static_cast<std::size_t>(i); };
+    const detail::TopTwo top = detail::top_two(l, vocab);
+    const float m = top.first;
+    PositionStats s;
+    s.token = top.index;
+    s.p1 = 1.0f;
+    if (!std::isfinite(m)) return s;
+    const bool nucleus_cut = top_p < 1.0f;
+    scratch.exps.resize(nucleus_cut ? at(vocab) : 0);
+    scratch.chunk_sums.resize(at((vocab + Tempered::chunk - 1) / Tempered::chunk));
+    std::array<double, Tempered::tables * Tempered::octaves> octaves_of{};
+    Tempered out;
+    out.chunks = scratch.chunk_sums.data();
+    if (nucleus_cut) {
+      out.terms = scratch.exps.data();
+      out.octaves_of = octaves_of.data();
     }
-    order.resize(at(vocab));
-    std::iota(order.begin(), order.end(), 0);
-    int kept = vocab;
-    double mass = 1.0;
-    if (top_p < 1.0f) {
-      // The nucleus: sort a chunk at a time until the cumulative mass exceeds top_p.
-      const auto by_prob = [&](int a, int b) { return probs[at(a)] != probs[at(b)] ? probs[at(a)] > probs[at(b)] : a < b; };
-      kept = 0;
-      mass = 0.0;
-      for (int sorted = 0; kept < vocab;) {
-        if (kept == sorted) {
-          const int next = std::min(vocab, std::max(64, 2 * sorted));
-          std::partial_sort(order.begin() + sorted, order.begin() + next, order.end(), by_prob);
-          sorted = next;
+    const detail::ExpSums sums = detail::tempered_exps(l, vocab, m, temperature, out);
+    const double total = sums.sum;  // at least the largest term, 1
+    s.p2 = static_cast<float>(std::exp((static_cast<double>(top.second) - m) * (1.0 / temperature)) / total);
+    s.entropy = static_cast<float>(std::log(total) - sums.weighted / total);
+    if (!nucleus_cut) {
+      // The chunk whose partial sum crosses u·total, then its terms one at a time from there.
+      const double target = u * total;
+      double acc = 0.0;
+      std::array<double, Tempered::chunk> terms;
+      for (std::size_t c = 0; c < scratch.chunk_sums.size(); ++c) {
+        if (!(target < acc + scratch.chunk_sums[c])) {
+          acc += scratch.chunk_sums[c];
+          continue;
         }
-        mass += probs[at(order[at(kept++)])];
-        if (mass > top_p) break;
+        const int begin = static_cast<int>(c) * Tempered::chunk, n = std::min(Tempered::chunk, vocab - begin);
+        Tempered again;
+        again.terms = terms.data();
+        detail::tempered_exps(l + begin, n, m, temperature, again);
+        for (int i = 0; i < n; ++i)
+          if (target < (acc += terms[at(i)])) {
+            s.token = begin + i;
+            s.p1 = static_cast<float>(terms[at(i)] / total);
+            return s;
+          }
+        // Rounding left the terms one at a time short of the chunk's sum: on from there.
       }
+      // Rounding left u·total at the total: the last token.
+      s.token = vocab - 1;
+      const double z = std::max((static_cast<double>(l[vocab - 1]) - m) * (1.0 / temperature), -745.0);
+      s.p1 = static_cast<float>(std::exp(z) / total);
+      return s;
+    }
+    // The candidates: every token whose term is at least 2^(cut − 127), for the highest octave
+    // `cut` whose tokens' mass exceeds top_p by more than the rounding of summing it in another
+    // order; every token when only the lowest does, or when the sorted sum falls short after all.
+    int cut = Tempered::octaves - 1;
+    for (double above = 0.0; cut > 0; --cut) {
+      for (int t = 0; t < Tempered::tables; ++t) above += octaves_of[at(t * Tempered::octaves + cut)];
+      if (above > (top_p + 1e-9) * total) break;
+    }
+    const std::vector<double>& exps = scratch.exps;
+    std::vector<Ranked>& nucleus = scratch.nucleus;
+    nucleus.resize(at(vocab));
+    std::size_t candidates = 0, kept = 0;
+    double mass = 0.0;
+    for (double floor = cut == 0 ? 0.0 : std::ldexp(1.0, cut - Tempered::octaves + 1);; floor = 0.0) {
+      candidates = 0;
+      for (std::size_t c = 0; c < scratch.chunk_sums.size(); ++c) {
+        if (scratch.chunk_sums[c] < floor) continue;  // no term of the chunk is as large as its sum
+        const int end = std::min(vocab, static_cast<int>(c + 1) * Tempered::chunk);
+        for (int i = static_cast<int>(c) * Tempered::chunk; i < end; ++i)
+          if (exps[at(i)] >= floor) nucleus[candidates++] = {exps[at(i)] / total, i};
+      }
+      // The walking order: by decreasing probability, the lower index first on ties. The
+      // candidates are in index order, the sort is stable, and a probability's bits (≥ 0) order
+      // as it does, so the key is the complement of those bits.
+      detail::radix_sort(std::span(nucleus.data(), candidates), scratch.sorting,
+                         [](const Ranked& r) { return ~std::bit_cast<std::uint64_t>(r.p); });
+      mass = 0.0, kept = 0;
+      do mass += nucleus[kept++].p;  // the first is always kept
+      while (kept < candidates && !(mass > top_p));
+      if (mass > top_p || floor == 0.0) break;
     }
     const double target = u * mass;
+    s.token = nucleus[kept - 1].token;  // where rounding leaves the target at the kept mass
+    s.p1 = static_cast<float>(nucleus[kept - 1].p / mass);
     double acc = 0.0;
-    int pick = order[at(kept - 1)];  // where rounding leaves the target at the kept mass
-    for (int i = 0; i < kept; ++i) {
-      acc += probs[at(order[at(i)])];
-      if (target < acc) {
-        pick = order[at(i)];
+    for (std::size_t i = 0; i < kept; ++i)
+      if (target < (acc += nucleus[i].p)) {
+        s.token = nucleus[i].token;
+        s.p1 = static_cast<float>(nucleus[i].p / mass);
         break;
       }
-    }
-    PositionStats s;
-    s.token = pick;
-    s.p1 = static_cast<float>(probs[at(pick)] / mass);
-    s.p2 = static_cast<float>(second);
-    s.entropy = static_cast<float>(entropy);
     return s;
   }
 };
