@@ -1,15 +1,17 @@
 // The host backend's components one at a time, at the shapes a Qwen2.5-0.5B decode gives them
 // (14 query heads on 2 KV heads of 64, a 151,936-token vocabulary): attention per mask kind, the
-// vocabulary statistics pass per trait set, the unmasking selection per policy, and the KV-cache
-// writes and prefix copies. Each case checks its result against a plain f64 loop (or, for the
-// selections, against what the policy's definition says it must commit; for the caches, against
-// the slots they were given) before it is timed, and
+// vocabulary statistics pass per trait set, sampling with and without a nucleus, the unmasking
+// selection per policy, and the KV-cache writes and prefix copies. Each case checks its result
+// against a plain f64 loop (for sampling, op::Sample's definition with a full stable sort; for
+// the selections, what the policy's definition says it must commit; for the caches, the slots
+// they were given) before it is timed, and
 // names its axes: `attention/block_causal<32>/queries:32/keys:288/heads:14/kv_heads:2/head_dim:64`.
 //
 //   OMP_NUM_THREADS=2 build/bench/bench/bench_components [--benchmark_filter=attention/]
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -187,6 +189,77 @@ void register_vocab_stats() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sampling (op::Sample): a sub-block's draws at a temperature, with the whole vocabulary or a
+// nucleus.
+
+//! The draw of op::Sample's definition, from every probability in f64 and a full stable sort.
+PositionStats sample_reference(const float* l, float temperature, float top_p, double u) {
+  const float m = *std::max_element(l, l + vocab);
+  std::vector<double> p(vocab);
+  double sum = 0, entropy = 0;
+  for (int i = 0; i < vocab; ++i) sum += p[i] = std::exp((double(l[i]) - m) / temperature);
+  for (double& x : p) entropy -= (x /= sum) > 0 ? x * std::log(x) : 0.0;
+  std::vector<int> order(vocab);
+  std::iota(order.begin(), order.end(), 0);  // by probability, ties by index
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+  int kept = vocab;
+  double mass = 1;
+  if (top_p < 1) {
+    mass = 0;
+    for (kept = 0; kept < vocab && !(mass > top_p);) mass += p[order[kept++]];
+  } else {
+    std::iota(order.begin(), order.end(), 0);  // without a nucleus the walk is in vocabulary order
+  }
+  PositionStats s;
+  s.token = order[kept - 1];
+  double acc = 0;
+  for (int i = 0; i < kept; ++i)
+    if (u * mass < (acc += p[order[i]])) {
+      s.token = order[i];
+      break;
+    }
+  s.p1 = static_cast<float>(p[s.token] / mass);
+  std::vector<double> sorted = p;
+  std::nth_element(sorted.begin(), sorted.begin() + 1, sorted.end(), std::greater<>());
+  s.p2 = static_cast<float>(sorted[1]);
+  s.entropy = static_cast<float>(entropy);
+  return s;
+}
+
+void BM_Sample(benchmark::State& state, int rows, float temperature, float top_p) {
+  auto logits = normal(static_cast<std::size_t>(rows) * vocab, 9, 3.0f);
+  for (int r = 0; r < rows; ++r) logits[static_cast<std::size_t>(r) * vocab + (r * 7919) % vocab] += 12.0f;
+  std::vector<SampleRequest> requests;
+  Rng rng(10);
+  for (int r = 0; r < rows; ++r) requests.push_back({r, rng.uniform_double()});
+  std::vector<PositionStats> out(requests.size());
+  using Draw = Kernel<Host, op::Sample>;
+  Draw::run(logits.data(), vocab, requests, temperature, top_p, out.data());
+  for (int r = 0; r < rows; ++r) {
+    const PositionStats want = sample_reference(logits.data() + std::int64_t{r} * vocab, temperature, top_p,
+                                                requests[r].u);
+    const PositionStats& got = out[static_cast<std::size_t>(r)];
+    const auto close = [](double a, double b) { return std::fabs(a - b) <= 1e-5 * std::fabs(b) + 1e-9; };
+    if (got.token != want.token || !close(got.p1, want.p1) || !close(got.p2, want.p2) ||
+        !close(got.entropy, want.entropy))
+      refuse("sample: row " + std::to_string(r) + " differs from the f64 reference");
+  }
+  for (auto _ : state) {
+    Draw::run(logits.data(), vocab, requests, temperature, top_p, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["draws/s"] = benchmark::Counter(rows, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_sample() {
+  for (const float top_p : {1.0f, 0.9f}) {
+    std::string name = "sample/rows:8/vocab:" + std::to_string(vocab) + "/temperature:1/top_p:";
+    name += top_p == 1.0f ? "1" : "0.9";
+    benchmark::RegisterBenchmark(name.c_str(), BM_Sample, 8, 1.0f, top_p)->Unit(benchmark::kMicrosecond);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The unmasking selection: a batch of rows, each with a sub-block's masked candidates.
 
 //! What a policy must commit, from its definition, for the policies whose choice is a formula of
@@ -326,6 +399,7 @@ int main(int argc, char** argv) {
   bench::add_context();
   register_attention();
   register_vocab_stats();
+  register_sample();
   register_unmask(unmask::Threshold{0.9f});
   register_unmask(unmask::TopK{2});
   register_unmask(unmask::Scheduled<>{8});
