@@ -12,8 +12,9 @@
 //    its chunk from there to the first position where the cumulative exceeds a target; the
 //    lowest such position over the block wins. The first walk cuts the nucleus at top_p, the
 //    second draws at u times its mass.
-// The sums run in another order than the host's sequential ones, so a draw can differ from the
-// host's only where u falls within rounding (about 1e-16) of a boundary between two tokens.
+// The sums run in another order than the host's (lanes and 256-token chunks there), and the host
+// multiplies by 1/T where this divides by T, so a draw can differ from the host's only where u
+// falls within rounding (about 1e-15) of a boundary between two tokens.
 #pragma once
 
 #include <climits>
