@@ -254,18 +254,30 @@ constexpr bool few_rows_sliced(int k) {
 // GCC folds an input-row load into each of the R multiply-adds that use it (R loads from L1
 // instead of one, and the loop becomes load-bound: 1.5x slower); an empty asm statement keeps the
 // vector in a register. Only where the vector is one register (Wide): a Vec16 in SSE is four.
+// (clang checks an asm operand's width against the target of the function that holds the asm,
+// before inlining it into the clone whose registers fit it: there the hint is left out.)
 template <bool Wide, class V>
 [[gnu::always_inline]] inline void in_register(V& v) {
+#if defined(__clang__)
+  (void)v;
+#else
   if constexpr (Wide) asm("" : "+v"(v));
+#endif
 }
 
 // acc[l] += a[2l]·b[2l] + a[2l+1]·b[2l+1] for a and b holding 32 BF16 each, in f32: AVX512-BF16's
 // vdpbf16ps. Written as assembly so that the kernel body needs no target attribute of its own
 // (GCC would refuse to inline the intrinsic into it); only the function it is compiled into,
-// chosen at run time on a CPU that has the instruction, executes it.
+// chosen at run time on a CPU that has the instruction, executes it. clang checks the operands'
+// width against the function that holds the asm, not the AVX-512 clone it is inlined into, so
+// under clang the dot-product kernel is left out (BLOCKDIFF_BF16_DOT) and this is declared only.
+#if defined(__clang__)
+void dot_pairs(Vec16& acc, const Vec16& a, const Vec16& b);
+#else
 [[gnu::always_inline]] inline void dot_pairs(Vec16& acc, const Vec16& a, const Vec16& b) {
   asm("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
 }
+#endif
 
 // One pass of the kernel below over output groups [g0, g1), columns [kb, ke) of kv (the columns
 // past kv, the last whole vector, join the pass that ends there); `Sliced` keeps the weight
@@ -445,7 +457,8 @@ __attribute__((target("avx2,fma"))) void few_rows_groups_avx2(const float* x, in
 #endif
 
 // The BF16 dot-product form of the kernel (BF16 activations and weights), compiled for AVX-512
-// whatever the build, and run only where the CPU also has AVX512-BF16.
+// whatever the build, and run only where the CPU also has AVX512-BF16 (GCC's alone: dot_pairs).
+#if !defined(__clang__)
 #define BLOCKDIFF_BF16_DOT 1
 template <int N, bool Sliced>
 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma"))) void few_rows_groups_dot(
@@ -460,6 +473,7 @@ inline bool cpu_has_avx512_bf16() {
   }();
   return yes;
 }
+#endif
 #else
 inline Isa cpu_isa() { return build_isa; }
 #endif

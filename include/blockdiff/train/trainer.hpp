@@ -334,7 +334,7 @@ class BasicTrainerCore {
     const nlohmann::ordered_json mine = run_state();
     std::string differs;
     for (const auto& [key, value] : mine.items()) {
-      if (key == "steps" || key == "lr_total" || !state.contains(key) || state[key] == value) continue;
+      if (key == "steps" || key == "lr_total" || !state.contains(key) || state[key] == nlohmann::json(value)) continue;
       differs += ::blockdiff::detail::concat(differs.empty() ? "" : ", ", key, " ", value.dump(), " (the checkpoint's ",
                                              state[key].dump(), ")");
     }
