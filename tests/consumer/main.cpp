@@ -1,6 +1,9 @@
 // Uses the library as a researcher would: one include, a policy of its own, a decode.
 #include <blockdiff/blockdiff.hpp>
 #include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
 
 namespace mine {
 // Commit the leftmost masked position: a policy written outside the library.
@@ -15,8 +18,18 @@ struct LeftToRight {
 };
 }  // namespace mine
 
+//! "1,2,3" as {1, 2, 3}.
+std::vector<int> ids(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  for (std::string id; std::getline(in, id, ',');) out.push_back(std::stoi(id));
+  return out;
+}
+
+// Arguments: a checkpoint; then, optionally, a golden decode of it (the paper's decoder, blocks of
+// 32, sub-blocks of 8, block cache): its prompt ids, threshold, EOS id, max_new_tokens and tokens.
 int main(int argc, char** argv) {
-  if (argc < 2) return 2;
+  if (argc != 2 && argc != 7) return 2;
   using Model = blockdiff::model::Qwen2<blockdiff::backend::Host>;
   auto model = Model::load(argv[1]);
   blockdiff::decode::BlockDiffusionDecoder<Model, blockdiff::BlockShape<8, 4>, mine::LeftToRight> decoder(model);
@@ -28,5 +41,16 @@ int main(int argc, char** argv) {
               result.trace.denoising_forwards());
   // Block 0 holds the 3 prompt tokens and 5 masks (5 forwards); the commit forward gives token 6;
   // block 1 needs 2 more: 8 tokens, 7 denoising forwards.
-  return result.tokens.size() == 8 && result.trace.denoising_forwards() == 7 ? 0 : 1;
+  if (result.tokens.size() != 8 || result.trace.denoising_forwards() != 7) return 1;
+  if (argc == 2) return 0;
+
+  using namespace blockdiff;
+  decode::BlockDiffusionDecoder<Model, BlockShape<32, 8>, unmask::Threshold, cache::Block<>> paper(
+      model, unmask::Threshold{std::stof(argv[3])});
+  options.eos_id = std::stoi(argv[4]);
+  options.max_new_tokens = std::stoi(argv[5]);
+  const auto decoded = paper.generate(ids(argv[2]), options);
+  const bool same = decoded.tokens == ids(argv[6]);
+  std::printf("the golden decode's %zu tokens: %s\n", decoded.tokens.size(), same ? "the same" : "different");
+  return same ? 0 : 1;
 }
