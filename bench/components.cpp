@@ -11,10 +11,10 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <numeric>
 #include <string>
 #include <vector>
 
+#include "../tests/support/sample_reference.hpp"
 #include "common.hpp"
 
 using namespace blockdiff;
@@ -192,40 +192,6 @@ void register_vocab_stats() {
 // Sampling (op::Sample): a sub-block's draws at a temperature, with the whole vocabulary or a
 // nucleus.
 
-//! The draw of op::Sample's definition, from every probability in f64 and a full stable sort.
-PositionStats sample_reference(const float* l, float temperature, float top_p, double u) {
-  const float m = *std::max_element(l, l + vocab);
-  std::vector<double> p(vocab);
-  double sum = 0, entropy = 0;
-  for (int i = 0; i < vocab; ++i) sum += p[i] = std::exp((double(l[i]) - m) / temperature);
-  for (double& x : p) entropy -= (x /= sum) > 0 ? x * std::log(x) : 0.0;
-  std::vector<int> order(vocab);
-  std::iota(order.begin(), order.end(), 0);  // by probability, ties by index
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
-  int kept = vocab;
-  double mass = 1;
-  if (top_p < 1) {
-    mass = 0;
-    for (kept = 0; kept < vocab && !(mass > top_p);) mass += p[order[kept++]];
-  } else {
-    std::iota(order.begin(), order.end(), 0);  // without a nucleus the walk is in vocabulary order
-  }
-  PositionStats s;
-  s.token = order[kept - 1];
-  double acc = 0;
-  for (int i = 0; i < kept; ++i)
-    if (u * mass < (acc += p[order[i]])) {
-      s.token = order[i];
-      break;
-    }
-  s.p1 = static_cast<float>(p[s.token] / mass);
-  std::vector<double> sorted = p;
-  std::nth_element(sorted.begin(), sorted.begin() + 1, sorted.end(), std::greater<>());
-  s.p2 = static_cast<float>(sorted[1]);
-  s.entropy = static_cast<float>(entropy);
-  return s;
-}
-
 void BM_Sample(benchmark::State& state, int rows, float temperature, float top_p) {
   auto logits = normal(static_cast<std::size_t>(rows) * vocab, 9, 3.0f);
   for (int r = 0; r < rows; ++r) logits[static_cast<std::size_t>(r) * vocab + (r * 7919) % vocab] += 12.0f;
@@ -236,13 +202,14 @@ void BM_Sample(benchmark::State& state, int rows, float temperature, float top_p
   using Draw = Kernel<Host, op::Sample>;
   Draw::run(logits.data(), vocab, requests, temperature, top_p, out.data());
   for (int r = 0; r < rows; ++r) {
-    const PositionStats want = sample_reference(logits.data() + std::int64_t{r} * vocab, temperature, top_p,
-                                                requests[r].u);
+    const test::SampleDistribution want(std::span(logits.data() + std::int64_t{r} * vocab, vocab), temperature,
+                                        top_p);
+    const int token = want.draw(requests[r].u);
     const PositionStats& got = out[static_cast<std::size_t>(r)];
     const auto close = [](double a, double b) { return std::fabs(a - b) <= 1e-5 * std::fabs(b) + 1e-9; };
-    if (got.token != want.token || !close(got.p1, want.p1) || !close(got.p2, want.p2) ||
+    if (got.token != token || !close(got.p1, want.p[token] / want.mass) || !close(got.p2, want.second) ||
         !close(got.entropy, want.entropy))
-      refuse("sample: row " + std::to_string(r) + " differs from the f64 reference");
+      refuse("sample: row " + std::to_string(r) + " differs from op::Sample's definition");
   }
   for (auto _ : state) {
     Draw::run(logits.data(), vocab, requests, temperature, top_p, out.data());

@@ -15,6 +15,7 @@
 #include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/backend/mask.hpp"
+#include "../support/sample_reference.hpp"
 
 using namespace blockdiff;
 
@@ -498,47 +499,6 @@ TEST_CASE("The sampling pass's f64 exponentials: within 2 ulp of std::exp, at ea
   });
 }
 
-namespace sample_reference {
-//! op::Sample's definition, computed plainly: every probability in f64 (a NaN logit has none),
-//! all tokens sorted stably by probability when a nucleus is cut, the cut, the draw.
-struct Distribution {
-  std::vector<double> p;
-  std::vector<int> order;  // the walking order of the kept tokens
-  double mass = 1.0, entropy = 0.0, second = 0.0;
-
-  Distribution(const std::vector<float>& l, float temperature, float top_p) : p(l.size()) {
-    const int vocab = static_cast<int>(l.size());
-    float m = -INFINITY;
-    for (float x : l)
-      if (x > m) m = x;
-    double sum = 0;
-    for (int i = 0; i < vocab; ++i) sum += p[i] = std::isnan(l[i]) ? 0.0 : std::exp((double(l[i]) - m) / temperature);
-    for (auto& x : p) {
-      x /= sum;
-      if (x > 0) entropy -= x * std::log(x);
-    }
-    std::vector<double> sorted_p = p;
-    std::sort(sorted_p.begin(), sorted_p.end(), std::greater<>());
-    second = sorted_p[1];
-    order.resize(p.size());
-    std::iota(order.begin(), order.end(), 0);
-    if (top_p < 1.0f) {
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
-      mass = 0;
-      std::size_t kept = 0;
-      while (kept < order.size() && !(mass > top_p)) mass += p[order[kept++]];
-      order.resize(kept);
-    }
-  }
-  int draw(double u) const {
-    double acc = 0;
-    for (int t : order)
-      if (u * mass < (acc += p[t])) return t;
-    return order.back();
-  }
-};
-}  // namespace sample_reference
-
 TEST_CASE("Sample against a full stable sort of the tempered distribution, at each vector width") {
   // Logits on a grid of 0.25 make many exactly equal probabilities, so the nucleus is often cut
   // inside a run of ties, where the lower index must come first. The second row has three tokens
@@ -556,7 +516,7 @@ TEST_CASE("Sample against a full stable sort of the tempered distribution, at ea
   for (std::size_t r = 0; r < rows.size(); ++r)
     for (float temperature : {1.0f, 0.6f})
       for (float top_p : {1.0f, 0.95f, 0.5f, 0.05f}) {
-        const sample_reference::Distribution want(rows[r], temperature, top_p);
+        const test::SampleDistribution want(rows[r], temperature, top_p);
         at_each_isa([&] {
           Rng draws(32);
           for (int d = 0; d < 200; ++d) {
@@ -609,7 +569,7 @@ TEST_CASE("Sample: rows without a distribution, and run() over rows and threads"
     for (std::size_t i = 0; i < many.size(); ++i) {
       const std::vector<float> row(l.begin() + many[i].row * wide, l.begin() + (many[i].row + 1) * wide);
       CAPTURE(i);
-      CHECK(batch[i].token == sample_reference::Distribution(row, 0.8f, top_p).draw(many[i].u));
+      CHECK(batch[i].token == test::SampleDistribution(row, 0.8f, top_p).draw(many[i].u));
     }
   }
 }
