@@ -120,10 +120,7 @@ template <class V>
   const I alive = z >= -87.0f;
   z = (V)(((I)(p * (V)scale)) & alive);
 }
-//! e^z for z ≤ 0 in f64 lanes, likewise: |r| ≤ ln2/2 with ln 2 in two parts (the first exact
-//! times any n here), e^r by its Taylor polynomial to degree 13 (truncation below 1e-17, so about
-//! an ulp in all), 2^n into the exponent bits. e^z is 0 below −708 (f64's least normal is
-//! e^−708.4); a NaN stays NaN.
+//! 1 / k! for k ≤ 13.
 inline constexpr auto inverse_factorials = [] {
   std::array<double, 14> c{};
   double factorial = 1;  // exact: 13! < 2⁵³
@@ -136,6 +133,10 @@ template <class D, std::size_t... K>
   p = D{} + inverse_factorials[sizeof...(K)];
   ((p = p * r + inverse_factorials[sizeof...(K) - 1 - K]), ...);
 }
+//! e^z for z ≤ 0 in f64 lanes, as exp_nonpositive does in f32: |r| ≤ ln2/2 with ln 2 in two parts
+//! (the first exact times any n here), e^r by its Taylor polynomial to degree 13 (truncation below
+//! 1e-17, so about an ulp in all), 2^n into the exponent bits. e^z is 0 below −708 (f64's least
+//! normal is e^−708.4); a NaN stays NaN.
 template <class D>
 [[gnu::always_inline]] inline void exp_nonpositive_f64(D& z) {
   using I = IntLanes<D>;
