@@ -22,5 +22,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)sink;
   } catch (const blockdiff::Error&) {
   }
+  std::remove(path.c_str());  // the file is closed (and unmapped) here: nothing is left behind
   return 0;
 }

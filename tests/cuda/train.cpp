@@ -220,9 +220,8 @@ TEST_CASE("Trainer<O, backend::Cuda>: the host's loss curve, checkpoints the hos
     host_loss.push_back(s.loss);
     host_norm.push_back(s.grad_norm);
   });
-  const auto out = std::filesystem::temp_directory_path() / "blockdiff-cuda-trainer";
-  std::filesystem::remove_all(out);
-  const auto device = gpu::train_run(c, initial, examples, o, out.string(), false);
+  const auto out = test::temp_dir("cuda-trainer");
+  const auto device = gpu::train_run(c, initial, examples, o, out.path().string(), false);
   REQUIRE(device.loss.size() == host_loss.size());
   for (std::size_t s = 0; s < host_loss.size(); ++s) {
     CAPTURE(s);
@@ -247,15 +246,12 @@ TEST_CASE("Trainer<O, backend::Cuda>: the host's loss curve, checkpoints the hos
   CHECK(saved == device.parameters);
 
   // Three steps, then a resumed run to six: the uninterrupted curve.
-  const auto half_dir = std::filesystem::temp_directory_path() / "blockdiff-cuda-trainer-resume";
-  std::filesystem::remove_all(half_dir);
+  const auto half_dir = test::temp_dir("cuda-trainer-resume");
   auto three = o;
   three.steps = 3;
   three.lr.total = 3;
-  gpu::train_run(c, initial, examples, three, half_dir.string(), false);
-  const auto resumed = gpu::train_run(c, initial, examples, o, half_dir.string(), true);
+  gpu::train_run(c, initial, examples, three, half_dir.path().string(), false);
+  const auto resumed = gpu::train_run(c, initial, examples, o, half_dir.path().string(), true);
   REQUIRE(resumed.loss.size() == 3);
   for (std::size_t s = 0; s < 3; ++s) CHECK(resumed.loss[s] == doctest::Approx(device.loss[s + 3]).epsilon(1e-4));
-  std::filesystem::remove_all(out);
-  std::filesystem::remove_all(half_dir);
 }

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace blockdiff::test {
@@ -20,13 +21,34 @@ inline std::filesystem::path data_dir() {
 }
 inline std::filesystem::path golden(const std::string& name) { return data_dir() / "golden" / name; }
 
-//! A fresh, empty temporary folder for one test.
-inline std::filesystem::path temp_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("blockdiff-test-" + name + "-" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+//! A fresh, empty temporary folder for one test, removed with all it holds when the object goes
+//! out of scope (set BLOCKDIFF_KEEP_TEST_FILES to keep it for a look). It reads as its path:
+//! `dir / "a.json"`, or passed where a `std::filesystem::path` is taken.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& name)
+      : path_(std::filesystem::temp_directory_path() / ("blockdiff-test-" + name + "-" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    if (std::getenv("BLOCKDIFF_KEEP_TEST_FILES")) return;
+    std::error_code ignored;  // a destructor reports nothing: a folder left behind is harmless
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  operator const std::filesystem::path&() const { return path_; }
+  template <class Name>
+  std::filesystem::path operator/(const Name& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline TempDir temp_dir(const std::string& name) { return TempDir(name); }
 
 inline std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& p) {
   std::ifstream in(p);
