@@ -151,7 +151,7 @@ template <class Backend, class Op>
 struct Kernel {
   static_assert(detail::dependent_false<Backend, Op>,
                 "no kernel for this (Backend, Op) pair: specialise blockdiff::Kernel<Backend, Op> "
-                "(host kernels live in blockdiff/backend/host.hpp, CUDA kernels in blockdiff/backend/cuda/*.cuh)");
+                "(host kernels live in blockdiff/backend/host/*.hpp, CUDA kernels in blockdiff/backend/cuda/*.cuh)");
 };
 
 //! One row of a batched attention (or KV-write) call: its queries and the cache they attend. The

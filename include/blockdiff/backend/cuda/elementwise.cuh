@@ -1,6 +1,6 @@
 // Small CUDA kernels: embedding lookup, KV-cache writes, RMSNorm, RoPE, SwiGLU.
 //
-// Each is the device twin of a host kernel in backend/host.hpp and is checked against it by
+// Each is the device twin of a host kernel in backend/host/elementwise.hpp and is checked against it by
 // tests/cuda. RMSNorm reduces each row with a CUB block reduction; the others are one thread
 // per element.
 #pragma once
