@@ -5,6 +5,8 @@
 #   bash scripts/gpu_checks.sh STAGE [STAGE..] # there, from the repository root, with build/gpu/
 #
 # Stages, in the order worth running them (each writes <stage>.log under $OUT, or results/gpu):
+#   first       for a session with one short call: every CUDA test, the program's --device cuda,
+#               and bench_cuda_decode's forward shapes and end-to-end runs (under 8.5 minutes)
 #   parity      every CUDA test: operations, whole models and decodes, sampling, training; and the
 #               blockdiff program's --device cuda against --device host (generate, eval)
 #   bench       bench_cuda_decode (BF16 weights) and bench_cuda_study (the study's headline on the
@@ -24,7 +26,7 @@ out="${OUT:-results/gpu}"
 if [ "${1:-}" = "pack" ]; then
   set -e
   export CCACHE_DIR="${CCACHE_DIR:-$PWD/.cache/ccache}"
-  cmake --preset host >/dev/null
+  cmake --preset host -DBLOCKDIFF_BUILD_BENCH=ON >/dev/null
   cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_study bench_cuda_train blockdiff_cli
   mkdir -p "$bin/lib"
   cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} build/host/examples/blockdiff "$bin/"
@@ -33,17 +35,17 @@ if [ "${1:-}" = "pack" ]; then
     cp -L "$lib" "$bin/lib/"
   done
   du -sh "$bin"
-  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh parity bench (then bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)"
+  echo "carry build/gpu, then run: bash scripts/gpu_checks.sh first (or parity bench, then bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)"
   exit 0
 fi
 
 for stage in "$@"; do
-  case "$stage" in parity | bench | bench-train | bench-f32 | memcheck | memcheck-decodes | racecheck) ;;
-    *) echo "unknown stage \"$stage\" (pack, or: parity, bench, bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)" >&2
+  case "$stage" in first | parity | bench | bench-train | bench-f32 | memcheck | memcheck-decodes | racecheck) ;;
+    *) echo "unknown stage \"$stage\" (pack, or: first, parity, bench, bench-train, bench-f32, memcheck, memcheck-decodes, racecheck)" >&2
        exit 2 ;;
   esac
 done
-[ $# -gt 0 ] || { sed -n '2,18p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,20p' "$0"; exit 2; }
 [ -x "$bin/test_cuda_parity" ] || { echo "no $bin/test_cuda_parity: run 'bash scripts/gpu_checks.sh pack' first" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || { echo "no GPU here" >&2; exit 77; }
 mkdir -p "$out"
@@ -69,6 +71,11 @@ summary() { grep -E "$2" "$out/$1" | tail -n "${3:-6}"; }
 
 for stage in "$@"; do
   case "$stage" in
+    first)
+      run first.log 240 "$bin/test_cuda_parity"
+      run first.log 90 bash scripts/device_cli_check.sh "$bin/blockdiff"
+      run first.log 180 "$bin/bench_cuda_decode" --benchmark_filter='forward_shapes/context:256/(graphs|direct)$|end_to_end'
+      summary first.log "test cases|assertions|FAILED|ERROR|device_cli|cuda/forward_shapes|cuda/end_to_end|exit" 30 ;;
     parity)
       run parity.log 300 "$bin/test_cuda_parity"
       run parity.log 120 bash scripts/device_cli_check.sh "$bin/blockdiff"
