@@ -2,8 +2,12 @@
 // independent implementation, and every KV-cache path against recomputing the whole sequence.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "../support/check_error.hpp"
 #include "../support/naive_model.hpp"
@@ -45,6 +49,58 @@ TensorView<const float> run(Qwen& m, std::vector<model::ForwardRow<Host>>& rows)
   return m.forward<Mask>(rows);
 }
 }  // namespace
+
+TEST_CASE("random weights: norms one, every other tensor N(0, 0.02²), drawn alike on one thread and on two") {
+  // Each tensor's mean and variance against the initialiser's distribution, within five
+  // standard errors of its own size; over chunks of a long tensor, the same values whatever the
+  // thread count, no chunk a copy of another, and another seed or tensor gives other values.
+  auto m = model::random_model(model::preset_config("tiny"), 3, /*peaked=*/false);
+  int checked = 0;
+  for (auto& p : m.parameters()) {
+    const auto v = p.f32().span();
+    CAPTURE(p.name);
+    if (p.name.find("norm") != std::string::npos) {
+      CHECK(std::all_of(v.begin(), v.end(), [](float x) { return x == 1.0f; }));
+      continue;
+    }
+    const double n = static_cast<double>(v.size()), var = 0.02 * 0.02;
+    double mean = 0, sq = 0;
+    for (const float x : v) mean += x, sq += double(x) * x;
+    mean /= n, sq /= n;
+    CHECK(std::fabs(mean) < 5 * std::sqrt(var / n));
+    CHECK(std::fabs(sq / var - 1) < 5 * std::sqrt(2 / n));
+    ++checked;
+  }
+  CHECK(checked > 10);
+
+  const std::size_t chunk = std::size_t{1} << 16, size = 3 * chunk + 5;
+  std::vector<float> one(size), two(size), other_seed(size), other_tensor(size);
+  const auto fill = [&](std::vector<float>& out, std::uint64_t seed, std::uint64_t tensor, int threads) {
+#if defined(_OPENMP)
+    const int was = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#endif
+    (void)threads;
+    model::detail::fill_normal(out, seed, tensor, 1.0);
+#if defined(_OPENMP)
+    omp_set_num_threads(was);
+#endif
+  };
+  fill(one, 5, 2, 1);
+  fill(two, 5, 2, 2);
+  fill(other_seed, 6, 2, 2);
+  fill(other_tensor, 5, 3, 2);
+  CHECK(one == two);
+  const auto agree = [&](const float* a, const float* b, std::size_t n) {
+    std::size_t same = 0;
+    for (std::size_t i = 0; i < n; ++i) same += a[i] == b[i];
+    return same;
+  };
+  for (std::size_t c = 1; c < 4; ++c)
+    CHECK(agree(one.data(), one.data() + c * chunk, std::min(chunk, size - c * chunk)) == 0);
+  CHECK(agree(one.data(), other_seed.data(), size) == 0);
+  CHECK(agree(one.data(), other_tensor.data(), size) == 0);
+}
 
 TEST_CASE("the forward matches the naive model under the causal and block-causal masks") {
   for (bool tied : {true, false}) {

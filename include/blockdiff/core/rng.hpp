@@ -40,6 +40,9 @@ class Rng {
   }
   //! Standard normal (Box-Muller), for weight initialisation.
   double normal();
+  //! Two independent standard normals: both coordinates of one Box-Muller draw (the first is
+  //! what normal() would return).
+  void normal_pair(double& first, double& second);
 
  private:
   BLOCKDIFF_HOST_DEVICE static std::uint64_t rotl(std::uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -61,4 +64,12 @@ inline double blockdiff::Rng::normal() {
   while (u1 <= 0.0) u1 = uniform_double();
   const double u2 = uniform_double();
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+inline void blockdiff::Rng::normal_pair(double& first, double& second) {
+  double u1 = uniform_double();
+  while (u1 <= 0.0) u1 = uniform_double();
+  const double r = std::sqrt(-2.0 * std::log(u1)), angle = 6.283185307179586 * uniform_double();
+  first = r * std::cos(angle);
+  second = r * std::sin(angle);
 }

@@ -7,14 +7,18 @@
 // which makes threshold decoding accept several tokens in some steps and one in others.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
+#include "blockdiff/core/threads.hpp"
 #include "blockdiff/io/config.hpp"
 #include "blockdiff/io/safetensors.hpp"
 #include "blockdiff/model/qwen2.hpp"
@@ -61,19 +65,46 @@ inline io::ModelConfig preset_config(const std::string& name) {
   return c;
 }
 
+namespace detail {
+//! values[i] = std · N(0, 1), in chunks of 2^16 values, each drawn by its own generator, seeded
+//! from (seed, tensor, chunk), on as many threads as there are, two values a Box-Muller draw: the
+//! values are the same whatever the thread count. (One stream of normal() took about 24 ns a
+//! value on one core of a 2-core EPYC: 36 s for a 1.5B model.)
+inline void fill_normal(std::span<float> values, std::uint64_t seed, std::uint64_t tensor, double std) {
+  constexpr std::size_t chunk = std::size_t{1} << 16;
+  const auto chunks = static_cast<std::int64_t>((values.size() + chunk - 1) / chunk);
+  const std::uint64_t base = Rng(seed).next() ^ (tensor << 40);  // chunks stay below 2^40
+  parallel_for(chunks, chunks > 1, [&](std::int64_t c) {
+    Rng rng(base ^ static_cast<std::uint64_t>(c));
+    const std::size_t begin = static_cast<std::size_t>(c) * chunk, end = std::min(values.size(), begin + chunk);
+    std::size_t i = begin;
+    for (double a, b; i + 1 < end; i += 2) {
+      rng.normal_pair(a, b);
+      values[i] = static_cast<float>(a * std);
+      values[i + 1] = static_cast<float>(b * std);
+    }
+    if (i < end) values[i] = static_cast<float>(rng.normal() * std);
+  });
+}
+}  // namespace detail
+
 //! Fills every parameter of `config`, in checkpoint order: `destination(name, shape)` returns the
 //! std::span<float> to fill, then `done(name, shape, values)` is called with it.
 template <class Destination, class Done>
 void generate_random_weights(const io::ModelConfig& config, std::uint64_t seed, bool peaked, Destination&& destination,
                              Done&& done) {
-  Rng rng(seed);
+  std::uint64_t tensor = 0;
   for (auto& p : Qwen2<backend::Host>::parameter_specs(config)) {
     std::span<float> values = destination(p.name, p.shape);
     const bool is_norm = p.name.find("norm") != std::string::npos;
     const bool is_bias = p.name.find("bias") != std::string::npos;
     const bool is_embed = p.name == "model.embed_tokens.weight" || p.name == "lm_head.weight";
     const double std = is_bias ? 0.02 : (is_embed && peaked ? 1.0 : 0.02 * (peaked ? 4.0 : 1.0));
-    for (auto& v : values) v = is_norm ? 1.0f : static_cast<float>(rng.normal() * std);
+    if (is_norm)
+      std::fill(values.begin(), values.end(), 1.0f);
+    else
+      detail::fill_normal(values, seed, tensor, std);
+    ++tensor;
     if (is_embed && peaked && config.mask_token_id) {
       // A small [MASK] row: the mask token is never predicted.
       const std::int64_t h = config.hidden_size;
