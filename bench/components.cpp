@@ -1,11 +1,12 @@
 // The host backend's components one at a time, at the shapes a Qwen2.5-0.5B decode gives them
 // (14 query heads on 2 KV heads of 64, a 151,936-token vocabulary): attention per mask kind, the
 // vocabulary statistics pass per trait set, sampling with and without a nucleus, the unmasking
-// selection per policy, and the KV-cache writes and prefix copies. Each case checks its result
-// against a plain f64 loop (for sampling, op::Sample's definition with a full stable sort; for
-// the selections, what the policy's definition says it must commit; for the caches, the slots
-// they were given) before it is timed, and
-// names its axes: `attention/block_causal<32>/queries:32/keys:288/heads:14/kv_heads:2/head_dim:64`.
+// selection per policy, the KV-cache writes and prefix copies, and drawing random weights. Each
+// case checks its result before it is timed: against a plain f64 loop (for sampling, op::Sample's
+// definition with a full stable sort; for the selections, what the policy's definition says it
+// must commit; for the caches, the slots they were given; for random weights, N(0, 0.02²)'s
+// moments), and names its axes:
+// `attention/block_causal<32>/queries:32/keys:288/heads:14/kv_heads:2/head_dim:64`.
 //
 //   OMP_NUM_THREADS=2 build/bench/bench/bench_components [--benchmark_filter=attention/]
 #include <algorithm>
@@ -359,6 +360,43 @@ void register_kv_cache() {
       ->Unit(benchmark::kMicrosecond);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Random weights (model::random_model, write_random_checkpoint, blockdiff init): one of a 0.5B
+// model's MLP matrices drawn by model::detail::fill_normal (chunks on every thread, two values a
+// draw), beside one stream of Rng::normal() (one value a draw, one thread).
+
+void BM_RandomWeights(benchmark::State& state, bool chunked) {
+  const std::size_t n = std::size_t{4864} * 896;
+  const double std = 0.02;
+  std::vector<float> v(n);
+  std::uint64_t seed = 0;
+  const auto draw = [&] {
+    ++seed;
+    if (chunked) return model::detail::fill_normal(v, seed, 0, std);
+    Rng rng(seed);
+    for (float& x : v) x = static_cast<float>(rng.normal() * std);
+  };
+  draw();
+  double mean = 0, sq = 0;
+  for (const float x : v) mean += x, sq += static_cast<double>(x) * x;
+  mean /= static_cast<double>(n), sq /= static_cast<double>(n);
+  if (std::fabs(mean) > 5 * std / std::sqrt(double(n)) || std::fabs(sq / (std * std) - 1) > 5 * std::sqrt(2.0 / double(n)))
+    refuse("random_weights: mean " + std::to_string(mean) + ", variance " + std::to_string(sq) + " are not N(0, 0.02²)'s");
+  for (auto _ : state) {
+    draw();
+    benchmark::DoNotOptimize(v.data());
+  }
+  state.counters["values/s"] = benchmark::Counter(static_cast<double>(n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_random_weights() {
+  for (const bool chunked : {true, false})
+    benchmark::RegisterBenchmark(chunked ? "random_weights/fill_normal/values:4358144" : "random_weights/one_stream/values:4358144",
+                                 BM_RandomWeights, chunked)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -376,6 +414,7 @@ int main(int argc, char** argv) {
   register_unmask(unmask::Factor{1.0f});
   register_unmask(unmask::Random{2});
   register_kv_cache();
+  register_random_weights();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
 }
