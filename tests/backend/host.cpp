@@ -449,6 +449,42 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vecto
   });
 }
 
+TEST_CASE("VocabStats: a banned (−inf) or NaN logit is a token of probability 0, in the vectors and in the tail") {
+  // Rows around the vector and unroll widths, every fifth logit −inf and every thirteenth NaN
+  // (in the vector body and in the tail), against f64 loops over the other logits alone: the
+  // entropy stays finite, as the distribution over the live tokens has it.
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  at_each_isa([&] {
+    for (const int vocab : {7, 37, 64, 67, 1000, 4099}) {
+      auto l = randn(static_cast<std::size_t>(vocab), 50 + vocab, 2.0);
+      for (int i = 3; i < vocab; i += 5) l[static_cast<std::size_t>(i)] = -inf;
+      for (int i = 6; i < vocab; i += 13) l[static_cast<std::size_t>(i)] = nan;
+      l[static_cast<std::size_t>(vocab - 1)] = vocab % 2 ? -inf : nan;
+      int best = -1;
+      double second = -1e300;
+      for (int i = 0; i < vocab; ++i)
+        if (std::isfinite(l[i]) && (best < 0 || l[i] > l[static_cast<std::size_t>(best)])) best = i;
+      for (int i = 0; i < vocab; ++i)
+        if (i != best && std::isfinite(l[i])) second = std::max(second, double(l[i]));
+      double z = 0, w = 0;
+      for (int i = 0; i < vocab; ++i)
+        if (std::isfinite(l[i])) {
+          const double d = double(l[i]) - l[static_cast<std::size_t>(best)];
+          z += std::exp(d);
+          w += std::exp(d) * d;
+        }
+      PositionStats s;
+      Kernel<backend::Host, op::VocabStats<true, true>>::run(l.data(), 1, vocab, &s);
+      CAPTURE(vocab);
+      CHECK(s.token == best);
+      CHECK(s.p1 == doctest::Approx(1.0 / z).epsilon(1e-6));
+      CHECK(s.p2 == doctest::Approx(std::exp(second - l[static_cast<std::size_t>(best)]) / z).epsilon(1e-5));
+      CHECK(std::isfinite(s.entropy));
+      CHECK(s.entropy == doctest::Approx(std::log(z) - w / z).epsilon(1e-5));
+    }
+  });
+}
+
 TEST_CASE("TopTwo: the largest logit, its lowest index and the runner-up, at each vector width") {
   // Short rows of few distinct values (ties within a lane and across lanes), some NaN, against a
   // plain loop; lengths around the vector and unroll widths, and their tails.

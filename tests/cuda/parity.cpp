@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 
 #include "../support/paths.hpp"
@@ -324,12 +325,19 @@ TEST_CASE("VocabStats, each trait combination: CUDA == host") {
   for (auto& x : l) x *= 3;
   l[5] = 40.0f;              // a confident row
   l[vocab + 9] = l[vocab + 10] = 30.0f;  // a tie: the lowest index wins
+  // Row 2: banned tokens (−inf) and NaN logits, each a token of probability 0; row 3: every
+  // logit NaN (token 0).
+  for (int i = 0; i < vocab; i += 3) l[2 * std::size_t{vocab} + i] = -std::numeric_limits<float>::infinity();
+  for (int i = 1; i < vocab; i += 101) l[2 * std::size_t{vocab} + i] = std::numeric_limits<float>::quiet_NaN();
+  std::fill(l.begin() + 3 * std::int64_t{vocab}, l.begin() + 4 * std::int64_t{vocab}, std::numeric_limits<float>::quiet_NaN());
   for (bool second : {false, true})
     for (bool entropy : {false, true}) {
       auto dev = gpu::vocab_stats(second, entropy, l, rows, vocab);
       for (int r = 0; r < rows; ++r) {
         auto h = Kernel<backend::Host, op::VocabStats<true, true>>::one_row(l.data() + std::int64_t{r} * vocab, vocab);
+        CAPTURE(r);
         CHECK(dev[r].token == h.token);
+        if (r == 3) continue;  // no distribution: only the token is defined
         CHECK(dev[r].p1 == doctest::Approx(h.p1).epsilon(1e-5));
         if (second) CHECK(dev[r].p2 == doctest::Approx(h.p2).epsilon(1e-5));
         if (entropy) CHECK(dev[r].entropy == doctest::Approx(h.entropy).epsilon(1e-4));
@@ -344,6 +352,9 @@ TEST_CASE("Sample, with a nucleus and without, at two temperatures: CUDA == host
   l[7] = 12.0f;                                           // a confident row
   l[vocab + 9] = l[vocab + 10] = l[vocab + 11] = 11.0f;  // ties: the lower index comes first
   std::fill(l.begin() + 3 * std::int64_t{vocab}, l.end(), 0.5f);  // every token tied
+  // Row 2: banned tokens (−inf) and NaN logits, never drawn.
+  for (int i = 0; i < vocab; i += 3) l[2 * std::size_t{vocab} + i] = -std::numeric_limits<float>::infinity();
+  for (int i = 1; i < vocab; i += 101) l[2 * std::size_t{vocab} + i] = std::numeric_limits<float>::quiet_NaN();
   std::vector<SampleRequest> requests;
   for (int r = 0; r < rows; ++r)
     for (double u : {0.0, 0.123457, 0.61803, 0.999999}) requests.push_back({r, u});

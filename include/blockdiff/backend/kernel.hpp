@@ -127,7 +127,8 @@ struct RopeKvWrite {};
 template <class Mask>
 struct Attention {};
 //! Per logit row: max probability and argmax, plus the second probability and the entropy
-//! when the unmasking policy asks for them.
+//! when the unmasking policy asks for them. A logit of −inf or NaN is a token of probability 0
+//! (here and in Sample); a row with no logit above −inf has token 0.
 template <bool SecondProb, bool Entropy>
 struct VocabStats {};
 //! After a denoising forward, each row's unmasking decision: the policy's `select` over the

@@ -54,7 +54,8 @@ __global__ void tempered_probs_kernel(const float* logits, int vocab, const Samp
   }
   __syncthreads();
   for (int i = threadIdx.x; i < vocab; i += Threads) {
-    probs[out + i] = exp((static_cast<double>(l[i]) - m) / temperature) / sum;
+    const double e = exp((static_cast<double>(l[i]) - m) / temperature);
+    probs[out + i] = e > 0.0 ? e / sum : 0.0;  // a NaN logit is never drawn, as on the host
     if (order != nullptr) order[out + i] = i;
   }
 }

@@ -6,7 +6,7 @@
 // Threshold policy never pays for an entropy. Ties resolve to the lowest index, as on the host.
 #pragma once
 
-#include <cfloat>
+#include <cmath>
 #include <cub/block/block_reduce.cuh>
 
 #include "blockdiff/backend/cuda/runtime.cuh"
@@ -20,9 +20,11 @@ struct Top2 {
   float v2;
 };
 
+//! The larger first (a NaN never wins, as on the host), the lower index on ties; the second is
+//! the larger of the rest (fmaxf passes over a NaN).
 struct MergeTop2 {
   __device__ Top2 operator()(const Top2& a, const Top2& b) const {
-    const bool a_wins = a.v1 > b.v1 || (a.v1 == b.v1 && a.i1 < b.i1);
+    const bool a_wins = b.v1 != b.v1 || a.v1 > b.v1 || (a.v1 == b.v1 && a.i1 < b.i1);
     const Top2& w = a_wins ? a : b;
     const Top2& o = a_wins ? b : a;
     return Top2{w.v1, w.i1, fmaxf(w.v2, o.v1)};
@@ -34,8 +36,10 @@ struct SumPair {
 };
 
 //! A logit row's softmax at temperature T, reduced over the block: its top two logits (`top`,
-//! in every thread) and, with y = (z - max) / T, Σ e^y and, when Weighted, Σ e^y · y (`sums`, in
-//! thread 0 only). The statistics pass runs it at T = 1, sampling at its temperature.
+//! in every thread; index 0 where no logit is above −inf, as on the host) and, with
+//! y = (z - max) / T, Σ e^y and, when Weighted, Σ e^y · y (`sums`, in thread 0 only). A −inf or
+//! NaN logit is a term of 0 in both, as on the host. The statistics pass runs it at T = 1,
+//! sampling at its temperature.
 struct RowSoftmax {
   Top2 top;
   double2 sums;
@@ -50,16 +54,18 @@ __device__ RowSoftmax row_softmax(const float* l, int vocab, double temperature)
     typename Reduce2::TempStorage r2;
   } tmp;
   __shared__ Top2 top;
-  Top2 local{-FLT_MAX, 0x7fffffff, -FLT_MAX};
-  for (int i = threadIdx.x; i < vocab; i += Threads) local = MergeTop2{}(local, Top2{l[i], i, -FLT_MAX});
-  const Top2 best = Reduce1(tmp.r1).Reduce(local, MergeTop2{});
+  Top2 local{-INFINITY, 0x7fffffff, -INFINITY};
+  for (int i = threadIdx.x; i < vocab; i += Threads) local = MergeTop2{}(local, Top2{l[i], i, -INFINITY});
+  Top2 best = Reduce1(tmp.r1).Reduce(local, MergeTop2{});
+  if (best.i1 >= vocab) best.i1 = 0;  // every logit NaN
   if (threadIdx.x == 0) top = best;
   __syncthreads();
   const Top2 row_top = top;
   const double m = row_top.v1;
   double2 part{0.0, 0.0};
   for (int i = threadIdx.x; i < vocab; i += Threads) {
-    const double y = (static_cast<double>(l[i]) - m) / temperature, e = exp(y);  // divided, as on the host
+    const double y = (static_cast<double>(l[i]) - m) / temperature, e = exp(y);
+    if (!(e > 0.0)) continue;  // −inf or NaN (or an underflow): not 0·(−inf) or NaN in the sums
     part.x += e;
     if constexpr (Weighted) part.y += e * y;
   }

@@ -56,9 +56,11 @@ struct ExpSums {
 };
 //! Lane sums in f32 over 1,024 logits at a time, then into f64, so that a row's sum keeps about
 //! f64's accuracy relative to the largest term (which is 1). With Store, each e^(l−m) is also
-//! written to `out` (which may be `l`: a softmax's numerators in place).
+//! written to `out` (which may be `l`: a softmax's numerators in place). A −inf or NaN logit is a
+//! term of 0, in both sums: a banned token (−inf) leaves the entropy finite.
 template <class V, bool Weighted, bool Store>
 [[gnu::always_inline]] inline ExpSums exp_sums_lanes(const float* l, int vocab, float m, float* out) {
+  using I = IntLanes<V>;
   constexpr int L = lanes<V>;
   ExpSums sums;
   int i = 0;
@@ -69,8 +71,8 @@ template <class V, bool Weighted, bool Store>
       z -= m;
       V e = z;
       exp_nonpositive(e);
-      sum += e;
-      if constexpr (Weighted) weighted += e * z;
+      sum += e;  // e is 0 where z is below −87, −inf or NaN
+      if constexpr (Weighted) weighted += (V)((I)(e * z) & (e > 0.0f));  // not 0·(−inf) or 0·NaN
       if constexpr (Store) std::memcpy(out + i, &e, sizeof e);
     }
     for (int j = 0; j < L; ++j) {
@@ -79,9 +81,9 @@ template <class V, bool Weighted, bool Store>
     }
   }
   for (; i < vocab; ++i) {
-    const double z = static_cast<double>(l[i]) - m, e = std::exp(z);
+    const double z = static_cast<double>(l[i]) - m, e = z >= -745.0 ? std::exp(z) : 0.0;  // as in the lanes
     sums.sum += e;
-    if constexpr (Weighted) sums.weighted += e * z;
+    if constexpr (Weighted) sums.weighted += e > 0.0 ? e * z : 0.0;
     if constexpr (Store) out[i] = static_cast<float>(e);
   }
   return sums;
