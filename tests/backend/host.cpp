@@ -539,8 +539,9 @@ TEST_CASE("Sample against a full stable sort of the tempered distribution, at ea
   // Logits on a grid of 0.25 make many exactly equal probabilities, so the nucleus is often cut
   // inside a run of ties, where the lower index must come first. The second row has three tokens
   // far above the rest, so that most 256-token chunks hold no candidate of its nucleus; the third
-  // has NaN and −inf logits, which are never drawn.
-  const int vocab = 3000;
+  // has NaN and −inf logits, which are never drawn, the last two in the scalar tail (3003 is
+  // not a whole number of vectors at any width).
+  const int vocab = 3003;
   std::vector<std::vector<float>> rows(3);
   for (float x : randn(vocab, 31, 2.0)) rows[0].push_back(std::round(x * 4.0f) / 4.0f);
   rows[1] = rows[0];
@@ -548,6 +549,8 @@ TEST_CASE("Sample against a full stable sort of the tempered distribution, at ea
   rows[1][17] = 13.5f;
   rows[2] = rows[0];
   for (int i = 0; i < vocab; i += 7) rows[2][i] = i % 2 ? std::numeric_limits<float>::quiet_NaN() : -INFINITY;
+  rows[2][vocab - 1] = std::numeric_limits<float>::quiet_NaN();
+  rows[2][vocab - 2] = -INFINITY;
   Kernel<backend::Host, op::Sample>::Scratch scratch;
   for (std::size_t r = 0; r < rows.size(); ++r)
     for (float temperature : {1.0f, 0.6f})

@@ -206,10 +206,10 @@ template <class D>
     }
     double sum = 0.0;
     for (int j = 0; j < L; ++j) sum += lane_sums[j];
-    for (; i < end; ++i) {
-      const double z = std::max((static_cast<double>(l[i]) - m) * inverse, -745.0), e = std::exp(z);
+    for (; i < end; ++i) {  // as in the lanes: a NaN or −inf logit is a term of 0
+      const double z = (static_cast<double>(l[i]) - m) * inverse, e = z >= -745.0 ? std::exp(z) : 0.0;
       sum += e;
-      sums.weighted += e * z;
+      sums.weighted += e > 0.0 ? e * z : 0.0;
       if (out.terms != nullptr) out.terms[i] = e;
       if (out.octaves_of != nullptr) out.octaves_of[octave(std::bit_cast<std::int64_t>(e) >> 52)] += e;
     }
