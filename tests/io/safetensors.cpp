@@ -2,7 +2,9 @@
 // file named in the error; files replaced whole.
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -156,4 +158,18 @@ TEST_CASE("replace_file: a reader finds the old file or the new one, and a faile
   io::replace_file(path, [](std::ofstream& out) { out << "new"; });
   CHECK(read() == "new");
   CHECK_ERROR(io::replace_file(dir / "no such folder" / "f.txt", [](std::ofstream&) {}), "cannot open for writing");
+}
+
+TEST_CASE("test::TempDir: a fresh folder, removed with what it holds at the end of its scope") {
+  std::filesystem::path where;
+  {
+    const auto dir = test::temp_dir("temp-dir");
+    where = dir.path();
+    CHECK(std::filesystem::is_empty(where));
+    std::filesystem::create_directories(dir / "a" / "b");
+    test::write_text(dir / "a" / "b" / "c.txt", "kept until the scope ends");
+    const std::filesystem::path& as_path = dir;  // reads as its path
+    CHECK(std::filesystem::exists(as_path / "a" / "b" / "c.txt"));
+  }
+  if (std::getenv("BLOCKDIFF_KEEP_TEST_FILES") == nullptr) CHECK_FALSE(std::filesystem::exists(where));
 }
