@@ -442,10 +442,22 @@ TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vecto
     CHECK(s[1].token == 1000);
     CHECK(s[2].token == vocab - 1);
     CHECK(s[2].p1 == 1.0f);
-    std::vector<float> nan_row(40, std::numeric_limits<float>::quiet_NaN());
-    PositionStats n;
-    Kernel<backend::Host, op::VocabStats<true, true>>::run(nan_row.data(), 1, 40, &n);
-    CHECK(n.token == 0);  // a token inside the vocabulary even when no logit is a number
+    // Rows without a distribution: a token inside the vocabulary (the +inf's, or 0), p1 = 1,
+    // p2 and the entropy 0, as Sample gives; never an infinite or NaN statistic.
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> none(3 * 40, std::numeric_limits<float>::quiet_NaN());
+    std::fill(none.begin() + 40, none.begin() + 80, -inf);
+    std::fill(none.begin() + 80, none.end(), 0.5f);
+    none[80 + 29] = inf;
+    PositionStats n[3];
+    Kernel<backend::Host, op::VocabStats<true, true>>::run(none.data(), 3, 40, n);
+    for (int r = 0; r < 3; ++r) {
+      CAPTURE(r);
+      CHECK(n[r].token == (r == 2 ? 29 : 0));
+      CHECK(n[r].p1 == 1.0f);
+      CHECK(n[r].p2 == 0.0f);
+      CHECK(n[r].entropy == 0.0f);
+    }
   });
 }
 
@@ -610,6 +622,32 @@ TEST_CASE("Sample: rows without a distribution, and run() over rows and threads"
       CAPTURE(i);
       CHECK(batch[i].token == test::SampleDistribution(row, 0.8f, top_p).draw(many[i].u));
     }
+  }
+}
+
+TEST_CASE("Sample at the largest u below 1 draws the last token that can be drawn, not a banned one") {
+  // At u = 1 − 2⁻⁵³ the target u·total lies within rounding of the total, so the walk's own sum
+  // (in another order than the total's) often ends short of it. The last tokens are banned or
+  // NaN; without a nucleus the draw is the last live token, with one the last kept.
+  const int vocab = 3003;
+  const double u = std::nextafter(1.0, 0.0);
+  Kernel<backend::Host, op::Sample>::Scratch scratch;
+  for (std::uint64_t seed = 0; seed < 24; ++seed) {
+    auto l = randn(vocab, 500 + seed);
+    for (int i = vocab - 9; i < vocab; ++i)
+      l[i] = i % 2 ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+    const int last_live = vocab - 10;
+    for (float temperature : {1.0f, 0.6f})
+      at_each_isa([&] {
+        CAPTURE(seed);
+        CAPTURE(temperature);
+        const auto all = Kernel<backend::Host, op::Sample>::one_row(l.data(), vocab, temperature, 1.0f, u, scratch);
+        CHECK(all.token == last_live);
+        const auto cut = Kernel<backend::Host, op::Sample>::one_row(l.data(), vocab, temperature, 0.95f, u, scratch);
+        const test::SampleDistribution nucleus(l, temperature, 0.95f);
+        CHECK(cut.token == nucleus.order.back());
+        CHECK(cut.p1 == doctest::Approx(nucleus.p[cut.token] / nucleus.mass).epsilon(1e-6));
+      });
   }
 }
 

@@ -326,10 +326,11 @@ TEST_CASE("VocabStats, each trait combination: CUDA == host") {
   l[5] = 40.0f;              // a confident row
   l[vocab + 9] = l[vocab + 10] = 30.0f;  // a tie: the lowest index wins
   // Row 2: banned tokens (−inf) and NaN logits, each a token of probability 0; row 3: every
-  // logit NaN (token 0).
+  // logit NaN, and row 4 one logit +inf, rows without a distribution (op::VocabStats).
   for (int i = 0; i < vocab; i += 3) l[2 * std::size_t{vocab} + i] = -std::numeric_limits<float>::infinity();
   for (int i = 1; i < vocab; i += 101) l[2 * std::size_t{vocab} + i] = std::numeric_limits<float>::quiet_NaN();
   std::fill(l.begin() + 3 * std::int64_t{vocab}, l.begin() + 4 * std::int64_t{vocab}, std::numeric_limits<float>::quiet_NaN());
+  l[4 * std::size_t{vocab} + 4321] = std::numeric_limits<float>::infinity();
   for (bool second : {false, true})
     for (bool entropy : {false, true}) {
       auto dev = gpu::vocab_stats(second, entropy, l, rows, vocab);
@@ -337,7 +338,6 @@ TEST_CASE("VocabStats, each trait combination: CUDA == host") {
         auto h = Kernel<backend::Host, op::VocabStats<true, true>>::one_row(l.data() + std::int64_t{r} * vocab, vocab);
         CAPTURE(r);
         CHECK(dev[r].token == h.token);
-        if (r == 3) continue;  // no distribution: only the token is defined
         CHECK(dev[r].p1 == doctest::Approx(h.p1).epsilon(1e-5));
         if (second) CHECK(dev[r].p2 == doctest::Approx(h.p2).epsilon(1e-5));
         if (entropy) CHECK(dev[r].entropy == doctest::Approx(h.entropy).epsilon(1e-4));
@@ -346,18 +346,22 @@ TEST_CASE("VocabStats, each trait combination: CUDA == host") {
 }
 
 TEST_CASE("Sample, with a nucleus and without, at two temperatures: CUDA == host") {
-  const int rows = 4, vocab = 151936;
+  const int rows = 5, vocab = 151936;
   auto l = randn(static_cast<std::size_t>(rows) * vocab, 15);
   for (auto& x : l) x *= 3;
   l[7] = 12.0f;                                           // a confident row
   l[vocab + 9] = l[vocab + 10] = l[vocab + 11] = 11.0f;  // ties: the lower index comes first
-  std::fill(l.begin() + 3 * std::int64_t{vocab}, l.end(), 0.5f);  // every token tied
-  // Row 2: banned tokens (−inf) and NaN logits, never drawn.
+  std::fill(l.begin() + 3 * std::int64_t{vocab}, l.begin() + 4 * std::int64_t{vocab}, 0.5f);  // every token tied
+  // Row 4: every logit −inf, no distribution: token 0 with p1 = 1 (op::VocabStats).
+  std::fill(l.begin() + 4 * std::int64_t{vocab}, l.end(), -std::numeric_limits<float>::infinity());
+  // Row 2: banned tokens (−inf, the last among them) and NaN logits, never drawn, not even by
+  // the largest u, where rounding can leave the cumulative sum short of u times the mass.
   for (int i = 0; i < vocab; i += 3) l[2 * std::size_t{vocab} + i] = -std::numeric_limits<float>::infinity();
   for (int i = 1; i < vocab; i += 101) l[2 * std::size_t{vocab} + i] = std::numeric_limits<float>::quiet_NaN();
+  l[3 * std::size_t{vocab} - 1] = -std::numeric_limits<float>::infinity();
   std::vector<SampleRequest> requests;
   for (int r = 0; r < rows; ++r)
-    for (double u : {0.0, 0.123457, 0.61803, 0.999999}) requests.push_back({r, u});
+    for (double u : {0.0, 0.123457, 0.61803, 0.999999, std::nextafter(1.0, 0.0)}) requests.push_back({r, u});
   for (float temperature : {1.0f, 0.7f})
     for (float top_p : {1.0f, 0.9f, 0.3f}) {
       INFO("temperature ", temperature, " top-p ", top_p);
@@ -367,6 +371,8 @@ TEST_CASE("Sample, with a nucleus and without, at two temperatures: CUDA == host
       for (std::size_t i = 0; i < requests.size(); ++i) {
         INFO("row ", requests[i].row, " u ", requests[i].u);
         CHECK(dev[i].token == host[i].token);
+        if (requests[i].row != 4)
+          CHECK(std::isfinite(l[static_cast<std::size_t>(requests[i].row) * vocab + dev[i].token]));
         CHECK(dev[i].p1 == doctest::Approx(host[i].p1).epsilon(1e-5));
         CHECK(dev[i].p2 == doctest::Approx(host[i].p2).epsilon(1e-5));
         CHECK(dev[i].entropy == doctest::Approx(host[i].entropy).epsilon(1e-5));

@@ -48,7 +48,9 @@ struct SampleDistribution {
     double acc = 0;
     for (int t : order)
       if (u * mass < (acc += p[t])) return t;
-    return order.back();
+    for (auto t = order.rbegin(); t != order.rend(); ++t)  // rounding: the last that can be drawn
+      if (p[*t] > 0) return *t;
+    return order.front();
   }
 };
 

@@ -128,7 +128,9 @@ template <class Mask>
 struct Attention {};
 //! Per logit row: max probability and argmax, plus the second probability and the entropy
 //! when the unmasking policy asks for them. A logit of −inf or NaN is a token of probability 0
-//! (here and in Sample); a row with no logit above −inf has token 0.
+//! (here and in Sample). A row without a finite largest logit (every logit −inf or NaN, or one
+//! +inf) has no distribution: its token is the first +inf's, or 0, with p1 = 1 and p2 and the
+//! entropy 0 (here and in Sample).
 template <bool SecondProb, bool Entropy>
 struct VocabStats {};
 //! After a denoising forward, each row's unmasking decision: the policy's `select` over the
@@ -141,7 +143,8 @@ struct Unmask {};
 //! official code samples (§3.3). softmax(logits / T); keep the smallest prefix of tokens, by
 //! decreasing probability (lower index first on ties), whose cumulative probability exceeds p
 //! (the first is always kept; with p = 1 every token, in index order); the token is the first
-//! of them at which the cumulative probability exceeds u times the kept mass. Its statistics:
+//! of them at which the cumulative probability exceeds u times the kept mass (where rounding
+//! leaves no such token, the last of them with a probability above 0). Its statistics:
 //! p1 the drawn token's renormalised probability (what the unmasking policy reads as the
 //! confidence), p2 and the entropy those of the tempered distribution.
 struct Sample {};

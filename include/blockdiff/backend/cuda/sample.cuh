@@ -11,7 +11,8 @@
 //    contiguous chunk, a CUB BlockScan gives each chunk the sum before it, and each thread walks
 //    its chunk from there to the first position where the cumulative exceeds a target; the
 //    lowest such position over the block wins. The first walk cuts the nucleus at top_p, the
-//    second draws at u times its mass.
+//    second draws at u times its mass (where rounding leaves no crossing, the last position with
+//    a probability above 0).
 // The sums run in another order than the host's (lanes and 256-token chunks there), and the host
 // multiplies by 1/T where this divides by T, so a draw can differ from the host's only where u
 // falls within rounding (about 1e-15) of a boundary between two tokens.
@@ -28,10 +29,13 @@
 namespace blockdiff {
 namespace detail::cuda {
 
-//! What pass 1 keeps of a draw's tempered distribution for the statistics.
+//! What pass 1 keeps of a draw's tempered distribution for the statistics, and the row's top
+//! logit, which decides whether there is a distribution at all.
 struct Tempered {
   double p2 = 0.0;
   double entropy = 0.0;
+  float top = 0.0f;
+  int top_index = 0;
 };
 
 //! Pass 1: probs[b, :] = softmax(logits[row_b] / T) in f64, order[b, :] = 0, 1, ... when a nucleus
@@ -48,7 +52,7 @@ __global__ void tempered_probs_kernel(const float* logits, int vocab, const Samp
   if (threadIdx.x == 0) {
     sum = r.sums.x;
     tempered[blockIdx.x] = {exp((static_cast<double>(r.top.v2) - m) / temperature) / r.sums.x,
-                            log(r.sums.x) - r.sums.y / r.sums.x};
+                            log(r.sums.x) - r.sums.y / r.sums.x, r.top.v1, r.top.i1};
     offsets[blockIdx.x] = static_cast<int>(out);
     if (blockIdx.x == n - 1) offsets[n] = static_cast<int>(out + vocab);
   }
@@ -68,6 +72,9 @@ struct Crossing {
 
 struct FirstCrossing {
   __device__ Crossing operator()(const Crossing& a, const Crossing& b) const { return a.index <= b.index ? a : b; }
+};
+struct LastCrossing {
+  __device__ Crossing operator()(const Crossing& a, const Crossing& b) const { return a.index >= b.index ? a : b; }
 };
 
 //! Pass 3: each draw's token from its probabilities in walking order (sorted, with `order` the
@@ -95,6 +102,15 @@ __global__ void draw_kernel(const double* probs, const int* order, int vocab, co
   if (threadIdx.x == Threads - 1) total = before + own;
   __syncthreads();
 
+  // The block's reduction of each thread's crossing, in every thread.
+  const auto reduce = [&](Crossing mine, auto op) {
+    const Crossing r = Reduce(tmp.reduce).Reduce(mine, op);
+    if (threadIdx.x == 0) found = r;
+    __syncthreads();
+    const Crossing result = found;
+    __syncthreads();  // before the next walk reuses the storage
+    return result;
+  };
   // The first position, up to `last`, where the cumulative probability exceeds x (index INT_MAX
   // where none does).
   const auto first_above = [&](double x, int last) {
@@ -107,12 +123,17 @@ __global__ void draw_kernel(const double* probs, const int* order, int vocab, co
         break;
       }
     }
-    const Crossing first = Reduce(tmp.reduce).Reduce(mine, FirstCrossing{});
-    if (threadIdx.x == 0) found = first;
-    __syncthreads();
-    const Crossing result = found;
-    __syncthreads();  // before the next walk reuses the storage
-    return result;
+    return reduce(mine, FirstCrossing{});
+  };
+  // The last position, up to `last`, with a probability above 0 (the row's largest has 1/total).
+  const auto last_drawable = [&](int last) {
+    Crossing mine{-1, 0.0};
+    for (int i = min(end, last + 1) - 1; i >= begin; --i)
+      if (p[i] > 0.0) {
+        mine = {i, 0.0};
+        break;
+      }
+    return reduce(mine, LastCrossing{}).index;
   };
 
   int last = vocab - 1;
@@ -127,13 +148,20 @@ __global__ void draw_kernel(const double* probs, const int* order, int vocab, co
     }
   }
   const Crossing pick = first_above(requests[blockIdx.x].u * mass, last);
+  const int fallback = last_drawable(last);  // where rounding leaves the target at the kept mass
   if (threadIdx.x == 0) {
-    const int at = pick.index != INT_MAX ? pick.index : last;  // the target at the kept mass
+    const Tempered& t = tempered[blockIdx.x];
     PositionStats s;
-    s.token = order != nullptr ? order[row + at] : at;
-    s.p1 = static_cast<float>(p[at] / mass);
-    s.p2 = static_cast<float>(tempered[blockIdx.x].p2);
-    s.entropy = static_cast<float>(tempered[blockIdx.x].entropy);
+    if (isfinite(t.top)) {
+      const int at = pick.index != INT_MAX ? pick.index : fallback;
+      s.token = order != nullptr ? order[row + at] : at;
+      s.p1 = static_cast<float>(p[at] / mass);
+      s.p2 = static_cast<float>(t.p2);
+      s.entropy = static_cast<float>(t.entropy);
+    } else {  // no distribution (every logit −inf or NaN, or one +inf): the top index, as on the host
+      s.token = t.top_index;
+      s.p1 = 1.0f;
+    }
     stats[blockIdx.x] = s;
   }
 }

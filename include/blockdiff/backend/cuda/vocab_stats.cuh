@@ -79,9 +79,13 @@ __global__ void vocab_stats_kernel(const float* logits, int vocab, PositionStats
   if (threadIdx.x == 0) {
     PositionStats s;
     s.token = r.top.i1;
-    s.p1 = static_cast<float>(1.0 / r.sums.x);
-    s.p2 = SecondProb ? static_cast<float>(exp(static_cast<double>(r.top.v2) - r.top.v1) / r.sums.x) : 0.0f;
-    s.entropy = Entropy ? static_cast<float>(log(r.sums.x) - r.sums.y / r.sums.x) : 0.0f;
+    if (isfinite(r.top.v1)) {
+      s.p1 = static_cast<float>(1.0 / r.sums.x);
+      s.p2 = SecondProb ? static_cast<float>(exp(static_cast<double>(r.top.v2) - r.top.v1) / r.sums.x) : 0.0f;
+      s.entropy = Entropy ? static_cast<float>(log(r.sums.x) - r.sums.y / r.sums.x) : 0.0f;
+    } else {
+      s.p1 = 1.0f;  // no distribution (op::VocabStats), as on the host
+    }
     stats[blockIdx.x] = s;
   }
 }

@@ -108,31 +108,39 @@ struct Kernel<backend::Host, op::Sample> {
     s.entropy = static_cast<float>(std::log(total) - sums.weighted / total);
     if (!nucleus_cut) {
       // The chunk whose partial sum crosses u·total, then its terms one at a time from there.
+      std::array<double, Tempered::chunk> terms;
+      const auto terms_of = [&](std::size_t c) {  // chunk c's terms into `terms`: its first token and size
+        const int begin = static_cast<int>(c) * Tempered::chunk, n = std::min(Tempered::chunk, vocab - begin);
+        Tempered again;
+        again.terms = terms.data();
+        detail::tempered_exps(l + begin, n, m, temperature, again);
+        return std::pair{begin, n};
+      };
+      const auto drawn = [&](int begin, int i) {
+        s.token = begin + i;
+        s.p1 = static_cast<float>(terms[at(i)] / total);
+        return s;
+      };
       const double target = u * total;
       double acc = 0.0;
-      std::array<double, Tempered::chunk> terms;
       for (std::size_t c = 0; c < scratch.chunk_sums.size(); ++c) {
         if (!(target < acc + scratch.chunk_sums[c])) {
           acc += scratch.chunk_sums[c];
           continue;
         }
-        const int begin = static_cast<int>(c) * Tempered::chunk, n = std::min(Tempered::chunk, vocab - begin);
-        Tempered again;
-        again.terms = terms.data();
-        detail::tempered_exps(l + begin, n, m, temperature, again);
+        const auto [begin, n] = terms_of(c);
         for (int i = 0; i < n; ++i)
-          if (target < (acc += terms[at(i)])) {
-            s.token = begin + i;
-            s.p1 = static_cast<float>(terms[at(i)] / total);
-            return s;
-          }
+          if (target < (acc += terms[at(i)])) return drawn(begin, i);
         // Rounding left the terms one at a time short of the chunk's sum: on from there.
       }
-      // Rounding left u·total at the total: the last token.
-      s.token = vocab - 1;
-      const double z = std::max((static_cast<double>(l[vocab - 1]) - m) * (1.0 / temperature), -745.0);
-      s.p1 = static_cast<float>(std::exp(z) / total);
-      return s;
+      // Rounding left u·total at the total: the last token that can be drawn, in the last chunk
+      // with any mass (the largest logit's term, 1, is in one).
+      std::size_t c = scratch.chunk_sums.size() - 1;
+      while (!(scratch.chunk_sums[c] > 0.0)) --c;
+      const auto [begin, n] = terms_of(c);
+      int i = n - 1;
+      while (!(terms[at(i)] > 0.0)) --i;
+      return drawn(begin, i);
     }
     // The candidates: every token whose term is at least 2^(cut − 127), for the highest octave
     // `cut` whose tokens' mass exceeds top_p by more than the rounding of summing it in another
@@ -163,6 +171,7 @@ struct Kernel<backend::Host, op::Sample> {
       mass = 0.0, kept = 0;
       do mass += nucleus[kept++].p;  // the first is always kept
       while (kept < candidates && !(mass > top_p));
+      while (!(nucleus[kept - 1].p > 0.0)) --kept;  // rounding kept the tokens that cannot be drawn
       if (mass > top_p || floor == 0.0) break;
     }
     const double target = u * mass;

@@ -23,9 +23,11 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
     using namespace detail;
     const TopTwo top = top_two(l, vocab);  // one pass for the maximum, its index and the runner-up
     const float m = top.first;
-    const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     PositionStats s;
     s.token = top.index;
+    s.p1 = 1.0f;
+    if (!std::isfinite(m)) return s;  // no distribution (op::VocabStats)
+    const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     s.p1 = static_cast<float>(1.0 / sums.sum);
     if constexpr (SecondProb) s.p2 = static_cast<float>(std::exp(static_cast<double>(top.second) - m) / sums.sum);
     if constexpr (Entropy) s.entropy = static_cast<float>(std::log(sums.sum) - sums.weighted / sums.sum);
