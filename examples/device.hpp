@@ -2,6 +2,11 @@
 // program lives in device_cuda.cu, which nvcc compiles; the rest of the program sees only this
 // host-only interface, so it stays plain C++ and builds the same without the CUDA toolkit.
 //
+// That side is a module of its own, blockdiff-cuda.so beside the program, which load_on_gpu
+// opens the first time a model goes to the GPU (device_loader.cpp). So the program does not load
+// the CUDA runtime and cuBLAS (a third of a second at every start) unless it uses them, and it
+// runs where they are not installed.
+//
 // The GPU compiles its own, smaller set of decoders (each costs nvcc far more time than it costs
 // g++), which compiled_set.hpp lists beside the host's (gpu_set_help).
 #pragma once
@@ -85,7 +90,12 @@ class GpuModel {
 };
 
 //! Loads `dir` into GPU memory. Fails, naming the cause, where this program was built without the
-//! CUDA backend or where there is no CUDA device.
+//! CUDA backend, where its GPU module or the libraries that module needs cannot be loaded, or
+//! where there is no CUDA device.
 std::unique_ptr<GpuModel> load_on_gpu(const std::string& dir, DType weights);
+
+//! The GPU module's entry point, which load_on_gpu finds by this name: `dir` loaded into GPU
+//! memory, owned by the caller; it throws as load_on_gpu does.
+extern "C" GpuModel* blockdiff_cli_load_on_gpu(const std::string& dir, DType weights);
 
 }  // namespace blockdiff::cli

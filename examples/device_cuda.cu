@@ -1,4 +1,5 @@
-// --device cuda: model::Qwen2<backend::Cuda> and the GPU's decoder set (device.hpp).
+// --device cuda: model::Qwen2<backend::Cuda> and the GPU's decoder set, the program's GPU module
+// (device.hpp).
 #include "blockdiff/cuda.cuh"
 #include "device.hpp"
 
@@ -62,9 +63,9 @@ class Loaded final : public GpuModel {
 
 }  // namespace
 
-std::unique_ptr<GpuModel> load_on_gpu(const std::string& dir, DType weights) {
+extern "C" GpuModel* blockdiff_cli_load_on_gpu(const std::string& dir, DType weights) {
   require(backend::Cuda::device_count() > 0, "--device cuda: no CUDA device is visible to this process");
-  return std::make_unique<Loaded>(dir, weights);
+  return new Loaded(dir, weights);
 }
 
 }  // namespace blockdiff::cli

@@ -29,7 +29,8 @@ if [ "${1:-}" = "pack" ]; then
   cmake --preset host -DBLOCKDIFF_BUILD_BENCH=ON >/dev/null
   cmake --build --preset host --target test_cuda_parity bench_cuda_decode bench_cuda_study bench_cuda_train blockdiff_cli
   mkdir -p "$bin/lib"
-  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} build/host/examples/blockdiff "$bin/"
+  cp build/host/tests/test_cuda_parity build/host/bench/bench_cuda_{decode,study,train} build/host/examples/blockdiff \
+    build/host/examples/blockdiff-cuda.so "$bin/"
   # The shared libraries the device machine may not have: Google Benchmark's, and the tokenizer's.
   for lib in $(ldd "$bin/bench_cuda_decode" "$bin/blockdiff" | awk '/libbenchmark|libutf8proc|libpcre2/ {print $3}' | sort -u); do
     cp -L "$lib" "$bin/lib/"

@@ -114,6 +114,24 @@ if gpu:
     if len(host) != len(cuda) or err > 2e-5:
         failures.append(f"logits --device cuda against --device host: relative error {err}")
 
+# The GPU's side is a module that the program opens only for --device cuda (examples/device.hpp):
+# the program itself starts without the CUDA libraries, and without its module it still runs on
+# the host, while --device cuda names the module it cannot load.
+dynamic = subprocess.run(["readelf", "-d", exe], capture_output=True, text=True).stdout
+if "(NEEDED)" not in dynamic or any(lib in dynamic for lib in ("libcudart", "libcublas")):
+    failures.append("the program needs the CUDA libraries to start (readelf -d); they belong to its GPU module")
+if os.path.exists(os.path.join(os.path.dirname(exe), "blockdiff-cuda.so")):
+    alone = tempfile.mkdtemp()
+    lonely = shutil.copy(exe, alone)
+    host = subprocess.run([lonely, "logits", "--model", tied, "--ids", "1,2", "--json"], capture_output=True, text=True)
+    cuda = subprocess.run([lonely, "logits", "--model", tied, "--ids", "1,2", "--device", "cuda"], capture_output=True,
+                          text=True)
+    shutil.rmtree(alone)
+    if host.returncode != 0:
+        failures.append(f"the program without its GPU module, on the host: exit {host.returncode}, {host.stderr.strip()!r}")
+    if cuda.returncode == 0 or "blockdiff-cuda.so" not in cuda.stderr:
+        failures.append(f"--device cuda without the GPU module: exit {cuda.returncode}, {cuda.stderr.strip()!r}")
+
 count = 0
 generate_runs = [(json.loads(line), "f32", "host") for line in open(f"{golden}/generate.jsonl")]
 generate_runs += [(g, "bf16", "host") for g, _, _ in generate_runs if "bf16" in g["model"]]
