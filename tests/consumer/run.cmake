@@ -1,7 +1,7 @@
-# Builds and runs the consumer program one way: MODE=find_package (install first),
-# MODE=add_subdirectory, or MODE=clang (add_subdirectory, compiled by CLANGXX). Arguments: SOURCE,
-# BINARY (scratch folder), MODE, MODEL (a checkpoint), GOLDEN (its decodes, generate.jsonl),
-# CLANGXX.
+# Builds and runs the consumer program one way: MODE=find_package (install first, a Release
+# build), MODE=add_subdirectory (a Debug build: the library's assertions on, nothing optimised),
+# or MODE=clang (add_subdirectory, a Release build by CLANGXX). Arguments: SOURCE, BINARY (scratch
+# folder), MODE, MODEL (a checkpoint), GOLDEN (its decodes, generate.jsonl), CLANGXX.
 cmake_minimum_required(VERSION 3.25)  # today's policies: a quoted "block" is a string, not a variable
 file(REMOVE_RECURSE ${BINARY})
 if(MODE STREQUAL "find_package")
@@ -16,8 +16,12 @@ else()
     list(APPEND extra -DCMAKE_CXX_COMPILER=${CLANGXX})
   endif()
 endif()
-execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE}/tests/consumer -B ${BINARY}/app -G Ninja -DCMAKE_BUILD_TYPE=Release ${extra}
-                COMMAND_ERROR_IS_FATAL ANY)
+set(build_type Release)
+if(MODE STREQUAL "add_subdirectory")
+  set(build_type Debug)
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE}/tests/consumer -B ${BINARY}/app -G Ninja -DCMAKE_BUILD_TYPE=${build_type}
+                        ${extra} COMMAND_ERROR_IS_FATAL ANY)
 execute_process(COMMAND ${CMAKE_COMMAND} --build ${BINARY}/app COMMAND_ERROR_IS_FATAL ANY)
 # The golden decode of the model's first case in generate.jsonl, the shape the consumer decodes.
 file(STRINGS ${GOLDEN} cases)
