@@ -2,7 +2,8 @@
 //
 // A batched forward over rows of tokens at given cache slots, under a mask kind, that returns
 // logits for the rows asked for; a way to make a KV cache; and its config. The built-in Qwen2
-// satisfies it, and so can a user's own model.
+// satisfies it, and so can a user's own model. The decoders read the returned logits before the
+// next forward, so a model may keep them in a workspace that the next forward overwrites.
 #pragma once
 
 #include <concepts>

@@ -11,6 +11,11 @@
 // run of tokens written into its own cache at `first_slot`, attending cache slots [0, kv_end)
 // under the mask type, optionally advancing the committed length, and asking for logits only
 // on the rows it needs (the lm_head is the largest GEMM of a small model).
+//
+// A model runs one forward at a time: `forward` writes the model's own workspaces, and the logits
+// it returns live there until the next one. To decode many prompts at once, give them to one
+// `generate` (or one `forward`) as a batch, which serves them all with each forward; a thread
+// of its own needs a model of its own.
 #pragma once
 
 #include <algorithm>
