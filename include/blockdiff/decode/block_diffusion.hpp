@@ -191,7 +191,7 @@ class BlockDecoding {
     }
     while (true) {
       const int hi_limit = std::min(B, r.limit - r.c);  // offsets at or past it are never output
-      if (eos_done(r, o) || !has_mask(r, r.gen_begin, hi_limit, o.mask_id) && r.limit <= r.c + B) {
+      if (eos_done(r, o) || (!has_mask(r, r.gen_begin, hi_limit, o.mask_id) && r.limit <= r.c + B)) {
         r.done = true;
         return;
       }

@@ -140,7 +140,7 @@ class TrainableQwen2 {
   template <class Mask>
   LossResult step(const ModelBatch& batch, const Mask& mask, bool backward = true, T grad_scale = T(1)) {
     check(batch);
-    typename Ops::Scope scope;
+    [[maybe_unused]] typename Ops::Scope scope;  // OpenBLAS in this thread alone, for the step
     LossResult result;
     result.n_tokens = static_cast<std::int64_t>(batch.targets.size());
     if (batch.targets.empty()) return result;
