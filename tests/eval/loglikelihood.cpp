@@ -439,7 +439,11 @@ TEST_CASE("loglikelihood: the embedded model answers its tasks as multiple choic
     const std::string pool = std::isdigit(static_cast<unsigned char>(first)) ? "0123456789" : "abcdefghij";
     std::vector<std::vector<int>> choices{vocab.encode(e.response)};
     for (char c : pool)
-      if (c != first && choices.size() < 4) choices.push_back(vocab.encode(std::string(1, c) + e.response.substr(1)));
+      if (c != first && choices.size() < 4) {
+        std::string other = e.response;
+        other[0] = c;
+        choices.push_back(vocab.encode(other));
+      }
     const auto mc = eval::multiple_choice<eval::scoring::FirstToken<8>>(m, vocab.encode(e.prompt), choices, o);
     REQUIRE(mc.scores.size() == 4);
     correct += mc.chosen == 0;

@@ -37,7 +37,16 @@ void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noe
     return nullptr;
   }
 }
+// The deletes free what the news above took from malloc and aligned_alloc. GCC, inlining them,
+// sees free() called on what `new` returned and warns of a mismatch that this replacement rules out.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

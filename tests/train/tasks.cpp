@@ -33,10 +33,12 @@ TEST_CASE("train/tasks: every response is the right answer to its prompt") {
         total += op == '+' ? d : -d;
         CHECK(total >= 0);
         CHECK(total <= 99);
-        expect += (first ? "" : ",") + std::to_string(total);
+        if (!first) expect += ',';
+        expect += std::to_string(total);
         first = false;
       }
-      expect += "#" + std::to_string(total);
+      expect += '#';
+      expect += std::to_string(total);
       CHECK(e.response == expect);
       CHECK(tasks::answer_of(e.prompt, e.response) == std::to_string(total));
     } else if (e.prompt[0] == 's') {

@@ -19,7 +19,7 @@ namespace blockdiff {
 template <auto... Values>
 std::string supported_values() {
   std::string s;
-  ((s += (s.empty() ? "" : ", ") + std::to_string(Values)), ...);
+  ((s += s.empty() ? "" : ", ", s += std::to_string(Values)), ...);
   return s;
 }
 

@@ -25,6 +25,16 @@
 
 namespace blockdiff {
 
+//! Extents as "[2, 3, 4]", for messages.
+inline std::string shape_text(std::span<const std::int64_t> dims) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(dims[i]);
+  }
+  return s + "]";
+}
+
 //! Up to four extents, row-major.
 struct Shape {
   std::array<std::int64_t, 4> dims{1, 1, 1, 1};
@@ -50,11 +60,7 @@ struct Shape {
       if (a[i] != b[i]) return false;
     return true;
   }
-  std::string str() const {
-    std::string s = "[";
-    for (int i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(dims[static_cast<std::size_t>(i)]);
-    return s + "]";
-  }
+  std::string str() const { return shape_text(std::span(dims.data(), static_cast<std::size_t>(rank))); }
 };
 
 //! Non-owning row-major view of `shape.numel()` elements of T.

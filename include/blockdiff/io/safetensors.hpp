@@ -43,11 +43,7 @@ struct TensorEntry {
     for (auto d : shape) n *= d;
     return n;
   }
-  std::string shape_str() const {
-    std::string s = "[";
-    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-    return s + "]";
-  }
+  std::string shape_str() const { return shape_text(shape); }
 };
 
 //! A memory-mapped, fully validated safetensors file. Move-only. The mapping is private: with

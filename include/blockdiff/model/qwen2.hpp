@@ -158,7 +158,7 @@ class Qwen2 {
           continue;
         }
         require(e.shape == it->shape, file->path(), ": tensor \"", e.name, "\" has shape ", e.shape_str(),
-                " but config.json implies ", shape_string(it->shape));
+                " but config.json implies ", shape_text(it->shape));
         require(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16, file->path(), ": tensor \"",
                 e.name, "\" has dtype ", name_of(e.dtype), "; weights must be F32, BF16 or F16");
         filled[static_cast<std::size_t>(it - params.begin())] = true;
@@ -458,12 +458,6 @@ class Qwen2 {
   static void linear(const float* x, std::int64_t n, int k, const Matrix& w, int m, const float* bias, float* y,
                      bool accumulate = false) {
     std::visit([&](auto& b) { Kernel<Backend, op::Linear>::run(x, n, k, b.data(), m, bias, y, accumulate); }, w);
-  }
-
-  static std::string shape_string(const std::vector<std::int64_t>& s) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
   }
 
   //! cos/sin of position x inv_freq for positions [0, n), computed in f32 like transformers.

@@ -54,11 +54,14 @@ inline TextExample draw(const std::string& task, Rng& rng) {
       const int d = int(rng.below(10));
       const bool plus = total + d <= 99 && (total - d < 0 || rng.below(2) == 0);
       total += plus ? d : -d;
-      e.prompt += (plus ? "+" : "-") + std::to_string(d);
-      e.response += (s ? "," : "") + std::to_string(total);
+      e.prompt += plus ? '+' : '-';
+      e.prompt += std::to_string(d);
+      if (s) e.response += ',';
+      e.response += std::to_string(total);
     }
-    e.prompt += "=";
-    e.response += "#" + std::to_string(total);
+    e.prompt += '=';
+    e.response += '#';
+    e.response += std::to_string(total);
   } else if (task == "sort" || task == "reverse") {
     const int n = 4 + int(rng.below(5));
     std::string items;
