@@ -148,12 +148,13 @@ __global__ void draw_kernel(const double* probs, const int* order, int vocab, co
     }
   }
   const Crossing pick = first_above(requests[blockIdx.x].u * mass, last);
-  const int fallback = last_drawable(last);  // where rounding leaves the target at the kept mass
+  // Where rounding leaves the target at the kept mass (the same in every thread, so the whole
+  // block reduces or none does).
+  const int at = pick.index != INT_MAX ? pick.index : last_drawable(last);
   if (threadIdx.x == 0) {
     const Tempered& t = tempered[blockIdx.x];
     PositionStats s;
     if (isfinite(t.top)) {
-      const int at = pick.index != INT_MAX ? pick.index : fallback;
       s.token = order != nullptr ? order[row + at] : at;
       s.p1 = static_cast<float>(p[at] / mass);
       s.p2 = static_cast<float>(t.p2);
