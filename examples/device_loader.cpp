@@ -12,7 +12,7 @@ std::unique_ptr<GpuModel> load_on_gpu(const std::string& dir, DType weights) {
   static const auto entry = [] {
     std::error_code ec;
     const auto program = std::filesystem::read_symlink("/proc/self/exe", ec);
-    const std::string module = ec ? std::string("blockdiff-cuda.so") : (program.parent_path() / "blockdiff-cuda.so").string();
+    const std::string module = (ec ? std::filesystem::path() : program.parent_path()) / "blockdiff-cuda.so";
     void* handle = dlopen(module.c_str(), RTLD_NOW | RTLD_LOCAL);  // never closed: the models live in it
     require(handle != nullptr, "--device cuda: cannot load the program's GPU module (", dlerror(),
             "): it belongs beside the program, and needs the CUDA runtime and cuBLAS");

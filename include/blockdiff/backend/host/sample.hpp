@@ -171,7 +171,6 @@ struct Kernel<backend::Host, op::Sample> {
       mass = 0.0, kept = 0;
       do mass += nucleus[kept++].p;  // the first is always kept
       while (kept < candidates && !(mass > top_p));
-      while (!(nucleus[kept - 1].p > 0.0)) --kept;  // rounding kept the tokens that cannot be drawn
       if (mass > top_p || floor == 0.0) break;
     }
     const double target = u * mass;

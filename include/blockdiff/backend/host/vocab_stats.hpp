@@ -25,8 +25,10 @@ struct Kernel<backend::Host, op::VocabStats<SecondProb, Entropy>> {
     const float m = top.first;
     PositionStats s;
     s.token = top.index;
-    s.p1 = 1.0f;
-    if (!std::isfinite(m)) return s;  // no distribution (op::VocabStats)
+    if (!std::isfinite(m)) {  // no distribution (op::VocabStats)
+      s.p1 = 1.0f;
+      return s;
+    }
     const ExpSums sums = exp_sums<Entropy>(l, vocab, m);
     s.p1 = static_cast<float>(1.0 / sums.sum);
     if constexpr (SecondProb) s.p2 = static_cast<float>(std::exp(static_cast<double>(top.second) - m) / sums.sum);
