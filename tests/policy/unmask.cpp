@@ -62,6 +62,10 @@ TEST_CASE("Margin and Entropy thresholds, each with its fallback") {
   CHECK(pick(unmask::Margin{0.1f}, c) == std::vector<int>{0, 1});
   CHECK(pick(unmask::Entropy{0.95f}, c) == std::vector<int>{1, 2});
   CHECK(pick(unmask::Entropy{0.1f}, c) == std::vector<int>{1});       // fallback: lowest entropy
+  // "Exceeds" is strict, and the fallback takes the leftmost of equal bests, as Threshold does.
+  CHECK(pick(unmask::Margin{0.5f}, cands({0.75f, 0.625f}, {0.25f, 0.125f})) == std::vector<int>{0});  // margins .5 .5
+  CHECK(pick(unmask::Margin{0.25f}, cands({0.75f, 0.625f}, {0.25f, 0.125f})) == std::vector<int>{0, 1});
+  CHECK(pick(unmask::Entropy{0.5f}, cands({0.5f, 0.5f, 0.5f}, {}, {0.75f, 0.5f, 0.5f})) == std::vector<int>{1});
   static_assert(unmask::Margin::needs_second_prob && !unmask::Margin::needs_entropy);
   static_assert(unmask::Entropy::needs_entropy && !unmask::Threshold::needs_entropy);
 }
@@ -71,6 +75,10 @@ TEST_CASE("EntropyBounded: lowest entropies while their sum stays <= gamma") {
   CHECK(pick(unmask::EntropyBounded{0.4f}, c) == std::vector<int>{1, 2});   // 0.1 + 0.25 <= 0.4 < + 0.3
   CHECK(pick(unmask::EntropyBounded{0.7f}, c) == std::vector<int>{0, 1, 2});
   CHECK(pick(unmask::EntropyBounded{0.01f}, c) == std::vector<int>{1});     // the first always
+  // A sum equal to gamma stays; equal entropies go in index order.
+  auto even = cands({0.5f, 0.5f, 0.5f}, {}, {0.25f, 0.25f, 0.25f});
+  CHECK(pick(unmask::EntropyBounded{0.5f}, even) == std::vector<int>{0, 1});
+  CHECK(pick(unmask::EntropyBounded{0.3f}, even) == std::vector<int>{0});
 }
 
 TEST_CASE("Factor: accept the top n while p_n >= 1 - f / (n + 1)") {
@@ -79,6 +87,18 @@ TEST_CASE("Factor: accept the top n while p_n >= 1 - f / (n + 1)") {
   CHECK(pick(unmask::Factor{1.0f}, c) == std::vector<int>{1, 2});
   CHECK(pick(unmask::Factor{0.1f}, c) == std::vector<int>{1});
   CHECK(pick(unmask::Factor{5.0f}, c).size() == 4);  // n=4 needs >= 1 - 5/5 = 0
+  // f = 2: n=3 needs >= 1 - 2/4 = 0.5 exactly, which 0.5 meets; n=4 needs 0.6.
+  CHECK(pick(unmask::Factor{2.0f}, cands({0.7f, 0.5f, 0.9f, 0.45f})) == std::vector<int>{0, 1, 2});
+}
+
+TEST_CASE("order-based policies rank equal statistics by position, the leftmost first") {
+  auto tied = cands({0.5f, 0.9f, 0.5f, 0.5f});
+  CHECK(pick(unmask::TopK{2}, tied) == std::vector<int>{0, 1});
+  CHECK(pick(unmask::TopK{3}, tied) == std::vector<int>{0, 1, 2});
+  CHECK(pick(unmask::Factor{1.5f}, tied) == std::vector<int>{0, 1});  // n=2 needs >= 0.5; n=3 needs 0.625
+  unmask::Scheduled<schedule::Linear> two{4};
+  CHECK(pick(two, cands({0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f}), StepContext{0, 1, 8, nullptr}) ==
+        std::vector<int>{0, 1});
 }
 
 TEST_CASE("Scheduled: reveal counts follow the schedule and the last step reveals everything") {
@@ -102,6 +122,31 @@ TEST_CASE("Scheduled: reveal counts follow the schedule and the last step reveal
   auto c = cands({0.3f, 0.9f, 0.8f, 0.1f, 0.5f, 0.6f, 0.7f, 0.2f});
   CHECK(pick(lin, c, StepContext{0, 1, 8, nullptr}) == std::vector<int>{1, 2});
   CHECK_ERROR(unmask::Scheduled<>{0}.validate(), "steps must be >= 1");
+}
+
+TEST_CASE("Scheduled<Linear>: after step s of n, ceil(masked · (s + 1) / n) revealed, in integers, whatever the rounding") {
+  // The linear schedule's fraction is (s + 1) / n exactly in real numbers; in floats it can land
+  // a hair above an integer count (3 · 1/3), which must not reveal one more.
+  int wrong = 0;
+  doctest::String first;
+  for (const float eps : {1e-3f, 0.0f})
+    for (int n = 1; n <= 32; ++n) {
+      unmask::Scheduled<schedule::Linear> p{n, schedule::Linear{eps}};
+      for (int masked = 1; masked <= max_block_size; ++masked) {
+        int revealed = 0;
+        for (int s = 0; s < n && revealed < masked; ++s) {
+          const int target = s + 1 == n ? masked : (masked * (s + 1) + n - 1) / n;
+          const int expected = std::clamp(target - revealed, 1, masked - revealed);
+          const int got = p.reveal_count(StepContext{s, 1, masked, nullptr}, masked - revealed);
+          if (got != expected && wrong++ == 0)
+            first = doctest::toString(n) + " steps, " + doctest::toString(masked) + " masked, step " +
+                    doctest::toString(s) + ", eps " + doctest::toString(eps) + ": " + doctest::toString(got) +
+                    " revealed, not " + doctest::toString(expected);
+          revealed += got;
+        }
+      }
+    }
+  CHECK_MESSAGE(wrong == 0, first);
 }
 
 TEST_CASE("Random: k distinct positions, reproducible from the seed") {
