@@ -236,6 +236,28 @@ TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive mod
   }
 }
 
+TEST_CASE("an EOS in the prompt ends nothing: the stop reads the generated tokens only, as §3.3's x[L0:]") {
+  // A chat prompt holds the EOS (Qwen's <|im_end|> closes every turn), often in the tail that
+  // opens the first generation block. The transcription of §3.3 is the reference.
+  auto& m = golden_model("model-f32-tied");
+  test::NaiveQwen2 naive(m);
+  constexpr int eos = 318;
+  for (int len : {1, 5, 8, 13}) {
+    for (int at : {0, len / 2, len - 1}) {
+      auto p = prompt_of(len, 2 * len + at);
+      p[static_cast<std::size_t>(at)] = eos;
+      INFO("prompt ", len, " with the EOS at ", at);
+      for (bool dualcache : {true, false}) {
+        const auto ref = test::reference_generate(naive, p, 8, 4, 0.9, dualcache, 319, eos, 21);
+        const auto got = dualcache ? gen<BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>(m, p, 21, {0.9f}, eos)
+                                   : gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 21, {0.9f}, eos);
+        CHECK(got.tokens == ref.tokens);
+        CHECK(!ref.tokens.empty());  // the prompt's EOS did not end the reference either
+      }
+    }
+  }
+}
+
 TEST_CASE("threshold 1 commits one token per denoising forward, threshold 0 a whole sub-block, TopK min(k, masked)") {
   auto& m = golden_model("model-bf16-untied");
   const auto p = prompt_of(5, 2);
@@ -382,6 +404,14 @@ TEST_CASE("op::Sample: top-p keeps the smallest nucleus and the confidence is re
   }
   CHECK(seen[2] == 0);
   CHECK(std::abs(seen[0] / 2000.0 - 0.625) < 0.05);
+  // The nucleus must exceed top-p: four equal tokens (0.25 each, exact) at top-p 0.5 keep three,
+  // since two only reach 0.5; u in each third draws that token, at 1/3.
+  const std::vector<float> even(4, 0.0f);
+  for (const auto& [u, token] : std::initializer_list<std::pair<double, int>>{{0.1, 0}, {0.5, 1}, {0.99, 2}}) {
+    const auto s = Kernel<backend::Host, op::Sample>::one_row(even.data(), 4, 1.0f, 0.5f, u, scratch);
+    CHECK(s.token == token);
+    CHECK(s.p1 == doctest::Approx(1.0 / 3.0));
+  }
 }
 
 TEST_CASE("bad decoding input is a clear error") {
