@@ -178,6 +178,18 @@ TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the 
   CHECK(l.scores[0].argmax == l.scores[1].argmax);
   CHECK(l.scores[0].loglikelihood != l.scores[1].loglikelihood);
 
+  // Scored blocks of the same tokens that score different positions are two runs, each read at
+  // its own row: a prefix may hold [MASK]s and the EOS (few-shot examples packed as training packs
+  // them), and here the second's spells out the first's view up to its own scored position.
+  const std::vector<eval::ScoreRequest> lookalikes{{{3}, {5}}, {{3, mask, eos, mask, mask, mask, mask}, {6}}};
+  const auto view_a = eval::scoring_view<8>(lookalikes[0], o), view_b = eval::scoring_view<8>(lookalikes[1], o);
+  REQUIRE(std::equal(view_a.begin(), view_a.begin() + 8, view_b.begin()));
+  const auto a = eval::first_token_loglikelihood<8>(m, lookalikes, o);
+  CHECK(a.forwards == 1);
+  CHECK(a.positions == 2 * 8);
+  for (std::size_t i = 0; i < lookalikes.size(); ++i)
+    CHECK(std::fabs(a.scores[i].loglikelihood - naive_loglikelihood<8>(naive, lookalikes[i], mask, eos)) < kTol);
+
   // A question scored in its first block prefills nothing: its choices of one token are one group,
   // so a batch of two groups is two such questions, in one forward (a group a choice: six forwards).
   std::vector<eval::ScoreRequest> short_questions;
