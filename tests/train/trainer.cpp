@@ -95,6 +95,35 @@ TEST_CASE("train/trainer: an example that holds the [MASK] id is refused, naming
   CHECK(t.step() == 1);
 }
 
+TEST_CASE("train/trainer: weight decay shrinks the matrices only, by lr · decay, and leaves norms and biases") {
+  // One step from the same start on the same data, without and with decay: AdamW's decay is
+  // decoupled, so the two differ by exactly lr · decay · p0 in each matrix and not at all elsewhere.
+  auto start = fresh_model(3);
+  auto step = [&](double decay) {
+    auto m = fresh_model(3);
+    auto o = options(1);
+    o.adam.weight_decay = decay;
+    train::Trainer t(m, train::FastDllmV2Objective<4>(15), reverse_task(16, 4), o);
+    t.run({});
+    return std::vector<float>(m.parameters().begin(), m.parameters().end());
+  };
+  const auto plain = step(0.0), decayed = step(0.5);
+  const double shrink = options(1).lr.at(0) * 0.5;
+  int matrices = 0;
+  for (const auto& t : start.tensors()) {
+    const bool matrix = t.shape.size() == 2;
+    matrices += matrix;
+    double worst = 0;
+    for (std::int64_t k = 0; k < t.numel; ++k) {
+      const auto at = std::size_t(t.offset + k);
+      const double want = matrix ? shrink * start.parameters()[at] : 0.0;
+      worst = std::max(worst, std::abs(double(plain[at]) - double(decayed[at]) - want));
+    }
+    CHECK_MESSAGE(worst < 1e-7, t.name, (matrix ? " (a matrix)" : " (a norm or bias)"), " is off by ", worst);
+  }
+  CHECK(matrices > 0);
+}
+
 TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one") {
   auto dir = test::temp_dir("trainer-resume");
   auto examples = reverse_task(64, 3);
