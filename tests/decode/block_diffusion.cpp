@@ -457,29 +457,28 @@ struct Lazy {
 }  // namespace
 
 TEST_CASE("the context must hold the prompt, the new tokens and the last block's padding") {
-  // A context of 20 positions, not a multiple of the block of 8: the last block of a decode
-  // always runs whole, so a request whose new tokens fit but whose last block does not is
-  // refused before any forward, and one whose last block ends within the context runs.
-  auto dir = test::temp_dir("decode-context");
-  auto cfg = model::preset_config("tiny");
-  cfg.max_position_embeddings = 20;
-  model::write_random_checkpoint(dir, cfg, 5, DType::f32);
-  auto m = Qwen::load(dir);
-  decode::BlockDiffusionDecoder<Qwen, BlockShape<8, 4>, unmask::Threshold, cache::Block<>> d(m);
+  // The last block of a decode always runs whole: a request whose new tokens fit the context but
+  // whose last block does not is refused before any forward; one whose blocks end exactly at the
+  // context's end runs.
+  const auto load = [](int context) {
+    auto dir = test::temp_dir("decode-context-" + std::to_string(context));
+    auto cfg = model::preset_config("tiny");
+    cfg.max_position_embeddings = context;
+    model::write_random_checkpoint(dir, cfg, 5, DType::f32);
+    return Qwen::load(dir);
+  };
+  auto twenty = load(20), twenty_four = load(24);
+  using Decoder = decode::BlockDiffusionDecoder<Qwen, BlockShape<8, 4>, unmask::Threshold, cache::Block<>>;
   decode::DecodeOptions o;
   o.mask_id = 319;
-  o.max_new_tokens = 8;
-  CHECK(d.generate(std::vector<int>(8, 3), o).tokens.size() == 8);  // through position 16
-  o.max_new_tokens = 6;
-  CHECK(d.generate(std::vector<int>(10, 3), o).tokens.size() == 6);
+  o.max_new_tokens = 6;  // blocks through 16
+  CHECK(Decoder(twenty).generate(std::vector<int>(10, 3), o).tokens.size() == 6);
   o.max_new_tokens = 8;  // 18 positions, in blocks through 24
-  CHECK_ERROR(d.generate(std::vector<int>(10, 3), o),
+  CHECK_ERROR(Decoder(twenty).generate(std::vector<int>(10, 3), o),
               "prompt of 10 tokens plus max_new_tokens 8 (and 6 slots of block padding) needs 24 positions, beyond the "
               "context of 20 positions");
-  // Blocks of 4 end on the context's last position: all of it is usable.
-  decode::BlockDiffusionDecoder<Qwen, BlockShape<4, 2>, unmask::Threshold, cache::Block<>> fits(m);
-  o.max_new_tokens = 10;
-  CHECK(fits.generate(std::vector<int>(10, 3), o).tokens.size() == 10);
+  o.max_new_tokens = 14;  // blocks through 24: the whole context
+  CHECK(Decoder(twenty_four).generate(std::vector<int>(10, 3), o).tokens.size() == 14);
 }
 
 TEST_CASE("a policy that makes no progress is reported by name") {
