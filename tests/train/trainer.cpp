@@ -109,10 +109,10 @@ TEST_CASE("train/trainer: weight decay shrinks the matrices only, by lr · decay
   };
   const auto plain = step(0.0), decayed = step(0.5);
   const double shrink = options(1).lr.at(0) * 0.5;
-  int matrices = 0;
+  int matrices = 0, vectors = 0;
   for (const auto& t : start.tensors()) {
     const bool matrix = t.shape.size() == 2;
-    matrices += matrix;
+    (matrix ? matrices : vectors) += 1;
     double worst = 0;
     for (std::int64_t k = 0; k < t.numel; ++k) {
       const auto at = std::size_t(t.offset + k);
@@ -122,6 +122,7 @@ TEST_CASE("train/trainer: weight decay shrinks the matrices only, by lr · decay
     CHECK_MESSAGE(worst < 1e-7, t.name, (matrix ? " (a matrix)" : " (a norm or bias)"), " is off by ", worst);
   }
   CHECK(matrices > 0);
+  CHECK(vectors > 0);  // the model has norms (and biases) to leave alone
 }
 
 TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one") {
