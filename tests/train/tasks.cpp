@@ -52,6 +52,29 @@ TEST_CASE("train/tasks: every response is the right answer to its prompt") {
   CHECK_ERROR(tasks::make("gsm8k", tasks::Split::train, 1), "unknown task \"gsm8k\"");
 }
 
+TEST_CASE("train/tasks: the held-out split covers each task's whole range") {
+  // arith: running totals from 0 to 99 (a 0 is about one example in 500), two to four steps; sort
+  // and reverse: four to eight items.
+  std::set<int> totals, steps;
+  std::set<std::size_t> sorted_lengths, reversed_lengths;
+  for (const auto& task : {"arith", "sort", "reverse"})
+    for (const auto& e : tasks::make(task, tasks::Split::held_out, 1000)) {
+      if (e.prompt[0] != 'a') {
+        (e.prompt[0] == 's' ? sorted_lengths : reversed_lengths).insert(e.response.size());
+        continue;
+      }
+      int n = 0;  // the running totals: "55,50,59#59" has three
+      for (std::size_t at = 0, end; (end = e.response.find_first_of(",#", at)) != std::string::npos; at = end + 1, ++n)
+        totals.insert(std::stoi(e.response.substr(at, end - at)));
+      steps.insert(n);
+    }
+  CHECK(*totals.begin() == 0);
+  CHECK(*totals.rbegin() == 99);
+  CHECK(steps == std::set<int>{2, 3, 4});
+  CHECK(sorted_lengths == std::set<std::size_t>{4, 5, 6, 7, 8});
+  CHECK(reversed_lengths == std::set<std::size_t>{4, 5, 6, 7, 8});
+}
+
 TEST_CASE("train/tasks: the training split never holds a held-out prompt; the held-out split is fixed") {
   const auto held = tasks::make("arith", tasks::Split::held_out, 1000);
   std::set<std::string> prompts;
@@ -74,6 +97,10 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   v.save(dir / "tokenizer.json");
   const auto back = tokenizer::CharVocab::load(dir / "tokenizer.json");
   CHECK(back.encode("s:52917=") == v.encode("s:52917="));
+  CHECK(back.size() == v.size());
+  // A save that cannot be written is an error naming the file, not a silent no-op.
+  CHECK_ERROR(v.save(dir / "no-such-folder" / "tokenizer.json"),
+              "no-such-folder/tokenizer.json.tmp: cannot open for writing");
   CHECK_ERROR(v.encode("a:4x"), "the character 'x'");
   CHECK_ERROR(v.decode(std::vector<int>{30}), "token id 30 is outside the vocabulary");
   test::write_text(dir / "merges.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a a"]}})");
@@ -87,6 +114,17 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "has no merges");
   test::write_text(dir / "typed.json", R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "a": "1"}}})");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "typed.json"), "token \"a\" has the id \"1\", not an integer");
+  test::write_text(dir / "repeated.json",
+                   R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "a": 2, "b": 2}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "repeated.json"), "has a bad or repeated id 2");
+  test::write_text(dir / "long.json",
+                   R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "ab": 2}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "long.json"), "token 2 \"ab\" is not a single character");
+  // Printable ASCII, each character once: DEL (127) is a control character.
+  CHECK_ERROR(tokenizer::CharVocab("ab\x7f"), "only printable ASCII characters, got byte 127");
+  CHECK_ERROR(tokenizer::CharVocab("ab\x1f"), "only printable ASCII characters, got byte 31");
+  CHECK(tokenizer::CharVocab(" ~").encode("~ ") == std::vector<int>{3, 2});
+  CHECK_ERROR(tokenizer::CharVocab("abca"), "the character 'a' appears twice");
 }
 
 TEST_CASE("train/tasks: multiple-choice questions hold the response once, among others of another first character") {
@@ -114,6 +152,13 @@ TEST_CASE("train/tasks: multiple-choice questions hold the response once, among 
     CHECK(firsts.size() == 4);  // first tokens all differ: the first-token score can tell them apart
   }
   CHECK(places.size() == 4);  // the answer is not always at one place
+  // The wrong choices are drawn from all the others of their kind, not always the same few:
+  // over the questions whose response starts with a digit, every digit is once a wrong choice.
+  std::set<char> distractors;
+  for (std::size_t i = 0; i < questions.size(); ++i)
+    for (const auto& c : questions[i].choices)
+      if (std::isdigit(static_cast<unsigned char>(c[0])) != 0 && c != examples[i].response) distractors.insert(c[0]);
+  CHECK(distractors.size() == 10);
   Rng rng(1);
   CHECK_ERROR(tasks::choice_question(examples[0], 11, rng), "2 to 10 choices, got 11");
   CHECK_ERROR(tasks::choice_question({"r:ab=", "#ba"}, 3, rng), "a response beginning with '#' has no other choices");

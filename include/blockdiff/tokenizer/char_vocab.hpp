@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "blockdiff/core/error.hpp"
+#include "blockdiff/io/file.hpp"
 #include "blockdiff/io/json.hpp"
 
 namespace blockdiff::tokenizer {
@@ -101,7 +102,10 @@ class CharVocab {
               {"vocab", vocab},
               {"merges", nlohmann::ordered_json::array()}}}};
   }
-  void save(const std::filesystem::path& path) const { std::ofstream(path) << to_json().dump(2) << "\n"; }
+  //! Writes to_json() to `path` whole, or throws naming it and leaves what was there.
+  void save(const std::filesystem::path& path) const {
+    io::replace_file(path, [&](std::ofstream& out) { out << to_json().dump(2) << "\n"; });
+  }
 
   //! Reads a tokenizer.json written by save(): the specials in order, then single characters.
   static CharVocab load(const std::filesystem::path& path) {
