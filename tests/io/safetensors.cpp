@@ -76,6 +76,27 @@ TEST_CASE("a file written by hand reads correctly, for every dtype") {
   CHECK(static_cast<int>(f.at("f").bytes[3]) == 4);
 }
 
+TEST_CASE("tensors with no elements read, wherever their empty range lies") {
+  // The format allows a zero dimension: data_offsets [x, x], at any x of the data section,
+  // inside another tensor's range or at the very end; nothing overlaps an empty range.
+  const auto dir = test::temp_dir("st-empty");
+  const std::vector<float> f32{1.5f, -2.0f};
+  const std::string header =
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+      R"("at_a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},)"
+      R"("in_a":{"dtype":"BF16","shape":[3,0],"data_offsets":[4,4]},)"
+      R"("end":{"dtype":"I64","shape":[0,5],"data_offsets":[8,8]}})";
+  test::write_text(dir / "e.safetensors", make_file(header, raw(f32)));
+  SafetensorsFile f(dir / "e.safetensors");
+  REQUIRE(f.entries().size() == 4);
+  CHECK(f.at("at_a").numel() == 0);
+  CHECK(f.at("at_a").bytes.empty());
+  CHECK(f.at("in_a").shape == std::vector<std::int64_t>{3, 0});
+  CHECK(f.at("end").shape == std::vector<std::int64_t>{0, 5});
+  CHECK(f.at("end").bytes.empty());
+  CHECK(std::memcmp(f.at("a").bytes.data(), f32.data(), 8) == 0);
+}
+
 TEST_CASE("a file written by blockdiff reads back bit-exactly, for every dtype") {
   const auto dir = test::temp_dir("st-roundtrip");
   Rng rng(3);
@@ -123,6 +144,8 @@ TEST_CASE("bad safetensors files are errors that name the file and the entry") {
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", four)), "run past the data section");
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[4,0]}})", four + four)), "begin after end");
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", four + four)), "needs 12");
+  // More bytes than the dtype and shape need is as wrong as fewer.
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})", four + four)), "needs 4");
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"Q4","shape":[1],"data_offsets":[0,4]}})", four)), "unknown or unsupported dtype \"Q4\"");
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", four)), "non-negative");
   CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1]}})", four)), "data_offsets");
