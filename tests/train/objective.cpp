@@ -1,6 +1,8 @@
 // Packing and the two objectives against examples worked by hand from §2.1–2.4 of the notes.
 #include <doctest/doctest.h>
 
+#include <cstdlib>
+#include <map>
 #include <set>
 
 #include "../support/check_error.hpp"
@@ -134,6 +136,8 @@ TEST_CASE("train/data: bad data files are named with their line") {
   CHECK_ERROR(train::read_examples(dir / "b.jsonl", 10), "b.jsonl:1: missing array field \"response_ids\"");
   test::write_text(dir / "c.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [12]}\n");
   CHECK_ERROR(train::read_examples(dir / "c.jsonl", 10), "c.jsonl:1: token id 12");
+  test::write_text(dir / "d.jsonl", "{\"prompt_ids\": [10], \"response_ids\": [9]}\n");  // ids run to 9
+  CHECK_ERROR(train::read_examples(dir / "d.jsonl", 10), "d.jsonl:1: token id 10 in \"prompt_ids\" is outside");
   test::write_text(dir / "good.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2, 3]}\n\n{\"prompt_ids\": [], \"response_ids\": [4]}\n");
   const auto good = train::read_examples(dir / "good.jsonl", 10);
   REQUIRE(good.size() == 2);
@@ -144,4 +148,20 @@ TEST_CASE("train/data: bad data files are named with their line") {
   CHECK_ERROR(train::read_batch_file(dir / "batch.json", 10), "\"supervised\"[0] must be an array of 2 integers");
   test::write_text(dir / "batch2.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 2]]}");
   CHECK_ERROR(train::read_batch_file(dir / "batch2.json", 10), "holds 2; expected 0 or 1");
+  test::write_text(dir / "batch3.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 1], [1, 1]]}");
+  CHECK_ERROR(train::read_batch_file(dir / "batch3.json", 10), "\"supervised\" has 2 rows, \"input_ids\" 1");
+  test::write_text(dir / "batch4.json", "{\"input_ids\": [[1, 2], [3, 10]], \"supervised\": [[0, 1], [1, 1]]}");
+  CHECK_ERROR(train::read_batch_file(dir / "batch4.json", 10), "token id 10 in \"input_ids\"[1]");
+}
+
+TEST_CASE("train/data: the shuffled order is a uniform permutation, so an example may keep its place") {
+  // Over many seeds every ordering of three examples turns up about equally often: 1/6 each.
+  // (Sattolo's variant, a swap with a strictly earlier slot, makes only the two cycles.)
+  std::map<std::vector<std::size_t>, int> seen;
+  const int draws = 6000;
+  for (int seed = 0; seed < draws; ++seed) ++seen[train::shuffled_order(3, std::uint64_t(seed))];
+  CHECK(seen.size() == 6);
+  for (const auto& [order, n] : seen) CHECK(std::abs(n - draws / 6) < 150);  // about 5 standard deviations
+  CHECK(train::shuffled_order(0, 1).empty());
+  CHECK(train::shuffled_order(1, 1) == std::vector<std::size_t>{0});
 }
