@@ -2,10 +2,12 @@
 // load to exactly the weights of one file, and broken folders named in the error.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <set>
 #include <string>
+#include <tuple>
 
 #include "../support/check_error.hpp"
 #include "../support/paths.hpp"
@@ -73,6 +75,58 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   j["rope_scaling"] = {{"type", "yarn"}};
   CHECK_ERROR(parse(j), "rope_scaling");
   CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");
+  j = base();
+  j["hidden_size"] = 60;  // 4 heads of 15: RoPE rotates pairs
+  CHECK_ERROR(parse(j), "head_dim 15 must be even");
+  j = base();
+  j["hidden_size"] = 4294967296LL + 64;  // not 64
+  CHECK_ERROR(parse(j), "field \"hidden_size\" is out of range");
+  j = base();
+  j["tie_word_embeddings"] = 1;
+  CHECK_ERROR(parse(j), "field \"tie_word_embeddings\" must be a boolean");
+  j = base();
+  j["bd_size"] = 0;
+  CHECK_ERROR(parse(j), "\"bd_size\" must be positive, got 0");
+}
+
+TEST_CASE("config.json: the parameter count is the elements of the checkpoint's tensors") {
+  // The golden models come from another implementation: one ties lm_head to the embedding.
+  for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
+    CAPTURE(name);
+    const auto dir = test::golden(name);
+    io::SafetensorsFile file(dir / "model.safetensors");
+    std::int64_t elements = 0;
+    for (const auto& e : file.entries()) elements += e.numel();
+    CHECK(io::ModelConfig::load(dir / "config.json").parameter_count() == elements);
+  }
+}
+
+TEST_CASE("config.json: a saved config reads back every field") {
+  // Every field off its default, so that one a save leaves out cannot come back by default.
+  auto j = base();
+  j["architectures"] = {"Qwen2ForCausalLM"};
+  j["bd_size"] = 16;
+  j["rms_norm_eps"] = 1e-5;
+  j["torch_dtype"] = "bfloat16";
+  j["use_sliding_window"] = true;
+  j["sliding_window"] = 1024;
+  j["max_window_layers"] = 1;
+  const auto c = parse(j);
+  auto fields = [](const io::ModelConfig& m) {
+    return std::tuple(m.architecture, m.model_type, m.hidden_size, m.intermediate_size, m.num_hidden_layers,
+                      m.num_attention_heads, m.num_key_value_heads, m.vocab_size, m.rope_theta, m.rms_norm_eps,
+                      m.max_position_embeddings, m.tie_word_embeddings, m.bd_size, m.eos_token_id, m.bos_token_id,
+                      m.mask_token_id, m.torch_dtype, m.use_sliding_window, m.sliding_window, m.max_window_layers);
+  };
+  const io::ModelConfig defaults;
+  CHECK(c.max_position_embeddings != defaults.max_position_embeddings);
+  CHECK(c.bd_size != defaults.bd_size);
+  CHECK(c.rope_theta != defaults.rope_theta);
+  CHECK(c.rms_norm_eps != defaults.rms_norm_eps);
+  CHECK(c.tie_word_embeddings != defaults.tie_word_embeddings);
+  CHECK(c.architecture != defaults.architecture);
+  CHECK(c.torch_dtype != defaults.torch_dtype);
+  CHECK(fields(parse(nlohmann::json::parse(c.to_json().dump()))) == fields(c));
 }
 
 TEST_CASE("config.json: a sliding window bounds the context where some layer attends over it") {
@@ -126,6 +180,37 @@ TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model 
     CHECK(pa[i].name == pb[i].name);
     CHECK(std::memcmp(pa[i].f32().data(), pb[i].f32().data(), pa[i].f32().bytes()) == 0);
   }
+}
+
+TEST_CASE("a sharded save: tensors in order, empty shards only last, the index's total, metadata in every shard") {
+  // A first tensor larger than a shard's share (48 bytes over 3 shards: 16 each) still opens the
+  // first shard; the shards fill in order and only trailing ones may be empty.
+  const auto dir = test::temp_dir("ckpt-layout");
+  const std::vector<float> a(10, 1.0f), b(1, 2.0f), c(1, 3.0f);
+  const std::vector<model::NamedTensor> tensors{{"a", {10}, a}, {"b", {1}, b}, {"c", {1}, c}};
+  model::save_checkpoint(model::preset_config("tiny"), tensors, dir, DType::bf16, 3, {{"note", "kept"}});
+  const auto index = nlohmann::json::parse(std::ifstream(dir / "model.safetensors.index.json"));
+  std::vector<std::string> shard_of;
+  for (const char* name : {"a", "b", "c"}) shard_of.push_back(index.at("weight_map").at(name).get<std::string>());
+  CHECK(shard_of[0] == "model-00001-of-00003.safetensors");
+  CHECK(std::is_sorted(shard_of.begin(), shard_of.end()));
+  std::uint64_t bytes = 0;
+  bool empty_seen = false;
+  for (int k = 0; k < 3; ++k) {
+    io::SafetensorsFile shard(dir / model::shard_file_name(k, 3));
+    CAPTURE(k);
+    CHECK(shard.metadata().at("format") == "pt");
+    CHECK(shard.metadata().at("note") == "kept");
+    CHECK((!empty_seen || shard.entries().empty()));  // only trailing shards are empty
+    empty_seen = empty_seen || shard.entries().empty();
+    for (const auto& e : shard.entries()) {
+      bytes += e.bytes.size();
+      CHECK(index.at("weight_map").at(e.name) == model::shard_file_name(k, 3));
+    }
+  }
+  CHECK(bytes == 2 * (a.size() + b.size() + c.size()));
+  CHECK(index.at("metadata").at("total_size") == bytes);
+  CHECK(io::ModelConfig::load(dir / "config.json").torch_dtype == "bfloat16");
 }
 
 TEST_CASE("saving over a checkpoint of another layout leaves only the new one to load") {
