@@ -42,8 +42,32 @@ TEST_CASE("a folder's tokenizer_config.json chat_template gives its default syst
   CHECK(ChatTemplate::from_folder(dir).default_system == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.");
   std::ofstream(dir / "tokenizer_config.json") << nlohmann::json{{"chat_template", "{{ bos }}{{ content }}"}}.dump();
   CHECK_ERROR(ChatTemplate::from_folder(dir), "is not ChatML");
+  // The first system turn written whole as a literal; one with a placeholder or a quote is not a default.
+  std::ofstream(dir / "tokenizer_config.json")
+      << nlohmann::json{{"chat_template", "{{- '<|im_start|>system\\n{system}<|im_end|>\\n' }}"
+                                          "{{- '<|im_start|>system\\nFirst.<|im_end|>\\n' }}"
+                                          "{{- '<|im_start|>system\\nSecond.<|im_end|>\\n' }}"}}
+             .dump();
+  CHECK(ChatTemplate::from_folder(dir).default_system == "First.");
   std::filesystem::remove(dir / "tokenizer_config.json");
   CHECK(ChatTemplate::from_folder(dir).default_system == "You are a helpful assistant.");
+}
+
+TEST_CASE("special ids: config.json's [MASK] first, the tokenizer's <|im_end|> before config.json's EOS") {
+  const auto tok = tokenizer::Tokenizer::from_json(test::tiny_tokenizer().json.dump());
+  const int mask = *tok.token_id("|<MASK>|"), im_end = *tok.token_id("<|im_end|>");
+  io::ModelConfig config;
+  config.mask_token_id = mask == 3 ? 4 : 3;
+  config.eos_token_id = im_end == 5 ? 6 : 5;
+  auto ids = tokenizer::special_ids(config, &tok);
+  CHECK(ids.mask == config.mask_token_id);
+  CHECK(ids.stop == im_end);
+  config.mask_token_id.reset();
+  ids = tokenizer::special_ids(config, &tok);
+  CHECK(ids.mask == mask);
+  ids = tokenizer::special_ids(config, nullptr);  // no tokenizer: config.json alone
+  CHECK(!ids.mask);
+  CHECK(ids.stop == config.eos_token_id);
 }
 
 TEST_CASE("a synthetic Fast-dLLM v2 folder: 7B names, BF16 shards, index; decodes as the same weights in one f32 file") {
