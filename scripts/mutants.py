@@ -16,9 +16,11 @@ is caught.
 
   /usr/bin/python3 scripts/mutants.py                 # all of them, two at a time
   /usr/bin/python3 scripts/mutants.py -j 1 data.pad-aligned   # the named ones
+  /usr/bin/python3 scripts/mutants.py --check         # only that each still applies (a test)
 """
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import pathlib
@@ -31,6 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT / "tests" / "mutants.json"
 
 
+@functools.cache
 def eigen_include():
     try:
         flags = subprocess.run(["pkg-config", "--cflags-only-I", "eigen3"], capture_output=True, text=True, check=True)
@@ -51,16 +54,29 @@ def build_and_run(include, tests, work, main_object):
     if built.returncode != 0:
         return False, False, built.stderr.strip().splitlines()[-1:] or ["(no message)"]
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    ran = subprocess.run([str(exe)], capture_output=True, text=True, env=env, cwd=work, timeout=900)
+    try:
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    except subprocess.TimeoutExpired:
+        return True, False, ["the tests ran past 5 minutes"]  # a hang fails as surely as a check
     failures = [line for line in ran.stdout.splitlines() if "ERROR:" in line]
     return True, ran.returncode == 0, failures[:1]
+
+
+def staleness(m):
+    """Why mutant `m` no longer applies to the tree, or None."""
+    missing = [p for p in [m["file"], *m["tests"]] if not (ROOT / p).is_file()]
+    if missing:
+        return "no file " + ", ".join(missing)
+    count = (ROOT / m["file"]).read_text().count(m["old"])
+    return None if count == 1 else f'the text to change occurs {count} times in {m["file"]}'
 
 
 def run_mutant(m, main_object):
     path = ROOT / m["file"]
     text = path.read_text()
-    if text.count(m["old"]) != 1:
-        return m["id"], "STALE", f'the text to change occurs {text.count(m["old"])} times in {m["file"]}'
+    stale = staleness(m)
+    if stale:
+        return m["id"], "STALE", stale
     with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
         work = pathlib.Path(scratch)
         include = work / "include"
@@ -76,13 +92,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ids", nargs="*", help="mutants to run (default: every one)")
     parser.add_argument("-j", type=int, default=2, help="mutants compiled at once")
+    parser.add_argument("--check", action="store_true", help="only check that every mutant still applies")
     args = parser.parse_args()
     mutants = json.loads(CATALOGUE.read_text())
+    ids = [m["id"] for m in mutants]
+    if len(set(ids)) != len(ids):
+        sys.exit("tests/mutants.json: ids repeat: " + ", ".join(sorted({i for i in ids if ids.count(i) > 1})))
     if args.ids:
         unknown = set(args.ids) - {m["id"] for m in mutants}
         if unknown:
             sys.exit(f"unknown mutants: {', '.join(sorted(unknown))}")
         mutants = [m for m in mutants if m["id"] in args.ids]
+    if args.check:
+        stale = [(m["id"], staleness(m)) for m in mutants if staleness(m)]
+        for mid, why in stale:
+            print(f"STALE     {mid}: {why}")
+        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply to the tree")
+        return 1 if stale else 0
 
     with tempfile.TemporaryDirectory(prefix="mutants-") as scratch:
         work = pathlib.Path(scratch)

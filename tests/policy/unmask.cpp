@@ -46,6 +46,8 @@ TEST_CASE("Threshold: every p > tau plus the most confident; tau 1 takes exactly
   CHECK(pick(unmask::Threshold{0.0f}, c).size() == 5);
   CHECK_ERROR(unmask::Threshold{1.5f}.validate(), "threshold 1.5 is outside [0, 1]");
   CHECK_ERROR(unmask::Threshold{-0.1f}.validate(), "outside [0, 1]");
+  CHECK_NOTHROW(unmask::Threshold{1.0f}.validate());  // both ends are thresholds the study sweeps
+  CHECK_NOTHROW(unmask::Threshold{0.0f}.validate());
 }
 
 TEST_CASE("TopK: min(k, masked) most confident") {
