@@ -52,7 +52,8 @@ def build_and_run(include, tests, work, main_object):
            "-lpcre2-8", "-lutf8proc", "-lopenblas", "-lgomp"]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0:
-        return False, False, built.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        errors = [line for line in built.stderr.splitlines() if "error:" in line]
+        return False, False, errors[:1] or built.stderr.strip().splitlines()[-1:] or ["(no message)"]
     env = dict(os.environ, OMP_NUM_THREADS="2")
     try:
         ran = subprocess.run([str(exe)], capture_output=True, text=True, env=env, cwd=work, timeout=300)

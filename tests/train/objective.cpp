@@ -102,7 +102,9 @@ TEST_CASE("train/objective: drawn noise is per block, and the two views mask eve
   fd.build(w, 0, count, rng, b);
   std::vector<int> hits(std::size_t(L) * count, 0);
   int low = 0, high = 0;
-  for (int r = 0; r < count; ++r)
+  double spread = 0;  // the masked fractions' range over a window's blocks, summed over windows
+  for (int r = 0; r < count; ++r) {
+    double lowest = 1, highest = 0;
     for (int blk = 0; blk < L / 16; ++blk) {
       int masked = 0, supervised = 0;
       for (int i = blk * 16; i < blk * 16 + 16; ++i) {
@@ -117,9 +119,16 @@ TEST_CASE("train/objective: drawn noise is per block, and the two views mask eve
       // Per-block rates spread over [0, 1] (a per-sequence rate would concentrate at 1/2).
       low += masked * 10 <= supervised;
       high += masked * 10 >= supervised * 9;
+      lowest = std::min(lowest, double(masked) / supervised);
+      highest = std::max(highest, double(masked) / supervised);
     }
+    spread += highest - lowest;
+  }
   CHECK(low > 10);
   CHECK(high > 10);
+  // Each block draws its own rate: the range of four uniform rates is 3/5 on average, where one
+  // rate a window would leave only the sampling noise of 12 or 13 tokens a block (about 0.3).
+  CHECK(spread / count > 0.45);
   for (auto& t : b.targets) {
     const std::int64_t row = t.index / (2 * L), col = t.index % (2 * L) + 1;
     hits[std::size_t((row % count) * L + col)]++;

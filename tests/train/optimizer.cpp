@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../support/check_error.hpp"
 #include "blockdiff/train/optimizer.hpp"
 
 using namespace blockdiff;
@@ -31,6 +32,11 @@ TEST_CASE("train/optimizer: the learning rate warms up linearly, then holds or f
   lr.warmup = 0;  // the cosine starts at the first step
   CHECK(lr.at(0) == doctest::Approx(1e-3));
   CHECK(lr.at(3) == doctest::Approx(0.55e-3));
+  lr.warmup = 6;  // a run that is all warmup
+  CHECK_NOTHROW(lr.validate());
+  CHECK(lr.at(5) == doctest::Approx(1e-3));
+  lr.warmup = 7;
+  CHECK_ERROR(lr.validate(), "warmup 7 must be within [0, 6] steps");
 }
 
 TEST_CASE("train/optimizer: AdamW equals the algorithm in f64, weight decay on the given ranges only") {
@@ -78,6 +84,8 @@ TEST_CASE("train/optimizer: AdamW equals the algorithm in f64, weight decay on t
 TEST_CASE("train/optimizer: clipping scales the gradients to the norm, only when above it, and returns the norm before") {
   std::vector<float> g{3.0f, 0.0f, -4.0f};
   CHECK(train::clip_global_norm<float>(std::span<float>(g), 10.0) == doctest::Approx(5.0));
+  CHECK(g == std::vector<float>{3.0f, 0.0f, -4.0f});
+  CHECK(train::clip_global_norm<float>(std::span<float>(g), 5.0) == doctest::Approx(5.0));  // at the bound: kept
   CHECK(g == std::vector<float>{3.0f, 0.0f, -4.0f});
   CHECK(train::clip_global_norm<float>(std::span<float>(g), 0.0) == doctest::Approx(5.0));  // 0: off
   CHECK(g == std::vector<float>{3.0f, 0.0f, -4.0f});
