@@ -4,8 +4,10 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <set>
 
 #include "../support/check_error.hpp"
@@ -354,6 +356,39 @@ TEST_CASE("max_new_tokens is exact and a shorter run is a prefix of a longer one
     CHECK(shorter.tokens == std::vector<int>(longer.tokens.begin(), longer.tokens.begin() + n));
   }
   CHECK(gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 0).tokens.empty());
+  // Ending on a block boundary: the last block is complete at the limit, and nothing follows it to
+  // need its commit forward. Blocks [8, 16) and [16, 24) after a prompt of 8: one commit, between them.
+  const auto exact = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, prompt_of(8, 9), 16, {0.9f});
+  CHECK(exact.tokens.size() == 16);
+  CHECK(exact.trace.count(decode::ForwardKind::commit) == 1);
+}
+
+TEST_CASE("Scheduled counts the positions of a sub-block masked at its start, not its size") {
+  // At step s of n a Scheduled<Cosine> sub-block has revealed ceil(m · cos(π/2 · (1 − (s+1)/n)))
+  // of the m positions masked when it began (at least one a step, the rest at the last), here
+  // with n = 4 steps / 2 sub-blocks. A block's first sub-block holds the token the forward before
+  // it carried over, so 3 of its 4 positions start masked; the second, 4.
+  auto& m = golden_model("model-f32-tied");
+  const auto r = gen<BlockShape<8, 4>, unmask::Scheduled<schedule::Cosine>, cache::Block<>>(
+      m, prompt_of(8, 8), 16, unmask::Scheduled<schedule::Cosine>{4});
+  std::map<int, std::vector<int>> per_step;  // sub-block -> positions committed by each of its steps
+  for (const auto& step : r.trace.steps)
+    if (step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block)
+      per_step[step.committed.front().first / 4].push_back(static_cast<int>(step.committed.size()));
+  REQUIRE(per_step.size() == 4);  // sub-blocks 2 to 5: positions 8 to 23
+  const int n = 2;
+  for (const auto& [sub, counts] : per_step) {
+    CAPTURE(sub);
+    const int masked = std::accumulate(counts.begin(), counts.end(), 0);
+    CHECK(masked == (sub % 2 == 0 ? 3 : 4));
+    int revealed = 0;
+    for (std::size_t s = 0; s < counts.size(); ++s) {
+      const double frac = std::cos(1.5707963267948966 * (1.0 - double(s + 1) / n));
+      const int target = int(s) + 1 >= n ? masked : int(std::ceil(masked * frac - 1e-4));
+      CHECK(counts[s] == std::clamp(target - revealed, 1, masked - revealed));
+      revealed += counts[s];
+    }
+  }
 }
 
 TEST_CASE("EOS: generation stops once an EOS is committed with nothing masked before it; the EOS is kept") {
@@ -413,6 +448,11 @@ TEST_CASE("op::Sample: top-p keeps the smallest nucleus and the confidence is re
     CHECK(s.token == token);
     CHECK(s.p1 == doctest::Approx(1.0 / 3.0));
   }
+  // u = 0 draws the first token that can be drawn, never one of probability 0 before it.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> banned_first{-inf, -inf, 0.0f, 0.0f};
+  for (const float top_p : {1.0f, 0.9f})
+    CHECK(Kernel<backend::Host, op::Sample>::one_row(banned_first.data(), 4, 1.0f, top_p, 0.0, scratch).token == 2);
 }
 
 TEST_CASE("bad decoding input is a clear error") {
@@ -434,6 +474,8 @@ TEST_CASE("bad decoding input is a clear error") {
   o.mask_id = 319;
   o.eos_id = 1000;
   CHECK_ERROR(d.generate(std::vector<int>{1}, o), "EOS id 1000");
+  o.eos_id = 319;
+  CHECK_ERROR(d.generate(std::vector<int>{1}, o), "the EOS id and the mask id are both 319");
   o.eos_id = std::nullopt;
   d.policy().tau = 2.0f;
   CHECK_ERROR(d.generate(std::vector<int>{1}, o), "threshold 2 is outside [0, 1]");
