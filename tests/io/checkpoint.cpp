@@ -51,42 +51,27 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
     j.erase(f);
     return j;
   };
+  auto with = [](const char* f, const nlohmann::json& value) {
+    auto j = base();
+    j[f] = value;
+    return j;
+  };
   CHECK_ERROR(parse(without("hidden_size")), "missing required field \"hidden_size\"");
   CHECK_ERROR(parse(without("vocab_size")), "\"vocab_size\"");
-  auto j = base();
-  j["hidden_size"] = "64";
-  CHECK_ERROR(parse(j), "\"hidden_size\" must be an integer");
-  j = base();
-  j["num_attention_heads"] = 5;
-  CHECK_ERROR(parse(j), "not divisible by num_attention_heads");
-  j = base();
-  j["num_key_value_heads"] = 3;
-  CHECK_ERROR(parse(j), "not divisible by num_key_value_heads");
-  j = base();
-  j["mask_token_id"] = 320;
-  CHECK_ERROR(parse(j), "\"mask_token_id\" 320 is outside the vocabulary");
-  j = base();
-  j["eos_token_id"] = 4294967296LL + 318;  // not 318
-  CHECK_ERROR(parse(j), "\"eos_token_id\" must be an integer id, got 4294967614");
-  j = base();
-  j["architectures"] = {"LlamaForCausalLM"};
-  CHECK_ERROR(parse(j), "architecture \"LlamaForCausalLM\" is not supported");
-  j = base();
-  j["rope_scaling"] = {{"type", "yarn"}};
-  CHECK_ERROR(parse(j), "rope_scaling");
+  CHECK_ERROR(parse(with("hidden_size", "64")), "\"hidden_size\" must be an integer");
+  CHECK_ERROR(parse(with("num_attention_heads", 5)), "not divisible by num_attention_heads");
+  CHECK_ERROR(parse(with("num_key_value_heads", 3)), "not divisible by num_key_value_heads");
+  CHECK_ERROR(parse(with("mask_token_id", 320)), "\"mask_token_id\" 320 is outside the vocabulary");
+  CHECK_ERROR(parse(with("eos_token_id", 4294967296LL + 318)),  // not 318
+              "\"eos_token_id\" must be an integer id, got 4294967614");
+  CHECK_ERROR(parse(with("architectures", nlohmann::json::array({"LlamaForCausalLM"}))),
+              "architecture \"LlamaForCausalLM\" is not supported");
+  CHECK_ERROR(parse(with("rope_scaling", nlohmann::json{{"type", "yarn"}})), "rope_scaling");
   CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");
-  j = base();
-  j["hidden_size"] = 60;  // 4 heads of 15: RoPE rotates pairs
-  CHECK_ERROR(parse(j), "head_dim 15 must be even");
-  j = base();
-  j["hidden_size"] = 4294967296LL + 64;  // not 64
-  CHECK_ERROR(parse(j), "field \"hidden_size\" is out of range");
-  j = base();
-  j["tie_word_embeddings"] = 1;
-  CHECK_ERROR(parse(j), "field \"tie_word_embeddings\" must be a boolean");
-  j = base();
-  j["bd_size"] = 0;
-  CHECK_ERROR(parse(j), "\"bd_size\" must be positive, got 0");
+  CHECK_ERROR(parse(with("hidden_size", 60)), "head_dim 15 must be even");  // RoPE rotates pairs
+  CHECK_ERROR(parse(with("hidden_size", 4294967296LL + 64)), "field \"hidden_size\" is out of range");
+  CHECK_ERROR(parse(with("tie_word_embeddings", 1)), "field \"tie_word_embeddings\" must be a boolean");
+  CHECK_ERROR(parse(with("bd_size", 0)), "\"bd_size\" must be positive, got 0");
 }
 
 TEST_CASE("config.json: the parameter count is the elements of the checkpoint's tensors") {
