@@ -168,8 +168,8 @@ TEST_CASE("a sharded BF16 folder loads to exactly the weights of the same model 
 }
 
 TEST_CASE("a sharded save: tensors in order, empty shards only last, the index's total, metadata in every shard") {
-  // A first tensor larger than a shard's share (48 bytes over 3 shards: 16 each) still opens the
-  // first shard; the shards fill in order and only trailing ones may be empty.
+  // A first tensor larger than a shard's share (a's 20 bytes of BF16, where 24 over 3 shards give
+  // 8 each) still opens the first shard; the shards fill in order and only trailing ones may be empty.
   const auto dir = test::temp_dir("ckpt-layout");
   const std::vector<float> a(10, 1.0f), b(1, 2.0f), c(1, 3.0f);
   const std::vector<model::NamedTensor> tensors{{"a", {10}, a}, {"b", {1}, b}, {"c", {1}, c}};
