@@ -73,11 +73,11 @@ def staleness(m):
 
 
 def run_mutant(m, main_object):
-    path = ROOT / m["file"]
-    text = path.read_text()
+    """The verdict on mutant `m`, and what explains it."""
     stale = staleness(m)
     if stale:
-        return m["id"], "STALE", stale
+        return "STALE", stale
+    text = (ROOT / m["file"]).read_text()
     with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
         work = pathlib.Path(scratch)
         include = work / "include"
@@ -85,8 +85,8 @@ def run_mutant(m, main_object):
         (include / pathlib.Path(m["file"]).relative_to("include")).write_text(text.replace(m["old"], m["new"]))
         built, passed, detail = build_and_run(include, m["tests"], work, main_object)
     if not built:
-        return m["id"], "BROKEN", "the mutant does not compile: " + " ".join(detail)
-    return m["id"], "SURVIVED" if passed else "CAUGHT", " ".join(detail)
+        return "BROKEN", "the mutant does not compile: " + " ".join(detail)
+    return "SURVIVED" if passed else "CAUGHT", " ".join(detail)
 
 
 def main():
@@ -105,7 +105,7 @@ def main():
             sys.exit(f"unknown mutants: {', '.join(sorted(unknown))}")
         mutants = [m for m in mutants if m["id"] in args.ids]
     if args.check:
-        stale = [(m["id"], staleness(m)) for m in mutants if staleness(m)]
+        stale = [(m["id"], why) for m in mutants if (why := staleness(m))]
         for mid, why in stale:
             print(f"STALE     {mid}: {why}")
         print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply to the tree")
@@ -117,18 +117,17 @@ def main():
         subprocess.run([os.environ.get("CXX", "g++"), "-std=c++20", "-O1", "-c",
                         str(ROOT / "tests" / "support" / "doctest_main.cpp"), "-o", str(main_object)], check=True)
         # The unmutated tests must pass, or no verdict below means anything.
-        for tests in sorted({tuple(m["tests"]) for m in mutants}):
-            base = work / ("base-" + str(abs(hash(tests))))
+        for k, tests in enumerate(sorted({tuple(m["tests"]) for m in mutants})):
+            base = work / f"base-{k}"
             base.mkdir()
             built, passed, detail = build_and_run(ROOT / "include", tests, base, main_object)
             if not (built and passed):
                 sys.exit(f"the unmutated tests {' '.join(tests)} fail: {' '.join(detail)}")
         verdicts = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.j)) as pool:
-            for mid, verdict, detail in pool.map(lambda m: run_mutant(m, main_object), mutants):
-                what = next(m["what"] for m in mutants if m["id"] == mid)
-                print(f"{verdict:8}  {mid:24} {what}" + (f"\n          {detail}" if verdict != "CAUGHT" else ""),
-                      flush=True)
+            for m, (verdict, detail) in zip(mutants, pool.map(lambda m: run_mutant(m, main_object), mutants)):
+                why = f"\n          {detail}" if verdict != "CAUGHT" else ""
+                print(f"{verdict:8}  {m['id']:24} {m['what']}{why}", flush=True)
                 verdicts.append(verdict)
     caught = verdicts.count("CAUGHT")
     print(f"{caught} of {len(verdicts)} mutants caught")
