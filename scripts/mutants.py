@@ -50,13 +50,13 @@ def build_and_run(include, tests, work, main_object):
            f'-DBLOCKDIFF_TEST_DATA="{ROOT / "tests" / "data"}"',
            *[str(ROOT / t) for t in tests], str(main_object), "-o", str(exe),
            "-lpcre2-8", "-lutf8proc", "-lopenblas", "-lgomp"]
-    built = subprocess.run(cmd, capture_output=True, text=True)
+    built = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     if built.returncode != 0:
         errors = [line for line in built.stderr.splitlines() if "error:" in line]
         return False, False, errors[:1] or built.stderr.strip().splitlines()[-1:] or ["(no message)"]
     env = dict(os.environ, OMP_NUM_THREADS="2")
     try:
-        ran = subprocess.run([str(exe)], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, errors="replace", env=env, cwd=work, timeout=300)
     except subprocess.TimeoutExpired:
         return True, False, ["the tests ran past 5 minutes"]  # a hang fails as surely as a check
     failures = [line for line in ran.stdout.splitlines() if "ERROR:" in line]
