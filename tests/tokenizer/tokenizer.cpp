@@ -99,6 +99,99 @@ TEST_CASE("NFC: decomposed and composed text encode alike; added tokens are matc
   CHECK(tok.decode(ids, /*skip_special=*/true) == "user\nhi");
 }
 
+TEST_CASE("added tokens: lstrip and rstrip swallow the whitespace on their side, and the longest at a position wins") {
+  auto t = test::tiny_tokenizer();
+  auto& added = t.json["added_tokens"];  // <|endoftext|>, <|im_start|>, <|im_end|>, |<MASK>|
+  added[1]["rstrip"] = true;
+  added[3]["lstrip"] = true;
+  const int user = added.back()["id"].get<int>() + 1;
+  added.push_back({{"id", user}, {"content", "<|im_start|>user"}, {"special", false}});
+  const auto the = tokenizer::detail::to_byte_level(" the");  // "Ġthe", a merged token of the vocabulary
+  REQUIRE(t.vocab.count(the) == 1);
+  added.push_back({{"id", user + 1}, {"content", the}});
+  auto tok = tiny(t);
+  CHECK(*tok.token_id(the) == user + 1);  // an added token's text names it, not the vocabulary's token
+  tokenizer::Encoder enc(tok);
+  // Without the flags, "  b" would be the pieces "  " and " b" (the Qwen2 regex's whitespace rule).
+  CHECK(enc.pieces("a  |<MASK>| b") == Pieces{"a", "|<MASK>|", " b"});
+  CHECK(enc.pieces("a |<MASK>|  b") == Pieces{"a", "|<MASK>|", " ", " b"});
+  CHECK(enc.pieces("<|im_start|>  \tx") == Pieces{"<|im_start|>", "x"});
+  CHECK(enc.pieces("x <|im_end|>  y") == Pieces{"x", " ", "<|im_end|>", " ", " y"});
+  // Whitespace is Unicode's (U+3000 and U+00A0 before, U+2028 after), as Hugging Face reads it.
+  CHECK(enc.pieces("a\u3000\u00a0|<MASK>|b") == Pieces{"a", "|<MASK>|", "b"});
+  CHECK(enc.pieces("<|im_start|>\u2028\u00e9") == Pieces{"<|im_start|>", "\u00e9"});
+  CHECK(enc.pieces("\u00e9|<MASK>|") == Pieces{"\u00e9", "|<MASK>|"});
+  // Whitespace the first token's rstrip took is not the second's to take again.
+  CHECK(enc.pieces("a<|im_start|>  |<MASK>|b") == Pieces{"a", "<|im_start|>", "|<MASK>|", "b"});
+  // "<|im_start|>" is a prefix of "<|im_start|>user": the longer is matched where both are.
+  CHECK(enc.pieces("<|im_start|>user\nhi") == Pieces{"<|im_start|>user", "\n", "hi"});
+  CHECK(enc.pieces("<|im_start|>system") == Pieces{"<|im_start|>", "system"});
+  CHECK(tok.encode("<|im_start|>user").size() == 1);
+  // A token not marked special is kept by decode(skip_special).
+  CHECK_FALSE(tok.is_special(user));
+  CHECK(tok.decode(tok.encode("<|im_start|>user hi|<MASK>|<|im_end|>"), /*skip_special=*/true) == "<|im_start|>user hi");
+}
+
+TEST_CASE("ids that no token has (gaps in the numbering) are not in the vocabulary") {
+  auto t = test::tiny_tokenizer();
+  const int mask = t.json["added_tokens"][3]["id"].get<int>();
+  t.json["added_tokens"][3]["id"] = mask + 5;
+  auto tok = tiny(t);
+  CHECK(tok.size() == mask + 6);
+  CHECK(tok.contains(mask + 5));
+  for (int id = mask; id < mask + 5; ++id) {
+    CHECK_FALSE(tok.contains(id));
+    CHECK_ERROR(tok.decode(std::vector<int>{id}), "is not in the vocabulary");
+  }
+}
+
+TEST_CASE("a ByteLevel pre-tokenizer of GPT-2's kind: its own regex, and a space before each stretch of text") {
+  auto t = test::tiny_tokenizer();
+  t.json["normalizer"] = nullptr;
+  t.json["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  auto tok = tiny(t);
+  tokenizer::Encoder enc(tok);
+  // GPT-2's regex keeps a run of digits whole and a space with the word after it.
+  CHECK(enc.pieces("it's 2024 now") == Pieces{" it", "'s", " 2024", " now"});
+  CHECK(enc.pieces(" hi") == Pieces{" hi"});  // already begins with a space: none added
+  CHECK(enc.pieces("a<|im_end|>b") == Pieces{" a", "<|im_end|>", " b"});
+  CHECK(tok.decode(tok.encode("a<|im_end|>b")) == " a<|im_end|> b");
+  t.json["pre_tokenizer"]["use_regex"] = false;
+  t.json["pre_tokenizer"]["add_prefix_space"] = false;
+  tokenizer::Encoder whole(tiny(t));
+  CHECK(whole.pieces("it's 2024 now") == Pieces{"it's 2024 now"});
+}
+
+TEST_CASE("a Split pre-tokenizer in Isolated mode: a literal String, the text between matches, empty matches") {
+  auto with_pattern = [](nlohmann::ordered_json pattern) {
+    auto t = test::tiny_tokenizer();
+    t.json["pre_tokenizer"]["pretokenizers"][0]["pattern"] = std::move(pattern);
+    return tiny(t);
+  };
+  // "+-" is a literal (as a regex it would not compile); what lies between matches is a piece too.
+  auto literal = with_pattern({{"String", "+-"}});
+  tokenizer::Encoder enc(literal);
+  CHECK(enc.pieces("1+-2+-+-34") == Pieces{"1", "+-", "2", "+-", "+-", "34"});
+  CHECK(enc.pieces("+-x") == Pieces{"+-", "x"});
+  CHECK(literal.decode(literal.encode("1+-2+-+-34")) == "1+-2+-+-34");
+  // A regex that can match nothing steps over one whole character where it does.
+  auto star = with_pattern({{"Regex", "x*"}});
+  tokenizer::Encoder stars(star);
+  CHECK(stars.pieces("\u00e9xx\u4e2d") == Pieces{"\u00e9", "xx", "\u4e2d"});
+}
+
+TEST_CASE("a merge listed twice keeps its first rank") {
+  auto t = test::tiny_tokenizer();
+  t.json["model"]["merges"].push_back(t.json["model"]["merges"][0]);
+  t.merges.push_back(t.merges[0]);  // the naive reference ranks a pair by its first place too
+  auto tok = tiny(t);
+  tokenizer::Encoder enc(tok);
+  for (auto& piece : enc.pieces(test::tiny_training_text)) {
+    INFO("piece \"", piece, "\"");
+    CHECK(enc.encode(piece) == test::naive_bpe(t, piece));
+  }
+}
+
 TEST_CASE("decode(encode(x)) == x for NFC text: every byte, every script") {
   auto tok = tiny(test::tiny_tokenizer());
   std::string all_bytes;
@@ -119,6 +212,56 @@ TEST_CASE("invalid UTF-8 is repaired, each maximal ill-formed subpart to one U+F
   auto tok = tiny(test::tiny_tokenizer());
   CHECK(tok.encode("a\xffz") == tok.encode("a\uFFFDz"));
   CHECK(tok.decode(tok.encode("x\xE2\x82")) == "x\uFFFD");
+}
+
+TEST_CASE("UTF-8 validity at every bound of the standard's table of well-formed sequences (Table 3-7)") {
+  const std::string r = "\xEF\xBF\xBD";
+  struct Case {
+    std::string bytes, repaired;
+  };
+  // The lowest and highest second byte of each lead byte with a narrowed range, one past each,
+  // the lowest two-byte lead, and a bad third or fourth byte.
+  for (const auto& [bytes, repaired] : std::vector<Case>{
+           {"\xC2\x80", "\xC2\x80"},                         {"\xC1\xBF", r + r},
+           {"\xE0\xA0\x80", "\xE0\xA0\x80"},                 {"\xE0\x9F\xBF", r + r + r},
+           {"\xED\x9F\xBF", "\xED\x9F\xBF"},                 {"\xED\xA0\x80", r + r + r},
+           {"\xF0\x90\x80\x80", "\xF0\x90\x80\x80"},         {"\xF0\x8F\xBF\xBF", r + r + r + r},
+           {"\xF4\x8F\xBF\xBF", "\xF4\x8F\xBF\xBF"},         {"\xF4\x90\x80\x80", r + r + r + r},
+           {"\xE1\x80\x41", r + "A"},                        {"\xF1\x80\x80\x41", r + "A"},
+           {"\xF1\x80\xC2\x80", r + "\xC2\x80"}}) {
+    INFO("bytes ", tokenizer::detail::to_byte_level(bytes));
+    CHECK(tokenizer::utf8::repaired(bytes) == repaired);
+    CHECK(tokenizer::utf8::valid(bytes) == (bytes == repaired));
+  }
+  // Code points of each length, and Unicode's White_Space against PCRE2's \s in Unicode mode
+  // (the Z categories, tab to carriage return, and NEL) over every scalar value, but U+180E, a
+  // space separator until Unicode 6.3 that PCRE2 keeps in \s for Perl's sake.
+  CHECK(tokenizer::utf8::code_point("A") == U'A');
+  CHECK(tokenizer::utf8::code_point("\u00e9x") == U'\u00e9');
+  CHECK(tokenizer::utf8::code_point("\u4e2d") == U'\u4e2d');
+  CHECK(tokenizer::utf8::code_point("\U0001F600") == U'\U0001F600');
+  CHECK(tokenizer::utf8::code_point("\xE0\x80") == U'\uFFFD');
+  const tokenizer::detail::Regex space("^\\s$", "test");
+  auto* md = space.make_match_data();
+  int spaces = 0;
+  for (char32_t c = 0; c <= 0x10FFFF; ++c) {
+    if (c >= 0xD800 && c <= 0xDFFF) continue;
+    std::string s;
+    tokenizer::detail::append_utf8(s, c);
+    if (tokenizer::utf8::code_point(s) != c) FAIL_CHECK("the code point of U+", std::uint32_t(c), " (decimal)");
+    const bool pcre2 = c != 0x180E && space.find(s, 0, md).has_value();
+    if (pcre2 != tokenizer::utf8::white_space(c)) FAIL_CHECK("U+", std::uint32_t(c), " (decimal)");
+    spaces += pcre2;
+  }
+  pcre2_match_data_free(md);
+  CHECK(spaces == 25);  // PropList.txt's count
+  // What a stream holds back: the start of a character that can still complete, and nothing else.
+  CHECK(tokenizer::utf8::incomplete_tail("a\xF0\x9F\x98") == 3);
+  CHECK(tokenizer::utf8::incomplete_tail("a\xF0\x9F") == 2);
+  CHECK(tokenizer::utf8::incomplete_tail("a\xE4") == 1);
+  CHECK(tokenizer::utf8::incomplete_tail("a\xE0\x80") == 0);  // E0 80 never completes
+  CHECK(tokenizer::utf8::incomplete_tail("a\xF4\x90") == 0);  // past U+10FFFF
+  CHECK(tokenizer::utf8::incomplete_tail("\xF0\x9F\x98\x80") == 0);
 }
 
 TEST_CASE("streaming decode holds back a character cut between tokens") {
@@ -173,6 +316,19 @@ TEST_CASE("bad tokenizer.json files are errors that name the file and the entry"
   CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"].erase(tokenizer::detail::to_byte_level("\x01")); })),
               "lacks the token of byte 1");
   CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["single_word"] = true; })), "single_word");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["invert"] = true; })),
+              "an inverted Split pre-tokenizer is not supported");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = true; })),
+              "more than one regex pre-tokenizer (ByteLevel use_regex)");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["dropout"] = 0.1; })), "BPE dropout is not supported");
+  CHECK_NOTHROW(load(with([](auto& j) { j["model"]["dropout"] = 0.0; })));
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["continuing_subword_prefix"] = "##"; })),
+              "model.continuing_subword_prefix is not supported (got \"##\")");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"]["\u4e2d"] = 1000; })),
+              "vocabulary token \"\u4e2d\" (id 1000) has a character outside the ByteLevel alphabet");
+  for (const char* merge : {" a", "a "})
+    CHECK_ERROR(load(with([&](auto& j) { j["model"]["merges"].push_back(merge); })),
+                "is not two tokens separated by a space");
   // Fields of the wrong type are errors naming the field, never a JSON library's exception.
   CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = false; })),
               "bad/tokenizer.json: the Split pre-tokenizer's \"behavior\" must be a string, not false");

@@ -47,7 +47,7 @@ struct AddedToken {
   int id = 0;
   std::string content;
   bool special = false;
-  bool lstrip = false, rstrip = false;  //!< the match also swallows whitespace on that side
+  bool lstrip = false, rstrip = false;  //!< the match also swallows whitespace (Unicode's White_Space) on that side
 };
 
 namespace detail {
@@ -257,7 +257,26 @@ class Encoder {
   }
 
  private:
-  static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+  // Where the whitespace that ends at `end` begins, no earlier than `floor`; and where the
+  // whitespace that begins at `begin` ends: what lstrip and rstrip swallow. The text is
+  // well-formed (split_added repairs it first).
+  static std::size_t space_before(std::string_view text, std::size_t floor, std::size_t end) {
+    while (end > floor) {
+      std::size_t start = end - 1;
+      while (start > floor && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+      if (!utf8::white_space(utf8::code_point(text.substr(start, end - start)))) break;
+      end = start;
+    }
+    return end;
+  }
+  static std::size_t space_after(std::string_view text, std::size_t begin) {
+    while (begin < text.size()) {
+      const auto rest = text.substr(begin);
+      if (!utf8::white_space(utf8::code_point(rest))) break;
+      begin += static_cast<std::size_t>(utf8::sequence_length(rest));
+    }
+    return begin;
+  }
 
   // Repairs `text`, then calls `on_text` on each stretch between added tokens and `on_added` on
   // each added token: leftmost, longest at a position.
@@ -276,10 +295,8 @@ class Encoder {
         continue;
       }
       std::size_t begin = i, end = i + hit->content.size();
-      if (hit->lstrip)
-        while (begin > piece && is_space(text[begin - 1])) --begin;
-      if (hit->rstrip)
-        while (end < text.size() && is_space(text[end])) ++end;
+      if (hit->lstrip) begin = space_before(text, piece, begin);
+      if (hit->rstrip) end = space_after(text, end);
       on_text(text.substr(piece, begin - piece));
       on_added(*hit);
       piece = i = end;
@@ -529,9 +546,10 @@ inline Tokenizer Tokenizer::from_json(std::string_view text, const std::string& 
       if (flag("use_regex", true)) set_pattern(gpt2_pattern, "ByteLevel use_regex");
     } else if (t == "Split") {
       const auto behavior = io::optional_field(p, "behavior", std::string(), origin, "the Split pre-tokenizer's ");
-      require(behavior == "Isolated" && !io::optional_field(p, "invert", false, origin, "the Split pre-tokenizer's "),
-              origin, ": Split pre-tokenizer with behavior \"", behavior,
-              "\" is not supported (blockdiff reads Isolated, not inverted)");
+      require(behavior == "Isolated", origin, ": Split pre-tokenizer with behavior \"", behavior,
+              "\" is not supported (blockdiff reads Isolated)");
+      require(!io::optional_field(p, "invert", false, origin, "the Split pre-tokenizer's "), origin,
+              ": an inverted Split pre-tokenizer is not supported");
       require(p.contains("pattern") && p["pattern"].is_object(), origin, ": Split pre-tokenizer has no pattern");
       const auto& pat = p["pattern"];
       if (pat.contains("Regex") && pat["Regex"].is_string()) {

@@ -41,6 +41,25 @@ constexpr int sequence_length(std::string_view s) {
   return need + 1;
 }
 
+//! The code point that `s` begins with, U+FFFD where it begins with no well-formed sequence.
+constexpr char32_t code_point(std::string_view s) {
+  const auto byte = [&](std::size_t i) { return static_cast<char32_t>(static_cast<unsigned char>(s[i])); };
+  switch (sequence_length(s)) {
+    case 1: return byte(0);
+    case 2: return (byte(0) & 0x1F) << 6 | (byte(1) & 0x3F);
+    case 3: return (byte(0) & 0x0F) << 12 | (byte(1) & 0x3F) << 6 | (byte(2) & 0x3F);
+    case 4: return (byte(0) & 0x07) << 18 | (byte(1) & 0x3F) << 12 | (byte(2) & 0x3F) << 6 | (byte(3) & 0x3F);
+    default: return 0xFFFD;
+  }
+}
+
+//! Unicode's White_Space property (PropList.txt), as Rust's char::is_whitespace and so Hugging
+//! Face's added tokens read it.
+constexpr bool white_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
 //! True when `s` is well-formed UTF-8.
 constexpr bool valid(std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
