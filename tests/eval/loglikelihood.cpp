@@ -177,6 +177,15 @@ TEST_CASE("loglikelihood: choices of one prefix share its prefill, and only the 
     CHECK(std::fabs(l.scores[i].loglikelihood - naive_loglikelihood<8>(naive, letters[i], mask, eos)) < kTol);
   CHECK(l.scores[0].argmax == l.scores[1].argmax);
   CHECK(l.scores[0].loglikelihood != l.scores[1].loglikelihood);
+  // A question's choices need not come together: a later group of the batch with the same shared
+  // part copies its K/V from the first's cache after the prefill, and the scored block run for the
+  // first serves it too.
+  const std::vector<eval::ScoreRequest> apart{{prefix, {40}}, {ids(20, 5, 320), {40}}, {prefix, {41}}};
+  const auto ap = eval::first_token_loglikelihood<8>(m, apart, o);
+  CHECK(ap.forwards == 2);
+  CHECK(ap.positions == 2 * 16 + 2 * 8);
+  for (std::size_t i = 0; i < apart.size(); ++i)
+    CHECK(std::fabs(ap.scores[i].loglikelihood - naive_loglikelihood<8>(naive, apart[i], mask, eos)) < kTol);
 
   // Scored blocks of the same tokens that score different positions are two runs, each read at
   // its own row: a prefix may hold [MASK]s and the EOS (few-shot examples packed as training packs
@@ -390,6 +399,9 @@ TEST_CASE("loglikelihood: kept caches hold the examples of interleaved tasks, th
   // runs its header again.
   CHECK(score({&a, &c, &a, &d, &a}, 1, 2) == 32 + 32 + 8 + 32 + 8);
   CHECK(score({&a, &c, &d, &a}, 1, 2) == 4 * 32);
+  // Three caches: one that a group copies from counts as used. After A, C, and B (which copies the
+  // common block from A's), D gives up C's, the least recently used, and A keeps its header.
+  CHECK(score({&a, &c, &b, &d, &a}, 1, 3) == 32 + 32 + 24 + 32 + 8);
   // Two a batch, caches 0: [A, C] then [D, B]. Both caches are taken again by the second batch,
   // so B takes A's, keeping the first block, though that is less than half of what A's holds.
   CHECK(score({&a, &c, &d, &b}, 2, 0) == 2 * 32 + 32 + 24);
@@ -491,20 +503,29 @@ TEST_CASE("loglikelihood: causal scoring sums the whole target, as lm-eval score
     }
   }
   // greedy: every target token is its row's argmax. Build the greedy continuation from the naive
-  // model and score it and a one-token change of it.
-  std::vector<int> seq = ids(5, 2, 320), greedy_target;
-  for (int i = 0; i < 3; ++i) {
-    const auto row = naive.forward(seq, [](int q, int k) { return k <= q; }).back();
-    const int best = int(std::max_element(row.begin(), row.end()) - row.begin());
-    greedy_target.push_back(best);
-    seq.push_back(best);
-  }
+  // model and score it, a one-token change of its end, and a changed first token followed by
+  // the greedy continuation of that (the change alone is not its row's argmax).
+  auto continue_greedily = [&](std::vector<int> target, int n) {
+    std::vector<int> seq = join(ids(5, 2, 320), target);
+    for (int i = 0; i < n; ++i) {
+      const auto row = naive.forward(seq, [](int q, int k) { return k <= q; }).back();
+      const int best = int(std::max_element(row.begin(), row.end()) - row.begin());
+      target.push_back(best);
+      seq.push_back(best);
+    }
+    return target;
+  };
+  const auto greedy_target = continue_greedily({}, 3);
   auto changed = greedy_target;
   changed[2] = (changed[2] + 1) % 317;
-  const std::vector<eval::ScoreRequest> g{{ids(5, 2, 320), greedy_target}, {ids(5, 2, 320), changed}};
+  const auto late = continue_greedily({(greedy_target[0] + 1) % 317}, 2);
+  const std::vector<eval::ScoreRequest> g{
+      {ids(5, 2, 320), greedy_target}, {ids(5, 2, 320), changed}, {ids(5, 2, 320), late}};
   const auto gs = eval::causal_loglikelihood(m, g, {});
   CHECK(gs.scores[0].greedy);
   CHECK_FALSE(gs.scores[1].greedy);
+  CHECK_FALSE(gs.scores[2].greedy);
+  CHECK(gs.scores[2].argmax == greedy_target[0]);
   CHECK(gs.scores[0].argmax == greedy_target[0]);
   CHECK(gs.scores[0].loglikelihood > gs.scores[1].loglikelihood);
   // The last position run must fit the context: prefix + target - 1 positions.
