@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <set>
 #include <sstream>
 
 #include "../support/check_error.hpp"
@@ -61,6 +62,23 @@ train::TrainOptions options(int steps) {
   o.lr.decay = train::LrSchedule::Decay::cosine;
   o.seed = 5;
   return o;
+}
+
+// The AR objective, recording what each micro-batch saw: its windows' tokens, and the first draw
+// of the noise stream it was given (which the AR objective itself leaves unused).
+struct RecordingAr : train::ArObjective {
+  std::shared_ptr<std::vector<std::vector<int>>> windows = std::make_shared<std::vector<std::vector<int>>>();
+  std::shared_ptr<std::vector<std::uint64_t>> draws = std::make_shared<std::vector<std::uint64_t>>();
+  void build(const train::Windows& w, int first, int count, Rng& rng, train::ModelBatch& out) const {
+    draws->push_back(Rng(rng).next());
+    for (int r = first; r < first + count; ++r) windows->emplace_back(w.ids_of(r).begin(), w.ids_of(r).end());
+    ArObjective::build(w, first, count, rng, out);
+  }
+};
+
+int saved_step(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir / "trainer_state.json")) return 0;
+  return nlohmann::json::parse(std::ifstream(dir / "trainer_state.json"))["step"].get<int>();
 }
 
 }  // namespace
@@ -123,6 +141,88 @@ TEST_CASE("train/trainer: weight decay shrinks the matrices only, by lr · decay
   }
   CHECK(matrices > 0);
   CHECK(vectors > 0);  // the model has norms (and biases) to leave alone
+}
+
+TEST_CASE("train/trainer: each epoch takes every window once, in an order of its own; micro-batches draw their own noise") {
+  // Six examples of one window each (16 tokens), two windows a micro-batch, two micro-batches a
+  // step: six steps are four epochs.
+  std::vector<train::Example> examples(6);
+  for (int e = 0; e < 6; ++e) {
+    examples[std::size_t(e)].prompt.assign(8, 1 + e);
+    examples[std::size_t(e)].response = {12, 12, 12, 12, 12, 12, 12, 14};
+  }
+  auto m = fresh_model(6);
+  auto o = options(6);
+  o.batch = 2;
+  o.accumulate = 2;
+  o.save_every = 2;
+  RecordingAr objective;
+  train::Trainer t(m, objective, examples, o);
+  const auto dir = test::temp_dir("trainer-epochs");
+  std::vector<std::int64_t> tokens;
+  t.run(dir, [&](const train::StepLog& s) {
+    tokens.push_back(s.tokens);
+    CHECK_MESSAGE(saved_step(dir) == (s.step - 1) / 2 * 2, "at step ", s.step);  // saved every 2 steps so far
+  });
+  CHECK(saved_step(dir) == 6);
+  CHECK(tokens == std::vector<std::int64_t>(6, 2 * 2 * 16));  // both micro-batches of a step count
+  // A log line cut short (by hand, or by a full disk) is dropped when the run is resumed, not kept
+  // as if it were whole.
+  const std::string log = read_bytes(dir / "loss.csv");
+  const auto last_line = log.rfind('\n', log.size() - 2) + 1;
+  REQUIRE(log.compare(last_line, 2, "6,") == 0);
+  std::ofstream(dir / "loss.csv", std::ios::binary | std::ios::trunc) << log.substr(0, last_line + 5);
+  {
+    auto resumed = fresh_model(6);
+    train::Trainer again(resumed, objective, examples, o);
+    again.resume(dir);
+    again.run(dir);  // nothing left to run: the log is rewritten
+  }
+  CHECK(read_bytes(dir / "loss.csv") == log.substr(0, last_line));
+  const auto& seen = *objective.windows;
+  REQUIRE(seen.size() == 24);
+  std::vector<std::vector<int>> every;  // each example's window: its prompt, then its response
+  for (const auto& e : examples) {
+    every.push_back(e.prompt);
+    every.back().insert(every.back().end(), e.response.begin(), e.response.end());
+  }
+  std::ranges::sort(every);
+  std::set<std::vector<std::vector<int>>> orders;
+  for (int epoch = 0; epoch < 4; ++epoch) {
+    std::vector<std::vector<int>> order(seen.begin() + epoch * 6, seen.begin() + epoch * 6 + 6), sorted = order;
+    std::ranges::sort(sorted);
+    CHECK_MESSAGE(sorted == every, "epoch ", epoch, " does not take every example once");
+    orders.insert(order);
+  }
+  CHECK(orders.size() == 4);
+  // Each micro-batch of each step has a noise stream of its own.
+  const auto& draws = *objective.draws;
+  CHECK(draws.size() == 12);
+  CHECK(std::set<std::uint64_t>(draws.begin(), draws.end()).size() == 12);
+}
+
+TEST_CASE("train/trainer: clipping scales the gradient before AdamW, bounding the first update by lr · clip / (clip + eps)") {
+  // At AdamW's first step the bias-corrected moments are g and g², so an element moves by
+  // lr · |g| / (|g| + eps): nearly lr for any gradient well above eps, and at most
+  // lr · clip / (clip + eps) when the gradient is first scaled to the norm `clip`.
+  auto largest_update = [&](double clip) {
+    auto m = fresh_model(7);
+    const auto before = m.download_parameters();
+    auto o = options(1);
+    o.clip = clip;
+    o.adam.weight_decay = 0;
+    train::Trainer t(m, train::ArObjective{}, reverse_task(16, 4), o);
+    double norm = 0;
+    t.run({}, [&](const train::StepLog& s) { norm = s.grad_norm; });
+    CHECK(norm > 1e-3);  // the norm logged is the gradient's own, before clipping
+    const auto after = m.download_parameters();
+    double largest = 0;
+    for (std::size_t i = 0; i < before.size(); ++i) largest = std::max(largest, std::abs(double(after[i]) - before[i]));
+    return largest;
+  };
+  const double lr = options(1).lr.at(0), eps = train::AdamWOptions{}.eps, clip = 1e-9;
+  CHECK(largest_update(0.0) > 0.9 * lr);
+  CHECK(largest_update(clip) <= lr * clip / (clip + eps) * (1 + 1e-3));
 }
 
 TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one") {
@@ -273,6 +373,10 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   refused(other, examples, "weight_decay 0.0 (the checkpoint's 0.1)");
   refused(o, reverse_task(32, 4), "in data_fingerprint");
   refused(o, reverse_task(33, 3), "in examples 33 (the checkpoint's 32), data_fingerprint");
+  auto resplit = examples;  // the same tokens in the same order, one more of them in a prompt
+  resplit[0].prompt.push_back(resplit[0].response.front());
+  resplit[0].response.erase(resplit[0].response.begin());
+  refused(o, resplit, "in data_fingerprint");
   Objective noisier(15);
   noisier.schedule.eps = 0.01f;  // the schedule's parameters are the run's too
   refused(o, examples, "objective_spec \"fdllm2: block 4, linear (eps 0.01) noise, +pad +CM, token shift, [MASK] 15\"",

@@ -149,6 +149,9 @@ class BasicTrainerCore {
   //! Writes the model, the optimiser state and the trainer state into `dir`.
   void save(const std::filesystem::path& dir) {
     std::filesystem::create_directories(dir);
+    // The log first: a folder whose trainer_state.json names step N holds the whole lines of
+    // steps 1 to N, whatever stops the process after it.
+    if (log_.is_open()) log_.flush();
     std::vector<model::NamedTensor> tensors;
     const std::vector<float> params = model_.download_parameters();
     for (auto& t : model_.tensors())
@@ -167,7 +170,6 @@ class BasicTrainerCore {
     nlohmann::ordered_json state{{"step", step_}};
     state.update(run_state());
     io::replace_file(dir / "trainer_state.json", [&](std::ofstream& out) { out << state.dump(2) << "\n"; });
-    if (log_.is_open()) log_.flush();
     last_saved_ = step_;
     own_ = std::filesystem::weakly_canonical(dir);
   }
