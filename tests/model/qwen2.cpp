@@ -309,6 +309,11 @@ TEST_CASE("KV cache: slots copied into a cache of another capacity continue the 
   // Slots that do not fit, and a cache of another shape, are refused.
   CHECK_ERROR(from.copy_slots(to, 0, 4 * B), "KvCache: slots [0, 32) do not fit caches of capacity 40 and 24");
   CHECK_ERROR(to.copy_slots(from, 6, 5), "KvCache: slots [6, 5) do not fit");
+  CHECK_ERROR(to.copy_slots(from, 0, 4 * B), "KvCache: slots [0, 32) do not fit caches of capacity 24 and 40");
+  to.set_committed(5 * B);
+  CHECK(to.committed() == 5 * B);
+  CHECK_ERROR(to.set_committed(5 * B + 1), "KvCache: committed length 41 outside [0, 40]");
+  CHECK_ERROR(to.set_committed(-1), "KvCache: committed length -1 outside [0, 40]");
   auto other_config = c;
   other_config.num_hidden_layers += 1;
   model::KvCache<Host> other(other_config, 3 * B);
@@ -414,13 +419,24 @@ TEST_CASE("AR decoding: a batch gives every row what it gives alone, and stops a
   CHECK(stopped.tokens.back() == *o.eos_id);
 }
 
+TEST_CASE("AR decoding asked for no new tokens runs no forward") {
+  auto m = random_model(true, "ar-none");
+  decode::ArOptions o;
+  o.max_new_tokens = 0;
+  const std::vector<std::vector<int>> prompts{{1, 2}, {3}};
+  for (const auto& r : decode::ar_generate(m, prompts, o)) {
+    CHECK(r.tokens.empty());
+    CHECK(r.prefill_forwards + r.decode_forwards == 0);
+  }
+}
+
 TEST_CASE("bad prompts are clear errors") {
   auto m = random_model(true, "ar-bad");
   decode::ArOptions o;
   o.max_new_tokens = 4;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{}, o), "prompt is empty");
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 320}, o), "token id 320 at index 1 is outside the vocabulary");
-  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{-1}, o), "outside the vocabulary");
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{-1}, o), "prompt: token id -1 at index 0 is outside the vocabulary [0, 320)");
   o.max_new_tokens = 5000;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "beyond the context of 4096");
   o.max_new_tokens = 2;
