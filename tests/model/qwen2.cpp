@@ -419,6 +419,39 @@ TEST_CASE("AR decoding: a batch gives every row what it gives alone, and stops a
   CHECK(stopped.tokens.back() == *o.eos_id);
 }
 
+TEST_CASE("forward refuses a row that does not fit its cache or asks for what it does not have, naming the row") {
+  auto m = random_model(true, "fw-bad-rows");
+  auto good = m.make_cache(8), other = m.make_cache(8);
+  const std::vector<int> tokens{1, 2, 3, 4}, three{0, 1, 2}, negative{-1, 0, 1, 2};
+  auto refused = [&](auto edit, const std::string& message) {
+    std::vector<model::ForwardRow<Host>> rows(2);
+    rows[0] = {tokens, 0, -1, true, 0, -1, {}, &good};
+    rows[1] = {tokens, 0, -1, true, 0, -1, {}, &other};
+    edit(rows[1]);
+    CHECK_ERROR(run<mask::Causal>(m, rows), message);
+    CHECK(good.committed() == 0);  // nothing ran
+  };
+  using Row = model::ForwardRow<Host>;
+  refused([](Row& r) { r.cache = nullptr; }, "forward: row 1 has no cache");
+  refused([](Row& r) { r.first_slot = 6; },
+          "forward: row 1 writes slots [6, 10) and attends [0, 10) of a cache with capacity 8");
+  refused([](Row& r) { r.first_slot = -1; }, "forward: row 1 writes slots [-1, 3)");
+  refused([](Row& r) { r.kv_end = 3; }, "forward: row 1 writes slots [0, 4) and attends [0, 3)");
+  refused([](Row& r) { r.kv_end = 9; }, "attends [0, 9) of a cache with capacity 8");
+  refused([](Row& r) { r.logits_begin = 3, r.logits_end = 2; }, "forward: row 1 asks for logits [3, 2) of 4 tokens");
+  refused([](Row& r) { r.logits_end = 5; }, "forward: row 1 asks for logits [0, 5) of 4 tokens");
+  refused([](Row& r) { r.logits_begin = -1; }, "forward: row 1 asks for logits [-1, 4) of 4 tokens");
+  refused([&](Row& r) { r.positions = three; }, "forward: row 1 has 3 positions for 4 tokens");
+  refused([&](Row& r) { r.positions = negative; }, "position -1 is beyond the context");
+  // The same rows, fixed, run.
+  std::vector<model::ForwardRow<Host>> rows(2);
+  rows[0] = {tokens, 0, -1, true, 0, -1, {}, &good};
+  rows[1] = {tokens, 4, 8, true, 3, 4, {}, &other};
+  CHECK(run<mask::Causal>(m, rows).dim(0) == 4 + 1);
+  CHECK(good.committed() == 4);
+  CHECK(other.committed() == 8);
+}
+
 TEST_CASE("AR decoding asked for no new tokens runs no forward") {
   auto m = random_model(true, "ar-none");
   decode::ArOptions o;
@@ -439,6 +472,9 @@ TEST_CASE("bad prompts are clear errors") {
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{-1}, o), "prompt: token id -1 at index 0 is outside the vocabulary [0, 320)");
   o.max_new_tokens = 5000;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "beyond the context of 4096");
+  o.max_new_tokens = -1;
+  CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "max_new_tokens must be >= 0, got -1");
+  CHECK_ERROR(m.make_cache(0), "KvCache: capacity must be positive, got 0");
   o.max_new_tokens = 2;
   {  // Where a layer attends over a sliding window, the model runs only inside it.
     auto dir = test::temp_dir("ar-window");
