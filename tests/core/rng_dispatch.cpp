@@ -98,5 +98,7 @@ TEST_CASE("Buffer and TensorView: shapes, indexing, aligned storage that is reus
   b.resize(Shape{3, 2});
   CHECK(b.data() == before);  // same capacity, no reallocation
   CHECK(Shape{2, 3}.str() == "[2, 3]");
-  CHECK_THROWS_AS(Shape({-1}), Error);
+  CHECK_ERROR(Shape({2, -1}), "Shape: negative extent -1");
+  CHECK_ERROR(Shape({1, 2, 3, 4, 5}), "Shape: at most 4 dimensions, got 5");
+  CHECK(Shape{1, 2, 3, 4}.numel() == 24);
 }

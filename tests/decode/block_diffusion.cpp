@@ -466,6 +466,8 @@ TEST_CASE("bad decoding input is a clear error") {
   CHECK_ERROR(d.generate(std::vector<int>{1, 400}, o), "outside the vocabulary");
   o.max_new_tokens = 4095;
   CHECK_ERROR(d.generate(std::vector<int>{1, 2}, o), "beyond the context of 4096");
+  o.max_new_tokens = -1;
+  CHECK_ERROR(d.generate(std::vector<int>{1, 2}, o), "max_new_tokens must be >= 0, got -1");
   o.max_new_tokens = 8;
   o.mask_id = 320;
   CHECK_ERROR(d.generate(std::vector<int>{1}, o), "mask id 320 is outside the vocabulary");

@@ -173,6 +173,9 @@ TEST_CASE("a sharded save: tensors in order, empty shards only last, the index's
   const auto dir = test::temp_dir("ckpt-layout");
   const std::vector<float> a(10, 1.0f), b(1, 2.0f), c(1, 3.0f);
   const std::vector<model::NamedTensor> tensors{{"a", {10}, a}, {"b", {1}, b}, {"c", {1}, c}};
+  CHECK_ERROR(model::save_checkpoint(model::preset_config("tiny"), tensors, dir, DType::bf16, 0),
+              "save_checkpoint: shards must be >= 1, got 0");
+  CHECK_FALSE(std::filesystem::exists(dir / "config.json"));
   model::save_checkpoint(model::preset_config("tiny"), tensors, dir, DType::bf16, 3, {{"note", "kept"}});
   const auto index = nlohmann::json::parse(std::ifstream(dir / "model.safetensors.index.json"));
   std::vector<std::string> shard_of;

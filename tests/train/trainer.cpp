@@ -4,6 +4,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -443,6 +444,20 @@ TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its s
   o = options(5);
   o.context = 4;
   CHECK_ERROR(train::Trainer(m, train::ArObjective{}, examples, o), "tokens; the context is 4");
+  const auto refused = [&](auto edit, const std::string& message, std::vector<train::Example> data) {
+    auto bad = options(5);
+    edit(bad);
+    CHECK_ERROR(train::Trainer(m, train::ArObjective{}, std::move(data), bad), message);
+  };
+  refused([](train::TrainOptions& b) { b.context = 0; }, "the context must be positive, got 0", examples);
+  refused([](train::TrainOptions& b) { b.batch = 0; }, "the batch must be positive, got 0", examples);
+  refused([](train::TrainOptions& b) { b.accumulate = 0; }, "gradient accumulation must be positive, got 0", examples);
+  refused([](train::TrainOptions& b) { b.clip = -1; }, "the clipping norm -1 makes no sense", examples);
+  refused([](train::TrainOptions& b) { b.clip = std::numeric_limits<double>::infinity(); }, "the clipping norm inf",
+          examples);
+  refused([](train::TrainOptions&) {}, "training needs at least one example", {});
+  refused([](train::TrainOptions&) {}, "the examples fill no window of 16 tokens: packed, they hold 9",
+          {{{1, 2, 3, 4}, {5, 6, 7, 8, 14}}});
 
   auto dir = test::temp_dir("trainer-nan");
   o = options(4);

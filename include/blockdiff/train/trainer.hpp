@@ -247,8 +247,11 @@ class BasicTrainerCore {
     if (pad_id_ >= 0) refuse_mask_id(examples_, pad_id_);
     epoch_ = 0;
     windows_ = pack(examples_, options_.context, pad_block_, pad_id_, shuffled_order(examples_.size(), epoch_seed(0)));
-    require(windows_.count() > 0, "the examples fill no window of ", options_.context, " tokens (",
-            windows_.ids.size(), " tokens in all)");
+    if (windows_.count() == 0) {
+      std::size_t packed = 0;  // what pack() laid out before it dropped the partial window
+      for (const auto& e : examples_) packed += e.size() + block_padding(e, pad_block_);
+      fail("the examples fill no window of ", options_.context, " tokens: packed, they hold ", packed);
+    }
     optimizer_ = AdamW<float, Backend>(model.parameters().size(), options_.adam);
     std::vector<std::pair<std::size_t, std::size_t>> decay;
     for (auto& t : model.tensors())
