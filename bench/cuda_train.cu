@@ -14,6 +14,7 @@
 //   build/host/bench/bench_cuda_train --benchmark_filter=tasks
 #include <cmath>
 
+#include "../tests/support/largest.hpp"
 #include "blockdiff/cuda.cuh"
 #include "common.hpp"
 
@@ -44,8 +45,8 @@ std::string check_against_host(const io::ModelConfig& config, const Objective& o
   for (const auto& t : host.tensors()) {
     double largest = 0, err = 0;
     for (std::int64_t i = t.offset; i < t.offset + t.numel; ++i) {
-      largest = std::max(largest, static_cast<double>(std::fabs(hg[std::size_t(i)])));
-      err = std::max(err, static_cast<double>(std::fabs(hg[std::size_t(i)] - dg[std::size_t(i)])));
+      test::take_largest(largest, static_cast<double>(std::fabs(hg[std::size_t(i)])));
+      test::take_largest(err, static_cast<double>(std::fabs(hg[std::size_t(i)] - dg[std::size_t(i)])));
     }
     if (err > 2e-4 * largest + 1e-12) return blockdiff::detail::concat("gradient of ", t.name, " differs by ", err, " (largest ", largest, ")");
   }

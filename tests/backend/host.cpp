@@ -15,6 +15,7 @@
 #include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/backend/mask.hpp"
+#include "../support/largest.hpp"
 #include "../support/sample_reference.hpp"
 
 using namespace blockdiff;
@@ -29,7 +30,7 @@ std::vector<float> randn(std::size_t n, std::uint64_t seed, double scale = 1.0) 
 double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(a[i] - b[i]));
+    test::take_largest(num, std::fabs(a[i] - b[i]));
     den = std::max(den, std::fabs(b[i]));
   }
   return num / std::max(den, 1e-30);
@@ -278,7 +279,7 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
     for (int i = 0; i < count; ++i) sw[i] = gate[i] / (1 + std::exp(-double(gate[i]))) * up[i];
     Kernel<backend::Host, op::SwiGlu>::run(gate.data(), up.data(), count);
     int off = 0;  // each value to a few float roundings of its own size
-    for (int i = 0; i < count; ++i) off += std::fabs(gate[i] - sw[i]) > 2e-6 * std::fabs(sw[i]) + 1e-37 ? 1 : 0;
+    for (int i = 0; i < count; ++i) off += test::beyond(gate[i], sw[i], 2e-6 * std::fabs(sw[i]) + 1e-37) ? 1 : 0;
     CHECK(off == 0);
     CHECK(std::isfinite(gate[0]));
     CHECK(gate[1] == doctest::Approx(120.0 * up[1]));

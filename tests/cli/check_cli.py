@@ -6,6 +6,7 @@ exit non-zero with a message that names the problem.
 """
 import array
 import json
+import math
 import os
 import shutil
 import struct
@@ -15,6 +16,12 @@ import tempfile
 
 exe, golden = sys.argv[1], sys.argv[2]
 failures = []
+
+
+def largest_difference(xs, ys):
+    """max |x - y|, infinite where a difference is not a number (max() would pass over it)."""
+    differences = [abs(x - y) for x, y in zip(xs, ys)]
+    return math.inf if any(math.isnan(d) for d in differences) else max(differences, default=0.0)
 
 
 def run(*args, stdin=None, cwd=None):
@@ -41,7 +48,7 @@ for model, weights in (("f32-tied", "f32"), ("bf16-untied", "f32"), ("bf16-untie
             args += ["--block", header["__metadata__"].get("block", "8")]
         out = run(*args)
         got = [x for row in json.loads(out.stdout)["logits"] for x in row]
-        err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+        err = largest_difference(got, ref) / max(abs(x) for x in ref)
         if len(got) != len(ref) or err > 2e-5:
             failures.append(f"logits {model} {mask} --weights {weights}: relative error {err}")
 
@@ -53,7 +60,7 @@ ref = array.array("f")
 ref.frombytes(data[header["logits"]["data_offsets"][0]:header["logits"]["data_offsets"][1]])
 out = run("logits", "--model", f"{golden}/model-f32-tied", "--weights", "bf16", "--ids", ",".join(map(str, ids)), "--json")
 got = [x for row in json.loads(out.stdout)["logits"] for x in row]
-err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+err = largest_difference(got, ref) / max(abs(x) for x in ref)
 if len(got) != len(ref) or not 1e-3 < err < 0.1:
     failures.append(f"logits f32-tied --weights bf16: relative error {err}, expected the BF16 rounding's (1e-3 to 0.1)")
 
@@ -67,7 +74,7 @@ ref.frombytes(data[header["logits"]["data_offsets"][0]:header["logits"]["data_of
 out = run("logits", "--model", f"{golden}/model-bf16-untied", "--weights", "bf16-products", "--ids",
           ",".join(map(str, ids)), "--json")
 got = [x for row in json.loads(out.stdout)["logits"] for x in row]
-err = max(abs(a - b) for a, b in zip(got, ref)) / max(abs(x) for x in ref)
+err = largest_difference(got, ref) / max(abs(x) for x in ref)
 has_bf16_dot = "BLOCKDIFF_NO_AVX512" not in os.environ and any(
     "avx512_bf16" in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
 if len(got) != len(ref) or not (1e-3 < err < 0.1 if has_bf16_dot else err <= 2e-5):
@@ -110,7 +117,7 @@ if gpu:
     ids = ",".join(str((7 * i + 3) % 200) for i in range(24))
     host, cuda = ([x for row in json.loads(run("logits", "--model", tied, "--ids", ids, "--device", device, "--json").stdout)["logits"]
                    for x in row] for device in ("host", "cuda"))
-    err = max(abs(a - b) for a, b in zip(host, cuda)) / max(abs(a) for a in host)
+    err = largest_difference(host, cuda) / max(abs(a) for a in host)
     if len(host) != len(cuda) or err > 2e-5:
         failures.append(f"logits --device cuda against --device host: relative error {err}")
 
@@ -365,7 +372,7 @@ for model in ("f32-tied", "bf16-untied"):
             a = array.array("f", mine_d[mine_h[name]["data_offsets"][0]:mine_h[name]["data_offsets"][1]])
             b = array.array("f", ref_d[ref_h[name]["data_offsets"][0]:ref_h[name]["data_offsets"][1]])
             scale = max(abs(x) for x in b) or 1.0
-            err = max(abs(x - y) for x, y in zip(a, b))
+            err = largest_difference(a, b)
             if mine_h[name]["shape"] != ref_h[name]["shape"] or err > 2e-4 * scale:
                 failures.append(f"loss {model} {objective}: gradient {name} off by {err} (max |g| {scale})")
 
@@ -397,7 +404,7 @@ out = run("logits", "--model", tied8, "--ids", ",".join(map(str, json.loads(head
           "block-causal", "--json")
 got = [x for row in json.loads(out.stdout)["logits"] for x in row] if out.returncode == 0 else []
 if header["__metadata__"].get("block", "8") != "8" or len(got) != len(ref) or \
-        max(abs(a - b) for a, b in zip(got, ref)) > 2e-5 * max(abs(x) for x in ref):
+        largest_difference(got, ref) > 2e-5 * max(abs(x) for x in ref):
     failures.append(f"logits --mask block-causal without --block on a model of bd_size 8: exit {out.returncode}, "
                     "not the golden block-8 logits")
 out = run("loss", "--model", tied8, "--batch", f"{golden}/loss-batch.json", "--objective", "fdllm2", "--json")

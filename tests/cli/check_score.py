@@ -63,7 +63,7 @@ for block in (32, 8):
         failures.append(f"block {block}: header {({k: v for k, v in got.items() if k != 'results'})}")
     for (p, t), r in zip(cases, got["results"]):
         want = reference(p, t, block)
-        if abs(r["loglikelihood"] - want) > 1e-3:  # 1e-5 of logits up to 48, twice
+        if not abs(r["loglikelihood"] - want) <= 1e-3:  # 1e-5 of logits up to 48, twice
             failures.append(f"block {block}, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
 
 # The causal score (--ar): the sum over the whole target of log-softmaxes of `logits --mask causal`
@@ -85,7 +85,7 @@ if got["scoring"] != "causal" or "block" in got:
     failures.append(f"--ar header: {({k: v for k, v in got.items() if k != 'results'})}")
 for (p, t), r in zip(cases, got["results"]):
     want = causal_reference(p, t)
-    if abs(r["loglikelihood"] - want) > 1e-3 * len(t):
+    if not abs(r["loglikelihood"] - want) <= 1e-3 * len(t):
         failures.append(f"--ar, prefix {len(p)}, target {len(t)}: {r['loglikelihood']} != {want}")
 
 # 2. Text is split as lm-eval splits it; on a character vocabulary that is one id a character.
@@ -141,7 +141,7 @@ if [r["loglikelihoods"] for r in by_chat["results"]] != [r["loglikelihoods"] for
     failures.append(f"messages and their ChatML ids score differently: {by_chat['results']} {by_ids['results']}")
 for (p, t), got_ll in zip([(chatml_ids(shots + [("user", q)]), [ord(c)]) for q in ("4+4?", "3+5?", "9-2?") for c in "897"],
                           [ll for r in by_chat["results"] for ll in r["loglikelihoods"]]):
-    if abs(got_ll - reference(p, t, 8)) > 1e-3:
+    if not abs(got_ll - reference(p, t, 8)) <= 1e-3:
         failures.append(f"messages: {got_ll} against the view's {reference(p, t, 8)}")
 # The system turn and the two examples (over 64 tokens) run once: the first question's prefill,
 # then the others' rest after a copy, and one scored block a question (its one-token choices').

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../support/largest.hpp"
 #include "blockdiff/core/rng.hpp"
 
 namespace blockdiff::test {
@@ -21,12 +22,12 @@ inline std::vector<float> randn(std::size_t n, std::uint64_t seed, double scale 
   return v;
 }
 
-//! max |a − b| over max |b|.
+//! max |a − b| over max |b|; NaN where any difference is NaN.
 inline double rel(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
   double num = 0, den = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    take_largest(num, static_cast<double>(std::fabs(a[i] - b[i])));
     den = std::max(den, static_cast<double>(std::fabs(b[i])));
   }
   return num / std::max(den, 1e-30);

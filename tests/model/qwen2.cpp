@@ -10,6 +10,7 @@
 #endif
 
 #include "../support/check_error.hpp"
+#include "../support/largest.hpp"
 #include "../support/naive_model.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
@@ -30,7 +31,7 @@ double rel_err(TensorView<const float> a, std::int64_t r0, const std::vector<std
   double num = 0, den = 0;
   for (int i = 0; i < n; ++i)
     for (std::size_t j = 0; j < ref[static_cast<std::size_t>(ref0 + i)].size(); ++j) {
-      num = std::max(num, std::fabs(a(r0 + i, static_cast<std::int64_t>(j)) - ref[static_cast<std::size_t>(ref0 + i)][j]));
+      test::take_largest(num, std::fabs(a(r0 + i, static_cast<std::int64_t>(j)) - ref[static_cast<std::size_t>(ref0 + i)][j]));
       den = std::max(den, std::fabs(ref[static_cast<std::size_t>(ref0 + i)][j]));
     }
   return num / den;
@@ -139,7 +140,7 @@ TEST_CASE("golden logits of an independent implementation, for both golden model
       std::memcpy(ref.data(), e.bytes.data(), e.bytes.size());
       double num = 0, den = 0;
       for (std::size_t i = 0; i < ref.size(); ++i) {
-        num = std::max(num, static_cast<double>(std::fabs(logits.data()[i] - ref[i])));
+        test::take_largest(num, static_cast<double>(std::fabs(logits.data()[i] - ref[i])));
         den = std::max(den, static_cast<double>(std::fabs(ref[i])));
       }
       CHECK(num / den < 2e-5);
@@ -223,7 +224,7 @@ TEST_CASE("BF16 matrices of a BF16 checkpoint are used in place; writing one nev
   auto a = run<mask::Causal>(m, r1);
   auto b = run<mask::Causal>(widened, r2);
   double err = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) err = std::max(err, static_cast<double>(std::fabs(a.data()[i] - b.data()[i])));
+  for (std::int64_t i = 0; i < a.numel(); ++i) test::take_largest(err, static_cast<double>(std::fabs(a.data()[i] - b.data()[i])));
   CHECK(err < 1e-5);
   // A write lands in the process's own copy of the page: the model sees it, the file does not.
   auto q_of = [](Qwen& q) -> Buffer<bf16>& {
@@ -265,7 +266,7 @@ TEST_CASE("KV cache: append in chunks, a read-only block forward and a sub-block
   auto sub = run<mask::Full>(m, rows);
   double err = 0;
   for (int i = 0; i < 4; ++i)
-    for (int j = 0; j < m.vocab_size(); ++j) err = std::max(err, double(std::fabs(sub(i, j) - saved[(4 + i) * m.vocab_size() + j])));
+    for (int j = 0; j < m.vocab_size(); ++j) test::take_largest(err, double(std::fabs(sub(i, j) - saved[(4 + i) * m.vocab_size() + j])));
   CHECK(err < 1e-4);
 
   // Sub-block forward over changed tokens: compare with the naive model doing the same steps
@@ -335,8 +336,8 @@ TEST_CASE("a batch of rows of different lengths gives each row's own logits") {
   auto l = run<mask::Causal>(m, both);
   CHECK(m.logit_offset(1) == 13);
   double err = 0;
-  for (int j = 0; j < m.vocab_size(); ++j) err = std::max(err, double(std::fabs(l(13, j) - alone_a[j])));
-  for (std::int64_t i = 0; i < 13 * m.vocab_size(); ++i) err = std::max(err, double(std::fabs(l.data()[i] - alone_b[i])));
+  for (int j = 0; j < m.vocab_size(); ++j) test::take_largest(err, double(std::fabs(l(13, j) - alone_a[j])));
+  for (std::int64_t i = 0; i < 13 * m.vocab_size(); ++i) test::take_largest(err, double(std::fabs(l.data()[i] - alone_b[i])));
   CHECK(err < 1e-4);
 }
 

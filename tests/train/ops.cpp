@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "../support/largest.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/backend/mask.hpp"
 #include "blockdiff/train/ops.hpp"
@@ -42,7 +43,7 @@ void check_gradient(std::vector<double>& x, const std::function<double()>& f, co
     const double down = f();
     x[i] = keep;
     const double numeric = (up - down) / (2 * h);
-    worst = std::max(worst, std::fabs(numeric - analytic[i]));
+    test::take_largest(worst, std::fabs(numeric - analytic[i]));
     scale = std::max(scale, std::fabs(numeric));
   }
   INFO(what, ": max |analytic - numeric| = ", worst, " against gradients up to ", scale);

@@ -10,6 +10,7 @@
 
 #include "../support/check_error.hpp"
 #include "../support/configs.hpp"
+#include "../support/largest.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/model/init.hpp"
 #include "blockdiff/train/trainer.hpp"
@@ -136,7 +137,7 @@ TEST_CASE("train/trainer: weight decay shrinks the matrices only, by lr · decay
     for (std::int64_t k = 0; k < t.numel; ++k) {
       const auto at = std::size_t(t.offset + k);
       const double want = matrix ? shrink * start.parameters()[at] : 0.0;
-      worst = std::max(worst, std::abs(double(plain[at]) - double(decayed[at]) - want));
+      test::take_largest(worst, std::abs(double(plain[at]) - double(decayed[at]) - want));
     }
     CHECK_MESSAGE(worst < 1e-7, t.name, (matrix ? " (a matrix)" : " (a norm or bias)"), " is off by ", worst);
   }
@@ -218,7 +219,7 @@ TEST_CASE("train/trainer: clipping scales the gradient before AdamW, bounding th
     CHECK(norm > 1e-3);  // the norm logged is the gradient's own, before clipping
     const auto after = m.download_parameters();
     double largest = 0;
-    for (std::size_t i = 0; i < before.size(); ++i) largest = std::max(largest, std::abs(double(after[i]) - before[i]));
+    for (std::size_t i = 0; i < before.size(); ++i) test::take_largest(largest, std::abs(double(after[i]) - before[i]));
     return largest;
   };
   const double lr = options(1).lr.at(0), eps = train::AdamWOptions{}.eps, clip = 1e-9;
