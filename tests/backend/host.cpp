@@ -51,19 +51,23 @@ void check_linear(int n, int k, int m) {
     else w.push_back(v);
   }
   auto y0 = randn(static_cast<std::size_t>(n * m), 4);
-  std::vector<double> ref(static_cast<std::size_t>(n * m)), ref_acc(ref.size());
+  std::vector<double> ref(static_cast<std::size_t>(n * m)), ref_acc(ref.size()), ref_acc_bias(ref.size());
   for (int i = 0; i < n; ++i)
     for (int o = 0; o < m; ++o) {
       double s = 0;
       for (int j = 0; j < k; ++j) s += static_cast<double>(x[i * k + j]) * to_float(w[static_cast<std::size_t>(o) * k + j]);
       ref[i * m + o] = s + b[o];
       ref_acc[i * m + o] = y0[i * m + o] + s;
+      ref_acc_bias[i * m + o] = y0[i * m + o] + s + b[o];
     }
   std::vector<float> y(ref.size());
   Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
   CHECK(rel_err(y, ref) < 1e-5);
+  auto y1 = y0;
   Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, nullptr, y0.data(), true);
   CHECK(rel_err(y0, ref_acc) < 1e-5);
+  Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y1.data(), true);  // y += x wT + b
+  CHECK(rel_err(y1, ref_acc_bias) < 1e-5);
 }
 
 using Isa = backend::Host::Isa;
@@ -267,6 +271,15 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
     for (int j = 0; j < h; ++j) ref[i * h + j] = x[i * h + j] / std::sqrt(ss / h + 1e-6) * g[j];
   }
   CHECK(rel_err(y, ref) < 1e-6);
+  // An epsilon that matters: rows of small values, where mean(x²) is about eps.
+  for (float& v : x) v *= 0.1f;
+  Kernel<backend::Host, op::RmsNorm>::run(x.data(), n, h, g.data(), 0.01f, y.data());
+  for (int i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int j = 0; j < h; ++j) ss += double(x[i * h + j]) * x[i * h + j];
+    for (int j = 0; j < h; ++j) ref[i * h + j] = x[i * h + j] / std::sqrt(ss / h + 0.01) * g[j];
+  }
+  CHECK(rel_err(y, ref) < 1e-6);
 
   // SwiGlu runs in chunks of 4096, in each vector width the CPU has (and a scalar tail): 10,000
   // values (the last chunk short), scaled so that e^−|g| underflows at the ends.
@@ -365,6 +378,12 @@ void check_attention(const Mask& mask, int n_q, int first_slot, int kv_end) {
   check_attention(mask, {{n_q, first_slot, kv_end}});
 }
 
+//! A mask of a user's that is not a prefix, under which some queries may attend no key: even
+//! queries see the odd keys before them, odd queries see none (and output zeros).
+struct OddKeysBefore {
+  bool allowed(int q, int k) const { return q % 2 == 0 && k % 2 == 1 && k < q; }
+};
+
 TEST_CASE("Attention under each mask kind, with GQA, against a naive loop") {
   at_each_isa([] {  // the softmax's exponentials are compiled for each width
     check_attention(mask::Causal{}, 9, 0, 9);
@@ -373,6 +392,7 @@ TEST_CASE("Attention under each mask kind, with GQA, against a naive loop") {
     check_attention(mask::BlockCausal<8>{}, 8, 16, 24);     // block forward
     check_attention(mask::Full{}, 4, 20, 24);               // sub-block forward against [committed ; scratch]
     check_attention(mask::BlockDiffusionTraining<4>{16}, 32, 0, 32);
+    check_attention(OddKeysBefore{}, 12, 0, 12);  // query 0 and every odd one see no key
   });
 }
 

@@ -99,6 +99,11 @@ TEST_CASE("f32 -> bf16 and f16 round to nearest, ties to even, against a search 
   }
   CHECK(std::isinf(to_float(to_bf16(std::numeric_limits<float>::infinity()))));
   CHECK(std::isnan(to_float(to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+  // A NaN whose payload lies only in the bits a narrow type drops stays a NaN, of either sign.
+  for (std::uint32_t bits : {0x7f800001u, 0xff800001u, 0x7f80ffffu, 0x7f808000u}) {
+    CHECK(std::isnan(to_float(to_bf16(std::bit_cast<float>(bits)))));
+    CHECK(std::isnan(to_float(to_f16(std::bit_cast<float>(bits)))));
+  }
   CHECK(std::isnan(to_float(to_f16(std::numeric_limits<float>::quiet_NaN()))));
 }
 

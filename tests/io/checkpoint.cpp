@@ -293,6 +293,24 @@ TEST_CASE("broken checkpoint folders are errors that name the file and the entry
     CHECK_ERROR(io::Checkpoint{d}, "\"model.norm.weight\", which the index does not list");
   }
   {
+    // The index names the other shard for a tensor, or a tensor no shard holds.
+    auto d = copy("misplaced");
+    auto idx = read(d / "model.safetensors.index.json");
+    const std::string index_file = (d / "model.safetensors.index.json").string();
+    const std::string held = idx["weight_map"]["model.norm.weight"].get<std::string>();
+    const std::string other = held == "model-00001-of-00002.safetensors" ? "model-00002-of-00002.safetensors"
+                                                                          : "model-00001-of-00002.safetensors";
+    idx["weight_map"]["model.norm.weight"] = other;
+    std::ofstream(d / "model.safetensors.index.json") << idx.dump();
+    CHECK_ERROR(io::Checkpoint{d}, index_file + ": lists tensor \"model.norm.weight\" in \"" + other + "\" but it is in \"" +
+                                       held + "\"");
+    idx["weight_map"]["model.norm.weight"] = held;
+    idx["weight_map"]["model.extra.weight"] = other;
+    std::ofstream(d / "model.safetensors.index.json") << idx.dump();
+    CHECK_ERROR(io::Checkpoint{d}, index_file + ": tensor \"model.extra.weight\" is listed in \"" + other +
+                                       "\" but that shard does not hold it");
+  }
+  {
     auto d = copy("wrong-shape");
     auto j = read(d / "config.json");
     j["intermediate_size"] = 128;
@@ -319,6 +337,10 @@ TEST_CASE("broken checkpoint folders are errors that name the file and the entry
   CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": "../x.safetensors"}})", "idx.json"),
               "idx.json: weight_map[\"a\"] names \"../x.safetensors\", which is not a file inside the folder");
   CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": ".."}})", "idx.json"), "not a file inside the folder");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": "."}})", "idx.json"), "not a file inside the folder");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": "sub\\x.safetensors"}})", "idx.json"),
+              "names \"sub\\x.safetensors\", which is not a file inside the folder");
+  CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": ""}})", "idx.json"), "names \"\", which is not a file inside");
   CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {"a": 7}})", "idx.json"), "weight_map[\"a\"] is not a file name");
   CHECK_ERROR(io::parse_weight_map(R"({"weight_map": {}})", "idx.json"), "the weight_map is empty");
   CHECK_ERROR(io::parse_weight_map("{", "idx.json"), "idx.json: not valid JSON");

@@ -2,8 +2,10 @@
 // is a random linear functional Σ R ∘ forward(x), so the backward runs with dy = R.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <tuple>
 #include <vector>
 
 #include "../support/largest.hpp"
@@ -212,4 +214,56 @@ TEST_CASE("train/ops: cross-entropy with the lm_head, loss and gradients") {
   ops::cross_entropy_head(x.data(), n, H, head.data(), V, labels.data(), weight, logits.data(), dx.data(), dhead.data());
   check_gradient(x, f, dx, "dx");
   check_gradient(head, f, dhead, "dhead");
+}
+
+TEST_CASE("train/ops: gemm in each transpose, threaded over rows, and accumulating, against a naive loop") {
+  // 100 rows of 150 · 300: enough work that the rows are split over the threads (in multiples of
+  // 16, the last range short); and a product too small to be split.
+  for (const auto& [M, N, K] : {std::tuple{100, 150, 300}, std::tuple{5, 7, 3}})
+    for (const bool ta : {false, true})
+      for (const bool tb : {false, true}) {
+        CAPTURE(M);
+        CAPTURE(ta);
+        CAPTURE(tb);
+        const auto a = random_vector(std::size_t(M) * K, 40), b = random_vector(std::size_t(K) * N, 41);
+        const auto c0 = random_vector(std::size_t(M) * N, 42);
+        const std::int64_t lda = ta ? M : K, ldb = tb ? K : N;
+        std::vector<double> ref(c0.size());
+        for (int i = 0; i < M; ++i)
+          for (int j = 0; j < N; ++j) {
+            double s = 0;
+            for (int p = 0; p < K; ++p) s += a[std::size_t(ta ? p * lda + i : i * lda + p)] * b[std::size_t(tb ? j * ldb + p : p * ldb + j)];
+            ref[std::size_t(i) * N + j] = s;
+          }
+        auto c = c0;
+        ops::gemm<double>(ta, tb, M, N, K, a.data(), lda, b.data(), ldb, false, c.data(), N);
+        double worst = 0;
+        for (std::size_t i = 0; i < c.size(); ++i) test::take_largest(worst, std::fabs(c[i] - ref[i]));
+        CHECK(worst < 1e-12 * K);
+        c = c0;
+        ops::gemm<double>(ta, tb, M, N, K, a.data(), lda, b.data(), ldb, true, c.data(), N);
+        worst = 0;
+        for (std::size_t i = 0; i < c.size(); ++i) test::take_largest(worst, std::fabs(c[i] - c0[i] - ref[i]));
+        CHECK(worst < 1e-12 * K);
+      }
+}
+
+TEST_CASE("train/ops: gather_rows picks rows by index, scatter_add_rows adds them back, a repeated index twice") {
+  const int H = 3;
+  const auto src = random_vector(5 * H, 43);
+  const std::vector<std::int64_t> index{4, 0, 4, 2};
+  std::vector<double> gathered(index.size() * H);
+  ops::gather_rows(src.data(), index.data(), std::int64_t(index.size()), H, gathered.data());
+  for (std::size_t i = 0; i < index.size(); ++i)
+    for (int j = 0; j < H; ++j) CHECK(gathered[i * H + std::size_t(j)] == src[std::size_t(index[i]) * H + std::size_t(j)]);
+  auto dst = random_vector(5 * H, 44);
+  const auto before = dst;
+  ops::scatter_add_rows(gathered.data(), index.data(), std::int64_t(index.size()), H, dst.data());
+  for (int r = 0; r < 5; ++r) {
+    const double times = double(std::count(index.begin(), index.end(), r));  // row 4 twice, 1 and 3 never
+    for (int j = 0; j < H; ++j) {
+      const std::size_t at = std::size_t(r) * H + std::size_t(j);
+      CHECK(dst[at] == doctest::Approx(before[at] + times * src[at]));
+    }
+  }
 }

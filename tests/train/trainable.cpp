@@ -3,6 +3,7 @@
 // and the forward against the inference model's logits.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "../support/check_error.hpp"
@@ -197,4 +198,43 @@ TEST_CASE("train/trainable: bad batches are named") {
   b.tokens[2] = 0;
   b.targets.push_back({4, 1});
   CHECK_ERROR(m.step(b, mask::Causal{}), "loss term (4, 1) is outside");
+}
+
+TEST_CASE("train/trainable: initialise draws N(0, std²) matrices, residual outputs at std/√(2·layers), norms 1, biases 0") {
+  // 4 layers: the residual branches' outputs (o_proj, down_proj) at std/√8, a third of std.
+  auto config = test::small_config({.hidden = 64, .intermediate = 96, .vocab = 200, .layers = 4, .tied = false});
+  TrainableQwen2<double> m(config), same(config), other(config);
+  const double std = 0.5;
+  train::initialise(m, 7, std);
+  train::initialise(same, 7, std);
+  train::initialise(other, 8, std);
+  int matrices = 0, residual = 0, norms = 0, biases = 0;
+  for (std::size_t t = 0; t < m.tensors().size(); ++t) {
+    const auto& name = m.tensors()[t].name;
+    CAPTURE(name);
+    const auto p = m.parameter(t);
+    CHECK(std::equal(p.begin(), p.end(), same.parameter(t).begin()));  // a seed is one model
+    if (name.find("norm") != std::string::npos) {
+      CHECK(std::all_of(p.begin(), p.end(), [](double v) { return v == 1.0; }));
+      ++norms;
+    } else if (m.tensors()[t].shape.size() == 1) {
+      CHECK(std::all_of(p.begin(), p.end(), [](double v) { return v == 0.0; }));
+      ++biases;
+    } else {
+      const bool out = name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos;
+      double sum = 0, squares = 0;
+      for (double v : p) sum += v, squares += v * v;
+      const double n = double(p.size()), mean = sum / n, sd = std::sqrt(squares / n - mean * mean);
+      const double expected = out ? std / std::sqrt(8.0) : std;
+      CHECK(std::fabs(mean) < 4 * expected / std::sqrt(n));  // four standard errors of the mean
+      CHECK(sd == doctest::Approx(expected).epsilon(0.15));    // 2,048 values or more: 1.6% a standard error
+      CHECK(!std::equal(p.begin(), p.end(), other.parameter(t).begin()));  // another seed, another model
+      ++matrices;
+      residual += out ? 1 : 0;
+    }
+  }
+  CHECK(norms == 4 * 2 + 1);
+  CHECK(biases == 4 * 3);
+  CHECK(residual == 4 * 2);
+  CHECK(matrices == 4 * 7 + 2);  // seven a layer, the embedding and the untied lm_head
 }
