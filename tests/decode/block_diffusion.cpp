@@ -411,6 +411,31 @@ TEST_CASE("commit reuse skips the commit forward and stays close to the paper's 
   CHECK(std::equal(reuse.tokens.begin(), reuse.tokens.begin() + 3, fwd.tokens.begin()));
 }
 
+TEST_CASE("commit reuse: the next block's first token is the last denoising forward's prediction past the block") {
+  // Block 0 holds a 5-token prompt and 3 new tokens. Its last denoising forward saw the block with
+  // the positions it committed still masked; that forward's last logit row (position 7) predicts
+  // position 8, the first token of block 1, which reuse takes instead of running a commit forward.
+  auto& m = golden_model("model-f32-tied");
+  test::NaiveQwen2 naive(m);
+  constexpr int B = 8, mask = 319;
+  const auto p = prompt_of(5, 4);
+  const auto reuse = gen<BlockShape<B, 4>, unmask::Threshold, cache::Block<Commit::reuse>>(m, p, 12, unmask::Threshold{0.9f});
+  REQUIRE(reuse.tokens.size() == 12);
+  std::vector<int> seen = p;  // the block as its last denoising forward saw it
+  seen.resize(B, mask);
+  std::size_t last = 0;
+  for (std::size_t s = 0; s < reuse.trace.steps.size(); ++s)
+    if (!reuse.trace.steps[s].committed.empty() && reuse.trace.steps[s].committed.front().first < B) last = s;
+  for (std::size_t s = 0; s < last; ++s)
+    for (auto [pos, token] : reuse.trace.steps[s].committed)
+      if (pos < B) seen[static_cast<std::size_t>(pos)] = token;
+  REQUIRE(std::count(seen.begin(), seen.end(), mask) > 0);
+  const auto logits = naive.forward(seen, [](int q, int k) { return k / B <= q / B; });
+  const auto& row = logits[B - 1];
+  const auto argmax = static_cast<int>(std::max_element(row.begin(), row.end()) - row.begin());
+  CHECK(reuse.tokens[static_cast<std::size_t>(B) - p.size()] == argmax);
+}
+
 TEST_CASE("sampling is reproducible with a seed, and greedy output does not depend on the seed") {
   auto& m = golden_model("model-f32-tied");
   const auto p = prompt_of(4, 1);

@@ -62,6 +62,7 @@ TEST_CASE("eval: a response with a stray [MASK] or a missing answer is wrong") {
     return out;
   };
   CHECK(eval::evaluate(examples, vocab, 2, broken).correct == 0);
+  CHECK_ERROR(eval::evaluate(examples, vocab, 0, broken), "eval: the batch must be positive, got 0");
 }
 
 TEST_CASE("eval: the decoder adapters pass on what the decoders did, with the vocabulary's mask and EOS") {

@@ -97,6 +97,8 @@ TEST_CASE("loglikelihood: the scoring view is §3.6's, a whole block of padding 
   // 4 tokens end on a boundary: the official code appends a whole block (4 - 4 % 4 = 4).
   CHECK(eval::scoring_view<4>({{5, 6}, {8, 9}}, o) == std::vector<int>{5, 6, 1, 9, 2, 1, 1, 1});
   CHECK(eval::scoring_view<4>({{5, 6, 7}, {8}}, o) == std::vector<int>{5, 6, 7, 1, 2, 1, 1, 1});
+  CHECK_ERROR(eval::scoring_view<4>({{}, {8}}, o), "scoring view: the prefix and the target need a token each");
+  CHECK_ERROR(eval::scoring_view<4>({{5}, {}}, o), "scoring view: the prefix and the target need a token each");
 }
 
 TEST_CASE("loglikelihood: equals a naive f64 forward over the view, in batches of any size") {

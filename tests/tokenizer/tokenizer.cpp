@@ -351,6 +351,31 @@ TEST_CASE("bad tokenizer.json files are errors that name the file and the entry"
   CHECK_ERROR(load(with([](auto& j) { j["model"]["byte_fallback"] = "false"; })),
               "model.\"byte_fallback\" must be a boolean");
   CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["id"] = (1LL << 32) + 300; })), "has a bad id");
+  // The file's structure: each part where it belongs, of the kind it must be.
+  CHECK_ERROR(load("[1, 2]"), "bad/tokenizer.json: not a JSON object");
+  CHECK_ERROR(load(with([](auto& j) { j.erase("model"); })), "bad/tokenizer.json: missing object \"model\"");
+  CHECK_ERROR(load(with([](auto& j) { j["model"].erase("vocab"); })), "bad/tokenizer.json: model.vocab is missing");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"]["a"] = -1; })), "model.vocab[\"a\"] is not a valid id");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["vocab"]["a"] = "97"; })), "model.vocab[\"a\"] is not a valid id");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"] = 5; })), "\"added_tokens\" is not an array");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0].erase("id"); })),
+              "an added token lacks an integer \"id\" or a string \"content\"");
+  CHECK_ERROR(load(with([](auto& j) { j["added_tokens"][0]["content"] = 7; })),
+              "an added token lacks an integer \"id\" or a string \"content\"");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"].erase("pretokenizers"); })),
+              "pre_tokenizer Sequence has no array \"pretokenizers\"");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0].erase("type"); })),
+              "the pre_tokenizer has no \"type\"");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["type"] = "Whitespace"; })),
+              "pre_tokenizer \"Whitespace\" is not supported");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0].erase("pattern"); })),
+              "Split pre-tokenizer has no pattern");
+  CHECK_ERROR(load(with([](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Glob", "*"}}; })),
+              "Split pattern is neither Regex nor String");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"] = "a b"; })), "model.merges is not an array");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"].emplace_back(std::vector<std::string>{"a"}); })),
+              "is neither \"a b\" nor [\"a\", \"b\"]: [\"a\"]");
+  CHECK_ERROR(load(with([](auto& j) { j["model"]["merges"].push_back("a zz"); })), "references unknown token \"zz\"");
   // Null means absent, as in files Hugging Face writes.
   CHECK_NOTHROW(load(with([](auto& j) { j["added_tokens"][0]["lstrip"] = nullptr; })));
   auto tok = tiny(test::tiny_tokenizer());

@@ -161,6 +161,44 @@ TEST_CASE("train/data: bad data files are named with their line") {
   CHECK_ERROR(train::read_batch_file(dir / "batch3.json", 10), "\"supervised\" has 2 rows, \"input_ids\" 1");
   test::write_text(dir / "batch4.json", "{\"input_ids\": [[1, 2], [3, 10]], \"supervised\": [[0, 1], [1, 1]]}");
   CHECK_ERROR(train::read_batch_file(dir / "batch4.json", 10), "token id 10 in \"input_ids\"[1]");
+
+  // Every other refusal of the two readers, each naming the file (and the line, or the field).
+  const auto examples_error = [&](const char* name, const char* text, const std::string& message) {
+    test::write_text(dir / name, text);
+    CHECK_ERROR(train::read_examples(dir / name, 10), (dir / name).string() + message);
+  };
+  CHECK_ERROR(train::read_examples(dir / "nowhere.jsonl", 10), "nowhere.jsonl: cannot open the data file");
+  examples_error("e.jsonl", "[1, 2]\n", ":1: expected an object with \"prompt_ids\" and \"response_ids\"");
+  examples_error("f.jsonl", "{\"prompt_ids\": \"12\", \"response_ids\": [2]}\n", ":1: missing array field \"prompt_ids\"");
+  examples_error("g.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2]}\n{\"prompt_ids\": [1.5], \"response_ids\": [2]}\n",
+                 ":2: \"prompt_ids\" holds a non-integer");
+  examples_error("h.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2, \"3\"]}\n", ":1: \"response_ids\" holds a non-integer");
+  examples_error("i.jsonl", "{\"prompt_ids\": [1], \"response_ids\": []}\n", ":1: \"response_ids\" is empty");
+  examples_error("j.jsonl", "\n  \n", ": no examples");
+  const auto batch_error = [&](const char* name, const char* text, const std::string& message) {
+    test::write_text(dir / name, text);
+    CHECK_ERROR(train::read_batch_file(dir / name, 10), (dir / name).string() + message);
+  };
+  CHECK_ERROR(train::read_batch_file(dir / "nowhere.json", 10), "nowhere.json: cannot open the batch file");
+  batch_error("b5.json", "[[1, 2]]", ": not a JSON object");
+  batch_error("b6.json", "{\"input_ids\": [[1, 2]]}", ": missing field \"supervised\"");
+  batch_error("b7.json", "{\"input_ids\": [], \"supervised\": [[0]]}", ": \"input_ids\" must be a non-empty array of rows");
+  batch_error("b8.json", "{\"input_ids\": [[]], \"supervised\": [[]]}", ": \"input_ids\"[0] must be a non-empty array");
+  batch_error("b9.json", "{\"input_ids\": [[1, 2.5]], \"supervised\": [[0, 1]]}", ": \"input_ids\"[0] holds a non-integer");
+  batch_error("b10.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 1]], \"mask\": [[1]]}",
+              ": \"mask\"[0] must be an array of 2 integers");
+  batch_error("b11.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 1]], \"mask\": [[1, 3]]}",
+              ": \"mask\"[0] holds 3; expected 0 or 1");
+  // A good batch, with and without the block-diffusion noise.
+  test::write_text(dir / "good.json", "{\"input_ids\": [[1, 2, 3], [4, 5, 6]], \"supervised\": [[0, 1, 1], [0, 0, 1]], "
+                                      "\"mask\": [[1, 0, 1], [0, 1, 1]]}");
+  const auto batch = train::read_batch_file(dir / "good.json", 10);
+  CHECK(batch.windows.length == 3);
+  CHECK(batch.windows.ids == std::vector<int>{1, 2, 3, 4, 5, 6});
+  CHECK(batch.windows.supervised == std::vector<std::uint8_t>{0, 1, 1, 0, 0, 1});
+  CHECK(batch.mask == std::vector<std::uint8_t>{1, 0, 1, 0, 1, 1});
+  test::write_text(dir / "ar.json", "{\"input_ids\": [[7, 8]], \"supervised\": [[1, 1]]}");
+  CHECK(train::read_batch_file(dir / "ar.json", 10).mask.empty());
 }
 
 TEST_CASE("train/data: the shuffled order is a uniform permutation, so an example may keep its place") {

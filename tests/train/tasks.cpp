@@ -50,6 +50,8 @@ TEST_CASE("train/tasks: every response is the right answer to its prompt") {
     }
   }
   CHECK_ERROR(tasks::make("gsm8k", tasks::Split::train, 1), "unknown task \"gsm8k\"");
+  CHECK_ERROR(tasks::make("sort", tasks::Split::held_out, -1), "task sort: negative example count -1");
+  CHECK(tasks::make("sort", tasks::Split::train, 0).empty());
 }
 
 TEST_CASE("train/tasks: the held-out split covers each task's whole range") {
@@ -120,6 +122,18 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   test::write_text(dir / "long.json",
                    R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "ab": 2}}})");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "long.json"), "token 2 \"ab\" is not a single character");
+  // The specials at ids 0 and 1, in that order; ids without gaps; a file that is there and parses.
+  test::write_text(dir / "swapped.json",
+                   R"({"model": {"type": "BPE", "vocab": {"|<MASK>|": 0, "<|im_end|>": 1, "a": 2}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "swapped.json"), "swapped.json: ids 0 and 1 must be <|im_end|> and |<MASK>|");
+  test::write_text(dir / "one.json", R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "one.json"), "one.json: ids 0 and 1 must be");
+  test::write_text(dir / "gap.json",
+                   R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "a": 3}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "gap.json"), "token \"a\" has a bad or repeated id 3");
+  test::write_text(dir / "broken.json", R"({"model": )");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "broken.json"), "broken.json: not valid JSON");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "nowhere.json"), "nowhere.json: cannot open");
   // Printable ASCII, each character once: DEL (127) is a control character.
   CHECK_ERROR(tokenizer::CharVocab("ab\x7f"), "only printable ASCII characters, got byte 127");
   CHECK_ERROR(tokenizer::CharVocab("ab\x1f"), "only printable ASCII characters, got byte 31");
@@ -161,6 +175,9 @@ TEST_CASE("train/tasks: multiple-choice questions hold the response once, among 
   CHECK(distractors.size() == 10);
   Rng rng(1);
   CHECK_ERROR(tasks::choice_question(examples[0], 11, rng), "2 to 10 choices, got 11");
+  CHECK_ERROR(tasks::choice_question(examples[0], 1, rng), "2 to 10 choices, got 1");
+  CHECK(tasks::choice_question(examples[0], 2, rng).choices.size() == 2);
+  CHECK_ERROR(tasks::choice_question({"r:ab=", ""}, 3, rng), "a multiple-choice question needs a response");
   CHECK_ERROR(tasks::choice_question({"r:ab=", "#ba"}, 3, rng), "a response beginning with '#' has no other choices");
   CHECK(tasks::choice_question(examples[0], 10, rng).choices.size() == 10);
 }
@@ -193,6 +210,7 @@ TEST_CASE("train/tasks: few-shot examples are the task's first training examples
     for (const auto& e : examples) CHECK(h.prompt != e.prompt);
   CHECK_ERROR(tasks::few_shot("mix", 2, vocab, 8), "few-shot examples are of one task");
   CHECK_ERROR(tasks::few_shot("sort", -1, vocab, 8), "0 or more examples, got -1");
+  CHECK_ERROR(tasks::few_shot("sort", 2, vocab, -8), "the pad block must be 0 (none) or positive, got -8");
 }
 
 TEST_CASE("train/tasks: a mixed question follows its own task's examples") {

@@ -198,6 +198,22 @@ TEST_CASE("train/trainable: bad batches are named") {
   b.tokens[2] = 0;
   b.targets.push_back({4, 1});
   CHECK_ERROR(m.step(b, mask::Causal{}), "loss term (4, 1) is outside");
+  b.targets = {{0, -1}};
+  CHECK_ERROR(m.step(b, mask::Causal{}), "loss term (0, -1) is outside the batch or vocabulary");
+  b.targets = {{-1, 1}};
+  CHECK_ERROR(m.step(b, mask::Causal{}), "loss term (-1, 1) is outside the batch or vocabulary");
+  b.targets = {{0, 1}};
+  b.positions[3] = m.config().context();
+  CHECK_ERROR(m.step(b, mask::Causal{}), "training batch: position " + std::to_string(m.config().context()) + " is beyond");
+  b.positions[3] = -1;
+  CHECK_ERROR(m.step(b, mask::Causal{}), "training batch: position -1 is beyond");
+  b.positions.pop_back();
+  CHECK_ERROR(m.step(b, mask::Causal{}), "training batch: 4 tokens and 3 positions for 1 rows of 4");
+  b.reset(0, 4);
+  CHECK_ERROR(m.step(b, mask::Causal{}), "training batch: rows and length must be positive, got 0 x 4");
+  b.reset(2, 0);
+  CHECK_ERROR(m.step(b, mask::Causal{}), "training batch: rows and length must be positive, got 2 x 0");
+  CHECK_ERROR(m.set_block_size(0), "block size must be positive, got 0");
 }
 
 TEST_CASE("train/trainable: initialise draws N(0, std²) matrices, residual outputs at std/√(2·layers), norms 1, biases 0") {

@@ -289,6 +289,14 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   train::Trainer t4(m4, train::FastDllmV2Objective<4>(15), examples, o);
   CHECK_ERROR(t4.resume(dir / "torn-model"), "model.safetensors holds step 6 but trainer_state.json step 3");
   CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "optimizer.safetensors holds step 6 but trainer_state.json step 3");
+  // A trainer_state.json cut short, or whose step is not an integer.
+  for (const char* state : {"{\"step\": 6", "{\"step\": \"six\"}", "[6]"}) {
+    std::filesystem::remove_all(dir / "bad-state");
+    std::filesystem::copy(dir / "part", dir / "bad-state");
+    test::write_text(dir / "bad-state" / "trainer_state.json", state);
+    CHECK_ERROR(t4.resume(dir / "bad-state"), (dir / "bad-state" / "trainer_state.json").string() +
+                                                  ": not valid JSON with an integer \"step\"");
+  }
   // A model written over a whole run by other means (a random init here) names no step.
   std::filesystem::copy(dir / "part", dir / "overwritten");  // step 6 throughout
   model::write_random_checkpoint(dir / "overwritten", small_config(), 1, DType::f32);
