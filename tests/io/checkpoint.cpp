@@ -72,6 +72,12 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   CHECK_ERROR(parse(with("hidden_size", 4294967296LL + 64)), "field \"hidden_size\" is out of range");
   CHECK_ERROR(parse(with("tie_word_embeddings", 1)), "field \"tie_word_embeddings\" must be a boolean");
   CHECK_ERROR(parse(with("bd_size", 0)), "\"bd_size\" must be positive, got 0");
+  CHECK_ERROR(parse(with("rope_theta", 0)), "\"rope_theta\" must be positive");
+  CHECK_ERROR(parse(with("rope_theta", -1e4)), "\"rope_theta\" must be positive");
+  CHECK_ERROR(parse(with("rms_norm_eps", 0.0)), "\"rms_norm_eps\" must be positive");
+  CHECK_ERROR(parse(with("rms_norm_eps", "1e-6")), "field \"rms_norm_eps\" must be a number, got \"1e-6\"");
+  CHECK_ERROR(io::ModelConfig::from_text("[64]", "cfg.json"), "cfg.json: config is not a JSON object");
+  CHECK(parse(with("rope_theta", 500000)).rope_theta == 500000.0);  // an integer is a number
 }
 
 TEST_CASE("config.json: the parameter count is the elements of the checkpoint's tensors") {
