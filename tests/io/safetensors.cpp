@@ -155,10 +155,29 @@ TEST_CASE("bad safetensors files are errors that name the file and the entry") {
               "overlap");
   CHECK_ERROR(open(make_file(R"({"__metadata__":{"a":1}})", "")), "__metadata__");
   CHECK_ERROR(SafetensorsFile(dir / "missing.safetensors"), "cannot open");
+  CHECK_ERROR(open(make_file(R"({"__metadata__":[1]})", "")), "bad.safetensors: __metadata__ is not an object");
+  CHECK_ERROR(open(make_file(R"({"w":[1]})", "")), "tensor \"w\": entry is not an object");
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":7,"shape":[1],"data_offsets":[0,4]}})", four)),
+              "tensor \"w\": missing string field \"dtype\"");
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":1,"data_offsets":[0,4]}})", four)),
+              "tensor \"w\": missing array field \"shape\"");
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1099511627776],"data_offsets":[0,4]}})", four)),
+              "shape 1099511627776 is too large");  // 2^40
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1048576,1048576,1048576],"data_offsets":[0,4]}})", four)),
+              "is too large");  // 2^60 elements, each dimension below 2^40
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}})", four)),
+              "tensor \"w\": data_offsets must be non-negative integers");
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4.0]}})", four)),
+              "data_offsets must be non-negative integers");
+  CHECK_ERROR(open(make_file(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", four)).at("v"),
+              "bad.safetensors: no tensor named \"v\"");
   // The writer refuses inconsistent input before anything touches the disk.
   SafetensorsWriter w;
   std::vector<float> v(3);
   CHECK_ERROR(w.add<float>("t", {2, 2}, v), "tensor \"t\"");
+  w.add<float>("t", {3}, v);
+  CHECK_ERROR(w.add<float>("t", {3}, v), "SafetensorsWriter: tensor \"t\" added twice");
+  CHECK_ERROR(w.add_converted("u", DType::i32, {3}, v), "SafetensorsWriter: cannot store floats as I32");
 }
 
 TEST_CASE("replace_file: a reader finds the old file or the new one, and a failed write keeps the old") {
