@@ -163,10 +163,13 @@ TEST_CASE("train/data: bad data files are named with their line") {
   CHECK_ERROR(train::read_batch_file(dir / "batch4.json", 10), "token id 10 in \"input_ids\"[1]");
 
   // Every other refusal of the two readers, each naming the file (and the line, or the field).
-  const auto examples_error = [&](const char* name, const char* text, const std::string& message) {
+  // `read` refuses file `name` holding `text`, with the file's path then `message`.
+  const auto refused = [&](auto read, const char* name, const char* text, const std::string& message) {
     test::write_text(dir / name, text);
-    CHECK_ERROR(train::read_examples(dir / name, 10), (dir / name).string() + message);
+    CHECK_ERROR(read(dir / name, 10), (dir / name).string() + message);
   };
+  const auto examples_error = [&](auto... args) { refused(&train::read_examples, args...); };
+  const auto batch_error = [&](auto... args) { refused(&train::read_batch_file, args...); };
   CHECK_ERROR(train::read_examples(dir / "nowhere.jsonl", 10), "nowhere.jsonl: cannot open the data file");
   examples_error("e.jsonl", "[1, 2]\n", ":1: expected an object with \"prompt_ids\" and \"response_ids\"");
   examples_error("f.jsonl", "{\"prompt_ids\": \"12\", \"response_ids\": [2]}\n", ":1: missing array field \"prompt_ids\"");
@@ -175,10 +178,6 @@ TEST_CASE("train/data: bad data files are named with their line") {
   examples_error("h.jsonl", "{\"prompt_ids\": [1], \"response_ids\": [2, \"3\"]}\n", ":1: \"response_ids\" holds a non-integer");
   examples_error("i.jsonl", "{\"prompt_ids\": [1], \"response_ids\": []}\n", ":1: \"response_ids\" is empty");
   examples_error("j.jsonl", "\n  \n", ": no examples");
-  const auto batch_error = [&](const char* name, const char* text, const std::string& message) {
-    test::write_text(dir / name, text);
-    CHECK_ERROR(train::read_batch_file(dir / name, 10), (dir / name).string() + message);
-  };
   CHECK_ERROR(train::read_batch_file(dir / "nowhere.json", 10), "nowhere.json: cannot open the batch file");
   batch_error("b5.json", "[[1, 2]]", ": not a JSON object");
   batch_error("b6.json", "{\"input_ids\": [[1, 2]]}", ": missing field \"supervised\"");
