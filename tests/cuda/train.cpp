@@ -22,7 +22,7 @@ using test::rel;
 
 namespace {
 // Sums of a few hundred f32 terms in another order, through exp and a subtraction (dP − D).
-constexpr double kTol = 1e-4;
+constexpr double kTrainTol = 1e-4;
 
 //! Each tensor's gradient within `tol` of max |reference| over that tensor.
 void check_gradients(const std::vector<train::TrainableQwen2<float>::TensorInfo>& tensors,
@@ -63,11 +63,11 @@ TEST_CASE("training attention, forward and backward, each mask kind and GQA: CUD
       train::ops::attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dims,
                                      allowed.data(), scale, dq.data(), dk.data(), dv.data(), scratch.data());
       const auto g = gpu::train_attention(q, k, v, dout, dims, allowed, scale);
-      CHECK(rel(g.out, out) <= kTol);
-      CHECK(rel(g.lse, lse) <= kTol);
-      CHECK(rel(g.dq, dq) <= kTol);
-      CHECK(rel(g.dk, dk) <= kTol);
-      CHECK(rel(g.dv, dv) <= kTol);
+      CHECK(rel(g.out, out) <= kTrainTol);
+      CHECK(rel(g.lse, lse) <= kTrainTol);
+      CHECK(rel(g.dq, dq) <= kTrainTol);
+      CHECK(rel(g.dk, dk) <= kTrainTol);
+      CHECK(rel(g.dv, dv) <= kTrainTol);
     }
 }
 
@@ -84,10 +84,10 @@ TEST_CASE("training RMSNorm, forward and backward (dx and dw accumulate): CUDA =
     train::ops::Ops<backend::Host>::rmsnorm_backward(dy.data(), x.data(), rstd.data(), n, h, w.data(), dx.data(),
                                                      dw.data(), scratch.data());
     const auto g = gpu::train_rmsnorm(x, n, h, w, 1e-6f, dy, dx0, dw0);
-    CHECK(rel(g.y, y) <= kTol);
-    CHECK(rel(g.rstd, rstd) <= kTol);
-    CHECK(rel(g.dx, dx) <= kTol);
-    CHECK(rel(g.dw, dw) <= kTol);
+    CHECK(rel(g.y, y) <= kTrainTol);
+    CHECK(rel(g.rstd, rstd) <= kTrainTol);
+    CHECK(rel(g.dx, dx) <= kTrainTol);
+    CHECK(rel(g.dw, dw) <= kTrainTol);
   }
 }
 
@@ -102,8 +102,8 @@ TEST_CASE("training loss head (lm_head product, cross-entropy and its gradients)
                                                      logits.data(), dx.data(), dhead.data());
   const auto g = gpu::train_cross_entropy(x, n, h, head, vocab, labels, 0.02f, dhead0);
   CHECK(g.loss == doctest::Approx(loss).epsilon(1e-5));
-  CHECK(rel(g.dx, dx) <= kTol);
-  CHECK(rel(g.dhead, dhead) <= kTol);
+  CHECK(rel(g.dx, dx) <= kTrainTol);
+  CHECK(rel(g.dhead, dhead) <= kTrainTol);
 }
 
 TEST_CASE("a whole training step on the device: the golden loss and gradients, and the host's") {
@@ -139,7 +139,7 @@ TEST_CASE("a whole training step on the device: the golden loss and gradients, a
         std::copy_n(reinterpret_cast<const float*>(e.bytes.data()), t.numel, reference.begin() + t.offset);
       }
       check_gradients(m.tensors(), device.gradients, reference.data(), 2e-4);
-      check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTol);
+      check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTrainTol);
     }
 }
 
@@ -166,7 +166,7 @@ TEST_CASE("a training step of models with head_dim 64 and 128 over 192-token row
     const auto device = gpu::train_step(c, m.download_parameters(), batch, true);
     CHECK(device.n_tokens == host.n_tokens);
     CHECK(device.loss == doctest::Approx(host.loss).epsilon(1e-5));
-    check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTol);
+    check_gradients(m.tensors(), device.gradients, m.download_gradients().data(), kTrainTol);
   }
 }
 
