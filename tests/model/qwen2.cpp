@@ -37,6 +37,16 @@ double rel_err(TensorView<const float> a, std::int64_t r0, const std::vector<std
   return num / den;
 }
 
+//! values drawn from N(0, std²): their mean and mean square within five standard errors.
+void check_normal(std::span<const float> values, double std) {
+  const double n = static_cast<double>(values.size()), var = std * std;
+  double mean = 0, sq = 0;
+  for (const float x : values) mean += x, sq += double(x) * x;
+  mean /= n, sq /= n;
+  CHECK(std::fabs(mean) < 5 * std::sqrt(var / n));
+  CHECK(std::fabs(sq / var - 1) < 5 * std::sqrt(2 / n));
+}
+
 Qwen random_model(bool tied, const char* name) {
   auto dir = test::temp_dir(name);
   auto cfg = model::preset_config("tiny");
@@ -64,12 +74,7 @@ TEST_CASE("random weights: norms one, every other tensor N(0, 0.02²), drawn ali
       CHECK(std::all_of(v.begin(), v.end(), [](float x) { return x == 1.0f; }));
       continue;
     }
-    const double n = static_cast<double>(v.size()), var = 0.02 * 0.02;
-    double mean = 0, sq = 0;
-    for (const float x : v) mean += x, sq += double(x) * x;
-    mean /= n, sq /= n;
-    CHECK(std::fabs(mean) < 5 * std::sqrt(var / n));
-    CHECK(std::fabs(sq / var - 1) < 5 * std::sqrt(2 / n));
+    check_normal(v, 0.02);
     ++checked;
   }
   CHECK(checked > 10);
@@ -101,6 +106,31 @@ TEST_CASE("random weights: norms one, every other tensor N(0, 0.02²), drawn ali
     CHECK(agree(one.data(), one.data() + c * chunk, std::min(chunk, size - c * chunk)) == 0);
   CHECK(agree(one.data(), other_seed.data(), size) == 0);
   CHECK(agree(one.data(), other_tensor.data(), size) == 0);
+}
+
+TEST_CASE("random weights, peaked: embeddings N(0, 1) with a [MASK] row a hundredth of that, matrices N(0, 0.08²)") {
+  // The peaked model's logits are far from uniform, so that decoding it commits several tokens a
+  // step; its [MASK] row is small, so that [MASK] is never the likeliest token.
+  auto cfg = model::preset_config("tiny");
+  cfg.tie_word_embeddings = false;
+  cfg.mask_token_id = 100;  // rows on both sides of it
+  auto m = model::random_model(cfg, 4, /*peaked=*/true);
+  const std::int64_t mask = *cfg.mask_token_id, h = cfg.hidden_size;
+  int checked = 0;
+  for (auto& p : m.parameters()) {
+    const auto v = p.f32().span();
+    CAPTURE(p.name);
+    if (p.name.find("norm") != std::string::npos) continue;
+    if (p.name == "model.embed_tokens.weight" || p.name == "lm_head.weight") {
+      check_normal(v.first(static_cast<std::size_t>(mask * h)), 1.0);
+      check_normal(v.subspan(static_cast<std::size_t>(mask * h), static_cast<std::size_t>(h)), 0.01);
+      check_normal(v.subspan(static_cast<std::size_t>((mask + 1) * h)), 1.0);
+    } else {
+      check_normal(v, p.name.find("bias") != std::string::npos ? 0.02 : 0.08);
+    }
+    ++checked;
+  }
+  CHECK(checked > 10);
 }
 
 TEST_CASE("the forward matches the naive model under the causal and block-causal masks") {
