@@ -201,6 +201,7 @@ TEST_CASE("logit rows: the span of the active sub-block's masked positions, or t
       }
     }
     CHECK(denoising == result.trace.denoising_forwards());
+    CHECK(static_cast<int>(rec.requests.size()) == result.trace.total_forwards());  // one row a forward
     return narrower;
   };
   int narrower = 0;
