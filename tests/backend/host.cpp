@@ -15,27 +15,13 @@
 #include "blockdiff/backend/host.hpp"
 #include "blockdiff/core/rng.hpp"
 #include "blockdiff/backend/mask.hpp"
+#include "../support/compare.hpp"
 #include "../support/largest.hpp"
 #include "../support/sample_reference.hpp"
 
 using namespace blockdiff;
 
-namespace {
-std::vector<float> randn(std::size_t n, std::uint64_t seed, double scale = 1.0) {
-  Rng r(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = static_cast<float>(r.normal() * scale);
-  return v;
-}
-double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    test::take_largest(num, std::fabs(a[i] - b[i]));
-    den = std::max(den, std::fabs(b[i]));
-  }
-  return num / std::max(den, 1e-30);
-}
-}  // namespace
+using test::randn;
 
 // Weights stored as W (f32, or BF16 rounded from the same values); the reference multiplies the
 // stored values, widened, in f64.
@@ -62,12 +48,12 @@ void check_linear(int n, int k, int m) {
     }
   std::vector<float> y(ref.size());
   Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
-  CHECK(rel_err(y, ref) < 1e-5);
+  CHECK(test::relative_error(y, ref) < 1e-5);
   auto y1 = y0;
   Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, nullptr, y0.data(), true);
-  CHECK(rel_err(y0, ref_acc) < 1e-5);
+  CHECK(test::relative_error(y0, ref_acc) < 1e-5);
   Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y1.data(), true);  // y += x wT + b
-  CHECK(rel_err(y1, ref_acc_bias) < 1e-5);
+  CHECK(test::relative_error(y1, ref_acc_bias) < 1e-5);
 }
 
 using Isa = backend::Host::Isa;
@@ -184,10 +170,10 @@ TEST_CASE("Linear with BF16 products: activations rounded to BF16, pairs multipl
       }
     std::vector<float> y(rounded_ref.size());
     Kernel<backend::Host, op::Linear>::run(x.data(), n, k, w.data(), m, b.data(), y.data());
-    CHECK(rel_err(y, rounded_ref) < 1e-5);
+    CHECK(test::relative_error(y, rounded_ref) < 1e-5);
     // Rounding the activations moves the result by far more than f32 summation would: the mode
     // is really on.
-    CHECK(rel_err(y, f32_ref) > 1e-4);
+    CHECK(test::relative_error(y, f32_ref) > 1e-4);
   };
   backend::Host::bf16_products(true);
   if (!detail::bf16_dot_products(2)) {
@@ -230,13 +216,13 @@ TEST_CASE("Linears and SwiGluLinear with an input norm: RMSNorm, then the produc
   const LinearOut<float> outs[] = {{w[0].data(), m[0], b[0].data(), y0.data()}, {w[1].data(), m[1], b[1].data(), y1.data()}};
   const InputNorm norm{g.data(), 1e-5f, scratch.data()};
   Kernel<backend::Host, op::Linears>::run(x.data(), n, k, std::span<const LinearOut<float>>(outs), norm);
-  CHECK(rel_err(y0, product(w[0], m[0], b[0].data())) < 1e-5);
-  CHECK(rel_err(y1, product(w[1], m[1], b[1].data())) < 1e-5);
+  CHECK(test::relative_error(y0, product(w[0], m[0], b[0].data())) < 1e-5);
+  CHECK(test::relative_error(y1, product(w[1], m[1], b[1].data())) < 1e-5);
   Kernel<backend::Host, op::SwiGluLinear>::run(x.data(), n, k, wg.data(), wu.data(), 7, out.data(), up.data(), norm);
   auto sw = product(wg, 7, nullptr);
   const auto u = product(wu, 7, nullptr);
   for (std::size_t i = 0; i < sw.size(); ++i) sw[i] = sw[i] / (1 + std::exp(-sw[i])) * u[i];
-  CHECK(rel_err(out, sw) < 1e-5);
+  CHECK(test::relative_error(out, sw) < 1e-5);
   // A norm needs rows to write where it is not folded into the product.
   using Linears = Kernel<backend::Host, op::Linears>;
   CHECK_THROWS_WITH(Linears::run(x.data(), n, k, std::span<const LinearOut<float>>(outs), InputNorm{g.data(), 1e-5f, nullptr}),
@@ -270,7 +256,7 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
     for (int j = 0; j < h; ++j) ss += double(x[i * h + j]) * x[i * h + j];
     for (int j = 0; j < h; ++j) ref[i * h + j] = x[i * h + j] / std::sqrt(ss / h + 1e-6) * g[j];
   }
-  CHECK(rel_err(y, ref) < 1e-6);
+  CHECK(test::relative_error(y, ref) < 1e-6);
   // An epsilon that matters: rows of small values, where mean(x²) is about eps.
   for (float& v : x) v *= 0.1f;
   Kernel<backend::Host, op::RmsNorm>::run(x.data(), n, h, g.data(), 0.01f, y.data());
@@ -279,7 +265,7 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
     for (int j = 0; j < h; ++j) ss += double(x[i * h + j]) * x[i * h + j];
     for (int j = 0; j < h; ++j) ref[i * h + j] = x[i * h + j] / std::sqrt(ss / h + 0.01) * g[j];
   }
-  CHECK(rel_err(y, ref) < 1e-6);
+  CHECK(test::relative_error(y, ref) < 1e-6);
 
   // SwiGlu runs in chunks of 4096, in each vector width the CPU has (and a scalar tail): 10,003
   // values (the last chunk short, its last 3 past every width's lanes: the scalar tail), scaled so
@@ -321,7 +307,7 @@ TEST_CASE("RmsNorm, SwiGlu and Rope against naive loops") {
         rq[(t * heads + hh) * d + i + half] = b * std::cos(f) + a * std::sin(f);
       }
   Kernel<backend::Host, op::Rope>::run(q.data(), 3, heads, d, pos.data(), cos_t.data(), sin_t.data());
-  CHECK(rel_err(q, rq) < 1e-5);
+  CHECK(test::relative_error(q, rq) < 1e-5);
 }
 
 //! One row of a batched attention call in check_attention: its queries, its first slot and the
@@ -372,7 +358,7 @@ void check_attention(const Mask& mask, std::vector<AttentionCase> cases, int hea
           if (s[j] > -1e299)
             for (int e = 0; e < d; ++e) o[e] += std::exp(s[j] - mx) / sum * row.v[(g * row.capacity + j) * d + e];
       }
-  CHECK(rel_err(out, ref) < 1e-5);
+  CHECK(test::relative_error(out, ref) < 1e-5);
 }
 template <class Mask>
 void check_attention(const Mask& mask, int n_q, int first_slot, int kv_end) {

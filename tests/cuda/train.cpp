@@ -12,7 +12,7 @@
 #include "../support/configs.hpp"
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
-#include "compare.hpp"
+#include "../support/compare.hpp"
 #include "launchers.hpp"
 
 using namespace blockdiff;

@@ -1,15 +1,13 @@
-// What the CUDA parity tests share: seeded normal operands, and the error of a device result
-// relative to the largest value of the host's.
+// What the kernel tests share: seeded normal operands, and the error of a result relative to the
+// largest value of its reference (a naive loop's, or the host's for a device result).
 #pragma once
 
 #include <doctest/doctest.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
-#include "../support/largest.hpp"
+#include "largest.hpp"
 #include "blockdiff/core/rng.hpp"
 
 namespace blockdiff::test {
@@ -25,12 +23,7 @@ inline std::vector<float> randn(std::size_t n, std::uint64_t seed, double scale 
 //! max |a − b| over max |b|; NaN where any difference is NaN.
 inline double rel(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    take_largest(num, static_cast<double>(std::fabs(a[i] - b[i])));
-    den = std::max(den, static_cast<double>(std::fabs(b[i])));
-  }
-  return num / std::max(den, 1e-30);
+  return relative_error(a, b);
 }
 
 }  // namespace blockdiff::test
