@@ -5,14 +5,17 @@
 // shapes, scalars, the products' weights and outputs, the mask) beside the forward's key.
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <random>
+#include <span>
 #include <sstream>
 #include <string>
-#include <utility>
 #include <type_traits>
 #include <typeinfo>
+#include <utility>
+#include <vector>
 
 #include "../support/paths.hpp"
 #include "blockdiff/blockdiff.hpp"
@@ -69,10 +72,11 @@ struct KeyLog {
 
   template <class Key, class F>
   void run(Key&& make_key, F&& enqueue) {
+    const std::span<const std::int64_t> key = make_key();  // before the sequence, as a graph's is
+    std::vector<std::int64_t> kept(key.begin(), key.end());
     calls().str("");
     enqueue();
-    const std::span<const std::int64_t> key = make_key();
-    forwards.push_back({{key.begin(), key.end()}, calls().str()});
+    forwards.push_back({std::move(kept), calls().str()});
   }
   long launches() const { return 0; }
 };
