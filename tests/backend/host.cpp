@@ -398,21 +398,29 @@ TEST_CASE("Attention over several query tiles and rows in one call, query heads 
 }
 
 TEST_CASE("Attention: a query whose scores are not numbers gives NaN, and only that query") {
+  // Queries at slots 3, 4, 5 of a causal row; a NaN in query 1's head 2, then a NaN in the key
+  // at slot 4 of key head 0, which the queries at slots 4 and 5 of heads 0 and 1 see.
   const int heads = 4, kvh = 2, d = 8, n_q = 3, cap = 6;
   auto q = randn(static_cast<std::size_t>(n_q * heads * d), 40);
   auto k = randn(static_cast<std::size_t>(kvh * cap * d), 41), v = randn(static_cast<std::size_t>(kvh * cap * d), 42);
+  auto nan_where = [&](auto expected) {
+    std::vector<float> out(q.size());
+    const AttentionRow row{0, n_q, 3, 6, k.data(), v.data(), cap};
+    Kernel<backend::Host, op::Attention<mask::Causal>>::run(q.data(), out.data(), std::span<const AttentionRow>(&row, 1),
+                                                            {heads, kvh, d, 0.35f}, mask::Causal{});
+    for (int i = 0; i < n_q; ++i)
+      for (int h = 0; h < heads; ++h)
+        for (int e = 0; e < d; ++e) {
+          CAPTURE(i);
+          CAPTURE(h);
+          CHECK(std::isnan(out[(i * heads + h) * d + e]) == expected(i, h));
+        }
+  };
   q[(1 * heads + 2) * d + 5] = std::numeric_limits<float>::quiet_NaN();  // query 1, head 2
-  std::vector<float> out(q.size());
-  const AttentionRow row{0, n_q, 3, 6, k.data(), v.data(), cap};
-  Kernel<backend::Host, op::Attention<mask::Causal>>::run(q.data(), out.data(), std::span<const AttentionRow>(&row, 1),
-                                                          {heads, kvh, d, 0.35f}, mask::Causal{});
-  for (int i = 0; i < n_q; ++i)
-    for (int h = 0; h < heads; ++h)
-      for (int e = 0; e < d; ++e) {
-        CAPTURE(i);
-        CAPTURE(h);
-        CHECK(std::isnan(out[(i * heads + h) * d + e]) == (i == 1 && h == 2));
-      }
+  nan_where([](int i, int h) { return i == 1 && h == 2; });
+  q[(1 * heads + 2) * d + 5] = 0.5f;
+  k[4 * d + 6] = std::numeric_limits<float>::quiet_NaN();  // key head 0, slot 4
+  nan_where([](int i, int h) { return i >= 1 && h < 2; });
 }
 
 TEST_CASE("VocabStats at Qwen's vocabulary size against f64 loops, at each vector width") {

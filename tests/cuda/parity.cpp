@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -316,6 +317,57 @@ TEST_CASE("Attention for each mask kind, the sub-block case and batched rows, gr
       check("full", mask::Full{}, {{8, at + 64, at + 72}, {8, at + 56, at + 64}});
       if (cap == 1000) check("causal", mask::Causal{}, {{200, 700, 900}});  // many queries
       check("full", mask::Full{}, {{3, 0, 0}});                               // no key at all: zeros
+    }
+}
+
+TEST_CASE("Attention: a query whose scores are not numbers gives NaN on the device too, and only that query") {
+  // The host's rule (tests/backend/host.cpp): a NaN score among the keys a query may see makes
+  // its output NaN, and no other query's. The cases a kernel's maxima or merges could pass over:
+  // a query whose only allowed key in its tile scores NaN (a causal query at slot 0, or at the
+  // first slot of a tile), a NaN query beside finite ones in a grouped block, a decode query
+  // whose keys are split over blocks (capacity 1000), and a NaN key, which the queries after it
+  // see and the queries before it do not, on both kernels and at head_dim 64 and 128.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const int d : {64, 128})
+    for (const int cap : {80, 1000}) {
+      const int heads = 4, kvh = 2;
+      auto k = randn(static_cast<std::size_t>(kvh * cap * d), 70 + cap + d);
+      const auto v = randn(static_cast<std::size_t>(kvh * cap * d), 71 + cap + d);
+      k[(std::size_t{1} * cap + 10) * d + 3] = nan;  // key head 1 (query heads 2, 3), slot 10
+      auto check = [&](std::vector<gpu::AttentionCall> calls, std::vector<std::array<int, 2>> nan_queries) {
+        std::vector<AttentionRow> rows;
+        std::int64_t total = 0;
+        for (const auto& c : calls) {
+          rows.push_back({total, c.n_q, c.first_slot, c.kv_end, k.data(), const_cast<float*>(v.data()), cap});
+          total += c.n_q;
+        }
+        auto q = randn(static_cast<std::size_t>(total * heads * d), 72 + total);
+        for (const auto [query, head] : nan_queries) q[(static_cast<std::size_t>(query) * heads + head) * d + 7] = nan;
+        std::vector<float> host(q.size());
+        Kernel<backend::Host, op::Attention<mask::Causal>>::run(q.data(), host.data(), rows,
+                                                                {heads, kvh, d, 1.0f / std::sqrt(float(d))}, {});
+        const auto host_nan = std::count_if(host.begin(), host.end(), [](float x) { return std::isnan(x); });
+        INFO("head_dim " << d << ", capacity " << cap << ", rows " << calls.size() << ", queries " << total);
+        REQUIRE(host_nan > 0);  // the case has queries of each kind
+        REQUIRE(host_nan < static_cast<std::int64_t>(host.size()));
+        for (const bool grouped : {true, false}) {
+          CAPTURE(grouped);
+          const auto dev = gpu::attention("causal", q, calls, k, v, heads, kvh, d, cap, grouped);
+          std::vector<float> dev_finite, host_finite;
+          int pattern = 0;  // outputs NaN on one side only
+          for (std::size_t i = 0; i < host.size(); ++i) {
+            if (std::isnan(dev[i]) != std::isnan(host[i])) ++pattern;
+            else if (!std::isnan(host[i])) dev_finite.push_back(dev[i]), host_finite.push_back(host[i]);
+          }
+          CHECK(pattern == 0);
+          CHECK(rel(dev_finite, host_finite) < kTol);
+        }
+      };
+      // A prefill from slot 0: query 0 sees key 0 alone, queries 32 and 64 begin tiles; the
+      // queries from slot 10 on of heads 2 and 3 see the NaN key.
+      check({{37, 0, 37}}, {{0, 1}, {32, 0}, {5, 3}});
+      check({{1, cap - 10, cap - 9}}, {{0, 0}});                         // a decode step
+      check({{1, cap - 10, cap - 9}, {8, 0, 8}, {4, 60, 64}}, {{5, 1}});  // a batch; row 1 sees no NaN key
     }
 }
 

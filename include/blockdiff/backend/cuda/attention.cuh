@@ -43,23 +43,35 @@ inline AttentionSplit attention_split(std::int64_t queries, int max_keys) {
   return {splits, (max_keys + splits - 1) / splits};
 }
 
+// A score that is not a number makes its query's output NaN, as on the host. The maxima below
+// keep a NaN (fmaxf would pass over it, and a tile whose only allowed key scores NaN would look
+// like a tile of none), and a partial softmax takes part in a merge where its sum is not 0:
+// 0 is a partial that saw no allowed key, NaN one that saw a score that is not a number.
+
+//! The larger of a and b, or NaN where either is.
+__device__ inline float max_or_nan(float a, float b) { return a > b || a != a ? a : b; }
+
+//! The factor 1 / sum that normalises a query's output: 0 where it saw no allowed key (its output
+//! is zeros), NaN where its sum is.
+__device__ inline float inverse_sum(float sum) { return sum != 0.0f ? 1.0f / sum : 0.0f; }
+
 //! Adds a query's split partials (max, sum, unscaled output each, d + 2 floats apart) in split
 //! order into `o`; the calling threads share its dims, thread `first` of `stride`.
 __device__ inline void merge_splits(const float* part, int splits, int d, float* o, int first, int stride) {
   float big = -FLT_MAX;
   for (int s = 0; s < splits; ++s)
-    if (__ldcg(part + s * (d + 2) + 1) > 0.0f) big = fmaxf(big, __ldcg(part + s * (d + 2)));
+    if (__ldcg(part + s * (d + 2) + 1) != 0.0f) big = max_or_nan(big, __ldcg(part + s * (d + 2)));
   float total = 0.0f;
   for (int s = 0; s < splits; ++s) {
     const float ls = __ldcg(part + s * (d + 2) + 1);
-    total += ls > 0.0f ? ls * expf(__ldcg(part + s * (d + 2)) - big) : 0.0f;
+    total += ls != 0.0f ? ls * expf(__ldcg(part + s * (d + 2)) - big) : 0.0f;
   }
-  const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // a query with no allowed key outputs zeros
+  const float inv = inverse_sum(total);
   for (int dim = first; dim < d; dim += stride) {
     float v = 0.0f;
     for (int s = 0; s < splits; ++s) {
       const float ls = __ldcg(part + s * (d + 2) + 1);
-      if (ls > 0.0f) v += __ldcg(part + s * (d + 2) + 2 + dim) * expf(__ldcg(part + s * (d + 2)) - big);
+      if (ls != 0.0f) v += __ldcg(part + s * (d + 2) + 2 + dim) * expf(__ldcg(part + s * (d + 2)) - big);
     }
     o[dim] = v * inv;
   }
@@ -145,9 +157,9 @@ __global__ void __launch_bounds__(32 * attention_warps)
       s = dot;
     }
     float tile_max = s;
-    for (int off = 16; off > 0; off >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+    for (int off = 16; off > 0; off >>= 1) tile_max = max_or_nan(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
     if (tile_max == -FLT_MAX) continue;  // no allowed key in this tile (uniform across the warp)
-    const float m_new = fmaxf(m, tile_max);
+    const float m_new = max_or_nan(m, tile_max);
     const float correction = expf(m - m_new);  // 0 on the first tile
     const float p = s == -FLT_MAX ? 0.0f : expf(s - m_new);
     float p_sum = p;
@@ -187,16 +199,16 @@ __global__ void __launch_bounds__(32 * attention_warps)
   __syncthreads();
   float big = -FLT_MAX;
   for (int w = 0; w < attention_warps; ++w)
-    if (warp_l[w] > 0.0f) big = fmaxf(big, warp_m[w]);
+    if (warp_l[w] != 0.0f) big = max_or_nan(big, warp_m[w]);
   float total = 0.0f;
-  for (int w = 0; w < attention_warps; ++w) total += warp_l[w] > 0.0f ? warp_l[w] * expf(warp_m[w] - big) : 0.0f;
+  for (int w = 0; w < attention_warps; ++w) total += warp_l[w] != 0.0f ? warp_l[w] * expf(warp_m[w] - big) : 0.0f;
   float* o = out + ((row.q_begin + i) * heads + h) * static_cast<std::int64_t>(d);
   if (gridDim.x == 1) {
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;  // a query with no allowed key outputs zeros
+    const float inv = inverse_sum(total);
     for (int dim = threadIdx.x; dim < d; dim += blockDim.x) {
       float v = 0.0f;
       for (int w = 0; w < attention_warps; ++w)
-        if (warp_l[w] > 0.0f) v += warp_acc[w][dim] * expf(warp_m[w] - big);
+        if (warp_l[w] != 0.0f) v += warp_acc[w][dim] * expf(warp_m[w] - big);
       o[dim] = v * inv;
     }
     return;
@@ -208,7 +220,7 @@ __global__ void __launch_bounds__(32 * attention_warps)
   for (int dim = threadIdx.x; dim < d; dim += blockDim.x) {
     float v = 0.0f;
     for (int w = 0; w < attention_warps; ++w)
-      if (warp_l[w] > 0.0f) v += warp_acc[w][dim] * expf(warp_m[w] - big);
+      if (warp_l[w] != 0.0f) v += warp_acc[w][dim] * expf(warp_m[w] - big);
     mine[2 + dim] = v;
   }
   if (!last_split(done + qh)) return;
@@ -363,9 +375,9 @@ __global__ void __launch_bounds__(32 * attention_warps, 2)
         const int slot = row.first_slot + (first_pair + warp + attention_warps * pp) / group;  // the pair's query
         const float sc = lane < tile && mask.allowed(slot, j0 + lane) ? s[pp] : -FLT_MAX;
         float tile_max = sc;
-        for (int off = 16; off > 0; off >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+        for (int off = 16; off > 0; off >>= 1) tile_max = max_or_nan(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
         if (tile_max != -FLT_MAX) {  // uniform across the warp
-          const float m_new = fmaxf(m[pp], tile_max);
+          const float m_new = max_or_nan(m[pp], tile_max);
           const float correction = expf(m[pp] - m_new);  // 0 on the pair's first tile
           p[pp] = sc == -FLT_MAX ? 0.0f : expf(sc - m_new);
           float p_sum = p[pp];
@@ -404,7 +416,7 @@ __global__ void __launch_bounds__(32 * attention_warps, 2)
   for (int pp = 0; pp < per_warp; ++pp) {
     if (pp < mine) {
       if (splits == 1) {
-        const float inv = l[pp] > 0.0f ? 1.0f / l[pp] : 0.0f;  // a query with no allowed key outputs zeros
+        const float inv = inverse_sum(l[pp]);
         float* o = output(pp);
 #pragma unroll
         for (int e = 0; e < per_lane; ++e)
