@@ -84,6 +84,9 @@ TEST_CASE("dispatch_value maps a runtime value to its template argument and list
   const int r = dispatch_value<1, 2, 3>(3, [&]<int V>() { return V * V; });
   CHECK(r == 9);
   CHECK_ERROR((dispatch_value<4, 8, 16>(12, [&]<int B>() { got = B; }, "--block")), "--block 12 is not compiled in (supported: 4, 8, 16)");
+  CHECK(got == 80);  // no function ran
+  CHECK_ERROR((dispatch_value<1, 2, 3>(0, [&]<int V>() { return V * V; }, "--sub-block")),
+              "--sub-block 0 is not compiled in (supported: 1, 2, 3)");
 }
 
 TEST_CASE("Buffer and TensorView: shapes, indexing, aligned storage that is reused") {

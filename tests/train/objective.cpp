@@ -48,6 +48,13 @@ TEST_CASE("train/objective: the AR objective predicts each supervised token from
   CHECK(b.targets[0].label == 6);
   CHECK(b.targets[1].index == 2);
   CHECK(b.targets[1].label == 8);
+  // The trainer reuses a batch from step to step: the next build holds that step's rows alone.
+  const train::Windows next{4, {5, 6, 7, 8, 1, 2, 3, 4}, {0, 0, 0, 0, 0, 0, 1, 0}};
+  train::ArObjective{}.build(next, 1, 1, rng, b);
+  CHECK(b.tokens == std::vector<int>{1, 2, 3, 4});
+  REQUIRE(b.targets.size() == 1);
+  CHECK(b.targets[0].index == 1);
+  CHECK(b.targets[0].label == 3);
 }
 
 TEST_CASE("train/objective: Fast-dLLM v2 views, worked by hand") {
