@@ -116,15 +116,19 @@ def main():
         main_object = work / "doctest_main.o"
         subprocess.run([os.environ.get("CXX", "g++"), "-std=c++20", "-O1", "-c",
                         str(ROOT / "tests" / "support" / "doctest_main.cpp"), "-o", str(main_object)], check=True)
-        # The unmutated tests must pass, or no verdict below means anything.
-        for k, tests in enumerate(sorted({tuple(m["tests"]) for m in mutants})):
-            base = work / f"base-{k}"
-            base.mkdir()
-            built, passed, detail = build_and_run(ROOT / "include", tests, base, main_object)
-            if not (built and passed):
-                sys.exit(f"the unmutated tests {' '.join(tests)} fail: {' '.join(detail)}")
-        verdicts = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.j)) as pool:
+            # The unmutated tests must pass, or no verdict below means anything.
+            test_sets = sorted({tuple(m["tests"]) for m in mutants})
+
+            def baseline(k):
+                base = work / f"base-{k}"
+                base.mkdir()
+                return build_and_run(ROOT / "include", test_sets[k], base, main_object)
+
+            for tests, (built, passed, detail) in zip(test_sets, pool.map(baseline, range(len(test_sets)))):
+                if not (built and passed):
+                    sys.exit(f"the unmutated tests {' '.join(tests)} fail: {' '.join(detail)}")
+            verdicts = []
             for m, (verdict, detail) in zip(mutants, pool.map(lambda m: run_mutant(m, main_object), mutants)):
                 why = f"\n          {detail}" if verdict != "CAUGHT" else ""
                 print(f"{verdict:8}  {m['id']:24} {m['what']}{why}", flush=True)
