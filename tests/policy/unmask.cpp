@@ -234,6 +234,10 @@ TEST_CASE("op::Unmask: a batch of rows, each decided as its policy decides it al
     rows[1].n = max_block_size + 1;
     CHECK_ERROR((Kernel<backend::Host, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, c.data(), rows, chosen)),
                 "a row has 1 to");
+    rows[1].n = 2;
+    rows[1].first = -1;
+    CHECK_ERROR((Kernel<backend::Host, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, c.data(), rows, chosen)),
+                "op::Unmask: row 1 has 2 candidates from index -1");
     CHECK(std::all_of(chosen, chosen + 9, [](bool b) { return b; }));
   }
 }
