@@ -1,9 +1,12 @@
-// The seeded generator and the runtime-to-template bridge.
+// The seeded generator, the runtime-to-template bridge, shapes and host buffers.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "../support/check_error.hpp"
 #include "blockdiff/core/dispatch.hpp"
@@ -104,4 +107,30 @@ TEST_CASE("Buffer and TensorView: shapes, indexing, aligned storage that is reus
   CHECK_ERROR(Shape({2, -1}), "Shape: negative extent -1");
   CHECK_ERROR(Shape({1, 2, 3, 4, 5}), "Shape: at most 4 dimensions, got 5");
   CHECK(Shape{1, 2, 3, 4}.numel() == 24);
+}
+
+TEST_CASE("Buffer: reset zeroes the storage it keeps, growing takes new storage, which a borrowed buffer then owns") {
+  Buffer<float> b(Shape{4});
+  std::fill_n(b.data(), 4, 7.0f);
+  b.reset(Shape{2, 2});  // as many elements: the same storage, zeroed
+  CHECK(std::all_of(b.data(), b.data() + 4, [](float x) { return x == 0.0f; }));
+  const float* before = b.data();
+  std::fill_n(b.data(), 4, 7.0f);
+  b.reset(Shape{3, 2});
+  CHECK(b.data() != before);
+  CHECK(b.capacity() == 6);
+  CHECK(std::all_of(b.data(), b.data() + 6, [](float x) { return x == 0.0f; }));
+
+  auto owner = std::make_shared<std::vector<float>>(4, 1.0f);
+  auto c = Buffer<float>::borrow(owner->data(), Shape{4}, owner);
+  CHECK(c.borrowed());
+  CHECK(c.data() == owner->data());
+  c.resize(Shape{8});
+  CHECK_FALSE(c.borrowed());
+  CHECK(c.data() != owner->data());
+  CHECK(*owner == std::vector<float>(4, 1.0f));  // the borrowed elements are left as they were
+
+  CHECK(Shape{2, 3} == Shape{2, 3});
+  CHECK_FALSE(Shape{2, 3} == Shape{3, 2});
+  CHECK_FALSE(Shape{2, 3} == Shape{2, 3, 1});  // the same elements, another rank
 }
