@@ -501,6 +501,8 @@ TEST_CASE("bad prompts are clear errors") {
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{}, o), "prompt is empty");
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 320}, o), "token id 320 at index 1 is outside the vocabulary");
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{-1}, o), "prompt: token id -1 at index 0 is outside the vocabulary [0, 320)");
+  const std::vector<std::vector<int>> batch{{1, 2}, {3}, {}};  // a batch names the prompt at fault
+  CHECK_ERROR(decode::ar_generate(m, batch, o), "prompt 2 is empty");
   o.max_new_tokens = 5000;
   CHECK_ERROR(decode::ar_generate(m, std::vector<int>{1, 2}, o), "beyond the context of 4096");
   o.max_new_tokens = -1;
