@@ -363,8 +363,8 @@ TEST_CASE("Attention: a query whose scores are not numbers gives NaN on the devi
           CHECK(rel(dev_finite, host_finite) < kTol);
         }
       };
-      // A prefill from slot 0: query 0 sees key 0 alone, queries 32 and 64 begin tiles; the
-      // queries from slot 10 on of heads 2 and 3 see the NaN key.
+      // A prefill from slot 0: query 0 sees key 0 alone, query 32 sees key 32 alone in its
+      // second tile of keys; the queries from slot 10 on of heads 2 and 3 see the NaN key.
       check({{37, 0, 37}}, {{0, 1}, {32, 0}, {5, 3}});
       check({{1, cap - 10, cap - 9}}, {{0, 0}});                         // a decode step
       check({{1, cap - 10, cap - 9}, {8, 0, 8}, {4, 60, 64}}, {{5, 1}});  // a batch; row 1 sees no NaN key
