@@ -364,32 +364,40 @@ TEST_CASE("max_new_tokens is exact and a shorter run is a prefix of a longer one
   CHECK(exact.trace.count(decode::ForwardKind::commit) == 1);
 }
 
-TEST_CASE("Scheduled counts the positions of a sub-block masked at its start, not its size") {
+TEST_CASE("Scheduled counts the positions of a sub-block masked at its start, and its steps") {
   // At step s of n a Scheduled<Cosine> sub-block has revealed ceil(m · cos(π/2 · (1 − (s+1)/n)))
-  // of the m positions masked when it began (at least one a step, the rest at the last), here
-  // with n = 4 steps / 2 sub-blocks. A block's first sub-block holds the token the forward before
-  // it carried over, so 3 of its 4 positions start masked; the second, 4.
+  // of the m positions masked when it began (at least one a step, the rest at the last), with
+  // n = steps / sub-blocks. A block's first sub-block holds the token the forward before it
+  // carried over, so S - 1 of its S positions start masked; the second, S. With sub-blocks of 4
+  // and n = 2 every count but the first is forced; with 8 and n = 4, steps 1 and 2 reveal two
+  // positions each, as the schedule says, where a step count stuck at 0 would reveal one.
   auto& m = golden_model("model-f32-tied");
-  const auto r = gen<BlockShape<8, 4>, unmask::Scheduled<schedule::Cosine>, cache::Block<>>(
-      m, prompt_of(8, 8), 16, unmask::Scheduled<schedule::Cosine>{4});
-  std::map<int, std::vector<int>> per_step;  // sub-block -> positions committed by each of its steps
-  for (const auto& step : r.trace.steps)
-    if (step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block)
-      per_step[step.committed.front().first / 4].push_back(static_cast<int>(step.committed.size()));
-  REQUIRE(per_step.size() == 4);  // sub-blocks 2 to 5: positions 8 to 23
-  const int n = 2;
-  for (const auto& [sub, counts] : per_step) {
-    CAPTURE(sub);
-    const int masked = std::accumulate(counts.begin(), counts.end(), 0);
-    CHECK(masked == (sub % 2 == 0 ? 3 : 4));
-    int revealed = 0;
-    for (std::size_t s = 0; s < counts.size(); ++s) {
-      const double frac = std::cos(1.5707963267948966 * (1.0 - double(s + 1) / n));
-      const int target = int(s) + 1 >= n ? masked : int(std::ceil(masked * frac - 1e-4));
-      CHECK(counts[s] == std::clamp(target - revealed, 1, masked - revealed));
-      revealed += counts[s];
+  const auto check = [&]<class Shape>(int steps, int n) {
+    constexpr int B = Shape::block, S = Shape::sub_block;
+    const auto r = gen<Shape, unmask::Scheduled<schedule::Cosine>, cache::Block<>>(
+        m, prompt_of(B, 8), 2 * B, unmask::Scheduled<schedule::Cosine>{steps});
+    std::map<int, std::vector<int>> per_step;  // sub-block -> positions committed by each of its steps
+    for (const auto& step : r.trace.steps)
+      if (step.kind == decode::ForwardKind::block || step.kind == decode::ForwardKind::sub_block)
+        per_step[step.committed.front().first / S].push_back(static_cast<int>(step.committed.size()));
+    REQUIRE(per_step.size() == 2 * B / S);  // the sub-blocks of positions B to 3B
+    for (const auto& [sub, counts] : per_step) {
+      CAPTURE(B);
+      CAPTURE(sub);
+      const int masked = std::accumulate(counts.begin(), counts.end(), 0);
+      CHECK(masked == (sub % (B / S) == 0 ? S - 1 : S));
+      CHECK(static_cast<int>(counts.size()) <= n);
+      int revealed = 0;
+      for (std::size_t s = 0; s < counts.size(); ++s) {
+        const double frac = std::cos(1.5707963267948966 * (1.0 - double(s + 1) / n));
+        const int target = int(s) + 1 >= n ? masked : int(std::ceil(masked * frac - 1e-4));
+        CHECK(counts[s] == std::clamp(target - revealed, 1, masked - revealed));
+        revealed += counts[s];
+      }
     }
-  }
+  };
+  check.template operator()<BlockShape<8, 4>>(4, 2);
+  check.template operator()<BlockShape<16, 8>>(8, 4);
 }
 
 TEST_CASE("EOS: generation stops once an EOS is committed with nothing masked before it; the EOS is kept") {
@@ -451,6 +459,127 @@ TEST_CASE("sampling is reproducible with a seed, and greedy output does not depe
   auto g1 = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, {}, 1);
   auto g2 = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 24, unmask::Threshold{0.9f}, std::nullopt, {}, 99);
   CHECK(g1.tokens == g2.tokens);
+}
+
+namespace {
+// Commits the leftmost masked position: a decision that reads no statistics, so that what a
+// position gets depends only on the draw.
+struct LeftToRight {
+  using policy_kind = kind::unmasking;
+  static constexpr const char* name = "left-to-right";
+  static constexpr bool needs_second_prob = false, needs_entropy = false;
+  void validate() const {}
+  void select(const Candidate*, int n, StepContext&, bool* out) const { out[0] = n > 0; }
+};
+
+//! op::Sample's rule from its statement (backend/kernel.hpp): softmax at T, the nucleus by
+//! decreasing probability (lower index first on ties) cut where the cumulative exceeds top_p,
+//! or the vocabulary's order at top_p = 1; the first token whose cumulative exceeds u · mass.
+int reference_draw(const std::vector<double>& logits, double temperature, double top_p, double u) {
+  const double top = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double sum = 0.0;
+  for (std::size_t i = 0; i < p.size(); ++i) sum += p[i] = std::exp((logits[i] - top) / temperature);
+  std::vector<int> order(p.size());
+  std::iota(order.begin(), order.end(), 0);
+  double mass = 1.0;
+  if (top_p < 1.0) {
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    double cumulative = 0.0;
+    std::size_t kept = 0;
+    while (kept < order.size() && !(cumulative > top_p)) cumulative += p[order[kept++]] / sum;
+    order.resize(kept);
+    mass = cumulative;
+  }
+  double cumulative = 0.0;
+  for (int token : order)
+    if (u * mass < (cumulative += p[token] / sum)) return token;
+  return order.back();
+}
+
+//! Block diffusion as §3.3 runs it with an exact cache, one position a denoising forward, on
+//! the naive model: at each forward the active sub-block's masked positions, left to right, each
+//! take a uniform number from the row's generator when sampling; then `random` picks one of them
+//! with the same generator (unmask::Random{1}), or the leftmost is taken; it gets the draw (or the
+//! argmax) of the logit row before it. A finished block's commit forward appends the argmax of
+//! its last row. Returns the new tokens.
+std::vector<int> reference_one_a_forward(const test::NaiveQwen2& naive, std::vector<int> x, int B, int S, int mask,
+                                         int max_new, std::uint64_t seed, std::optional<decode::SamplingOptions> sampling,
+                                         bool random) {
+  Rng rng(seed);
+  const int P = static_cast<int>(x.size()), limit = P + max_new;
+  const auto argmax = [](const std::vector<double>& v) {
+    return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
+  };
+  const auto logits = [&](int end) {
+    return naive.forward(std::vector<int>(x.begin(), x.begin() + end), [B](int q, int k) { return k / B <= q / B; });
+  };
+  if (P >= B && P % B == 0) x.push_back(argmax(logits(P)[static_cast<std::size_t>(P - 1)]));
+  while (static_cast<int>(x.size()) < limit) {
+    const int c = static_cast<int>(x.size()) / B * B;
+    x.resize(static_cast<std::size_t>(c + B), mask);
+    while (true) {
+      const auto first = std::find(x.begin() + c, x.end(), mask) - x.begin();
+      if (first >= std::min(limit, c + B)) break;  // every position below the limit is committed
+      const int lo = c + static_cast<int>(first - c) / S * S;
+      std::vector<int> candidates;
+      for (int j = lo; j < lo + S; ++j)
+        if (x[static_cast<std::size_t>(j)] == mask) candidates.push_back(j);
+      std::vector<double> u;
+      if (sampling)
+        for (std::size_t i = 0; i < candidates.size(); ++i) u.push_back(rng.uniform_double());
+      const std::size_t pick = random ? rng.below(candidates.size()) : 0;
+      const int j = candidates[pick];
+      const std::vector<double> row = logits(c + B)[static_cast<std::size_t>(j - 1)];
+      x[static_cast<std::size_t>(j)] =
+          sampling ? reference_draw(row, sampling->temperature, sampling->top_p, u[pick]) : argmax(row);
+    }
+    if (c + B >= limit) break;
+    x.push_back(argmax(logits(c + B)[static_cast<std::size_t>(c + B - 1)]));
+  }
+  return std::vector<int>(x.begin() + P, x.begin() + limit);
+}
+}  // namespace
+
+TEST_CASE("sampled and random decodes: each draw from the row before its position, with the row's generator in order") {
+  // Against reference_one_a_forward: positions read the logit row before them, each masked
+  // position of the sub-block takes its uniform number in order, unmask::Random draws from the
+  // generator the sampling advanced and its row keeps what it drew, from forward to forward.
+  // Rows of lengths 5, 11 and 16 (a prompt tail, a partial prefill, a prefill whose last row
+  // gives the first new token) decode as a batch, with the block cache and without a cache.
+  auto& m = golden_model("model-f32-tied");
+  test::NaiveQwen2 naive(m);
+  constexpr int B = 8, S = 4;
+  const int mask = *m.config().mask_token_id, max_new = 11;
+  const std::vector<std::vector<int>> prompts{prompt_of(5, 3), prompt_of(11, 6), prompt_of(16, 2)};
+  const auto run = [&]<class Policy, class Cache>(Policy policy, std::optional<decode::SamplingOptions> sampling,
+                                                 bool random) {
+    decode::BlockDiffusionDecoder<Qwen, BlockShape<B, S>, Policy, Cache> d(m, policy);
+    decode::DecodeOptions o;
+    o.max_new_tokens = max_new;
+    o.mask_id = mask;
+    o.sampling = sampling.value_or(decode::SamplingOptions{});
+    o.seed = 41;
+    const auto out = d.generate(prompts, o);
+    for (std::size_t r = 0; r < prompts.size(); ++r) {
+      INFO(std::string(Policy::name), " ", std::string(Cache::name), " T ", o.sampling.temperature, " top-p ",
+           o.sampling.top_p, " prompt ", prompts[r].size());
+      CHECK(out[r].tokens == reference_one_a_forward(naive, prompts[r], B, S, mask, max_new, o.seed, sampling, random));
+    }
+    return out;
+  };
+  std::vector<std::vector<decode::GenerateResult>> left_to_right;
+  for (const auto sampling : {std::optional<decode::SamplingOptions>{}, std::optional{decode::SamplingOptions{3.0f, 1.0f}},
+                              std::optional{decode::SamplingOptions{2.0f, 0.9f}}}) {
+    left_to_right.push_back(run.template operator()<LeftToRight, cache::Block<>>(LeftToRight{}, sampling, false));
+    run.template operator()<unmask::Random, cache::Block<>>(unmask::Random{1}, sampling, true);
+    run.template operator()<unmask::Random, cache::None<>>(unmask::Random{1}, sampling, true);
+  }
+  // The draws are not the argmax everywhere: sampling is what these decodes exercise.
+  for (std::size_t r = 0; r < prompts.size(); ++r) {
+    CHECK(left_to_right[1][r].tokens != left_to_right[0][r].tokens);
+    CHECK(left_to_right[2][r].tokens != left_to_right[0][r].tokens);
+  }
 }
 
 TEST_CASE("op::Sample: top-p keeps the smallest nucleus and the confidence is renormalised") {
