@@ -55,6 +55,19 @@ TEST_CASE("train/objective: the AR objective predicts each supervised token from
   REQUIRE(b.targets.size() == 1);
   CHECK(b.targets[0].index == 1);
   CHECK(b.targets[0].label == 3);
+  // Windows the set does not hold, and flags that do not match the ids, are named.
+  CHECK_ERROR(train::ArObjective{}.build(next, 1, 2, rng, b), "ar objective: windows [1, 3) asked of 2");
+  CHECK_ERROR(train::ArObjective{}.build(next, -1, 1, rng, b), "ar objective: windows [-1, 0) asked of 2");
+  const train::Windows ragged{4, {5, 6, 7, 8, 1}, {0, 0, 0, 0, 0}};
+  CHECK_ERROR(train::ArObjective{}.build(ragged, 0, 1, rng, b),
+              "ar objective: 5 ids and 5 supervised flags do not make windows of 4");
+  const train::Windows unflagged{4, {5, 6, 7, 8}, {1, 1, 1}};
+  CHECK_ERROR(train::ArObjective{}.build(unflagged, 0, 1, rng, b),
+              "ar objective: 4 ids and 3 supervised flags do not make windows of 4");
+  // A refused Fast-dLLM v2 build draws no noise: the generator is where it was.
+  Rng before = rng;
+  CHECK_ERROR(train::FastDllmV2Objective<4>(9).build(next, 2, 1, rng, b), "fdllm2 objective: windows [2, 3) asked of 2");
+  CHECK(rng.uniform_double() == before.uniform_double());
 }
 
 TEST_CASE("train/objective: Fast-dLLM v2 views, worked by hand") {
@@ -92,7 +105,26 @@ TEST_CASE("train/objective: Fast-dLLM v2 views, worked by hand") {
     CHECK(b.targets.size() == 2);
     CHECK(fd.pad_block() == 0);
   }
+  SUBCASE("a window after the first, whose first token is supervised: with token shift it has no predecessor") {
+    // Window 1 of two; [MASK] = 7. View 1 masks supervised & flag = {0, 3}, view 2 supervised &
+    // !flag = {1}. Position 0 drops out of view 1's terms (no output before it in the window).
+    const train::Windows two{4, {9, 9, 9, 9, 1, 2, 3, 4}, {0, 0, 0, 0, 1, 1, 0, 1}};
+    train::FastDllmV2Objective<4> fd(7);
+    fd.build_with_masks(two, 1, 1, std::vector<std::uint8_t>{1, 0, 0, 1}, b);
+    REQUIRE(b.rows == 2);
+    CHECK(b.tokens == std::vector<int>{7, 2, 3, 7, 1, 2, 3, 4, 1, 7, 3, 4, 1, 2, 3, 4});
+    std::vector<std::pair<std::int64_t, int>> t;
+    for (auto& x : b.targets) t.push_back({x.index, x.label});
+    CHECK(t == std::vector<std::pair<std::int64_t, int>>{{2, 4}, {8 + 0, 2}});
+  }
   CHECK_ERROR(train::FastDllmV2Objective<3>(9).build_with_masks(w, 0, 1, mask, b), "not a multiple of the block size 3");
+  CHECK_ERROR(train::FastDllmV2Objective<4>(9).build_with_masks(w, 0, 1, std::vector<std::uint8_t>(7), b),
+              "fdllm2 objective: 7 mask flags for 1 windows of 8");
+  CHECK_ERROR(train::FastDllmV2Objective<4>(9).build_with_masks(w, 0, 1, std::vector<std::uint8_t>(9), b),
+              "fdllm2 objective: 9 mask flags for 1 windows of 8");
+  CHECK_ERROR(train::FastDllmV2Objective<4>(9).build_with_masks(w, 0, 2, std::vector<std::uint8_t>(16), b),
+              "fdllm2 objective: windows [0, 2) asked of 1");
+  CHECK_ERROR(train::FastDllmV2Objective<4>{}.build_with_masks(w, 0, 1, mask, b), "fdllm2 objective: the [MASK] id is not set");
 }
 
 TEST_CASE("train/objective: drawn noise is per block, and the two views mask every supervised token once") {

@@ -40,6 +40,17 @@ struct Windows {
   }
 };
 
+//! Rejects a request for windows that `w` does not hold, or windows whose flags do not match
+//! their ids, naming the objective.
+inline void check_windows(const Windows& w, int first, int count, const char* objective) {
+  require(w.supervised.size() == w.ids.size() &&
+              (w.length > 0 ? w.ids.size() % std::size_t(w.length) == 0 : w.ids.empty()),
+          objective, " objective: ", w.ids.size(), " ids and ", w.supervised.size(),
+          " supervised flags do not make windows of ", w.length);
+  require(first >= 0 && count >= 0 && first <= w.count() - count, objective, " objective: windows [", first, ", ",
+          first + count, ") asked of ", w.count());
+}
+
 //! The training-recipe switches of the paper's Table 2.
 struct Recipe {
   bool pad = true;            //!< +pad: samples padded with [MASK] to a block multiple
@@ -71,6 +82,7 @@ struct ArObjective {
 
   //! Windows [first, first + count) as rows; `rng` is unused (AR draws no noise).
   void build(const Windows& w, int first, int count, Rng&, ModelBatch& out) const {
+    check_windows(w, first, count, name);
     const int L = w.length;
     out.reset(count, L);
     for (int r = 0; r < count; ++r) {
@@ -110,6 +122,7 @@ struct FastDllmV2Objective {
 
   //! Draws the per-block noise from `rng` and builds the views of windows [first, first + count).
   void build(const Windows& w, int first, int count, Rng& rng, ModelBatch& out) const {
+    check_windows(w, first, count, name);
     masks_.resize(std::size_t(count) * w.length);
     for (int r = 0; r < count; ++r)
       for (int b0 = 0; b0 < w.length; b0 += Block) {
@@ -124,6 +137,7 @@ struct FastDllmV2Objective {
   //! supervised tokens whose flag is 1, view 2 (with `complementary`) those whose flag is 0.
   void build_with_masks(const Windows& w, int first, int count, std::span<const std::uint8_t> masks,
                         ModelBatch& out) const {
+    check_windows(w, first, count, name);
     const int L = w.length;
     require(L % Block == 0, "fdllm2 objective: the context ", L, " is not a multiple of the block size ", Block);
     require(mask_id >= 0, "fdllm2 objective: the [MASK] id is not set");
