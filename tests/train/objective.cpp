@@ -29,6 +29,13 @@ TEST_CASE("train/data: block-aligned packing pads each example with [MASK], a wh
   // An explicit order.
   const std::vector<std::size_t> order{1, 0, 2};
   CHECK(train::pack(ex, 8, 4, M, order).ids[0] == 4);
+  // An order may leave an example out, or name one twice: [4 5 6 7 M M M M] [1 2 3 M 1 2 3 M]
+  // [4 5 6 7 M M M M].
+  const std::vector<std::size_t> some{1, 0, 0, 1};
+  CHECK(train::pack(ex, 8, 4, M, some).ids ==
+        std::vector<int>{4, 5, 6, 7, M, M, M, M, 1, 2, 3, M, 1, 2, 3, M, 4, 5, 6, 7, M, M, M, M});
+  const std::vector<std::size_t> past{0, 3};
+  CHECK_ERROR(train::pack(ex, 8, 4, M, past), "pack: order[1] is 3, past the last of 3 examples");
 
   CHECK_ERROR(train::pack(ex, 4, 0, -1), "example 2 has 6 tokens; the context is 4");
   CHECK_ERROR(train::pack(ex, 10, 4, M), "the context 10 is not a multiple of the block size 4");

@@ -37,8 +37,9 @@ inline std::size_t block_padding(const Example& e, int pad_block) {
   return pad_block > 0 ? std::size_t(pad_block) - e.size() % std::size_t(pad_block) : 0;
 }
 
-//! Packs `examples` (in `order`, or as given when empty) into windows of `length` tokens.
-//! `pad_block` > 0 pads each example with `pad_id` to a multiple of it.
+//! Packs `examples` into windows of `length` tokens: the ones `order` names, in its order (an
+//! index may repeat or be left out), or all as given when `order` is empty. `pad_block` > 0 pads
+//! each example with `pad_id` to a multiple of it.
 inline Windows pack(std::span<const Example> examples, int length, int pad_block, int pad_id,
                     std::span<const std::size_t> order = {}) {
   require(length > 0, "pack: the context length must be positive, got ", length);
@@ -47,8 +48,10 @@ inline Windows pack(std::span<const Example> examples, int length, int pad_block
   require(pad_block == 0 || pad_id >= 0, "pack: block padding needs the [MASK] id");
   Windows w;
   w.length = length;
-  for (std::size_t n = 0; n < examples.size(); ++n) {
+  const std::size_t count = order.empty() ? examples.size() : order.size();
+  for (std::size_t n = 0; n < count; ++n) {
     const std::size_t k = order.empty() ? n : order[n];
+    require(k < examples.size(), "pack: order[", n, "] is ", k, ", past the last of ", examples.size(), " examples");
     const Example& e = examples[k];
     require(!e.response.empty(), "example ", k, " has an empty response");
     require(e.size() <= std::size_t(length), "example ", k, " has ", e.size(), " tokens; the context is ", length);
