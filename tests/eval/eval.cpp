@@ -48,21 +48,29 @@ TEST_CASE("eval: exact-answer accuracy and the per-forward figures") {
   CHECK(r.seconds > 0);
 }
 
-TEST_CASE("eval: a response with a stray [MASK] or a missing answer is wrong") {
+TEST_CASE("eval: a response with a stray [MASK] or EOS, or a missing answer, is wrong") {
   const auto vocab = tasks::vocabulary();
-  const auto examples = tasks::make("arith", tasks::Split::held_out, 2);
+  const auto examples = tasks::make("arith", tasks::Split::held_out, 3);
   auto broken = [&](std::span<const std::vector<int>> prompts) {
     std::vector<eval::RowOutput> out;
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       auto ids = vocab.encode(examples[i].response);
       if (i == 0) ids.insert(ids.begin(), vocab.mask_id());        // answer intact, but a mask left in
+      else if (i == 1) ids.insert(ids.begin(), vocab.eos_id());    // answer intact, after an EOS
       else ids = vocab.encode(examples[i].response.substr(0, 2));  // no '#': no answer
       out.push_back({ids, 1, 1});
     }
     return out;
   };
-  CHECK(eval::evaluate(examples, vocab, 2, broken).correct == 0);
+  CHECK(eval::evaluate(examples, vocab, 3, broken).correct == 0);
   CHECK_ERROR(eval::evaluate(examples, vocab, 0, broken), "eval: the batch must be positive, got 0");
+  // A decoder that answers with another number of rows than it was asked is named.
+  auto extra = [&](std::span<const std::vector<int>> prompts) {
+    auto out = broken(prompts);
+    out.push_back(out.back());
+    return out;
+  };
+  CHECK_ERROR(eval::evaluate(examples, vocab, 3, extra), "eval: the decoder returned 4 rows for 3 prompts");
 }
 
 TEST_CASE("eval: the decoder adapters pass on what the decoders did, with the vocabulary's mask and EOS") {
@@ -143,6 +151,13 @@ TEST_CASE("eval: multiple choice takes each question's most likely choice, batch
   CHECK(r.positions == 21);
   CHECK(r.accuracy() == doctest::Approx(r.correct / 7.0));
   CHECK_ERROR(eval::evaluate_choices(questions, vocab, 0, scorer), "the batch must be positive");
+  // A scorer that answers with another number of scores than it was asked is named.
+  auto extra = [&](std::span<const eval::ScoreRequest> requests) {
+    auto s = scorer(requests);
+    s.scores.push_back(s.scores.back());
+    return s;
+  };
+  CHECK_ERROR(eval::evaluate_choices(questions, vocab, 3, extra), "eval: the scorer returned 10 scores for 9 requests");
 }
 
 TEST_CASE("eval: multiple choice asks each question after its context") {
