@@ -48,7 +48,7 @@ inline void check_windows(const Windows& w, int first, int count, const char* ob
           objective, " objective: ", w.ids.size(), " ids and ", w.supervised.size(),
           " supervised flags do not make windows of ", w.length);
   require(first >= 0 && count >= 0 && first <= w.count() - count, objective, " objective: windows [", first, ", ",
-          first + count, ") asked of ", w.count());
+          std::int64_t{first} + count, ") asked of ", w.count());
 }
 
 //! The training-recipe switches of the paper's Table 2.
