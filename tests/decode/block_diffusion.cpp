@@ -14,6 +14,7 @@
 #include "../support/naive_model.hpp"
 #include "../support/paths.hpp"
 #include "../support/reference_decoder.hpp"
+#include "../support/sample_reference.hpp"
 #include "blockdiff/blockdiff.hpp"
 
 using namespace blockdiff;
@@ -217,25 +218,34 @@ TEST_CASE("logit rows: the span of the active sub-block's masked positions, or t
 }
 
 TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive model, with and without the sub-block cache") {
+  // Greedy, and sampled (T = 1.5; T = 1 with top-p 0.9): the paper's decode with its sampling.
+  const std::optional<decode::SamplingOptions> samplings[] = {std::nullopt, decode::SamplingOptions{1.5f, 1.0f},
+                                                              decode::SamplingOptions{1.0f, 0.9f}};
+  constexpr std::uint64_t seed = 5;
   for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
     auto& m = golden_model(name);
     test::NaiveQwen2 naive(m);
     for (int len : {1, 7, 8, 9, 16, 19}) {
       const auto p = prompt_of(len, 3 * len + 1);
-      for (float thr : {0.9f, 0.6f}) {
-        INFO(name, " prompt ", len, " thr ", thr);
-        auto h = gen<BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>(m, p, 19, unmask::Threshold{thr}, 318);
-        auto ref_h = test::reference_generate(naive, p, 8, 4, thr, true, 319, 318, 19);
-        CHECK(h.tokens == ref_h.tokens);
-        CHECK(h.trace.count(decode::ForwardKind::block) == ref_h.block);
-        CHECK(h.trace.count(decode::ForwardKind::sub_block) == ref_h.sub_block);
-        CHECK(h.trace.count(decode::ForwardKind::commit) == ref_h.commit);
-        auto b = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 19, unmask::Threshold{thr}, 318);
-        auto ref_b = test::reference_generate(naive, p, 8, 4, thr, false, 319, 318, 19);
-        CHECK(b.tokens == ref_b.tokens);
-        CHECK(b.trace.count(decode::ForwardKind::block) == ref_b.block);
-        CHECK(b.trace.count(decode::ForwardKind::prefill) == ref_b.prefill);
-      }
+      for (float thr : {0.9f, 0.6f})
+        for (const auto& sampling : samplings) {
+          const auto s = sampling.value_or(decode::SamplingOptions{});
+          INFO(name, " prompt ", len, " thr ", thr, " T ", s.temperature, " top-p ", s.top_p);
+          std::optional<test::ReferenceSampling> ref_sampling;
+          if (sampling) ref_sampling = test::ReferenceSampling{s.temperature, s.top_p, seed};
+          auto h = gen<BlockShape<8, 4>, unmask::Threshold, cache::Hierarchical<>>(m, p, 19, unmask::Threshold{thr}, 318,
+                                                                                   s, seed);
+          auto ref_h = test::reference_generate(naive, p, 8, 4, thr, true, 319, 318, 19, ref_sampling);
+          CHECK(h.tokens == ref_h.tokens);
+          CHECK(h.trace.count(decode::ForwardKind::block) == ref_h.block);
+          CHECK(h.trace.count(decode::ForwardKind::sub_block) == ref_h.sub_block);
+          CHECK(h.trace.count(decode::ForwardKind::commit) == ref_h.commit);
+          auto b = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 19, unmask::Threshold{thr}, 318, s, seed);
+          auto ref_b = test::reference_generate(naive, p, 8, 4, thr, false, 319, 318, 19, ref_sampling);
+          CHECK(b.tokens == ref_b.tokens);
+          CHECK(b.trace.count(decode::ForwardKind::block) == ref_b.block);
+          CHECK(b.trace.count(decode::ForwardKind::prefill) == ref_b.prefill);
+        }
     }
   }
 }
@@ -469,39 +479,16 @@ struct LeftToRight {
   static constexpr const char* name = "left-to-right";
   static constexpr bool needs_second_prob = false, needs_entropy = false;
   void validate() const {}
-  void select(const Candidate*, int n, StepContext&, bool* out) const { out[0] = n > 0; }
-};
-
-//! op::Sample's rule from its statement (backend/kernel.hpp): softmax at T, the nucleus by
-//! decreasing probability (lower index first on ties) cut where the cumulative exceeds top_p,
-//! or the vocabulary's order at top_p = 1; the first token whose cumulative exceeds u · mass.
-int reference_draw(const std::vector<double>& logits, double temperature, double top_p, double u) {
-  const double top = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double sum = 0.0;
-  for (std::size_t i = 0; i < p.size(); ++i) sum += p[i] = std::exp((logits[i] - top) / temperature);
-  std::vector<int> order(p.size());
-  std::iota(order.begin(), order.end(), 0);
-  double mass = 1.0;
-  if (top_p < 1.0) {
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
-    double cumulative = 0.0;
-    std::size_t kept = 0;
-    while (kept < order.size() && !(cumulative > top_p)) cumulative += p[order[kept++]] / sum;
-    order.resize(kept);
-    mass = cumulative;
+  void select(const Candidate*, int n, StepContext&, bool* out) const {
+    if (n > 0) out[0] = true;
   }
-  double cumulative = 0.0;
-  for (int token : order)
-    if (u * mass < (cumulative += p[token] / sum)) return token;
-  return order.back();
-}
+};
 
 //! Block diffusion as §3.3 runs it with an exact cache, one position a denoising forward, on
 //! the naive model: at each forward the active sub-block's masked positions, left to right, each
 //! take a uniform number from the row's generator when sampling; then `random` picks one of them
-//! with the same generator (unmask::Random{1}), or the leftmost is taken; it gets the draw (or the
-//! argmax) of the logit row before it. A finished block's commit forward appends the argmax of
+//! with the same generator (unmask::Random{1}), or the leftmost is taken; it gets the draw
+//! (op::Sample's rule, test::SampleDistribution) or the argmax of the logit row before it. A finished block's commit forward appends the argmax of
 //! its last row. Returns the new tokens.
 std::vector<int> reference_one_a_forward(const test::NaiveQwen2& naive, std::vector<int> x, int B, int S, int mask,
                                          int max_new, std::uint64_t seed, std::optional<decode::SamplingOptions> sampling,
@@ -532,7 +519,10 @@ std::vector<int> reference_one_a_forward(const test::NaiveQwen2& naive, std::vec
       const int j = candidates[pick];
       const std::vector<double> row = logits(c + B)[static_cast<std::size_t>(j - 1)];
       x[static_cast<std::size_t>(j)] =
-          sampling ? reference_draw(row, sampling->temperature, sampling->top_p, u[pick]) : argmax(row);
+          sampling ? test::SampleDistribution(std::vector<float>(row.begin(), row.end()), sampling->temperature,
+                                              sampling->top_p)
+                         .draw(u[pick])
+                   : argmax(row);
     }
     if (c + B >= limit) break;
     x.push_back(argmax(logits(c + B)[static_cast<std::size_t>(c + B - 1)]));

@@ -1,14 +1,20 @@
-// Fast-dLLM v2 decoding written as a literal transcription of the pseudo-code of §3.3 (greedy,
-// Threshold), on the naive double-precision model, with the fixes of DESIGN.md (prefill when
-// P >= B, exact max_new_tokens). It shares no code with blockdiff's decoder; the tests compare
-// the two, the sub-block (DualCache) path above all.
+// Fast-dLLM v2 decoding written as a literal transcription of the pseudo-code of §3.3 (Threshold,
+// greedy or sampled), on the naive double-precision model, with the fixes of DESIGN.md (prefill
+// when P >= B, exact max_new_tokens). It shares no code with blockdiff's decoder; the tests
+// compare the two, the sub-block (DualCache) path above all. Sampling draws each masked position
+// of the sub-block, left to right, at a uniform number from a generator seeded as a decode row's
+// (op::Sample's rule, sample_reference.hpp), and its confidence is the drawn token's probability
+// within the nucleus.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 #include <vector>
 
+#include "blockdiff/core/rng.hpp"
 #include "naive_model.hpp"
+#include "sample_reference.hpp"
 
 namespace blockdiff::test {
 
@@ -17,9 +23,16 @@ struct ReferenceResult {
   int prefill = 0, block = 0, sub_block = 0, commit = 0;
 };
 
+struct ReferenceSampling {
+  float temperature = 1.0f, top_p = 1.0f;
+  std::uint64_t seed = 0;
+};
+
 inline ReferenceResult reference_generate(const NaiveQwen2& model, std::vector<int> x, int B, int S, double thr,
-                                          bool dualcache, int mask, std::optional<int> eos, int max_new) {
+                                          bool dualcache, int mask, std::optional<int> eos, int max_new,
+                                          std::optional<ReferenceSampling> sampling = std::nullopt) {
   ReferenceResult res;
+  Rng rng(sampling ? sampling->seed : 0);
   const int P = static_cast<int>(x.size()), limit = P + max_new;
   auto bc = [B](int q, int k) { return k / B <= q / B; };
   auto full = [](int, int) { return true; };
@@ -79,11 +92,19 @@ inline ReferenceResult reference_generate(const NaiveQwen2& model, std::vector<i
       for (int j = lo; j < hi; ++j) {
         if (x[static_cast<std::size_t>(c + j)] != mask) continue;
         const auto& l = pred[static_cast<std::size_t>(j)];
-        const double m = *std::max_element(l.begin(), l.end());
-        double z = 0;
-        for (double v : l) z += std::exp(v - m);
-        const double conf = 1.0 / z;
-        tok[static_cast<std::size_t>(j)] = argmax(l);
+        double conf;
+        if (sampling) {
+          const SampleDistribution dist(std::vector<float>(l.begin(), l.end()), sampling->temperature, sampling->top_p);
+          const int t = dist.draw(rng.uniform_double());
+          tok[static_cast<std::size_t>(j)] = t;
+          conf = dist.p[static_cast<std::size_t>(t)] / dist.mass;
+        } else {
+          const double m = *std::max_element(l.begin(), l.end());
+          double z = 0;
+          for (double v : l) z += std::exp(v - m);
+          conf = 1.0 / z;
+          tok[static_cast<std::size_t>(j)] = argmax(l);
+        }
         if (conf > thr) sel.push_back(j);
         if (conf > best) best = conf, best_j = j;
       }
