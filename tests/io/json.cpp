@@ -46,4 +46,15 @@ TEST_CASE("holds_integer_in: an integer within [lo, hi], bounds included, read a
   CHECK_FALSE(io::holds_integer_in(j[6], 0, 5));  // 2^32 + 5: would be 5 as 32 bits
   CHECK_FALSE(io::holds_integer_in(j[7], -10, 10));  // −2^32 + 5 likewise
   CHECK(io::holds_integer_in(j[6], 0, INT64_MAX));
+  // Past 2^63 an integer is held unsigned: 2^64 − 1 is not −1, nor 2^63 the lowest int64.
+  const auto big = nlohmann::json::parse(R"([18446744073709551615, 9223372036854775808, 9223372036854775807])");
+  CHECK_FALSE(io::holds_integer_in(big[0], -1, 10));
+  CHECK_FALSE(io::holds_integer_in(big[1], INT64_MIN, 0));
+  CHECK_FALSE(io::holds_integer_in(big[1], 0, INT64_MAX));
+  CHECK(io::holds_integer_in(big[2], 0, INT64_MAX));
+  CHECK(io::holds_integer_in(j[1], -10, 5));  // unsigned 5 against a negative lower bound
+  CHECK_FALSE(io::holds_integer_in(j[1], 6, 10));
+  CHECK(io::holds_integer_in(j[1], 5, 10));  // the bounds are in the range, signed or not
+  CHECK(io::holds_integer_in(j[2], -1, 5));
+  CHECK_FALSE(io::holds_integer_in(j[2], 0, 5));
 }

@@ -56,8 +56,13 @@ T optional_field(const nlohmann::json& object, std::string_view key, T fallback,
   return it->template get<T>();
 }
 
-//! Whether `v` is an integer in [lo, hi], read as 64 bits so that a larger one cannot wrap into range.
+//! Whether `v` is an integer in [lo, hi], read as 64 bits so that a larger one cannot wrap into
+//! range (a non-negative integer is held unsigned, up to 2^64 − 1: it is compared as such).
 inline bool holds_integer_in(const nlohmann::json& v, std::int64_t lo, std::int64_t hi) {
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    return hi >= 0 && u <= static_cast<std::uint64_t>(hi) && (lo <= 0 || u >= static_cast<std::uint64_t>(lo));
+  }
   return v.is_number_integer() && v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi;
 }
 
