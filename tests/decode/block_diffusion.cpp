@@ -222,12 +222,14 @@ TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive mod
   const std::optional<decode::SamplingOptions> samplings[] = {std::nullopt, decode::SamplingOptions{1.5f, 1.0f},
                                                               decode::SamplingOptions{1.0f, 0.9f}};
   constexpr std::uint64_t seed = 5;
+  int sampled_apart = 0;  // sampled decodes whose tokens are not the greedy decode's
   for (const char* name : {"model-f32-tied", "model-bf16-untied"}) {
     auto& m = golden_model(name);
     test::NaiveQwen2 naive(m);
     for (int len : {1, 7, 8, 9, 16, 19}) {
       const auto p = prompt_of(len, 3 * len + 1);
-      for (float thr : {0.9f, 0.6f})
+      for (float thr : {0.9f, 0.6f}) {
+        std::vector<int> greedy;
         for (const auto& sampling : samplings) {
           const auto s = sampling.value_or(decode::SamplingOptions{});
           INFO(name, " prompt ", len, " thr ", thr, " T ", s.temperature, " top-p ", s.top_p);
@@ -240,14 +242,18 @@ TEST_CASE("the decoder matches a literal transcription of §3.3 on the naive mod
           CHECK(h.trace.count(decode::ForwardKind::block) == ref_h.block);
           CHECK(h.trace.count(decode::ForwardKind::sub_block) == ref_h.sub_block);
           CHECK(h.trace.count(decode::ForwardKind::commit) == ref_h.commit);
+          if (!sampling) greedy = h.tokens;
+          sampled_apart += sampling && h.tokens != greedy;
           auto b = gen<BlockShape<8, 4>, unmask::Threshold, cache::Block<>>(m, p, 19, unmask::Threshold{thr}, 318, s, seed);
           auto ref_b = test::reference_generate(naive, p, 8, 4, thr, false, 319, 318, 19, ref_sampling);
           CHECK(b.tokens == ref_b.tokens);
           CHECK(b.trace.count(decode::ForwardKind::block) == ref_b.block);
           CHECK(b.trace.count(decode::ForwardKind::prefill) == ref_b.prefill);
         }
+      }
     }
   }
+  CHECK(sampled_apart > 24);  // of 48: sampling is what most of these decodes exercise
 }
 
 TEST_CASE("an EOS in the prompt ends nothing: the stop reads the generated tokens only, as §3.3's x[L0:]") {
@@ -488,8 +494,8 @@ struct LeftToRight {
 //! the naive model: at each forward the active sub-block's masked positions, left to right, each
 //! take a uniform number from the row's generator when sampling; then `random` picks one of them
 //! with the same generator (unmask::Random{1}), or the leftmost is taken; it gets the draw
-//! (op::Sample's rule, test::SampleDistribution) or the argmax of the logit row before it. A finished block's commit forward appends the argmax of
-//! its last row. Returns the new tokens.
+//! (op::Sample's rule, test::SampleDistribution) or the argmax of the logit row before it. A
+//! finished block's commit forward appends the argmax of its last row. Returns the new tokens.
 std::vector<int> reference_one_a_forward(const test::NaiveQwen2& naive, std::vector<int> x, int B, int S, int mask,
                                          int max_new, std::uint64_t seed, std::optional<decode::SamplingOptions> sampling,
                                          bool random) {
