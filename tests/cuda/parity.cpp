@@ -320,6 +320,31 @@ TEST_CASE("Attention for each mask kind, the sub-block case and batched rows, gr
     }
 }
 
+TEST_CASE("Attention over more rows than a grid holds along y: launches of whole rows, CUDA == host") {
+  // 8,192 rows of up to 32 queries on 8 heads of one key head: the per-head kernel needs
+  // 8,192 x 32 blocks along y, the grouped one 8,192 x 8 pair tiles, both past 65,535, so each
+  // runs the call in launches of whole rows. The rows differ in length, first slot and keys, so
+  // a row read by the wrong launch, or a launch that starts at the wrong row, shows.
+  const int heads = 8, kvh = 1, d = 8, cap = 48, n_rows = 8192;
+  const auto cache_size = static_cast<std::size_t>(kvh * cap * d);
+  const auto k = randn(cache_size, 61), v = randn(cache_size, 62);
+  std::vector<gpu::AttentionCall> calls;
+  std::vector<AttentionRow> rows;
+  std::int64_t total = 0;
+  for (int r = 0; r < n_rows; ++r) {
+    const int n_q = 1 + r * 7 % 32, first = r % 9;
+    calls.push_back({n_q, first, first + n_q});
+    rows.push_back({total, n_q, first, first + n_q, const_cast<float*>(k.data()), const_cast<float*>(v.data()), cap});
+    total += n_q;
+  }
+  const auto q = randn(static_cast<std::size_t>(total * heads * d), 63);
+  std::vector<float> host(q.size());
+  Kernel<backend::Host, op::Attention<mask::Causal>>::run(q.data(), host.data(), rows,
+                                                          {heads, kvh, d, 1.0f / std::sqrt(float(d))}, mask::Causal{});
+  CHECK(rel(gpu::attention("causal", q, calls, k, v, heads, kvh, d, cap, true), host) < kTol);
+  CHECK(rel(gpu::attention("causal", q, calls, k, v, heads, kvh, d, cap, false), host) < kTol);
+}
+
 TEST_CASE("Attention: a query whose scores are not numbers gives NaN on the device too, and only that query") {
   // The host's rule (tests/backend/host.cpp): a NaN score among the keys a query may see makes
   // its output NaN, and no other query's. The cases a kernel's maxima or merges could pass over:

@@ -12,7 +12,9 @@
 // shared memory for all of them (an AR step of a 6:1 GQA model reads its cache once instead of
 // six times; its 32-token block forward 7 times instead of 192). The per-head one gives a block one
 // (query, head) pair and reads K and V itself; it serves other head_dims and
-// `Cuda::use_grouped_attention(false)`, for comparison.
+// `Cuda::use_grouped_attention(false)`, for comparison. Either runs a call whose rows need more
+// blocks along the grid's y than it holds (65,535: a batched prefill of long prompts on the
+// per-head kernel) in several launches of whole rows, one after another on the stream.
 #pragma once
 
 #include <algorithm>
@@ -264,6 +266,17 @@ inline GroupPlan group_plan(std::int64_t rows, int max_queries, int group, int k
   return p;
 }
 
+//! The most blocks a grid takes along y: a call of more rows runs in launches of whole rows.
+constexpr std::int64_t max_grid_y = 65535;
+
+//! Rows a launch takes when each row needs `blocks_per_row` blocks along y (`what` names them,
+//! for the error where one row alone needs more than a grid holds).
+inline std::int64_t rows_per_launch(std::int64_t blocks_per_row, const char* what) {
+  require(blocks_per_row <= max_grid_y, what, " need ", blocks_per_row, " blocks along a grid's y, which holds ",
+          max_grid_y);
+  return max_grid_y / std::max<std::int64_t>(blocks_per_row, 1);
+}
+
 //! One block of 4 warps per (key split, row x pair tile, key head), serving `pairs_per_block`
 //! (query, head) pairs of one row that share the key head: pair t of the row is query t / group
 //! and head kv_head * group + t % group. Each pass stages 32 keys of K (rows padded so that the
@@ -460,49 +473,59 @@ struct Kernel<backend::Cuda, op::Attention<Mask>> {
     const auto rows_n = static_cast<std::int64_t>(rows.size());
     const GroupPlan plan = group_plan(rows_n, shape.max_queries, shape.heads / shape.kv_heads, shape.kv_heads,
                                       shape.max_keys, shape.head_dim);
-    const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(rows_n * plan.pair_tiles),
-                    static_cast<unsigned>(shape.kv_heads));
+    const std::int64_t per_launch = rows_per_launch(plan.pair_tiles, "CUDA attention (grouped): a row's pair tiles");
     float* partial = nullptr;
     unsigned* done = nullptr;
     if (plan.splits > 1) {
-      const std::size_t groups = std::size_t{grid.y} * grid.z;
+      const auto groups = static_cast<std::size_t>(std::min(rows_n, per_launch) * plan.pair_tiles * shape.kv_heads);
       partial = backend::Cuda::scratch<float>(groups * plan.pairs * plan.splits * (shape.head_dim + 2));
       done = backend::Cuda::scratch<unsigned>(groups, /*zeroed=*/true);
     }
-    auto launch = [&]<int D>() {
-      backend::Cuda::launch(attention_group_kernel<Mask, D>, grid, 32 * attention_warps, plan.shared_bytes,
-                            backend::Cuda::stream(), q, out, rows.data(), plan.pair_tiles, plan.pairs, shape.heads,
-                            shape.kv_heads, shape.head_dim, shape.scale, mask, partial, done);
-    };
-    if (shape.head_dim == 128) launch.template operator()<128>();
-    else launch.template operator()<0>();
+    for (std::int64_t first = 0; first < rows_n; first += per_launch) {
+      const std::int64_t n = std::min(per_launch, rows_n - first);
+      const dim3 grid(static_cast<unsigned>(plan.splits), static_cast<unsigned>(n * plan.pair_tiles),
+                      static_cast<unsigned>(shape.kv_heads));
+      auto launch = [&]<int D>() {
+        backend::Cuda::launch(attention_group_kernel<Mask, D>, grid, 32 * attention_warps, plan.shared_bytes,
+                              backend::Cuda::stream(), q, out, rows.data() + first, plan.pair_tiles, plan.pairs,
+                              shape.heads, shape.kv_heads, shape.head_dim, shape.scale, mask, partial, done);
+      };
+      if (shape.head_dim == 128) launch.template operator()<128>();
+      else launch.template operator()<0>();
+    }
   }
 
   static void run_per_head(const float* q, float* out, std::span<const AttentionRow> rows, const AttentionShape& shape,
                            const Mask& mask) {
     using namespace detail::cuda;
-    const std::int64_t queries = static_cast<std::int64_t>(rows.size()) * shape.max_queries;
+    const auto rows_n = static_cast<std::int64_t>(rows.size());
+    const std::int64_t queries = rows_n * shape.max_queries;
     const auto split = attention_split(queries, shape.max_keys);
+    const std::int64_t per_launch = rows_per_launch(shape.max_queries, "CUDA attention (per head): a row's queries");
+    const std::int64_t launch_queries = std::min(rows_n, per_launch) * shape.max_queries;
     float* partial = nullptr;
     unsigned* done = nullptr;
     if (split.splits > 1) {
-      partial = backend::Cuda::scratch<float>(static_cast<std::size_t>(queries * shape.heads * split.splits *
-                                                                       (shape.head_dim + 2)));
-      done = backend::Cuda::scratch<unsigned>(static_cast<std::size_t>(queries * shape.heads), /*zeroed=*/true);
+      partial = backend::Cuda::scratch<float>(
+          static_cast<std::size_t>(launch_queries * shape.heads * split.splits * (shape.head_dim + 2)));
+      done = backend::Cuda::scratch<unsigned>(static_cast<std::size_t>(launch_queries * shape.heads), /*zeroed=*/true);
     }
-    const dim3 grid(static_cast<unsigned>(split.splits), static_cast<unsigned>(queries),
-                    static_cast<unsigned>(shape.heads));
-    auto launch = [&]<int D>() {
-      backend::Cuda::launch(attention_kernel<Mask, D>, grid, 32 * attention_warps, 0, backend::Cuda::stream(), q, out,
-                            rows.data(), shape.max_queries, shape.heads, shape.kv_heads, shape.head_dim, shape.scale,
-                            mask, split.keys_per_split, partial, done);
-    };
-    // The head_dim-128 kernel holds a whole tile's loads in registers (about 170 a thread): on
-    // an H100 it made a 1.5B-shaped AR step (36 blocks) and sub-block forward (288) faster and a
-    // 32-token block forward (1152) slower, where occupancy matters more than latency.
-    const std::int64_t blocks = static_cast<std::int64_t>(grid.x) * grid.y * grid.z;
-    if (shape.head_dim == 128 && blocks <= 4 * backend::Cuda::multiprocessors()) launch.template operator()<128>();
-    else launch.template operator()<0>();
+    for (std::int64_t first = 0; first < rows_n; first += per_launch) {
+      const std::int64_t n = std::min(per_launch, rows_n - first);
+      const dim3 grid(static_cast<unsigned>(split.splits), static_cast<unsigned>(n * shape.max_queries),
+                      static_cast<unsigned>(shape.heads));
+      auto launch = [&]<int D>() {
+        backend::Cuda::launch(attention_kernel<Mask, D>, grid, 32 * attention_warps, 0, backend::Cuda::stream(), q,
+                              out, rows.data() + first, shape.max_queries, shape.heads, shape.kv_heads,
+                              shape.head_dim, shape.scale, mask, split.keys_per_split, partial, done);
+      };
+      // The head_dim-128 kernel holds a whole tile's loads in registers (about 170 a thread): on
+      // an H100 it made a 1.5B-shaped AR step (36 blocks) and sub-block forward (288) faster and a
+      // 32-token block forward (1152) slower, where occupancy matters more than latency.
+      const std::int64_t blocks = static_cast<std::int64_t>(grid.x) * grid.y * grid.z;
+      if (shape.head_dim == 128 && blocks <= 4 * backend::Cuda::multiprocessors()) launch.template operator()<128>();
+      else launch.template operator()<0>();
+    }
   }
 };
 
