@@ -111,6 +111,24 @@ TEST_CASE("CUDA kernels refuse bad calls by name before they touch the device") 
   const AttentionShape bad{4, 2, 260, 1.0f, 1, 0};
   CHECK(error_of([&] { Kernel<backend::Cuda, op::Attention<mask::Causal>>::run(&q, &out, {}, bad, {}); }) == "");
 
+  // The training attention keeps a query's (or key's) scores for the whole sequence in shared
+  // memory: a longer sequence or a wider head than fits is refused, forward and backward.
+  using TrainOps = train::ops::Ops<backend::Cuda>;
+  const auto train_attention = [&](train::ops::AttentionDims dims) {
+    const std::string forward = error_of([&] {
+      TrainOps::attention_forward(&q, &q, &q, dims, nullptr, 1.0f, &out, &out, nullptr);
+    });
+    const std::string backward = error_of([&] {
+      TrainOps::attention_backward(&q, &q, &q, &q, &q, &q, dims, nullptr, 1.0f, &out, &out, &out, &out);
+    });
+    CHECK(forward == backward);
+    return forward;
+  };
+  CHECK(train_attention({1, 5121, 2, 1, 64}) ==
+        "CUDA training attention: sequences of 5121 tokens are longer than the kernels take (5120)");
+  CHECK(train_attention({1, 64, 2, 1, 264}) == "CUDA training attention: head_dim 264 is wider than the kernels take (256)");
+  CHECK(train_attention({1, 64, 6, 4, 64}) == "CUDA training attention: 6 heads do not divide into 4 K/V heads");
+
   float x = 0, w = 0, bias = 0, y = 0;
   CHECK(error_of([&] { Kernel<backend::Cuda, op::Linear>::run(&x, 1, 1, &w, 1, &bias, &y, true); }) ==
         "Linear on CUDA: bias with accumulate is not supported");

@@ -393,9 +393,11 @@ struct Ops<backend::Cuda> : backend::Cuda {
     if (n) BLOCKDIFF_CUDA_CHECK(cudaMemsetAsync(dst, 0, n * sizeof(T), Backend::stream()));
   }
 
-  //! The longest sequence the attention kernels take: a block keeps a score per key (two in the
-  //! backward) in the 48 KB of shared memory a kernel gets without opting in.
+  //! The longest sequence and the widest head the attention kernels take: a block keeps a score
+  //! per key (two in the backward) and up to four head_dim vectors in the 48 KB of shared memory
+  //! a kernel gets without opting in (4 · 256 + 2 · 5,120 floats: 44 KB).
   static constexpr int attention_max_length = 5 * 1024;
+  static constexpr int attention_max_head_dim = 256;
 
   static std::int64_t rmsnorm_scratch(std::int64_t n, int H) { return kernels::rmsnorm_parts(n) * H; }
   static std::int64_t attention_scratch(const AttentionDims& dims) {
@@ -553,6 +555,8 @@ struct Ops<backend::Cuda> : backend::Cuda {
   static void check(const AttentionDims& dims) {
     require(dims.length <= attention_max_length, "CUDA training attention: sequences of ", dims.length,
             " tokens are longer than the kernels take (", attention_max_length, ")");
+    require(dims.head_dim <= attention_max_head_dim, "CUDA training attention: head_dim ", dims.head_dim,
+            " is wider than the kernels take (", attention_max_head_dim, ")");
     require(dims.kv_heads > 0 && dims.heads % dims.kv_heads == 0, "CUDA training attention: ", dims.heads,
             " heads do not divide into ", dims.kv_heads, " K/V heads");
   }
