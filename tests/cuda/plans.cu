@@ -89,6 +89,20 @@ TEST_CASE("CUDA attention: the per-head kernel splits few queries' keys, and a p
     }
 }
 
+TEST_CASE("CUDA unmask selection: one upload of [candidates | rows | flags], and one download of [rows | flags]") {
+  for (const std::size_t candidates : {1, 3, 8, 33, 256, 1000})
+    for (const std::size_t rows : {1, 2, 7, 64}) {
+      const dc::UnmaskLayout at(candidates, rows);
+      CAPTURE(candidates);
+      CAPTURE(rows);
+      CHECK(at.rows % alignof(UnmaskRow) == 0);                     // rows read in place on the device
+      CHECK(at.rows >= candidates * sizeof(Candidate));             // after the candidates
+      CHECK(at.rows < candidates * sizeof(Candidate) + alignof(UnmaskRow));  // with no more than padding
+      CHECK(at.flags == at.rows + rows * sizeof(UnmaskRow));         // the flags follow the rows
+      CHECK(at.end == at.flags + candidates * sizeof(bool));
+    }
+}
+
 TEST_CASE("CUDA kernels refuse bad calls by name before they touch the device") {
   // Rows that the kernels would read on the device are never read on the host: a call is refused
   // from its shape alone. So none of these needs a GPU (and none could corrupt device memory).
@@ -128,6 +142,17 @@ TEST_CASE("CUDA kernels refuse bad calls by name before they touch the device") 
         "CUDA training attention: sequences of 5121 tokens are longer than the kernels take (5120)");
   CHECK(train_attention({1, 64, 2, 1, 264}) == "CUDA training attention: head_dim 264 is wider than the kernels take (256)");
   CHECK(train_attention({1, 64, 6, 4, 64}) == "CUDA training attention: 6 heads do not divide into 4 K/V heads");
+
+  // Unmask rows are checked on the host before the one upload.
+  std::vector<UnmaskRow> unmask_rows(2);
+  unmask_rows[0].n = 4;
+  unmask_rows[1].first = 4, unmask_rows[1].n = 0;
+  std::vector<Candidate> candidates(8);
+  bool chosen[8] = {};
+  CHECK(error_of([&] {
+          Kernel<backend::Cuda, op::Unmask<unmask::Threshold>>::run(unmask::Threshold{0.9f}, candidates.data(),
+                                                                   unmask_rows, chosen);
+        }) == "op::Unmask: row 1 has 0 candidates from index 4; a row has 1 to 256 from index 0 on");
 
   float x = 0, w = 0, bias = 0, y = 0;
   CHECK(error_of([&] { Kernel<backend::Cuda, op::Linear>::run(&x, 1, 1, &w, 1, &bias, &y, true); }) ==
