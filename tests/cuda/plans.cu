@@ -140,7 +140,8 @@ TEST_CASE("CUDA kernels refuse bad calls by name before they touch the device") 
   };
   CHECK(train_attention({1, 5121, 2, 1, 64}) ==
         "CUDA training attention: sequences of 5121 tokens are longer than the kernels take (5120)");
-  CHECK(train_attention({1, 64, 2, 1, 264}) == "CUDA training attention: head_dim 264 is wider than the kernels take (256)");
+  CHECK(train_attention({1, 64, 2, 1, 264}) ==
+        "CUDA training attention: head_dim 264 is wider than the kernels take (256)");
   CHECK(train_attention({1, 64, 6, 4, 64}) == "CUDA training attention: 6 heads do not divide into 4 K/V heads");
 
   // Unmask rows are checked on the host before the one upload.
