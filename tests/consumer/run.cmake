@@ -1,15 +1,21 @@
 # Builds and runs the consumer program one way: MODE=find_package (install first, a Release
 # build), MODE=add_subdirectory (a Debug build: the library's assertions on, nothing optimised),
-# or MODE=clang (add_subdirectory, a Release build by CLANGXX). Arguments: SOURCE, BINARY (scratch
-# folder), MODE, MODEL (a checkpoint), GOLDEN (its decodes, generate.jsonl), CLANGXX.
+# MODE=clang (add_subdirectory, a Release build by CLANGXX), or MODE=cuda (an install with the
+# CUDA backend, and the .cu program against blockdiff::cuda; without a GPU it builds, links and
+# says so). Arguments: SOURCE, BINARY (scratch folder), MODE, MODEL (a checkpoint), GOLDEN (its
+# decodes, generate.jsonl), CLANGXX.
 cmake_minimum_required(VERSION 3.25)  # today's policies: a quoted "block" is a string, not a variable
 file(REMOVE_RECURSE ${BINARY})
-if(MODE STREQUAL "find_package")
+if(MODE STREQUAL "find_package" OR MODE STREQUAL "cuda")
+  set(cuda OFF)
+  if(MODE STREQUAL "cuda")
+    set(cuda ON)
+  endif()
   execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE} -B ${BINARY}/lib -G Ninja -DBLOCKDIFF_BUILD_TESTS=OFF
-                          -DBLOCKDIFF_BUILD_EXAMPLES=OFF -DBLOCKDIFF_BUILD_BENCH=OFF -DBLOCKDIFF_CUDA=OFF
+                          -DBLOCKDIFF_BUILD_EXAMPLES=OFF -DBLOCKDIFF_BUILD_BENCH=OFF -DBLOCKDIFF_CUDA=${cuda}
                           -DCMAKE_INSTALL_PREFIX=${BINARY}/prefix COMMAND_ERROR_IS_FATAL ANY)
   execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY}/lib COMMAND_ERROR_IS_FATAL ANY)
-  set(extra -DCMAKE_PREFIX_PATH=${BINARY}/prefix)
+  set(extra -DCMAKE_PREFIX_PATH=${BINARY}/prefix -DCONSUMER_CUDA=${cuda})
 else()
   set(extra -DBLOCKDIFF_SOURCE_DIR=${SOURCE} -DBLOCKDIFF_CUDA=OFF)
   if(MODE STREQUAL "clang")
