@@ -1,5 +1,8 @@
 # The CUDA backend: BLOCKDIFF_CUDA=AUTO enables it when nvcc is found, ON requires it, OFF skips
-# it. CMake 3.25 knows no C++20 flag for nvcc, so it is given here.
+# it. CMake 3.25 knows no C++20 flag for nvcc, so it is given here: before the language is enabled
+# where blockdiff is the project, after it (BlockdiffCudaStd.cmake) where a project that adds
+# blockdiff with add_subdirectory enabled it first.
+include(BlockdiffCudaStd)
 set(BLOCKDIFF_HAVE_CUDA OFF)
 if(NOT BLOCKDIFF_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
@@ -14,6 +17,10 @@ if(NOT BLOCKDIFF_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
+    if(NOT PROJECT_IS_TOP_LEVEL)
+      blockdiff_know_cuda20(PARENT_SCOPE)
+      blockdiff_know_cuda20()
+    endif()
     find_package(CUDAToolkit REQUIRED)
     set(BLOCKDIFF_HAVE_CUDA ON)
   elseif(BLOCKDIFF_CUDA STREQUAL "ON")

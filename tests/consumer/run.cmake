@@ -1,9 +1,10 @@
 # Builds and runs the consumer program one way: MODE=find_package (install first, a Release
 # build), MODE=add_subdirectory (a Debug build: the library's assertions on, nothing optimised),
-# MODE=clang (add_subdirectory, a Release build by CLANGXX), or MODE=cuda (an install with the
-# CUDA backend, and the .cu program against blockdiff::cuda; without a GPU it builds, links and
-# says so). Arguments: SOURCE, BINARY (scratch folder), MODE, MODEL (a checkpoint), GOLDEN (its
-# decodes, generate.jsonl), CLANGXX.
+# MODE=clang (add_subdirectory, a Release build by CLANGXX), MODE=cuda (an install with the CUDA
+# backend, and the .cu program against its blockdiff::cuda; without a GPU it builds, links and
+# says so) or MODE=cuda_subdirectory (the same program, blockdiff added with add_subdirectory).
+# Arguments: SOURCE, BINARY (scratch folder), MODE, MODEL (a checkpoint), GOLDEN (its decodes,
+# generate.jsonl), CLANGXX.
 cmake_minimum_required(VERSION 3.25)  # today's policies: a quoted "block" is a string, not a variable
 file(REMOVE_RECURSE ${BINARY})
 if(MODE STREQUAL "find_package" OR MODE STREQUAL "cuda")
@@ -16,6 +17,8 @@ if(MODE STREQUAL "find_package" OR MODE STREQUAL "cuda")
                           -DCMAKE_INSTALL_PREFIX=${BINARY}/prefix COMMAND_ERROR_IS_FATAL ANY)
   execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY}/lib COMMAND_ERROR_IS_FATAL ANY)
   set(extra -DCMAKE_PREFIX_PATH=${BINARY}/prefix -DCONSUMER_CUDA=${cuda})
+elseif(MODE STREQUAL "cuda_subdirectory")
+  set(extra -DBLOCKDIFF_SOURCE_DIR=${SOURCE} -DBLOCKDIFF_CUDA=ON -DCONSUMER_CUDA=ON)
 else()
   set(extra -DBLOCKDIFF_SOURCE_DIR=${SOURCE} -DBLOCKDIFF_CUDA=OFF)
   if(MODE STREQUAL "clang")
