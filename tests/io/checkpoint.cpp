@@ -70,6 +70,10 @@ TEST_CASE("config.json: missing, mistyped and inconsistent fields are named") {
   CHECK_ERROR(io::ModelConfig::from_text("{\"hidden_size\": 6", "cfg.json"), "cfg.json: not valid JSON");
   CHECK_ERROR(parse(with("hidden_size", 60)), "head_dim 15 must be even");  // RoPE rotates pairs
   CHECK_ERROR(parse(with("hidden_size", 4294967296LL + 64)), "field \"hidden_size\" is out of range");
+  // 2^64 - 1, which JSON holds unsigned, is out of range too (read as 64 signed bits it was -1,
+  // which sliding_window kept and a save wrote back).
+  CHECK_ERROR(parse(with("sliding_window", std::uint64_t(-1))), "field \"sliding_window\" is out of range");
+  CHECK_ERROR(parse(with("hidden_size", std::uint64_t(-1))), "field \"hidden_size\" is out of range");
   CHECK_ERROR(parse(with("tie_word_embeddings", 1)), "field \"tie_word_embeddings\" must be a boolean");
   CHECK_ERROR(parse(with("bd_size", 0)), "\"bd_size\" must be positive, got 0");
   CHECK_ERROR(parse(with("rope_theta", 0)), "\"rope_theta\" must be positive");

@@ -234,6 +234,14 @@ TEST_CASE("train/data: bad data files are named with their line") {
               ": \"mask\"[0] must be an array of 2 integers");
   batch_error("b11.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 1]], \"mask\": [[1, 3]]}",
               ": \"mask\"[0] holds 3; expected 0 or 1");
+  // 2^64 - 1 is an integer that JSON holds unsigned: read as 64 signed bits it would be -1. It is
+  // refused as itself, a token id and a flag alike.
+  examples_error("k.jsonl", "{\"prompt_ids\": [18446744073709551615], \"response_ids\": [2]}\n",
+                 ":1: token id 18446744073709551615 in \"prompt_ids\" is outside the vocabulary [0, 10)");
+  batch_error("b12.json", "{\"input_ids\": [[1, 18446744073709551615]], \"supervised\": [[0, 1]]}",
+              ": token id 18446744073709551615 in \"input_ids\"[0] is outside the vocabulary [0, 10)");
+  batch_error("b13.json", "{\"input_ids\": [[1, 2]], \"supervised\": [[0, 18446744073709551615]]}",
+              ": \"supervised\"[0] holds 18446744073709551615; expected 0 or 1");
   // A good batch, with and without the block-diffusion noise.
   test::write_text(dir / "good.json", "{\"input_ids\": [[1, 2, 3], [4, 5, 6]], \"supervised\": [[0, 1, 1], [0, 0, 1]], "
                                       "\"mask\": [[1, 0, 1], [0, 1, 1]]}");

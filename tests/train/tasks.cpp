@@ -131,6 +131,9 @@ TEST_CASE("tokenizer/char_vocab: ids, text round trip, tokenizer.json round trip
   test::write_text(dir / "gap.json",
                    R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "a": 3}}})");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "gap.json"), "token \"a\" has a bad or repeated id 3");
+  test::write_text(dir / "huge.json",  // 2^64 - 1, which JSON holds unsigned: not -1
+                   R"({"model": {"type": "BPE", "vocab": {"<|im_end|>": 0, "|<MASK>|": 1, "a": 18446744073709551615}}})");
+  CHECK_ERROR(tokenizer::CharVocab::load(dir / "huge.json"), "token \"a\" has a bad or repeated id 18446744073709551615");
   test::write_text(dir / "broken.json", R"({"model": )");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "broken.json"), "broken.json: not valid JSON");
   CHECK_ERROR(tokenizer::CharVocab::load(dir / "nowhere.json"), "nowhere.json: cannot open");

@@ -140,9 +140,8 @@ struct ModelConfig {
         return;
       }
       require(j[field].is_number_integer(), where, ": field \"", field, "\" must be an integer, got ", j[field].dump());
-      const auto v = j[field].get<std::int64_t>();
-      require(v >= INT32_MIN && v <= INT32_MAX, where, ": field \"", field, "\" is out of range");
-      out = static_cast<int>(v);
+      require(holds_integer_in(j[field], INT32_MIN, INT32_MAX), where, ": field \"", field, "\" is out of range");
+      out = static_cast<int>(j[field].get<std::int64_t>());
     };
     auto get_opt_id = [&](const char* field, std::optional<int>& out) {
       if (!j.contains(field) || j[field].is_null()) return;

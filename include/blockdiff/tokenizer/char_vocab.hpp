@@ -125,10 +125,10 @@ class CharVocab {
     for (auto it = v.begin(); it != v.end(); ++it) {
       require(it.value().is_number_integer(), path.string(), ": token \"", it.key(), "\" has the id ",
               it.value().dump(), ", not an integer");
-      const auto id = it.value().get<std::int64_t>();
-      require(id >= 0 && id < std::int64_t(v.size()) && by_id[std::size_t(id)].empty(), path.string(), ": token \"",
-              it.key(), "\" has a bad or repeated id ", id);
-      by_id[std::size_t(id)] = it.key();
+      require(io::holds_integer_in(it.value(), 0, std::int64_t(v.size()) - 1) &&
+                  by_id[it.value().get<std::size_t>()].empty(),
+              path.string(), ": token \"", it.key(), "\" has a bad or repeated id ", it.value().dump());
+      by_id[it.value().get<std::size_t>()] = it.key();
     }
     require(by_id.size() >= 2 && by_id[0] == eos_token && by_id[1] == mask_token, path.string(), ": ids 0 and 1 must be ",
             eos_token, " and ", mask_token);

@@ -21,6 +21,7 @@
 
 #include "blockdiff/core/error.hpp"
 #include "blockdiff/core/rng.hpp"
+#include "blockdiff/io/json.hpp"
 #include "blockdiff/train/objective.hpp"
 
 namespace blockdiff::train {
@@ -96,10 +97,9 @@ inline std::vector<Example> read_examples(const std::filesystem::path& path, int
       require(j.contains(field) && j[field].is_array(), where(), ": missing array field \"", field, "\"");
       for (auto& v : j[field]) {
         require(v.is_number_integer(), where(), ": \"", field, "\" holds a non-integer");
-        const auto id = v.get<std::int64_t>();
-        require(id >= 0 && id < vocab_size, where(), ": token id ", id, " in \"", field,
+        require(io::holds_integer_in(v, 0, vocab_size - 1), where(), ": token id ", v.dump(), " in \"", field,
                 "\" is outside the vocabulary [0, ", vocab_size, ")");
-        dst->push_back(static_cast<int>(id));
+        dst->push_back(static_cast<int>(v.get<std::int64_t>()));
       }
     }
     require(!e.response.empty(), where(), ": \"response_ids\" is empty");
@@ -148,14 +148,14 @@ inline ExplicitBatch read_batch_file(const std::filesystem::path& path, int voca
               L, " integers");
       for (const auto& v : row) {
         require(v.is_number_integer(), path.string(), ": \"", field, "\"[", r, "] holds a non-integer");
-        const auto x = v.get<std::int64_t>();
         if (std::string_view(field) == "input_ids") {
-          require(x >= 0 && x < vocab_size, path.string(), ": token id ", x, " in \"input_ids\"[", r,
-                  "] is outside the vocabulary [0, ", vocab_size, ")");
-          out.windows.ids.push_back(int(x));
+          require(io::holds_integer_in(v, 0, vocab_size - 1), path.string(), ": token id ", v.dump(),
+                  " in \"input_ids\"[", r, "] is outside the vocabulary [0, ", vocab_size, ")");
+          out.windows.ids.push_back(v.get<int>());
         } else {
-          require(x == 0 || x == 1, path.string(), ": \"", field, "\"[", r, "] holds ", x, "; expected 0 or 1");
-          (std::string_view(field) == "supervised" ? out.windows.supervised : out.mask).push_back(std::uint8_t(x));
+          require(io::holds_integer_in(v, 0, 1), path.string(), ": \"", field, "\"[", r, "] holds ", v.dump(),
+                  "; expected 0 or 1");
+          (std::string_view(field) == "supervised" ? out.windows.supervised : out.mask).push_back(v.get<std::uint8_t>());
         }
       }
     }
