@@ -289,8 +289,10 @@ TEST_CASE("train/trainer: a resumed run is bit-identical to an uninterrupted one
   train::Trainer t4(m4, train::FastDllmV2Objective<4>(15), examples, o);
   CHECK_ERROR(t4.resume(dir / "torn-model"), "model.safetensors holds step 6 but trainer_state.json step 3");
   CHECK_ERROR(t4.resume(dir / "torn-optimizer"), "optimizer.safetensors holds step 6 but trainer_state.json step 3");
-  // A trainer_state.json cut short, or whose step is not an integer.
-  for (const char* state : {"{\"step\": 6", "{\"step\": \"six\"}", "[6]"}) {
+  // A trainer_state.json cut short, or whose step is not an integer, or not one a run can reach
+  // (2^32 + 6 as 32 bits is 6, and 2^64 - 1, which JSON holds unsigned, as 64 signed bits is -1).
+  for (const char* state : {"{\"step\": 6", "{\"step\": \"six\"}", "[6]", "{\"step\": -1}", "{\"step\": 4294967302}",
+                            "{\"step\": 18446744073709551615}"}) {
     std::filesystem::remove_all(dir / "bad-state");
     std::filesystem::copy(dir / "part", dir / "bad-state");
     test::write_text(dir / "bad-state" / "trainer_state.json", state);
@@ -428,11 +430,22 @@ TEST_CASE("train/trainer: a checkpoint resumes only as the run that wrote it") {
   t2.resume(dir / "part");
   CHECK(t2.step() == 5);
   // A field of the wrong type is refused by name.
+  const auto objective = state["objective"];
   state["objective"] = 5;
   std::ofstream(state_path) << state.dump(2);
   auto m3 = fresh_model(4);
   train::Trainer t3(m3, Objective(15), reverse_task(32, 4), decayed);
   CHECK_ERROR(t3.resume(dir / "part"), "trainer_state.json: \"objective\" must be a string, not 5");
+  // The schedule's step count, which checks the rates of the steps done, is not passed over when
+  // it is not a count.
+  state["objective"] = objective;
+  for (const nlohmann::json& lr_total : {nlohmann::json("5"), nlohmann::json(0), nlohmann::json(4294967301LL)}) {
+    state["lr_total"] = lr_total;
+    std::ofstream(state_path) << state.dump(2);
+    CHECK_ERROR(t3.resume(dir / "part"),
+                "trainer_state.json's \"lr_total\" must be a positive integer, not " + lr_total.dump());
+  }
+  CHECK(t3.step() == 0);
 }
 
 TEST_CASE("train/trainer: bad runs are refused by name, and a NaN stops at its step") {

@@ -155,7 +155,8 @@ inline ExplicitBatch read_batch_file(const std::filesystem::path& path, int voca
         } else {
           require(io::holds_integer_in(v, 0, 1), path.string(), ": \"", field, "\"[", r, "] holds ", v.dump(),
                   "; expected 0 or 1");
-          (std::string_view(field) == "supervised" ? out.windows.supervised : out.mask).push_back(v.get<std::uint8_t>());
+          auto& flags = std::string_view(field) == "supervised" ? out.windows.supervised : out.mask;
+          flags.push_back(v.get<std::uint8_t>());
         }
       }
     }

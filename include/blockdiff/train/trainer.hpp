@@ -179,8 +179,9 @@ class BasicTrainerCore {
   void resume(const std::filesystem::path& dir) {
     const auto state_path = run_state_file(dir);
     auto state = nlohmann::json::parse(std::ifstream(state_path), nullptr, false);
-    require(!state.is_discarded() && state.is_object() && state.contains("step") && state["step"].is_number_integer(),
-            state_path.string(), ": not valid JSON with an integer \"step\"");
+    require(!state.is_discarded() && state.is_object() && state.contains("step") &&
+                io::holds_integer_in(state["step"], 0, INT32_MAX),
+            state_path.string(), ": not valid JSON with an integer \"step\" (0 to ", INT32_MAX, ")");
     // save() writes the weights, then the optimiser state, then trainer_state.json, each file
     // whole and naming its step; one interrupted between them leaves files of two steps, which
     // must not be mixed, and nor may weights written there by other means (they name no step).
@@ -346,7 +347,9 @@ class BasicTrainerCore {
     require(differs.empty(), dir.string(), ": this run differs from the checkpoint's in ", differs,
             "; resume() continues a run under the options it began with (to change them, start a new run from its "
             "weights)");
-    if (!state.contains("lr_total") || !state["lr_total"].is_number_integer()) return;
+    if (!state.contains("lr_total")) return;  // a state written before it was recorded
+    require(io::holds_integer_in(state["lr_total"], 1, INT32_MAX), dir.string(),
+            ": trainer_state.json's \"lr_total\" must be a positive integer, not ", state["lr_total"].dump());
     LrSchedule was = options_.lr;  // the same but for the step count it spans (checked equal above)
     was.total = state["lr_total"].get<int>();
     for (int s = 0; s < saved_step; ++s)
@@ -376,7 +379,8 @@ class BasicTrainerCore {
     const auto state = out / "trainer_state.json";
     if (!std::filesystem::exists(state) || std::filesystem::weakly_canonical(out) == own_) return;
     const auto j = nlohmann::json::parse(std::ifstream(state), nullptr, false);
-    const bool has_step = !j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number_integer();
+    const bool has_step =
+        !j.is_discarded() && j.is_object() && j.contains("step") && io::holds_integer_in(j["step"], 0, INT32_MAX);
     fail(out.string(), " holds another training run", has_step ? " (at step " + std::to_string(j["step"].get<int>()) + ")" : "",
          ": resume() from it to continue that run, or train::forget_run() to discard it, or train elsewhere");
   }
