@@ -1,9 +1,10 @@
 // Uses the library as a researcher would: one include, a policy of its own, a decode.
 #include <blockdiff/blockdiff.hpp>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
+
+#include "ids.hpp"
 
 namespace mine {
 // Commit the leftmost masked position: a policy written outside the library.
@@ -17,14 +18,6 @@ struct LeftToRight {
   }
 };
 }  // namespace mine
-
-//! "1,2,3" as {1, 2, 3}.
-std::vector<int> ids(const std::string& text) {
-  std::vector<int> out;
-  std::stringstream in(text);
-  for (std::string id; std::getline(in, id, ',');) out.push_back(std::stoi(id));
-  return out;
-}
 
 // Arguments: a checkpoint; then, optionally, a golden decode of it (the paper's decoder, blocks of
 // 32, sub-blocks of 8, block cache): its prompt ids, threshold, EOS id, max_new_tokens and tokens.

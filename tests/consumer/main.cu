@@ -1,19 +1,12 @@
 // Uses the CUDA backend as a researcher's .cu file would: one include, a model on the GPU, the
-// paper's decoder. Built against blockdiff::cuda (find_package(blockdiff COMPONENTS cuda) after an
-// install); without a GPU it stops once it has shown that it built and linked.
+// paper's decoder. Built against blockdiff::cuda (from an install, or blockdiff added with
+// add_subdirectory); without a GPU it stops once it has shown that it built and linked.
 #include <blockdiff/cuda.cuh>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
-//! "1,2,3" as {1, 2, 3}.
-std::vector<int> ids(const std::string& text) {
-  std::vector<int> out;
-  std::stringstream in(text);
-  for (std::string id; std::getline(in, id, ',');) out.push_back(std::stoi(id));
-  return out;
-}
+#include "ids.hpp"
 
 // Arguments: a checkpoint and a golden decode of it (blocks of 32, sub-blocks of 8, block cache):
 // its prompt ids, threshold, EOS id, max_new_tokens and tokens.
