@@ -1,7 +1,6 @@
 # The CUDA backend: BLOCKDIFF_CUDA=AUTO enables it when nvcc is found, ON requires it, OFF skips
-# it. CMake 3.25 knows no C++20 flag for nvcc, so it is given here: before the language is enabled
-# where blockdiff is the project, after it (BlockdiffCudaStd.cmake) where a project that adds
-# blockdiff with add_subdirectory enabled it first.
+# it. CMake 3.25 knows no C++20 flag for nvcc, so it is given here (BlockdiffCudaStd.cmake), for
+# blockdiff's directory and, where a project adds blockdiff with add_subdirectory, for its too.
 include(BlockdiffCudaStd)
 set(BLOCKDIFF_HAVE_CUDA OFF)
 if(NOT BLOCKDIFF_CUDA STREQUAL "OFF")
@@ -11,16 +10,14 @@ if(NOT BLOCKDIFF_CUDA STREQUAL "OFF")
   include(CheckLanguage)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
-    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
     if(NOT PROJECT_IS_TOP_LEVEL)
       blockdiff_know_cuda20(PARENT_SCOPE)
-      blockdiff_know_cuda20()
     endif()
+    blockdiff_know_cuda20()
     find_package(CUDAToolkit REQUIRED)
     set(BLOCKDIFF_HAVE_CUDA ON)
   elseif(BLOCKDIFF_CUDA STREQUAL "ON")
